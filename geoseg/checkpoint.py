@@ -1,0 +1,174 @@
+"""Self-describing model checkpoints: safetensors weights + a JSON description.
+
+A checkpoint is a folder::
+
+    model.safetensors   weights (no pickle)
+    geoseg.json         model config, classes, bands, normalisation, epoch, metrics
+    train_state.pt      optimizer state for resuming (loaded with weights_only=True)
+
+``geoseg predict --checkpoint RUN_DIR`` accepts a checkpoint folder or a training
+run folder (its ``best`` checkpoint, else the latest one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+from geoseg import storage
+from geoseg.classes import ClassScheme
+from geoseg.errors import CheckpointError
+from geoseg.models.zoo import ModelConfig, build_model
+
+FORMAT = "geoseg-checkpoint/1"
+META = "geoseg.json"
+WEIGHTS = "model.safetensors"
+STATE = "train_state.pt"
+
+
+@dataclass
+class CheckpointMeta:
+    model: ModelConfig
+    classes: ClassScheme
+    mean: list[float]
+    std: list[float]
+    band_roles: list[str] | None = None  # role of each model input band, if known
+    band_numbers: list[int] | None = None  # 1-based band numbers in the training rasters
+    epoch: int = 0
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": self.model.to_dict(),
+            "classes": self.classes.to_dict(),
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "bands": {"roles": self.band_roles, "numbers": self.band_numbers},
+            "epoch": self.epoch,
+            "metrics": self.metrics,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "CheckpointMeta":
+        if d.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: not a geoseg checkpoint (format {d.get('format')!r})")
+        try:
+            return cls(
+                model=ModelConfig(**d["model"]),
+                classes=ClassScheme.from_dict(d["classes"]),
+                mean=[float(v) for v in d["normalization"]["mean"]],
+                std=[float(v) for v in d["normalization"]["std"]],
+                band_roles=d.get("bands", {}).get("roles"),
+                band_numbers=d.get("bands", {}).get("numbers"),
+                epoch=int(d.get("epoch", 0)),
+                metrics=d.get("metrics", {}),
+                extra=d.get("extra", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: malformed {META} ({exc})") from None
+
+
+def save(folder: str, model, meta: CheckpointMeta, train_state: dict | None = None) -> None:
+    """Write a checkpoint into a local folder."""
+    import torch
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    module = getattr(model, "module", model)  # unwrap DDP
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, os.path.join(folder, WEIGHTS))
+    if train_state is not None:
+        torch.save(train_state, os.path.join(folder, STATE))
+    with open(os.path.join(folder, META), "w") as f:
+        json.dump(meta.to_dict(), f, indent=2)
+
+
+def _checkpoint_number(name: str) -> int:
+    m = re.search(r"(\d+)$", name)
+    return int(m.group(1)) if m else -1
+
+
+def locate(path: str) -> str:
+    """The checkpoint folder for a checkpoint folder or a training run folder."""
+    if storage.exists(storage.join(path, META)):
+        return path
+    for sub in ("best", "latest"):
+        cand = storage.join(path, sub)
+        if storage.exists(storage.join(cand, META)):
+            return cand
+    names = [n for n in storage.listdir(path) if n.startswith("checkpoint")]
+    for name in sorted(names, key=_checkpoint_number, reverse=True):
+        cand = storage.join(path, name)
+        if storage.exists(storage.join(cand, META)):
+            return cand
+    if not storage.exists(path):
+        raise CheckpointError(f"{path}: not found")
+    raise CheckpointError(f"{path}: no geoseg checkpoint in it (no {META})")
+
+
+def fetch(path: str) -> str:
+    """A local copy of a (possibly remote) checkpoint folder."""
+    folder = locate(path)
+    if not storage.is_remote(folder):
+        return storage.local_path(folder)
+    local = tempfile.mkdtemp(prefix="geoseg-ckpt-")
+    fs, p = storage.filesystem(folder)
+    for name in (META, WEIGHTS, STATE):
+        if fs.exists(f"{p}/{name}"):
+            fs.get_file(f"{p}/{name}", os.path.join(local, name))
+    return local
+
+
+def read_meta(path: str) -> CheckpointMeta:
+    folder = locate(path)
+    try:
+        d = json.loads(storage.read_text(storage.join(folder, META)))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{folder}/{META}: not valid JSON ({exc.msg})") from None
+    return CheckpointMeta.from_dict(d, folder)
+
+
+def load(path: str, with_state: bool = False):
+    """``(model, meta[, train_state])`` from a checkpoint; weights never go through pickle."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    local = fetch(path)
+    meta = read_meta(local)
+    model = build_model(meta.model)
+    weights = os.path.join(local, WEIGHTS)
+    if not os.path.exists(weights):
+        raise CheckpointError(f"{path}: has no {WEIGHTS}")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable weights ({exc})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {meta.model.arch} ({str(exc).splitlines()[0]})") from None
+    if not with_state:
+        return model, meta
+    train_state = None
+    state_path = os.path.join(local, STATE)
+    if os.path.exists(state_path):
+        try:
+            train_state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - never fall back to unsafe unpickling
+            raise CheckpointError(f"{path}: {STATE} refused, not plain tensors ({type(exc).__name__})") from None
+    return model, meta, train_state
+
+
+def copy_folder(src: str, dst: str) -> None:
+    """Copy a local checkpoint folder to a local or remote destination."""
+    for name in os.listdir(src):
+        storage.put_file(os.path.join(src, name), storage.join(dst, name))
+    if not storage.is_remote(dst):
+        shutil.copystat(src, storage.local_path(dst), follow_symlinks=True)

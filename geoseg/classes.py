@@ -1,0 +1,58 @@
+"""Class schemes: class names, colours and the nodata / ignore value."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+NODATA = 255  # class-map nodata value, also the training ignore index
+
+
+@dataclass(frozen=True)
+class ClassScheme:
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.colors):
+            raise ValueError("one colour per class name")
+        if not 0 < len(self.names) < NODATA:
+            raise ValueError(f"between 1 and {NODATA - 1} classes")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
+        cmap = {i: (*c, 255) for i, c in enumerate(self.colors)}
+        cmap[NODATA] = (0, 0, 0, 0)
+        return cmap
+
+    def to_tags(self) -> dict[str, str]:
+        return {
+            "CLASS_NAMES": json.dumps(list(self.names)),
+            "CLASS_COLORS": json.dumps([list(c) for c in self.colors]),
+            "NODATA_CLASS": str(NODATA),
+        }
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "colors": [list(c) for c in self.colors]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassScheme":
+        return cls(tuple(d["names"]), tuple(tuple(int(v) for v in c) for c in d["colors"]))
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> "ClassScheme | None":
+        if "CLASS_NAMES" not in tags:
+            return None
+        names = json.loads(tags["CLASS_NAMES"])
+        colors = json.loads(tags.get("CLASS_COLORS", "null")) or [[128, 128, 128]] * len(names)
+        return cls(tuple(names), tuple(tuple(c) for c in colors))
+
+
+# The sample scene's scheme, also the scheme of the spectral-index models.
+LANDCOVER = ClassScheme(
+    names=("bare_soil", "vegetation", "water", "built_up"),
+    colors=((196, 164, 112), (56, 168, 0), (0, 112, 255), (230, 0, 0)),
+)
+BARE, VEGETATION, WATER, BUILT = range(4)

@@ -1,0 +1,188 @@
+"""The ``geoseg`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from geoseg import __version__
+from geoseg.errors import GeosegError
+
+
+def _positive(name):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {value}")
+        return value
+
+    return parse
+
+
+def _nonneg(name):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geoseg", description="Segment satellite imagery at scale with Ray.")
+    p.add_argument("--version", action="version", version=f"geoseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="write a synthetic agricultural scene (scene.tif, labels.tif)")
+    s.add_argument("outdir")
+    s.add_argument("--size", type=_positive("--size"), default=2048, help="side in pixels (default 2048)")
+    s.add_argument("--seed", type=_nonneg("--seed"), default=0)
+
+    pr = sub.add_parser("predict", help="segment rasters with a Ray Data pipeline")
+    pr.add_argument("inputs", nargs="+", help="rasters: paths, URLs, globs, .txt lists, STAC JSON")
+    pr.add_argument("--out", required=True, help="output prefix (folder or s3:// URL)")
+    m = pr.add_mutually_exclusive_group(required=True)
+    m.add_argument("--model", help="built-in model: index (fixed thresholds) or index-otsu")
+    m.add_argument("--checkpoint", help="trained checkpoint or training run folder")
+    pr.add_argument("--tile-size", type=_positive("--tile-size"), default=512)
+    pr.add_argument("--halo", type=_nonneg("--halo"), default=32)
+    pr.add_argument("--batch-size", type=_positive("--batch-size"), default=8)
+    pr.add_argument("--bands", help="band roles, e.g. blue=1,green=2,red=3,nir=4")
+    pr.add_argument("--workers", type=_positive("--workers"), help="model actors (default: one per GPU, else 1)")
+    pr.add_argument("--gpus-per-worker", type=float, default=0.0)
+    pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    pr.add_argument("--tta", action="store_true", help="average predictions over flips")
+    pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    pr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    pr.add_argument("--asset", help="STAC asset key to read")
+    pr.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
+    pr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+    ev = sub.add_parser("evaluate", help="compare a class map with labels")
+    ev.add_argument("prediction")
+    ev.add_argument("labels")
+    ev.add_argument("--num-classes", type=_positive("--num-classes"))
+    ev.add_argument("--json", help="also write the scores to this JSON file/URL")
+
+    d = sub.add_parser("demo", help="sample scene -> predict -> evaluate, end to end")
+    d.add_argument("--out", default="geoseg-demo", help="demo folder (default ./geoseg-demo)")
+    d.add_argument("--size", type=_positive("--size"), default=2048)
+    d.add_argument("--train-minutes", type=float, default=3.0, help="CPU minutes for the demo U-Net (0: skip)")
+    d.add_argument("--address", help="Ray cluster address")
+
+    from geoseg import train_cli
+
+    train_cli.add_parser(sub)
+    return p
+
+
+def cmd_sample(a) -> None:
+    from geoseg.sample import write_sample
+
+    urls = write_sample(a.outdir, size=a.size, seed=a.seed)
+    print(f"scene:  {urls['scene']}\nlabels: {urls['labels']}")
+
+
+def predict_options(a):
+    from geoseg.bands import parse_bands
+    from geoseg.pipeline import PredictOptions
+
+    return PredictOptions(
+        model=a.model,
+        checkpoint=a.checkpoint,
+        tile_size=a.tile_size,
+        halo=a.halo,
+        batch_size=a.batch_size,
+        bands=parse_bands(a.bands) if a.bands else None,
+        workers=a.workers,
+        gpus_per_worker=a.gpus_per_worker,
+        probabilities=a.probabilities,
+        tta=a.tta,
+        precision=a.precision,
+        compile=a.compile,
+        overwrite=a.overwrite,
+        asset=a.asset,
+        address=a.address,
+    )
+
+
+def cmd_predict(a) -> None:
+    from geoseg.pipeline import predict
+
+    records = predict(a.inputs, a.out, predict_options(a))
+    for rec in records:
+        t = rec["tiles"]
+        print(
+            f"{rec['input']}: {t['predicted']} tiles predicted, {t['nodata_skipped']} nodata, "
+            f"{t['resumed']} resumed in {rec['timings_s']['total']:.1f}s\n"
+            f"  zarr:   {rec['outputs']['zarr']}\n  cog:    {rec['outputs']['cog']}\n"
+            f"  record: {rec['outputs']['record']}"
+        )
+
+
+def cmd_evaluate(a) -> None:
+    from geoseg import storage
+    from geoseg.evaluate import evaluate
+    from geoseg.metrics import format_table
+
+    result = evaluate(a.prediction, a.labels, a.num_classes)
+    print(format_table(result, result["class_names"]))
+    if a.json:
+        storage.write_text(a.json, json.dumps(result, indent=2))
+
+
+def cmd_demo(a) -> None:
+    from geoseg.demo import run_demo
+
+    run_demo(a.out, a.size, a.train_minutes, a.address)
+
+
+def _user_error(exc: BaseException) -> GeosegError | None:
+    """The GeosegError behind an exception, also when Ray wrapped it in a task error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, GeosegError):
+            return exc
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    commands = {
+        "sample": cmd_sample,
+        "predict": cmd_predict,
+        "evaluate": cmd_evaluate,
+        "demo": cmd_demo,
+    }
+    from geoseg import train_cli
+
+    commands.update(train_cli.COMMANDS)
+    try:
+        commands[a.command](a)
+    except KeyboardInterrupt:
+        print("geoseg: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        err = _user_error(exc)
+        if err is None:
+            raise
+        print(f"geoseg: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

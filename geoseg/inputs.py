@@ -1,0 +1,80 @@
+"""Turn what the user typed into a list of raster URLs.
+
+Accepted: paths and URLs, globs (local or remote), a ``.txt`` file with one
+path/URL per line, and STAC Item / ItemCollection JSON (asset key selectable).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import posixpath
+
+from geoseg import storage
+from geoseg.errors import InputError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+
+
+def _is_glob(s: str) -> bool:
+    return any(ch in s for ch in "*?[")
+
+
+def _stac_assets(doc: dict, source: str, asset: str | None) -> list[str]:
+    features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
+    urls = []
+    for item in features or []:
+        assets = item.get("assets") or {}
+        key = asset
+        if key is None:
+            candidates = [k for k, a in assets.items() if "image/tiff" in str(a.get("type", ""))]
+            if len(candidates) != 1:
+                raise InputError(
+                    f"{source}: item {item.get('id')!r} has assets {sorted(assets)}; choose one with --asset"
+                )
+            key = candidates[0]
+        if key not in assets:
+            raise InputError(f"{source}: item {item.get('id')!r} has no asset {key!r} (has {sorted(assets)})")
+        href = assets[key]["href"]
+        if not storage.is_remote(href) and not posixpath.isabs(href):
+            href = storage.join(posixpath.dirname(source) or ".", href)
+        urls.append(href)
+    return urls
+
+
+def expand_inputs(items: list[str], asset: str | None = None) -> list[str]:
+    """Expand inputs into raster URLs, in order, without duplicates."""
+    urls: list[str] = []
+    for item in items:
+        lower = item.lower()
+        if _is_glob(item):
+            if storage.is_remote(item):
+                fs, _ = storage.filesystem(item)
+                proto = item.split("://", 1)[0]
+                found = [f"{proto}://{p}" for p in sorted(fs.glob(item.split("://", 1)[1]))]
+            else:
+                found = sorted(glob.glob(item))
+            if not found:
+                raise InputError(f"{item}: no files match")
+            urls.extend(found)
+        elif lower.endswith(".txt"):
+            lines = storage.read_text(item).splitlines()
+            listed = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+            if not listed:
+                raise InputError(f"{item}: lists no inputs")
+            urls.extend(expand_inputs(listed, asset))
+        elif lower.endswith(".json") or lower.endswith(".geojson"):
+            try:
+                doc = json.loads(storage.read_text(item))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{item}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            if doc.get("type") not in ("Feature", "FeatureCollection"):
+                raise InputError(f"{item}: not a STAC Item or ItemCollection")
+            urls.extend(_stac_assets(doc, item, asset))
+        else:
+            urls.append(item)
+    seen: set[str] = set()
+    unique = [u for u in urls if not (u in seen or seen.add(u))]
+    if not unique:
+        raise InputError("no inputs given")
+    return unique

@@ -1,0 +1,1 @@
+"""Segmentation models: spectral-index models (no training) and deep models (torch)."""

@@ -1,0 +1,153 @@
+"""Deep segmentation models by name: segmentation-models-pytorch plus torchvision FCN.
+
+Nothing is ever downloaded: encoder weights are random unless a local weights
+file is given (``encoder_weights=PATH``), for transfer learning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from geoseg.errors import CheckpointError, InputError
+
+# name -> smp architecture name
+SMP_ARCHS = {
+    "unet": "unet",
+    "unet++": "unetplusplus",
+    "unetplusplus": "unetplusplus",
+    "deeplabv3": "deeplabv3",
+    "deeplabv3plus": "deeplabv3plus",
+    "deeplabv3+": "deeplabv3plus",
+    "fpn": "fpn",
+    "pspnet": "pspnet",
+    "linknet": "linknet",
+    "manet": "manet",
+    "pan": "pan",
+    "upernet": "upernet",
+    "segformer": "segformer",
+}
+ARCHS = tuple(sorted(set(SMP_ARCHS) | {"fcn", "tinyfcn"}))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    in_channels: int = 4
+    num_classes: int = 4
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise InputError(f"--arch: unknown architecture {self.arch!r} (choose from {', '.join(ARCHS)})")
+        if self.in_channels < 1 or self.num_classes < 2:
+            raise InputError("a model needs at least 1 input band and 2 classes")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(cfg: ModelConfig, encoder_weights: str | None = None, freeze_encoder: bool = False):
+    """Instantiate a model; ``encoder_weights`` is a local file (safetensors or torch)."""
+    import torch.nn as nn
+
+    if cfg.arch == "tinyfcn":
+        model = TinyFCN(cfg.in_channels, cfg.num_classes)
+    elif cfg.arch == "fcn":
+        model = _FCN(cfg.in_channels, cfg.num_classes, cfg.encoder)
+    else:
+        import segmentation_models_pytorch as smp
+
+        try:
+            model = smp.create_model(
+                SMP_ARCHS[cfg.arch],
+                encoder_name=cfg.encoder,
+                encoder_weights=None,
+                in_channels=cfg.in_channels,
+                classes=cfg.num_classes,
+            )
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"--encoder {cfg.encoder!r} does not work with {cfg.arch}: {exc}") from None
+    if encoder_weights:
+        encoder = _encoder_of(model)
+        state = load_weights(encoder_weights)
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+        if len(missing) == len(encoder.state_dict()):
+            raise CheckpointError(f"{encoder_weights}: none of its weights fit encoder {cfg.encoder}")
+    if freeze_encoder:
+        for p in _encoder_of(model).parameters():
+            p.requires_grad = False
+    assert isinstance(model, nn.Module)
+    return model
+
+
+def _encoder_of(model):
+    enc = getattr(model, "encoder", None) or getattr(getattr(model, "net", None), "backbone", None)
+    if enc is None:
+        raise InputError(f"{type(model).__name__} has no separate encoder")
+    return enc
+
+
+def load_weights(path: str) -> dict:
+    """A state dict from a local safetensors or torch file; never unpickles code."""
+    import os
+
+    import torch
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: not found")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unsafe or corrupt pickles are refused
+        raise CheckpointError(f"{path}: refused, not a plain weights file ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: does not hold a state dict")
+    return state
+
+
+def _fcn_cls():
+    import torch.nn as nn
+
+    class FCN(nn.Module):
+        """torchvision's FCN-ResNet (no weights) for any number of bands; returns logits."""
+
+        def __init__(self, in_channels: int, num_classes: int, encoder: str = "resnet50"):
+            super().__init__()
+            from torchvision.models.segmentation import fcn_resnet50, fcn_resnet101
+
+            make = fcn_resnet101 if encoder == "resnet101" else fcn_resnet50
+            self.net = make(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+            if in_channels != 3:
+                old = self.net.backbone.conv1
+                self.net.backbone.conv1 = nn.Conv2d(
+                    in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False
+                )
+
+        def forward(self, x):
+            return self.net(x)["out"]
+
+    return FCN
+
+
+def _FCN(in_channels: int, num_classes: int, encoder: str):
+    return _fcn_cls()(in_channels, num_classes, encoder if encoder.startswith("resnet1") else "resnet50")
+
+
+def TinyFCN(in_channels: int, num_classes: int, width: int = 16):
+    """A small fully-convolutional network (receptive field 11 px) for tests and smoke runs."""
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(width, num_classes, 1),
+    )

@@ -1,0 +1,253 @@
+"""Prediction outputs of one scene: Zarr v3 class map, COG, progress log, run record.
+
+Layout under ``PREFIX`` for an input ``<stem>.tif``::
+
+    <stem>.zarr/        Zarr v3 group: classes (y, x) uint8, x, y, spatial_ref
+                        [, probabilities (class, y, x) uint8]
+    <stem>.tif          Cloud-Optimized GeoTIFF of the class map
+    <stem>.json         run record, written last: an output without it is incomplete
+    .geoseg/<stem>/     progress log: which tiles are finished (for resume)
+
+Chunks of the Zarr arrays are exactly the tile cores, so each tile is one
+chunk and no two writers ever touch the same chunk (Zarr shards are not used:
+two writers in one shard would lose data).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg import storage
+from geoseg.classes import NODATA, ClassScheme
+from geoseg.errors import OutputExistsError
+from geoseg.raster import CogWriter, RasterInfo, iter_windows
+from geoseg.tiling import TileGrid, Window  # noqa: F401
+
+
+@dataclass(frozen=True)
+class SceneOutput:
+    prefix: str
+    stem: str
+    job: str = ""  # id of the job writing it: worker-side caches never outlive a job
+
+    @property
+    def zarr(self) -> str:
+        return storage.join(self.prefix, f"{self.stem}.zarr")
+
+    @property
+    def cog(self) -> str:
+        return storage.join(self.prefix, f"{self.stem}.tif")
+
+    @property
+    def record(self) -> str:
+        return storage.join(self.prefix, f"{self.stem}.json")
+
+    @property
+    def progress(self) -> str:
+        return storage.join(self.prefix, ".geoseg", self.stem)
+
+
+def create_zarr(
+    out: SceneOutput,
+    info: RasterInfo,
+    grid: TileGrid,
+    classes: ClassScheme,
+    fingerprint: dict,
+    probabilities: bool = False,
+) -> None:
+    """Create the Zarr group and its metadata (no class data is written here).
+
+    Georeferencing follows the CF / GDAL conventions that rioxarray reads:
+    a ``spatial_ref`` variable with ``crs_wkt`` and ``GeoTransform``, pixel-centre
+    ``x`` / ``y`` coordinates and ``grid_mapping`` on each data variable.
+    """
+    import zarr
+
+    store = storage.zarr_store(out.zarr)
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    root.attrs.update({"geoseg": fingerprint})
+    a, b, c, d, e, f = info.transform
+    data_attrs = {
+        "grid_mapping": "spatial_ref",
+        "coordinates": "spatial_ref",
+        "long_name": "class",
+        "flag_values": list(range(len(classes))),
+        "flag_meanings": " ".join(classes.names),
+        "class_names": list(classes.names),
+        "class_colors": [list(x) for x in classes.colors],
+        "nodata": NODATA,
+    }
+    root.create_array(
+        "classes",
+        shape=grid_shape(grid),
+        chunks=(grid.core, grid.core),
+        dtype="uint8",
+        fill_value=NODATA,
+        dimension_names=("y", "x"),
+        attributes=data_attrs,
+    )
+    if probabilities:
+        root.create_array(
+            "probabilities",
+            shape=(len(classes), *grid_shape(grid)),
+            chunks=(len(classes), grid.core, grid.core),
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=("class", "y", "x"),
+            attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "scale_factor": 1 / 255, "long_name": "class probability"},
+        )
+        cls = root.create_array("class", shape=(len(classes),), dtype="int32", dimension_names=("class",))
+        cls[:] = np.arange(len(classes), dtype=np.int32)
+    # Pixel-centre coordinates (north-up grids; rotated grids keep GeoTransform only).
+    x = root.create_array(
+        "x", shape=(grid.width,), chunks=(min(grid.width, 1 << 20),), dtype="float64",
+        dimension_names=("x",), attributes={"standard_name": "projection_x_coordinate", "axis": "X"},
+    )
+    y = root.create_array(
+        "y", shape=(grid.height,), chunks=(min(grid.height, 1 << 20),), dtype="float64",
+        dimension_names=("y",), attributes={"standard_name": "projection_y_coordinate", "axis": "Y"},
+    )
+    for start in range(0, grid.width, 1 << 20):
+        n = min(1 << 20, grid.width - start)
+        x[start : start + n] = c + a * (np.arange(start, start + n) + 0.5)
+    for start in range(0, grid.height, 1 << 20):
+        n = min(1 << 20, grid.height - start)
+        y[start : start + n] = f + e * (np.arange(start, start + n) + 0.5)
+    ref_attrs = {"GeoTransform": f"{c!r} {a!r} {b!r} {f!r} {d!r} {e!r}"}
+    if info.crs:
+        ref_attrs.update({"crs_wkt": info.crs, "spatial_ref": info.crs})
+    ref = root.create_array("spatial_ref", shape=(), dtype="int64", attributes=ref_attrs)
+    ref[()] = 0
+
+
+def grid_shape(grid: TileGrid) -> tuple[int, int]:
+    return (grid.height, grid.width)
+
+
+def read_fingerprint(out: SceneOutput) -> dict | None:
+    """The fingerprint stored in an existing Zarr output, or None."""
+    import zarr
+
+    if not storage.exists(storage.join(out.zarr, "zarr.json")):
+        return None
+    root = zarr.open_group(storage.zarr_store(out.zarr, read_only=True), mode="r")
+    return dict(root.attrs).get("geoseg")
+
+
+def check_existing(out: SceneOutput, fingerprint: dict, overwrite: bool) -> str:
+    """Decide what to do with an existing output: ``"new"``, ``"resume"`` or ``"done"``.
+
+    Raises :class:`OutputExistsError` when the output was made by another model or
+    with other parameters and ``overwrite`` is false.
+    """
+    existing = read_fingerprint(out)
+    if existing is None or overwrite:
+        if overwrite:
+            for url in (out.record, out.cog):
+                storage.remove(url)
+            storage.remove(out.zarr, recursive=True)
+            storage.remove(out.progress, recursive=True)
+        return "new"
+    if existing != fingerprint:
+        diff = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
+        raise OutputExistsError(
+            f"{out.zarr}: exists from a run with different {', '.join(diff)}; "
+            "use another --out or pass --overwrite"
+        )
+    return "done" if storage.exists(out.record) else "resume"
+
+
+# --- progress log ---------------------------------------------------------
+
+
+def log_done(out: SceneOutput, tiles: np.ndarray, kind: str = "done") -> None:
+    """Durably record finished tile numbers (one small object per batch)."""
+    if len(tiles) == 0:
+        return
+    name = f"{kind}-{uuid.uuid4().hex}.json"
+    storage.write_text(storage.join(out.progress, name), json.dumps(sorted(int(t) for t in tiles)))
+
+
+def read_done(out: SceneOutput, n_tiles: int) -> tuple[np.ndarray, dict[str, int]]:
+    """``(bitmap of finished tiles (packed bits), counts by kind)`` from the progress log."""
+    done = np.zeros(n_tiles, dtype=bool)
+    counts: dict[str, int] = {}
+    for name in storage.listdir(out.progress):
+        if not name.endswith(".json") or "-" not in name:
+            continue
+        kind = name.split("-", 1)[0]
+        try:
+            tiles = json.loads(storage.read_text(storage.join(out.progress, name)))
+        except (json.JSONDecodeError, OSError):
+            continue  # a record torn by a crash: its tiles are simply redone
+        tiles = np.asarray([t for t in tiles if 0 <= t < n_tiles], dtype=np.int64)
+        new = tiles[~done[tiles]]
+        done[new] = True
+        counts[kind] = counts.get(kind, 0) + len(new)
+    return np.packbits(done), counts
+
+
+# --- chunk writes ---------------------------------------------------------
+
+_ARRAYS: dict[tuple[str, str, str], object] = {}
+
+
+def _array(zarr_url: str, name: str, job: str):
+    import zarr
+
+    key = (zarr_url, name, job)
+    if key not in _ARRAYS:
+        if len(_ARRAYS) > 32:
+            _ARRAYS.clear()
+        _ARRAYS[key] = zarr.open_array(storage.zarr_store(zarr_url), path=name, mode="r+")
+    return _ARRAYS[key]
+
+
+def write_tile(out: SceneOutput, core: Window, classes: np.ndarray, proba: np.ndarray | None = None) -> None:
+    """Write one tile core (exactly one chunk) of classes (and probabilities)."""
+    rows, cols = core.slices
+    _array(out.zarr, "classes", out.job)[rows, cols] = classes[: core.height, : core.width]
+    if proba is not None:
+        _array(out.zarr, "probabilities", out.job)[:, rows, cols] = proba[:, : core.height, : core.width]
+
+
+# --- finishing ------------------------------------------------------------
+
+
+def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block: int = 512) -> None:
+    """Copy the Zarr class map into a COG chunk by chunk (flat memory)."""
+    import zarr
+
+    root = zarr.open_group(storage.zarr_store(out.zarr, read_only=True), mode="r")
+    arr = root["classes"]
+    height, width = arr.shape
+    with CogWriter(
+        out.cog,
+        height=height,
+        width=width,
+        count=1,
+        dtype="uint8",
+        crs=info.crs,
+        transform=info.affine,
+        nodata=NODATA,
+        colormap=classes.colormap(),
+        tags=classes.to_tags(),
+        resampling="MODE",
+        blocksize=block,
+    ) as cog:
+        for win in iter_windows(height, width, block):
+            cog.write(win, np.asarray(arr[win.slices]))
+
+
+def consolidate(out: SceneOutput) -> None:
+    import zarr
+
+    zarr.consolidate_metadata(storage.zarr_store(out.zarr))
+
+
+def write_record(out: SceneOutput, record: dict) -> None:
+    storage.write_text(out.record, json.dumps(record, indent=2, default=str))

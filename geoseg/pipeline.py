@@ -1,0 +1,420 @@
+"""``geoseg predict`` as a Ray Data pipeline.
+
+    plan scenes (metadata only)
+      -> ray.data.range(tiles of all scenes)        lazy tile numbers, never a list
+      -> map_batches(read_tiles)       CPU tasks: windowed reads, nodata/done tiles dropped
+      -> map_batches(PredictActor)     actor pool: the model loads once per actor
+      -> map_batches(write_tiles)      CPU tasks: one Zarr chunk per tile, progress log
+      -> finish_scene (Ray tasks)      COG from the Zarr, then the run record, last
+
+Everything each stage does is in a Ray-free module (raster, tiling, predictor,
+stitch, output); this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geoseg import __version__, storage
+from geoseg.bands import resolve_roles
+from geoseg.classes import LANDCOVER, ClassScheme
+from geoseg.errors import InputError, RasterError
+from geoseg.inputs import expand_inputs
+from geoseg.output import SceneOutput
+from geoseg.predictor import ModelSpec
+from geoseg.raster import RasterInfo, read_info, tile_reader
+from geoseg.tiling import TileGrid
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    model: str | None = None  # index model name
+    checkpoint: str | None = None
+    tile_size: int = 512
+    halo: int = 32
+    batch_size: int = 8
+    bands: dict[str, int] | None = None
+    workers: int | None = None  # model actors
+    gpus_per_worker: float = 0.0
+    probabilities: bool = False
+    tta: bool = False
+    precision: str = "auto"
+    compile: bool = False
+    overwrite: bool = False
+    asset: str | None = None
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.checkpoint is None):
+            raise InputError("give exactly one of --model NAME or --checkpoint RUN_DIR")
+        if self.model is not None and self.model not in ("index", "index-otsu"):
+            raise InputError(f"--model: unknown model {self.model!r} (built-in: index, index-otsu)")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.halo >= self.tile_size * 4:
+            raise InputError(f"--halo {self.halo} is too large for --tile-size {self.tile_size}")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise InputError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    index: int
+    url: str
+    info: RasterInfo
+    grid: TileGrid
+    out: SceneOutput
+    bands: list[int]
+    start: int  # global number of this scene's first tile
+    status: str  # new / resume / done
+    done: np.ndarray | None = None  # packed bitmap of finished tiles
+    previous: dict = field(default_factory=dict)
+
+
+# --- planning (driver; metadata only) ----------------------------------------
+
+
+def model_inputs(opts: PredictOptions):
+    """``(classes, band roles, checkpoint meta)`` of the model to run."""
+    if opts.model:
+        return LANDCOVER, ["blue", "green", "red", "nir"], None
+    from geoseg import checkpoint
+
+    meta = checkpoint.read_meta(opts.checkpoint)
+    return meta.classes, meta.band_roles, meta
+
+
+def _bands_for(info: RasterInfo, opts: PredictOptions, roles, meta) -> list[int]:
+    if meta is None or (meta.band_roles and (opts.bands or _has_roles(info, meta.band_roles))):
+        mapping = resolve_roles(info.descriptions, opts.bands, info.url, needed=tuple(roles))
+        return [mapping[r] for r in roles]
+    numbers = meta.band_numbers or list(range(1, meta.model.in_channels + 1))
+    if max(numbers) > info.count:
+        raise RasterError(f"{info.url}: the model needs band {max(numbers)} but the raster has {info.count} bands")
+    return list(numbers)
+
+
+def _has_roles(info: RasterInfo, roles) -> bool:
+    try:
+        resolve_roles(info.descriptions, None, info.url, needed=tuple(roles))
+        return True
+    except InputError:
+        return False
+
+
+def fingerprint(opts: PredictOptions, bands: list[int]) -> dict:
+    """What determines the output's values: a rerun with another one is refused."""
+    return {
+        "model": opts.model or "checkpoint",
+        "checkpoint": opts.checkpoint,
+        "tile_size": opts.tile_size,
+        "halo": opts.halo,
+        "bands": bands,
+        "probabilities": opts.probabilities,
+        "tta": opts.tta,
+        "stitch": "crop",
+    }
+
+
+def plan_scenes(inputs: list[str], prefix: str, opts: PredictOptions) -> tuple[list[ScenePlan], ModelSpec, ClassScheme]:
+    from geoseg import output
+    from geoseg.models.index import fit_otsu
+
+    urls = expand_inputs(inputs, opts.asset)
+    classes, roles, meta = model_inputs(opts)
+    stems: dict[str, str] = {}
+    job = uuid.uuid4().hex
+    plans: list[ScenePlan] = []
+    scene_params: dict[int, dict] = {}
+    start = 0
+    for i, url in enumerate(urls):
+        stem = storage.stem(url)
+        if stem in stems:
+            raise InputError(f"{url} and {stems[stem]} would both write {stem}.*; rename one of them")
+        stems[stem] = url
+        info = read_info(url)
+        bands = _bands_for(info, opts, roles, meta)
+        if meta is not None and len(bands) != meta.model.in_channels:
+            raise RasterError(f"{url}: model needs {meta.model.in_channels} bands, got {len(bands)}")
+        grid = TileGrid(info.height, info.width, opts.tile_size, opts.halo)
+        out = SceneOutput(prefix, stem, job)
+        fp = fingerprint(opts, bands)
+        status = output.check_existing(out, fp, opts.overwrite)
+        done, previous = None, {}
+        if status == "new":
+            output.create_zarr(out, info, grid, classes, fp, opts.probabilities)
+        elif status == "resume":
+            done, previous = output.read_done(out, len(grid))
+        if opts.model == "index-otsu" and status != "done":
+            scene_params[i] = fit_otsu(url, bands).to_dict()
+        plans.append(ScenePlan(i, url, info, grid, out, bands, start, status, done, previous))
+        start += len(grid)
+    options = {"precision": opts.precision, "compile": opts.compile, "tta": opts.tta}
+    spec = ModelSpec(
+        name=opts.model or "checkpoint",
+        checkpoint=opts.checkpoint,
+        scene_params=scene_params,
+        options=options if opts.checkpoint else {},
+    )
+    return plans, spec, classes
+
+
+# --- the three data stages (run inside Ray workers) ---------------------------
+
+
+def _starts(plans: list[ScenePlan]) -> np.ndarray:
+    return np.array([p.start for p in plans], dtype=np.int64)
+
+
+def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
+    """Tile numbers -> padded image tiles and core validity masks.
+
+    Tiles already finished (resume) are dropped; tiles without a single valid
+    pixel are dropped and logged as finished (their output is the fill value).
+    """
+    from geoseg import output
+
+    ids = np.asarray(batch["id"], dtype=np.int64)
+    which = np.searchsorted(_starts(plans), ids, side="right") - 1
+    scenes, tiles, images, valids = [], [], [], []
+    empty: dict[int, list[int]] = {}
+    core = plans[0].grid.core
+    for gid, s in zip(ids, which):
+        plan = plans[s]
+        t = int(gid - plan.start)
+        if plan.done is not None and (plan.done[t >> 3] >> (7 - (t & 7))) & 1:
+            continue
+        tile = plan.grid[plan.grid.index(t)]
+        image, valid = tile_reader(plan.url, plan.bands).read(tile)
+        if not valid.any():
+            empty.setdefault(int(s), []).append(t)
+            continue
+        full = np.zeros((core, core), dtype=bool)
+        full[: valid.shape[0], : valid.shape[1]] = valid
+        scenes.append(s)
+        tiles.append(t)
+        images.append(image)
+        valids.append(full)
+    for s, ts in empty.items():
+        output.log_done(plans[s].out, np.asarray(ts), kind="nodata")
+    size = plans[0].grid.tile_size
+    nb = len(plans[0].bands)
+    return {
+        "scene": np.asarray(scenes, dtype=np.int32),
+        "tile": np.asarray(tiles, dtype=np.int64),
+        "image": np.stack(images).astype(dtype, copy=False) if images else np.empty((0, nb, size, size), dtype),
+        "valid": np.stack(valids) if valids else np.empty((0, core, core), bool),
+    }
+
+
+class PredictActor:
+    """Holds one model (loaded once) and turns image tiles into finished class tiles."""
+
+    def __init__(self, spec: ModelSpec, halo: int, core: int, probabilities: bool = False):
+        self.predictor = spec.build()
+        self.halo, self.core, self.probabilities = halo, core, probabilities
+
+    def __call__(self, batch: dict) -> dict:
+        from geoseg import stitch
+
+        images, scenes = batch["image"], batch["scene"]
+        out = {"scene": scenes, "tile": batch["tile"]}
+        if len(images) == 0:
+            out["classes"] = np.empty((0, self.core, self.core), np.uint8)
+            if self.probabilities:
+                out["proba"] = np.empty((0, self.predictor.num_classes or 1, self.core, self.core), np.uint8)
+            return out
+        if self.probabilities:
+            proba = self.predictor.predict_proba(images, scenes)
+            classes = proba.argmax(1).astype(np.uint8)
+            out["proba"] = stitch.to_uint8_proba(proba, self.halo, self.core)
+        else:
+            classes = self.predictor.predict(images, scenes)
+        out["classes"] = stitch.finish(classes, batch["valid"], self.halo, self.core)
+        return out
+
+
+def write_tiles(batch: dict, plans: list[ScenePlan]) -> dict:
+    """Write each tile's core into its own Zarr chunk, then log the tiles as done."""
+    from geoseg import output
+
+    scenes, tiles = batch["scene"], batch["tile"]
+    proba = batch.get("proba")
+    for i, (s, t) in enumerate(zip(scenes, tiles)):
+        plan = plans[s]
+        core = plan.grid[plan.grid.index(int(t))].core
+        output.write_tile(plan.out, core, batch["classes"][i], None if proba is None else proba[i])
+    for s in np.unique(scenes):
+        output.log_done(plans[s].out, tiles[scenes == s])
+    _metrics().inc(len(tiles))
+    return {"scene": np.asarray(scenes, dtype=np.int32), "n": np.ones(len(scenes), dtype=np.int64)}
+
+
+_COUNTER = None
+
+
+def _metrics():
+    """A Ray metric (shown on the dashboard / Prometheus): tiles written."""
+    global _COUNTER
+    if _COUNTER is None:
+        from ray.util.metrics import Counter
+
+        _COUNTER = Counter("geoseg_tiles_written", description="Tiles predicted and written by geoseg")
+    return _COUNTER
+
+
+def finish_scene(plan: ScenePlan, classes: ClassScheme) -> dict:
+    """Consolidate the Zarr metadata and build the COG; returns tile counts."""
+    from geoseg import output
+
+    _, counts = output.read_done(plan.out, len(plan.grid))
+    output.consolidate(plan.out)
+    t0 = time.perf_counter()
+    output.zarr_to_cog(plan.out, plan.info, classes)
+    storage.remove(plan.out.progress, recursive=True)
+    return {"counts": counts, "cog_seconds": round(time.perf_counter() - t0, 3)}
+
+
+# --- the job ------------------------------------------------------------------
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"geoseg": __version__, "python": platform.python_version()}
+    for pkg in ("ray", "torch", "rasterio", "zarr", "numpy", "segmentation-models-pytorch"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        import rasterio
+
+        out["gdal"] = rasterio.__gdal_version__
+    except ImportError:
+        pass
+    return out
+
+
+def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> list[dict]:
+    """Run a prediction job; returns the run record of every scene."""
+    import ray
+
+    from geoseg import output
+    from geoseg.runtime import cluster_cpus, cluster_gpus, init_ray
+
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    plans, spec, classes = plan_scenes(inputs, prefix, opts)  # bad input fails here, before Ray starts
+    init_ray(opts.address or None)
+    todo = [p for p in plans if p.status != "done"]
+    t_plan = time.perf_counter() - t0
+    for p in plans:
+        if p.status == "done":
+            log(f"{p.url}: already complete ({p.out.record}), skipped")
+        elif p.status == "resume":
+            log(f"{p.url}: resuming, {sum(p.previous.values())} of {len(p.grid)} tiles already done")
+
+    t1 = time.perf_counter()
+    if todo:
+        dtype = np.result_type(*[np.dtype(p.info.dtype) for p in plans]).name
+        if spec.name == "checkpoint":
+            dtype = "float32"
+        total = plans[-1].start + len(plans[-1].grid)
+        cpus, gpus = cluster_cpus(), cluster_gpus()
+        use_gpu = opts.gpus_per_worker > 0 or (spec.name == "checkpoint" and gpus > 0)
+        gpw = (opts.gpus_per_worker or 1.0) if use_gpu else 0.0
+        workers = opts.workers or (max(1, int(gpus // gpw)) if use_gpu else 1)
+        if spec.name == "checkpoint" and not use_gpu:
+            # Torch uses all the cores it is given; split them between the model actors.
+            threads = max(1, cpus // workers)
+            spec = ModelSpec(spec.name, spec.checkpoint, spec.scene_params, {**spec.options, "threads": threads})
+        bs = opts.batch_size
+        n_blocks = max(1, min(total // bs + 1, 4 * cpus * max(1, total // (bs * 64))))
+        ds = ray.data.range(total, override_num_blocks=n_blocks)
+        ds = ds.map_batches(read_tiles, fn_kwargs={"plans": plans, "dtype": dtype}, batch_size=bs, num_cpus=0.5)
+        ds = ds.map_batches(
+            PredictActor,
+            fn_constructor_kwargs={
+                "spec": spec,
+                "halo": opts.halo,
+                "core": opts.tile_size,
+                "probabilities": opts.probabilities,
+            },
+            batch_size=bs,
+            concurrency=workers,
+            num_cpus=0.5 if not use_gpu else 1,
+            num_gpus=gpw,
+        )
+        ds = ds.map_batches(write_tiles, fn_kwargs={"plans": plans}, batch_size=None, num_cpus=0.25)
+        written = np.zeros(len(plans), dtype=np.int64)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            np.add.at(written, batch["scene"], 1)
+    t_pipeline = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    finish = ray.remote(num_cpus=0.5)(finish_scene)
+    results = ray.get([finish.remote(p, classes) for p in todo])
+    t_finish = time.perf_counter() - t2
+
+    records = []
+    for plan, res in zip(todo, results):
+        counts = res["counts"]
+        rec = {
+            "status": "complete",
+            "input": plan.url,
+            "outputs": {"zarr": plan.out.zarr, "cog": plan.out.cog, "record": plan.out.record},
+            "model": {
+                "name": spec.name,
+                "checkpoint": opts.checkpoint,
+                "classes": classes.to_dict(),
+                "thresholds": spec.scene_params.get(plan.index),
+            },
+            "parameters": {
+                **fingerprint(opts, plan.bands),
+                "batch_size": opts.batch_size,
+                "precision": opts.precision,
+            },
+            "raster": {
+                "height": plan.info.height,
+                "width": plan.info.width,
+                "crs": plan.info.crs,
+                "transform": list(plan.info.transform),
+                "nodata": plan.info.nodata,
+            },
+            "tiles": {
+                "total": len(plan.grid),
+                "predicted": counts.get("done", 0),
+                "nodata_skipped": counts.get("nodata", 0),
+                "resumed": sum(plan.previous.values()),
+            },
+            "timings_s": {
+                "plan": round(t_plan, 3),
+                "pipeline": round(t_pipeline, 3),
+                "finish": round(t_finish, 3),
+                "cog": res["cog_seconds"],
+                "total": round(time.perf_counter() - t0, 3),
+            },
+            "started": started.isoformat(),
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "versions": versions(),
+        }
+        output.write_record(plan.out, rec)
+        records.append(rec)
+    if len(plans) > 1:
+        summary = {
+            "scenes": [{"input": p.url, "record": p.out.record, "status": p.status} for p in plans],
+            "pixels": int(sum(p.info.height * p.info.width for p in plans)),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        storage.write_text(storage.join(prefix, "_job.json"), json.dumps(summary, indent=2))
+    return records

@@ -1,0 +1,39 @@
+"""Connecting to Ray: an embedded local Ray, or a cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from geoseg import storage
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Attach to ``address`` / ``RAY_ADDRESS``, or start a local Ray.
+
+    Storage settings (S3 endpoint, credentials from the environment) reach the
+    workers through the job's ``runtime_env``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    env = {"env_vars": storage.worker_env()} if storage.worker_env() else None
+    kwargs = dict(runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))

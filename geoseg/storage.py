@@ -1,0 +1,250 @@
+"""Where bytes live: local paths and object-storage URLs (``s3://``...).
+
+One module owns every storage setting: GDAL configuration for COGs on object
+storage, fsspec/s3fs options, Zarr stores, and the environment that Ray
+workers need to reach the same endpoint. S3-compatible stores (MinIO, Ceph)
+are reached through ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; credentials
+come from the standard AWS chain and are never logged or written anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+from geoseg.errors import StorageError
+
+# GDAL settings tuned for reading Cloud-Optimized GeoTIFFs from object storage.
+GDAL_OPTIONS: dict[str, Any] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt,.jp2",
+    "GDAL_HTTP_MAX_RETRY": "5",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "VSI_CACHE": "TRUE",
+    "GDAL_CACHEMAX": 256,
+}
+
+# Environment variables forwarded to Ray workers so they reach the same store.
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+    "AWS_S3_ENDPOINT",
+    "AWS_HTTPS",
+    "AWS_VIRTUAL_HOSTING",
+    "AWS_NO_SIGN_REQUEST",
+)
+
+
+def is_remote(url: str) -> bool:
+    """True for URLs with a scheme other than ``file``."""
+    scheme = urlparse(str(url)).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+def local_path(url: str) -> str:
+    """The filesystem path of a local URL (``file://`` stripped)."""
+    url = str(url)
+    return urlparse(url).path if url.startswith("file://") else url
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a path or URL."""
+    base = str(base)
+    if is_remote(base):
+        return posixpath.join(base.rstrip("/") + "/", *parts)
+    return os.path.join(local_path(base), *parts)
+
+
+def stem(url: str) -> str:
+    """File name without directories or extension: ``s3://b/x/scene.tif`` -> ``scene``."""
+    name = posixpath.basename(str(url).rstrip("/"))
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def endpoint_url() -> str | None:
+    """The S3 endpoint override, if any (``AWS_ENDPOINT_URL_S3`` wins)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def gdal_options() -> dict[str, Any]:
+    """GDAL config options, including the S3 endpoint derived from ``AWS_ENDPOINT_URL``."""
+    opts = dict(GDAL_OPTIONS)
+    ep = endpoint_url()
+    if ep:
+        parsed = urlparse(ep)
+        opts["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
+        opts["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
+        opts["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    return opts
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables that Ray workers need (passed via ``runtime_env``)."""
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return env
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec options for a URL (the S3 endpoint for s3 URLs)."""
+    if urlparse(str(url)).scheme in ("s3", "s3a"):
+        ep = endpoint_url()
+        return {"endpoint_url": ep} if ep else {}
+    return {}
+
+
+def filesystem(url: str):
+    """``(fsspec filesystem, path)`` for a URL or local path."""
+    import fsspec
+
+    url = str(url)
+    if not is_remote(url):
+        return fsspec.filesystem("file"), os.path.abspath(local_path(url))
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
+    return fs, path
+
+
+def _wrap(url: str, exc: Exception) -> StorageError:
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return StorageError(f"{url}: not found")
+    if isinstance(exc, PermissionError):
+        return StorageError(f"{url}: access denied")
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return StorageError(f"{url}: {msg}")
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    try:
+        return fs.exists(path)
+    except Exception as exc:  # noqa: BLE001 - surfaced as a one-line StorageError
+        raise _wrap(url, exc) from exc
+
+
+def read_text(url: str) -> str:
+    fs, path = filesystem(url)
+    try:
+        with fs.open(path, "r") as f:
+            return f.read()
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+
+
+def write_text(url: str, text: str) -> None:
+    """Write a small text object atomically (local: write + rename; S3: one PUT)."""
+    fs, path = filesystem(url)
+    try:
+        if is_remote(url):
+            with fs.open(path, "w") as f:
+                f.write(text)
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    fs, path = filesystem(url)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+
+
+def makedirs(url: str) -> None:
+    if not is_remote(url):
+        os.makedirs(local_path(url), exist_ok=True)
+
+
+def listdir(url: str) -> list[str]:
+    """Names (not paths) directly under a folder URL; empty if it does not exist."""
+    fs, path = filesystem(url)
+    try:
+        if not fs.exists(path):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+
+
+def put_file(local: str, url: str) -> None:
+    """Copy a finished local file to its destination in one step."""
+    if not is_remote(url):
+        dst = local_path(url)
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, dst)
+        return
+    fs, path = filesystem(url)
+    try:
+        fs.put_file(local, path)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+
+
+@contextlib.contextmanager
+def staging_path(url: str, suffix: str = "") -> Iterator[str]:
+    """A local scratch path for building a file that ends up at ``url``.
+
+    Local destinations get a scratch file beside them (same filesystem, so the
+    final move is a rename); remote ones get a temp file that is uploaded by the
+    caller with :func:`put_file`.
+    """
+    if is_remote(url):
+        d = tempfile.mkdtemp(prefix="geoseg-")
+    else:
+        parent = os.path.dirname(os.path.abspath(local_path(url)))
+        os.makedirs(parent, exist_ok=True)
+        d = tempfile.mkdtemp(prefix=".geoseg-", dir=parent)
+    try:
+        yield os.path.join(d, "staged" + suffix)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def gdal_env():
+    """A ``rasterio.Env`` with geoseg's GDAL settings and the AWS credential chain."""
+    import rasterio
+    from rasterio.session import AWSSession
+
+    opts = gdal_options()
+    try:
+        import boto3  # noqa: F401
+
+        session = AWSSession(endpoint_url=endpoint_url()) if endpoint_url() else AWSSession()
+        return rasterio.Env(session=session, **opts)
+    except Exception:  # noqa: BLE001 - no boto3 / no credentials: GDAL's own chain
+        return rasterio.Env(**opts)
+
+
+def zarr_store(url: str, read_only: bool = False):
+    """A Zarr v3 store for a local path or fsspec URL."""
+    import zarr
+
+    url = str(url)
+    if is_remote(url):
+        return zarr.storage.FsspecStore.from_url(
+            url, storage_options=storage_options(url), read_only=read_only
+        )
+    return zarr.storage.LocalStore(local_path(url), read_only=read_only)

@@ -1,0 +1,147 @@
+"""Tile grids over rasters: pure arithmetic, no I/O and no Ray.
+
+Axis order is explicit everywhere: ``row`` / ``col`` (= y / x) and shapes are
+``(height, width)``. A :class:`TileGrid` cuts a raster of ``height x width``
+pixels into cores of ``core x core`` pixels (edge cores are clipped). Each
+:class:`Tile` is read with a ``halo`` of context on every side, so every tile
+array has the same shape ``(core + 2*halo, core + 2*halo)``: the part of the
+halo (or of a clipped core) that falls outside the raster is filled by reflect
+padding and cropped away again after the model. Tile ``(iy, ix)``'s core is
+exactly chunk ``(iy, ix)`` of an output chunked ``(core, core)``, so no two
+tiles ever write the same output chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg.errors import InputError
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A rectangle of pixels: offsets and sizes in (row, col) order."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        if self.height < 0 or self.width < 0:
+            raise ValueError(f"negative window size: {self}")
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(row slice, col slice)`` for indexing a ``(..., rows, cols)`` array."""
+        return (
+            slice(self.row_off, self.row_off + self.height),
+            slice(self.col_off, self.col_off + self.width),
+        )
+
+    @property
+    def size(self) -> int:
+        return self.height * self.width
+
+    def to_rasterio(self):
+        from rasterio.windows import Window as RioWindow
+
+        return RioWindow(self.col_off, self.row_off, self.width, self.height)
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One tile of a grid.
+
+    ``core``: the pixels this tile is responsible for (raster coordinates).
+    ``read``: the part of ``core`` grown by the halo that lies inside the raster.
+    ``pad``: ``(top, bottom, left, right)`` pixels of padding that bring the read
+    block up to the full tile shape.
+    ``crop``: the core's place inside the padded tile array.
+    """
+
+    iy: int
+    ix: int
+    core: Window
+    read: Window
+    pad: tuple[int, int, int, int]
+    crop: Window
+
+
+@dataclass(frozen=True, slots=True)
+class TileGrid:
+    """A grid of ``core``-sized tiles with ``halo`` pixels of context."""
+
+    height: int
+    width: int
+    core: int = 512
+    halo: int = 32
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise InputError(f"raster size must be positive, got {self.height}x{self.width}")
+        if self.core <= 0:
+            raise InputError(f"--tile-size must be positive, got {self.core}")
+        if self.halo < 0:
+            raise InputError(f"--halo must be >= 0, got {self.halo}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Number of tiles as ``(rows, cols)``."""
+        return (-(-self.height // self.core), -(-self.width // self.core))
+
+    @property
+    def tile_size(self) -> int:
+        """Side of every tile array, halo included."""
+        return self.core + 2 * self.halo
+
+    def __len__(self) -> int:
+        ny, nx = self.shape
+        return ny * nx
+
+    def index(self, i: int) -> tuple[int, int]:
+        """Row-major tile number -> ``(iy, ix)``."""
+        ny, nx = self.shape
+        if not 0 <= i < ny * nx:
+            raise IndexError(i)
+        return divmod(i, nx)
+
+    def __getitem__(self, key: tuple[int, int]) -> Tile:
+        iy, ix = key
+        ny, nx = self.shape
+        if not (0 <= iy < ny and 0 <= ix < nx):
+            raise IndexError(key)
+        r0, c0 = iy * self.core, ix * self.core
+        ch, cw = min(self.core, self.height - r0), min(self.core, self.width - c0)
+        core = Window(r0, c0, ch, cw)
+        h = self.halo
+        rr0, cc0 = max(0, r0 - h), max(0, c0 - h)
+        rr1, cc1 = min(self.height, r0 + self.core + h), min(self.width, c0 + self.core + h)
+        read = Window(rr0, cc0, rr1 - rr0, cc1 - cc0)
+        top, left = rr0 - (r0 - h), cc0 - (c0 - h)
+        bottom = self.tile_size - top - read.height
+        right = self.tile_size - left - read.width
+        return Tile(iy, ix, core, read, (top, bottom, left, right), Window(h, h, ch, cw))
+
+    def __iter__(self) -> Iterator[Tile]:
+        ny, nx = self.shape
+        for iy in range(ny):
+            for ix in range(nx):
+                yield self[iy, ix]
+
+
+def pad_tile(block: np.ndarray, tile: Tile) -> np.ndarray:
+    """Pad a read block ``(..., rows, cols)`` to the full tile shape by reflection.
+
+    Reflection never repeats the edge pixel, so there is no artificial plateau at
+    raster edges. Blocks too small to reflect fall back to edge replication.
+    """
+    top, bottom, left, right = tile.pad
+    if not any(tile.pad):
+        return block
+    widths = [(0, 0)] * (block.ndim - 2) + [(top, bottom), (left, right)]
+    mode = "reflect" if min(block.shape[-2:]) > 1 else "edge"
+    return np.pad(block, widths, mode=mode)

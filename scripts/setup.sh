@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install geoseg with its test extra, pinned by
+# constraints.txt. Idempotent: does nothing when the install is up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-}"
+if [[ -z "$PY" ]]; then
+  for cand in python3.11 python3.12 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      PY="$cand"; break
+    fi
+  done
+fi
+[[ -n "$PY" ]] || { echo "setup: need Python >= 3.11" >&2; exit 1; }
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [[ "$(cat .venv/.geoseg-stamp 2>/dev/null)" != "$stamp" ]]; then
+  echo "setup: installing geoseg and its dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  .venv/bin/python -c 'import geoseg, ray, torch, rasterio, zarr, segmentation_models_pytorch, moto' \
+    || { echo "setup: install failed" >&2; exit 1; }
+  echo "$stamp" > .venv/.geoseg-stamp
+fi

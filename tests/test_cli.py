@@ -1,0 +1,56 @@
+"""The command line: one clear line for user errors, no traceback, non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "geoseg", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["predict", "{tmp}/missing.tif", "--out", "{tmp}/o", "--model", "index"], 1, "missing.tif: not found"),
+        (["predict", "{scene}", "--out", "{tmp}/o", "--model", "magic"], 1, "unknown model 'magic'"),
+        (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--tile-size", "0"], 2, "--tile-size must be positive"),
+        (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--bands", "red=x"], 1, "--bands"),
+        (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--bands", "red=9"], 1, "has 4 bands"),
+        (["predict", "{tmp}/bad.json", "--out", "{tmp}/o", "--model", "index"], 1, "bad.json: not valid JSON"),
+        (["predict", "{tmp}/notraster.tif", "--out", "{tmp}/o", "--model", "index"], 1, "notraster.tif: cannot open as a raster"),
+        (["sample", "{tmp}/s", "--size", "10"], 1, "--size must be at least 64"),
+        (["sample", "{tmp}/s", "--seed", "-1"], 2, "--seed must be >= 0"),
+        (["evaluate", "{scene}", "{tmp}/small.tif"], 1, "different grids"),
+    ],
+)
+def test_user_errors_are_one_line(args, code, needle, sample_dir, tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "notraster.tif").write_text("hello")
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(
+        tmp_path / "small.tif", "w", driver="GTiff", height=8, width=8, count=1, dtype="uint8",
+        crs="EPSG:4326", transform=Affine(1, 0, 0, 0, -1, 0),
+    ) as dst:
+        dst.write(__import__("numpy").zeros((1, 8, 8), "uint8"))
+    args = [a.format(tmp=tmp_path, scene=sample_dir / "scene.tif") for a in args]
+    res = run(*args)
+    assert res.returncode == code, res.stderr
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+    if code == 1:
+        assert res.stderr.strip().count("\n") == 0, res.stderr  # exactly one line
+
+
+def test_sample_and_evaluate_cli(tmp_path):
+    res = run("sample", str(tmp_path / "s"), "--size", "128", "--seed", "4")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "s" / "scene.tif").exists() and (tmp_path / "s" / "labels.tif").exists()
+    res = run("evaluate", str(tmp_path / "s" / "labels.tif"), str(tmp_path / "s" / "labels.tif"))
+    assert res.returncode == 0, res.stderr
+    assert "pixel accuracy 1.000" in res.stdout

@@ -1,0 +1,99 @@
+"""predict end to end on a real local Ray; outputs read back by rasterio and xarray."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401 - registers .rio
+import xarray as xr
+
+from geoseg.classes import NODATA
+from geoseg.errors import OutputExistsError
+from geoseg.models.index import IndexModel
+from geoseg.pipeline import PredictOptions, predict
+
+
+def _whole_image_index(scene_path):
+    with rasterio.open(scene_path) as src:
+        img = src.read()
+    expected = IndexModel().predict(img[None])[0]
+    expected[np.all(img == 0, axis=0)] = NODATA
+    return expected
+
+
+def test_predict_writes_zarr_cog_and_record(ray_local, sample_dir, tmp_path):
+    out = tmp_path / "pred"
+    opts = PredictOptions(model="index", tile_size=256, halo=16, batch_size=4)
+    (rec,) = predict([str(sample_dir / "scene.tif")], str(out), opts)
+    with rasterio.open(sample_dir / "scene.tif") as src:
+        crs, transform, shape = src.crs, src.transform, src.shape
+
+    # COG: same grid, nodata, colour table, overviews, tiled
+    with rasterio.open(out / "scene.tif") as cog:
+        assert (cog.crs, cog.transform, cog.shape) == (crs, transform, shape)
+        assert cog.nodata == NODATA and cog.dtypes[0] == "uint8"
+        assert cog.profile["tiled"] and cog.overviews(1)
+        assert cog.colormap(1)[0][:3] == (196, 164, 112)
+        classes = cog.read(1)
+    # stitched tiles equal whole-image inference (a per-pixel model: exact)
+    np.testing.assert_array_equal(classes, _whole_image_index(sample_dir / "scene.tif"))
+
+    # Zarr: chunked by tile core, georeferenced for xarray + rioxarray
+    ds = xr.open_zarr(out / "scene.zarr")
+    assert ds["classes"].shape == shape
+    assert ds["classes"].encoding["chunks"] == (256, 256)
+    assert ds["classes"].rio.crs == crs
+    assert ds["classes"].rio.transform() == transform
+    np.testing.assert_array_equal(ds["classes"].values, classes)
+
+    record = json.loads((out / "scene.json").read_text())
+    assert record == json.loads(json.dumps(rec))
+    assert record["status"] == "complete"
+    assert record["tiles"]["total"] == 9
+    assert record["tiles"]["predicted"] + record["tiles"]["nodata_skipped"] == 9
+    assert record["parameters"]["tile_size"] == 256 and record["model"]["name"] == "index"
+    assert "ray" in record["versions"] and record["timings_s"]["total"] > 0
+    assert not (out / ".geoseg" / "scene").exists()
+
+
+def test_nodata_tiles_are_skipped(ray_local, tmp_path):
+    from affine import Affine
+
+    data = np.full((4, 200, 300), 1500, dtype=np.uint16)
+    data[3] = 4000  # vegetation everywhere
+    data[:, :100, :] = 0  # top half of the tiles: all nodata
+    path = tmp_path / "holes.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", height=200, width=300, count=4, dtype="uint16", nodata=0,
+        crs="EPSG:32631", transform=Affine(20, 0, 500000, 0, -20, 4000000),
+    ) as dst:
+        dst.write(data)
+    opts = PredictOptions(model="index", tile_size=100, halo=8, bands={"blue": 1, "green": 2, "red": 3, "nir": 4})
+    (rec,) = predict([str(path)], str(tmp_path / "out"), opts)
+    assert rec["tiles"] == {"total": 6, "predicted": 3, "nodata_skipped": 3, "resumed": 0}
+    with rasterio.open(tmp_path / "out" / "holes.tif") as cog:
+        classes = cog.read(1)
+        assert cog.crs.to_epsg() == 32631
+    assert (classes[:100] == NODATA).all()
+    assert (classes[100:] == 1).all()
+
+
+def test_rerun_with_other_parameters_is_refused(ray_local, sample_dir, tmp_path):
+    out = str(tmp_path / "pred")
+    scene = str(sample_dir / "scene.tif")
+    predict([scene], out, PredictOptions(model="index", tile_size=320, halo=8))
+    # the same command again: already complete, nothing redone
+    assert predict([scene], out, PredictOptions(model="index", tile_size=320, halo=8)) == []
+    with pytest.raises(OutputExistsError, match="tile_size"):
+        predict([scene], out, PredictOptions(model="index", tile_size=256, halo=8))
+    (rec,) = predict([scene], out, PredictOptions(model="index", tile_size=256, halo=8, overwrite=True))
+    assert rec["parameters"]["tile_size"] == 256
+
+
+def test_otsu_model_fits_per_scene_thresholds(ray_local, sample_dir, tmp_path):
+    (rec,) = predict(
+        [str(sample_dir / "scene.tif")], str(tmp_path / "o"), PredictOptions(model="index-otsu", tile_size=320)
+    )
+    t = rec["model"]["thresholds"]
+    assert set(t) == {"ndwi", "ndvi", "built"} and 0.15 <= t["ndvi"] <= 0.6
