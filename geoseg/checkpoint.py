@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -89,11 +88,6 @@ def save(folder: str, model, meta: CheckpointMeta, train_state: dict | None = No
         json.dump(meta.to_dict(), f, indent=2)
 
 
-def _checkpoint_number(name: str) -> int:
-    m = re.search(r"(\d+)$", name)
-    return int(m.group(1)) if m else -1
-
-
 def locate(path: str) -> str:
     """The checkpoint folder for a checkpoint folder or a training run folder."""
     if storage.exists(storage.join(path, META)):
@@ -103,7 +97,7 @@ def locate(path: str) -> str:
         if storage.exists(storage.join(cand, META)):
             return cand
     names = [n for n in storage.listdir(path) if n.startswith("checkpoint")]
-    for name in sorted(names, key=_checkpoint_number, reverse=True):
+    for name in sorted(names, reverse=True):  # Ray Train names sort by time
         cand = storage.join(path, name)
         if storage.exists(storage.join(cand, META)):
             return cand

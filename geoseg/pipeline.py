@@ -351,7 +351,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
                 "probabilities": opts.probabilities,
             },
             batch_size=bs,
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=0.5 if not use_gpu else 1,
             num_gpus=gpw,
         )

@@ -114,6 +114,12 @@ class TileReader:
         valid = valid_block[r0 : r0 + tile.core.height, c0 : c0 + tile.core.width]
         return pad_tile(block, tile), valid
 
+    def read_window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """``(block (bands, h, w), valid (h, w) bool)`` for a window inside the raster."""
+        win = window.to_rasterio()
+        block = self._src.read(self.bands, window=win)
+        return block, self._valid(block, win)
+
     def _valid(self, block: np.ndarray, win) -> np.ndarray:
         if self.nodata is not None:
             if np.isnan(self.nodata):
