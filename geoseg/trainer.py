@@ -56,6 +56,7 @@ class TrainConfig:
     gpus: bool = False
     cpus_per_worker: float | None = None  # default: leave a CPU for Ray Data's chip readers
     num_to_keep: int = 2
+    placement_strategy: str = "PACK"  # or SPREAD: one worker per node where possible
     max_failures: int = 3
     seed: int = 0
     address: str | None = None
@@ -80,6 +81,8 @@ class TrainConfig:
             bad(f"max_minutes must be > 0, got {self.max_minutes!r}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             bad(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            bad(f"placement_strategy must be PACK or SPREAD, got {self.placement_strategy!r}")
         if self.max_failures < -1:
             bad(f"max_failures must be >= -1, got {self.max_failures!r}")
         AugmentConfig(**self.augment) if self.augment else None
@@ -153,7 +156,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed + 1000 * rank)
 
     model = build_model(mcfg, cfg.encoder_weights, cfg.freeze_encoder)
-    start_epoch, best, history, elapsed_before = 0, -1.0, [], 0.0
+    start_epoch, best, history, elapsed_before, resumed_at = 0, -1.0, [], 0.0, None
     opt_state = sched_state = None
     restored = ray.train.get_checkpoint()
     if restored:
@@ -166,6 +169,9 @@ def train_loop(config: dict) -> None:
                 best = float(state.get("best_miou", -1.0))
                 history = json.loads(state.get("history", "[]")) if isinstance(state.get("history"), str) else []
                 elapsed_before = float(state.get("elapsed", 0.0))
+                resumed_at = start_epoch
+                if rank == 0:
+                    print(f"resuming from the checkpoint of epoch {start_epoch - 1}", flush=True)
     model = ray.train.torch.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -241,6 +247,10 @@ def train_loop(config: dict) -> None:
         # Stop early when the time budget would be exceeded by another epoch (same on all ranks).
         per_epoch = elapsed / max(1, epoch + 1 - start_epoch) if not restored else time.time() - t_epoch
         stop = cfg.max_minutes is not None and elapsed + per_epoch > cfg.max_minutes * 60
+        if world > 1 and dist.is_initialized():  # every rank must take the same decision
+            flag = torch.tensor([1.0 if stop else 0.0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item() > 0)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
@@ -255,7 +265,7 @@ def train_loop(config: dict) -> None:
                     band_numbers=config.get("band_numbers"),
                     epoch=epoch,
                     metrics=metrics,
-                    extra={"stopped_early": bool(stop)},
+                    extra={"stopped_early": bool(stop), "resumed_at": resumed_at, "world_size": world},
                 )
                 state = {
                     "optimizer": opt.state_dict(),
@@ -343,7 +353,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         f"training {cfg.arch}/{cfg.encoder} on {len(pairs)} scene(s): {len(plan.train_blocks)} train blocks, "
         f"{len(plan.val_chips)} validation chips, classes {list(plan.classes.names)}"
     )
-    train_ds = ray.data.range(cfg.chips_per_epoch, override_num_blocks=max(2, cfg.chips_per_epoch // 64))
+    # Chip numbers live in the object store (no read task to schedule); each epoch
+    # re-executes the map, so every epoch draws fresh random chips.
+    # (No 1-CPU read task either: with fractional train workers it might fit on no node.)
+    train_ds = ray.data.from_items(
+        [{"id": i} for i in range(cfg.chips_per_epoch)], override_num_blocks=max(2, cfg.chips_per_epoch // 64)
+    )
     train_ds = train_ds.map_batches(sample_train_chips, fn_kwargs={"plan": plan}, batch_size=32, num_cpus=0.25)
     val_rows = [{"pair": int(p), "row": int(r), "col": int(c)} for p, r, c in plan.val_chips]
     val_ds = ray.data.from_items(val_rows, override_num_blocks=max(1, min(len(val_rows) // 32, 16)))
@@ -371,6 +386,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             num_workers=cfg.workers,
             use_gpu=cfg.gpus,
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if cfg.gpus else {})},
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=name,

@@ -1,0 +1,161 @@
+"""Training on a real multi-node Ray cluster (ray.cluster_utils.Cluster), checkpoints, resume."""
+
+import json
+import os
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+import rasterio
+
+from geoseg import checkpoint
+from geoseg.errors import CheckpointError, InputError, RasterError
+from geoseg.trainer import TrainConfig, train
+
+SMALL = dict(chip_size=64, block_size=128, chips_per_epoch=32, batch_size=8, workers=2, num_to_keep=2)
+
+
+def _cfg(sample_dir, out, **kw):
+    return TrainConfig(
+        images=[str(sample_dir / "scene.tif")], labels=[str(sample_dir / "labels.tif")], out=str(out), **{**SMALL, **kw}
+    )
+
+
+@pytest.mark.slow
+def test_two_workers_on_two_nodes_then_predict(ray_cluster, sample_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = train(_cfg(sample_dir, out, arch="unet", encoder="resnet18", epochs=2, placement_strategy="SPREAD", cpus_per_worker=0.75))
+    assert summary["last"]["epoch"] == 1
+    assert 0 <= summary["best"]["val_miou"] <= 1 and summary["best"]["chips_per_s"] > 0
+    model, meta, state = checkpoint.load(str(out), with_state=True)
+    assert meta.model.arch == "unet" and meta.model.in_channels == 4 and meta.model.num_classes == 4
+    assert list(meta.classes.names) == ["bare_soil", "vegetation", "water", "built_up"]
+    assert len(meta.mean) == 4 and all(s > 0 for s in meta.std)
+    assert meta.band_roles == ["blue", "green", "red", "nir"] and meta.extra["world_size"] == 2
+    assert state["epoch"] in (0, 1) and "optimizer" in state
+    run = json.loads((out / "run.json").read_text())
+    assert run["best_checkpoint"].endswith("best")
+    # num_to_keep=2: Ray Train keeps at most two epoch checkpoints
+    assert len([p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir()]) <= 2
+
+    # checkpoint -> predict needs no other model flags
+    from geoseg.pipeline import PredictOptions, predict
+
+    (rec,) = predict([str(sample_dir / "scene.tif")], str(tmp_path / "pred"),
+                     PredictOptions(checkpoint=str(out), tile_size=256, halo=32))
+    with rasterio.open(tmp_path / "pred" / "scene.tif") as cog:
+        classes = cog.read(1)
+    assert classes.shape == (640, 640)
+    assert set(np.unique(classes)) <= {0, 1, 2, 3, 255}
+    assert rec["tiles"]["predicted"] > 0
+
+
+@pytest.mark.slow
+def test_lost_worker_node_resumes_from_checkpoint(ray_cluster, sample_dir, tmp_path):
+    cluster, worker = ray_cluster
+    out = tmp_path / "run"
+    cfg = _cfg(sample_dir, out, arch="tinyfcn", epochs=6, chips_per_epoch=64, max_failures=3,
+               placement_strategy="SPREAD", cpus_per_worker=0.75)
+
+    def kill_worker_node():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if any(p.startswith("checkpoint_") for p in os.listdir(out) if out.exists()):
+                cluster.remove_node(worker)
+                cluster.add_node(num_cpus=1)  # the replacement an autoscaler would bring
+                return
+            time.sleep(0.2)
+
+    out.mkdir()
+    killer = threading.Thread(target=kill_worker_node, daemon=True)
+    killer.start()
+    summary = train(cfg)
+    killer.join(timeout=1)
+    assert summary["last"]["epoch"] == 5
+    _, meta = checkpoint.load(str(out / "best"))
+    latest = sorted(p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir())[-1]
+    _, last_meta = checkpoint.load(str(out / latest))
+    assert last_meta.extra["resumed_at"] is not None and last_meta.extra["resumed_at"] >= 1
+
+
+def test_rerun_with_same_out_resumes(ray_local, sample_dir, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(sample_dir, out, arch="tinyfcn", epochs=1))
+    summary = train(_cfg(sample_dir, out, arch="tinyfcn", epochs=2))
+    assert summary["last"]["epoch"] == 1
+    latest = sorted(p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir())[-1]
+    _, meta = checkpoint.load(str(out / latest))
+    assert meta.epoch == 1 and meta.extra["resumed_at"] == 1
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/geoseg-pwned",))
+
+
+def test_malicious_pickle_checkpoint_is_refused(tmp_path):
+    import torch
+
+    from geoseg.checkpoint import CheckpointMeta, save
+    from geoseg.classes import LANDCOVER
+    from geoseg.models.zoo import ModelConfig, build_model, load_weights
+
+    cfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
+    folder = tmp_path / "ckpt"
+    save(str(folder), build_model(cfg), CheckpointMeta(cfg, LANDCOVER, [0.0] * 4, [1.0] * 4))
+    with open(folder / "train_state.pt", "wb") as f:
+        pickle.dump({"optimizer": _Evil()}, f)
+    if os.path.exists("/tmp/geoseg-pwned"):
+        os.remove("/tmp/geoseg-pwned")
+    with pytest.raises(CheckpointError, match="refused"):
+        checkpoint.load(str(folder), with_state=True)
+    evil_weights = tmp_path / "encoder.pt"
+    torch.save({"x": _Evil()}, evil_weights)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_weights(str(evil_weights))
+    assert not os.path.exists("/tmp/geoseg-pwned")
+    # weights alone still load safely (safetensors)
+    model, meta = checkpoint.load(str(folder))
+    assert meta.model == cfg
+
+
+def test_config_validation(tmp_path, sample_dir):
+    yml = tmp_path / "train.yaml"
+    yml.write_text("images: [a.tif]\nlabels: [b.tif]\nout: run\nepochz: 3\n")
+    with pytest.raises(InputError, match="unknown option 'epochz'"):
+        TrainConfig.from_sources(str(yml), {})
+    yml.write_text("images: [a.tif]\nlabels: [b.tif]\nout: run\nepochs: -1\n")
+    with pytest.raises(InputError, match="epochs must be a positive integer"):
+        TrainConfig.from_sources(str(yml), {})
+    yml.write_text("images: [a.tif]\nlabels: [b.tif]\nout: run\nepochs: 2\narch: unet\n")
+    cfg = TrainConfig.from_sources(str(yml), {"epochs": 5, "arch": None})
+    assert cfg.epochs == 5 and cfg.arch == "unet"
+    with pytest.raises(InputError, match="arch"):
+        TrainConfig.from_sources(str(yml), {"arch": "transformer9000"})
+
+
+def test_pairs_must_share_a_grid(tmp_path, sample_dir):
+    from geoseg.datasets import open_pairs
+
+    with rasterio.open(sample_dir / "labels.tif") as src:
+        profile, data = src.profile, src.read()
+    profile.update(transform=profile["transform"] * profile["transform"].translation(5, 0), driver="GTiff")
+    with rasterio.open(tmp_path / "shifted.tif", "w", **profile) as dst:
+        dst.write(data)
+    with pytest.raises(RasterError, match="scene.tif and .*shifted.tif do not share a grid"):
+        open_pairs([str(sample_dir / "scene.tif")], [str(tmp_path / "shifted.tif")])
+
+
+def test_spatial_split_never_mixes_blocks(sample_dir):
+    from geoseg.datasets import open_pairs, plan_training
+
+    pairs = open_pairs([str(sample_dir / "scene.tif")], [str(sample_dir / "labels.tif")])
+    plan = plan_training(pairs, chip=64, block=128, val_fraction=0.3, seed=1)
+    train_blocks = {(int(r), int(c)) for _, r, c, _ in plan.train_blocks}
+    for _, r, c in plan.val_chips:
+        assert (r // 128 * 128, c // 128 * 128) not in train_blocks
+        assert r % 128 + 64 <= 128 and c % 128 + 64 <= 128  # chips stay inside their block
+    assert len(train_blocks) > len({(r // 128, c // 128) for _, r, c in plan.val_chips})
+    assert abs(sum(plan.class_freq) - 1) < 1e-9
