@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-minutes", type=float, default=3.0, help="CPU minutes for the demo U-Net (0: skip)")
     d.add_argument("--address", help="Ray cluster address")
 
+    sb = sub.add_parser("submit", help="run a geoseg command as a Ray job on a cluster")
+    sb.add_argument("--address", help="Ray dashboard / Jobs API URL (default RAY_ADDRESS or http://127.0.0.1:8265)")
+    sb.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
+    sb.add_argument("--no-follow", action="store_true", help="return after submitting")
+    sb.add_argument("job_args", nargs=argparse.REMAINDER, help="-- then a geoseg command and its arguments")
+
     from geoseg import train_cli
 
     train_cli.add_parser(sub)
@@ -146,6 +152,13 @@ def cmd_demo(a) -> None:
     run_demo(a.out, a.size, a.train_minutes, a.address)
 
 
+def cmd_submit(a) -> int:
+    from geoseg.submit import submit
+
+    args = a.job_args[1:] if a.job_args[:1] == ["--"] else a.job_args
+    return submit(a.address, args, a.working_dir, follow=not a.no_follow)
+
+
 def _user_error(exc: BaseException) -> GeosegError | None:
     """The GeosegError behind an exception, also when Ray wrapped it in a task error."""
     seen = set()
@@ -166,12 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         "predict": cmd_predict,
         "evaluate": cmd_evaluate,
         "demo": cmd_demo,
+        "submit": cmd_submit,
     }
     from geoseg import train_cli
 
     commands.update(train_cli.COMMANDS)
     try:
-        commands[a.command](a)
+        code = commands[a.command](a)
     except KeyboardInterrupt:
         print("geoseg: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"geoseg: error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

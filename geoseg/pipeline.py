@@ -341,7 +341,8 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         bs = opts.batch_size
         n_blocks = max(1, min(total // bs + 1, 4 * cpus * max(1, total // (bs * 64))))
         ds = ray.data.range(total, override_num_blocks=n_blocks)
-        ds = ds.map_batches(read_tiles, fn_kwargs={"plans": plans, "dtype": dtype}, batch_size=bs, num_cpus=0.5)
+        # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
+        ds = ds.map_batches(read_tiles, fn_kwargs={"plans": plans, "dtype": dtype}, batch_size=bs, num_cpus=0.25)
         ds = ds.map_batches(
             PredictActor,
             fn_constructor_kwargs={
@@ -352,7 +353,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             },
             batch_size=bs,
             compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=0.5 if not use_gpu else 1,
+            num_cpus=1,
             num_gpus=gpw,
         )
         ds = ds.map_batches(write_tiles, fn_kwargs={"plans": plans}, batch_size=None, num_cpus=0.25)

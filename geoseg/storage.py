@@ -232,7 +232,8 @@ def gdal_env():
     try:
         import boto3  # noqa: F401
 
-        session = AWSSession(endpoint_url=endpoint_url()) if endpoint_url() else AWSSession()
+        ep = opts.get("AWS_S3_ENDPOINT")  # GDAL wants host:port, without the scheme
+        session = AWSSession(endpoint_url=ep) if ep else AWSSession()
         return rasterio.Env(session=session, **opts)
     except Exception:  # noqa: BLE001 - no boto3 / no credentials: GDAL's own chain
         return rasterio.Env(**opts)

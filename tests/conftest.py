@@ -12,6 +12,51 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("RAY_ADDRESS", None)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A real S3 HTTP endpoint (moto server) on loopback. The environment is set before
+# any Ray starts, so Ray workers inherit it like a user's AWS_ENDPOINT_URL.
+S3_PORT = _free_port()
+os.environ.update(
+    {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture(scope="session")
+def _moto_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{S3_PORT}"
+    server.stop()
+
+
+@pytest.fixture()
+def s3(_moto_server):
+    """A boto3 S3 client on the moto server, with a fresh bucket ``geoseg``; state reset after."""
+    import boto3
+    import requests
+
+    client = boto3.client("s3", endpoint_url=_moto_server)
+    client.create_bucket(Bucket="geoseg")
+    yield client
+    requests.post(f"{_moto_server}/moto-api/reset", timeout=10)
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
     """A small sample scene (scene.tif, labels.tif), made once per session."""

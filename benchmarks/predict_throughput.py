@@ -1,0 +1,181 @@
+"""Predict throughput and memory, measured in one run (not a test).
+
+Prints, for a deep model on CPU:
+  * MPix/s of the bare predictor on the scene's tiles held in memory (same threads),
+  * MPix/s of ``geoseg.pipeline.predict`` end to end on a warm local Ray,
+  * their ratio;
+and, with the index model, the peak RSS of every process of ``geoseg predict``
+(driver, raylet, Ray workers) for growing scenes, to show that memory is flat.
+
+    python benchmarks/predict_throughput.py [--size 2048] [--mem-sizes 2048 8192 16384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(children.get(p, []))
+    return out
+
+
+def _hwm_kb(pid: int) -> tuple[str, int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        name = fields.get("Name", "?").strip()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        if "ray::" in cmd:
+            name = cmd.split("ray::", 1)[1].split()[0][:40]
+        return name, int(fields.get("VmHWM", "0 kB").split()[0])
+    except OSError:
+        return "?", 0
+
+
+def peak_rss(cmd: list[str]) -> tuple[float, dict[str, int]]:
+    """Run ``cmd``; return (seconds, {process kind: max peak RSS in kB})."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peaks: dict[int, tuple[str, int]] = {}
+    t0 = time.perf_counter()
+
+    def poll():
+        while proc.poll() is None:
+            for pid in _descendants(proc.pid):
+                name, kb = _hwm_kb(pid)
+                if kb and kb > peaks.get(pid, ("", 0))[1]:
+                    peaks[pid] = (name if pid != proc.pid else "driver", kb)
+            time.sleep(0.2)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    proc.wait()
+    th.join()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode})")
+    by_kind: dict[str, int] = {}
+    for name, kb in peaks.values():
+        by_kind[name] = max(by_kind.get(name, 0), kb)
+    return time.perf_counter() - t0, by_kind
+
+
+def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: str, work: str) -> None:
+    import ray
+    import torch
+
+    from geoseg import checkpoint
+    from geoseg.checkpoint import CheckpointMeta
+    from geoseg.classes import LANDCOVER
+    from geoseg.models.zoo import ModelConfig, build_model
+    from geoseg.pipeline import PredictOptions, predict
+    from geoseg.predictor import TorchPredictor
+    from geoseg.raster import read_info, tile_reader
+    from geoseg.sample import write_sample
+    from geoseg.tiling import TileGrid
+
+    urls = write_sample(os.path.join(work, "tp"), size=size, seed=5)
+    cfg = ModelConfig(arch, encoder, 4, 4)
+    ckpt = os.path.join(work, "ckpt")
+    checkpoint.save(ckpt, build_model(cfg), CheckpointMeta(cfg, LANDCOVER, [1000.0] * 4, [500.0] * 4))
+    threads = os.cpu_count() or 1
+
+    # bare predictor: every tile in memory first, then only the model is timed
+    info = read_info(urls["scene"])
+    grid = TileGrid(info.height, info.width, tile, halo)
+    reader = tile_reader(urls["scene"], [1, 2, 3, 4])
+    tiles = np.stack([reader.read(t)[0] for t in grid]).astype(np.float32)
+    pred = TorchPredictor.from_checkpoint(ckpt, threads=threads)
+    pred.predict(tiles[:batch])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(tiles), batch):
+        pred.predict(tiles[i : i + batch])
+    bare_s = time.perf_counter() - t0
+    px = info.height * info.width
+    del tiles
+
+    ray.init(num_cpus=threads, include_dashboard=False, logging_level="ERROR")
+    opts = PredictOptions(checkpoint=ckpt, tile_size=tile, halo=halo, batch_size=batch, overwrite=True)
+    predict([urls["scene"]], os.path.join(work, "warm"), opts, log=lambda *_: None)  # warm Ray workers
+    t0 = time.perf_counter()
+    (rec,) = predict([urls["scene"]], os.path.join(work, "out"), opts, log=lambda *_: None)
+    e2e_s = time.perf_counter() - t0
+    ray.shutdown()
+    print(f"model {arch}/{encoder}, scene {size}x{size}, tile {tile}+{halo} halo, batch {batch}, "
+          f"{threads} torch threads, torch {torch.__version__}")
+    print(f"  bare predictor (tiles in memory): {px / bare_s / 1e6:8.3f} MPix/s  ({bare_s:.1f}s)")
+    print(f"  geoseg predict end to end:        {px / e2e_s / 1e6:8.3f} MPix/s  ({e2e_s:.1f}s, "
+          f"pipeline {rec['timings_s']['pipeline']:.1f}s, COG {rec['timings_s']['finish']:.1f}s)")
+    print(f"  ratio end-to-end / bare:          {bare_s / e2e_s:8.3f}")
+
+
+def memory(sizes: list[int], work: str) -> None:
+    from geoseg.sample import write_sample
+
+    rows = []
+    for size in sizes:
+        d = os.path.join(work, f"m{size}")
+        t0 = time.perf_counter()
+        urls = write_sample(d, size=size, seed=9)
+        gen_s = time.perf_counter() - t0
+        secs, peaks = peak_rss(
+            [sys.executable, "-m", "geoseg", "predict", urls["scene"], "--out", os.path.join(d, "out"),
+             "--model", "index", "--batch-size", "8", "--overwrite"]
+        )
+        rows.append((size, gen_s, secs, peaks))
+        os.remove(urls["scene"])
+    kinds = sorted({k for *_, p in rows for k in p}, key=lambda k: -max(r[3].get(k, 0) for r in rows))[:8]
+    print("\npeak RSS (MiB) of geoseg predict --model index, by process kind:")
+    print(f"{'process':<42}" + "".join(f"{s:>10}" for s, *_ in rows))
+    for k in kinds:
+        print(f"{k:<42}" + "".join(f"{r[3].get(k, 0) / 1024:>10.0f}" for r in rows))
+    print(f"{'max over processes':<42}" + "".join(f"{max(r[3].values()) / 1024:>10.0f}" for r in rows))
+    print(f"{'scene MPix':<42}" + "".join(f"{r[0] ** 2 / 1e6:>10.1f}" for r in rows))
+    print(f"{'predict wall s (incl. Ray start)':<42}" + "".join(f"{r[2]:>10.1f}" for r in rows))
+    first, last = max(rows[0][3].values()), max(rows[-1][3].values())
+    print(f"ratio of max peak RSS {rows[-1][0]}^2 / {rows[0][0]}^2: {last / first:.2f} "
+          f"for {rows[-1][0] ** 2 / rows[0][0] ** 2:.0f}x the pixels")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--halo", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--arch", default="unet")
+    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--mem-sizes", type=int, nargs="*", default=[2048, 8192, 16384])
+    ap.add_argument("--skip-throughput", action="store_true")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as work:
+        if not a.skip_throughput:
+            throughput(a.size, a.tile, a.halo, a.batch, a.arch, a.encoder, work)
+        if a.mem_sizes:
+            memory(a.mem_sizes, work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Training quality at a fixed CPU budget, measured in one run (not a test).
+
+Trains a small U-Net with ``geoseg train`` (Ray Train, 2 workers) on a sample
+scene for ``--minutes``, then predicts a scene of another seed it never saw and
+prints per-class IoU, mIoU and chips/s beside the index model's mIoU on the
+same scene, and beside a plain single-process PyTorch loop (same model, loss,
+chips and wall-clock budget, all cores) as a baseline.
+
+    python benchmarks/train_quality.py [--minutes 4] [--size 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: float, work: str) -> tuple[str, float]:
+    """Baseline: a plain PyTorch loop in this process, same chips and loss, no Ray."""
+    import torch
+
+    from geoseg import checkpoint
+    from geoseg.augment import Augment
+    from geoseg.checkpoint import CheckpointMeta
+    from geoseg.datasets import open_pairs, plan_training, sample_train_chips
+    from geoseg.losses import make_loss
+    from geoseg.models.zoo import ModelConfig, build_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    pairs = open_pairs([train_urls["scene"]], [train_urls["labels"]], [1, 2, 3, 4])
+    plan = plan_training(pairs, chip=chip, val_fraction=0.2, band_roles=["blue", "green", "red", "nir"])
+    cfg = ModelConfig("unet", "resnet18", 4, len(plan.classes))
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    loss_fn, aug = make_loss("ce+dice"), Augment()
+    mean = torch.tensor(plan.mean).view(1, -1, 1, 1)
+    std = torch.tensor(plan.std).view(1, -1, 1, 1)
+    t0, chips = time.perf_counter(), 0
+    while time.perf_counter() - t0 < minutes * 60:
+        b = sample_train_chips({"id": np.arange(batch)}, plan)
+        x = (torch.from_numpy(b["image"]) - mean) / std
+        y = torch.from_numpy(b["label"].astype(np.int64))
+        x, y = aug(x, y)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        chips += batch
+    folder = os.path.join(work, "plain")
+    checkpoint.save(folder, model, CheckpointMeta(cfg, plan.classes, plan.mean, plan.std, ["blue", "green", "red", "nir"], [1, 2, 3, 4]))
+    return folder, chips / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--chip", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-plain", action="store_true")
+    a = ap.parse_args()
+
+    import ray
+
+    from geoseg.evaluate import evaluate
+    from geoseg.metrics import format_table
+    from geoseg.pipeline import PredictOptions, predict
+    from geoseg.sample import write_sample
+    from geoseg.trainer import TrainConfig, train
+
+    with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as work:
+        train_urls = write_sample(os.path.join(work, "train"), size=a.size, seed=0)
+        test_urls = write_sample(os.path.join(work, "test"), size=a.size // 2, seed=1)
+        ray.init(include_dashboard=False, logging_level="ERROR")
+
+        def score(pred_args: dict, name: str) -> dict:
+            (rec,) = predict([test_urls["scene"]], os.path.join(work, name),
+                             PredictOptions(overwrite=True, tile_size=256, batch_size=4, **pred_args), log=lambda *_: None)
+            return evaluate(rec["outputs"]["cog"], test_urls["labels"])
+
+        index = score({"model": "index"}, "index")
+        t0 = time.perf_counter()
+        summary = train(TrainConfig(
+            images=[train_urls["scene"]], labels=[train_urls["labels"]], out=os.path.join(work, "run"),
+            arch="unet", encoder="resnet18", chip_size=a.chip, batch_size=a.batch, chips_per_epoch=256,
+            epochs=1000, max_minutes=a.minutes, lr=a.lr, workers=a.workers,
+        ), log=lambda *_: None)
+        train_s = time.perf_counter() - t0
+        unet = score({"checkpoint": os.path.join(work, "run")}, "unet")
+        ray.shutdown()
+        plain = plain_rate = None
+        if not a.skip_plain:
+            folder, plain_rate = plain_loop(train_urls, a.minutes, a.chip, a.batch, a.lr, work)
+            ray.init(include_dashboard=False, logging_level="ERROR")
+            plain = score({"checkpoint": folder}, "plain")
+            ray.shutdown()
+
+        names = unet["class_names"]
+        print(f"held-out scene: sample seed 1, {a.size // 2}x{a.size // 2}; training scene seed 0, {a.size}x{a.size}")
+        print(f"\nU-Net (geoseg train, {a.workers} Ray Train workers, {a.minutes:g} min budget, "
+              f"{train_s:.0f}s wall incl. start-up, {summary['last']['epoch'] + 1} epochs, "
+              f"{summary['last']['chips_per_s']:.1f} chips/s of {a.chip}^2):")
+        print(format_table(unet, names))
+        print("\nindex model (NDVI/NDWI thresholds):")
+        print(format_table(index, names))
+        if plain:
+            print(f"\nplain PyTorch loop, 1 process, same budget ({plain_rate:.1f} chips/s):")
+            print(format_table(plain, names))
+        print(f"\nmIoU  geoseg U-Net {unet['miou']:.3f} | index {index['miou']:.3f}"
+              + (f" | plain loop {plain['miou']:.3f}" if plain else ""))
+        print(f"pixel accuracy  geoseg U-Net {unet['pixel_accuracy']:.3f} | index {index['pixel_accuracy']:.3f}"
+              + (f" | plain loop {plain['pixel_accuracy']:.3f}" if plain else ""))
+
+
+if __name__ == "__main__":
+    main()

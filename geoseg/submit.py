@@ -1,0 +1,55 @@
+"""``geoseg submit``: run a geoseg command as a Ray job on a cluster (Ray Jobs SDK)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+import uuid
+
+from geoseg import storage
+from geoseg.errors import InputError
+
+EXCLUDES = [".venv", ".git", "geoseg-demo", "**/__pycache__", ".pytest_cache", ".hypothesis", "*.tif", "*.zarr"]
+
+
+def submit(address: str | None, args: list[str], working_dir: str = ".", follow: bool = True) -> int:
+    """Submit ``geoseg ARGS`` as a Ray job; print its id and dashboard URL; return its exit code."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    if not args:
+        raise InputError("nothing to submit: give a geoseg command after --, e.g. -- predict scene.tif ...")
+    if args[0] in ("submit", "demo"):
+        raise InputError(f"geoseg {args[0]} cannot be submitted as a job")
+    address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    if "://" not in address:
+        address = f"http://{address}"
+    if not os.environ.get("RAY_AUTH_MODE") and os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        os.environ["RAY_AUTH_MODE"] = "token"  # clusters started by `ray start --head` use token auth
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+        raise InputError(f"--address {address}: cannot reach the Ray Jobs API ({str(exc).splitlines()[0]})") from None
+    job_id = f"geoseg-{args[0]}-{uuid.uuid4().hex[:8]}"
+    entrypoint = f"python -m geoseg {shlex.join(args)}"
+    client.submit_job(
+        entrypoint=entrypoint,
+        submission_id=job_id,
+        runtime_env={"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": storage.worker_env()},
+    )
+    print(f"submitted {job_id}: {entrypoint}\ndashboard: {address}/#/jobs/{job_id}", flush=True)
+    if not follow:
+        return 0
+    seen = 0
+    while True:
+        status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > seen:
+            sys.stdout.write(logs[seen:])
+            sys.stdout.flush()
+            seen = len(logs)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            print(f"job {job_id}: {status.value}")
+            return 0 if status == JobStatus.SUCCEEDED else 1
+        time.sleep(1.0)
