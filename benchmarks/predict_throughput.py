@@ -42,7 +42,13 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _hwm_kb(pid: int) -> tuple[str, int]:
+def _private_kb(pid: int) -> tuple[str, int]:
+    """Process name and its private resident memory (RssAnon + RssFile, in kB).
+
+    Shared memory (RssShmem: Ray's object store pages mapped into workers) is left
+    out: it is one store per node, bounded by its configured size, and counted in
+    every process that maps it.
+    """
     try:
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
@@ -50,8 +56,9 @@ def _hwm_kb(pid: int) -> tuple[str, int]:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         if "ray::" in cmd:
-            name = cmd.split("ray::", 1)[1].split()[0][:40]
-        return name, int(fields.get("VmHWM", "0 kB").split()[0])
+            name = "ray worker" if "IDLE" in cmd or "MapWorker" not in cmd else "model actor"
+        kb = int(fields.get("RssAnon", "0 kB").split()[0]) + int(fields.get("RssFile", "0 kB").split()[0])
+        return name, kb
     except OSError:
         return "?", 0
 
@@ -65,7 +72,7 @@ def peak_rss(cmd: list[str]) -> tuple[float, dict[str, int]]:
     def poll():
         while proc.poll() is None:
             for pid in _descendants(proc.pid):
-                name, kb = _hwm_kb(pid)
+                name, kb = _private_kb(pid)
                 if kb and kb > peaks.get(pid, ("", 0))[1]:
                     peaks[pid] = (name if pid != proc.pid else "driver", kb)
             time.sleep(0.2)
@@ -147,7 +154,7 @@ def memory(sizes: list[int], work: str) -> None:
         rows.append((size, gen_s, secs, peaks))
         os.remove(urls["scene"])
     kinds = sorted({k for *_, p in rows for k in p}, key=lambda k: -max(r[3].get(k, 0) for r in rows))[:8]
-    print("\npeak RSS (MiB) of geoseg predict --model index, by process kind:")
+    print("\npeak private RSS (MiB, object-store shared memory excluded) of geoseg predict --model index:")
     print(f"{'process':<42}" + "".join(f"{s:>10}" for s, *_ in rows))
     for k in kinds:
         print(f"{k:<42}" + "".join(f"{r[3].get(k, 0) / 1024:>10.0f}" for r in rows))

@@ -11,30 +11,28 @@ from geoseg import __version__
 from geoseg.errors import GeosegError
 
 
-def _positive(name):
+def _int(name: str, minimum: int):
+    """An argparse type: an integer >= ``minimum``, with a one-line error naming the flag."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {value}")
+        if value < minimum:
+            rule = "positive" if minimum == 1 else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"{name} must be {rule}, got {value}")
         return value
 
     return parse
 
 
-def _nonneg(name):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {value}")
-        return value
+def _positive(name: str):
+    return _int(name, 1)
 
-    return parse
+
+def _nonneg(name: str):
+    return _int(name, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="sample scene -> predict -> evaluate, end to end")
     d.add_argument("--out", default="geoseg-demo", help="demo folder (default ./geoseg-demo)")
     d.add_argument("--size", type=_positive("--size"), default=2048)
-    d.add_argument("--train-minutes", type=float, default=3.0, help="CPU minutes for the demo U-Net (0: skip)")
+    d.add_argument("--train-minutes", type=float, default=5.0, help="CPU minutes for the demo U-Net (0: skip)")
     d.add_argument("--address", help="Ray cluster address")
 
     sb = sub.add_parser("submit", help="run a geoseg command as a Ray job on a cluster")

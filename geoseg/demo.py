@@ -11,7 +11,7 @@ import time
 from geoseg import storage
 
 
-def run_demo(out: str, size: int = 2048, train_minutes: float = 3.0, address: str | None = None) -> None:
+def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: str | None = None) -> None:
     from geoseg.evaluate import evaluate
     from geoseg.metrics import format_table
     from geoseg.pipeline import PredictOptions, predict

@@ -230,9 +230,11 @@ class PredictActor:
         out = {"scene": scenes, "tile": batch["tile"]}
         if len(images) == 0:
             out["classes"] = np.empty((0, self.core, self.core), np.uint8)
+            out["model_s"] = np.empty(0)
             if self.probabilities:
                 out["proba"] = np.empty((0, self.predictor.num_classes or 1, self.core, self.core), np.uint8)
             return out
+        t0 = time.perf_counter()
         if self.probabilities:
             proba = self.predictor.predict_proba(images, scenes)
             classes = proba.argmax(1).astype(np.uint8)
@@ -240,6 +242,7 @@ class PredictActor:
         else:
             classes = self.predictor.predict(images, scenes)
         out["classes"] = stitch.finish(classes, batch["valid"], self.halo, self.core)
+        out["model_s"] = np.full(len(images), (time.perf_counter() - t0) / len(images))
         return out
 
 
@@ -256,7 +259,7 @@ def write_tiles(batch: dict, plans: list[ScenePlan]) -> dict:
     for s in np.unique(scenes):
         output.log_done(plans[s].out, tiles[scenes == s])
     _metrics().inc(len(tiles))
-    return {"scene": np.asarray(scenes, dtype=np.int32), "n": np.ones(len(scenes), dtype=np.int64)}
+    return {"scene": np.asarray(scenes, dtype=np.int32), "model_s": np.asarray(batch["model_s"], dtype=np.float64)}
 
 
 _COUNTER = None
@@ -325,6 +328,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             log(f"{p.url}: resuming, {sum(p.previous.values())} of {len(p.grid)} tiles already done")
 
     t1 = time.perf_counter()
+    model_s = np.zeros(len(plans))
     if todo:
         dtype = np.result_type(*[np.dtype(p.info.dtype) for p in plans]).name
         if spec.name == "checkpoint":
@@ -357,9 +361,8 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             num_gpus=gpw,
         )
         ds = ds.map_batches(write_tiles, fn_kwargs={"plans": plans}, batch_size=None, num_cpus=0.25)
-        written = np.zeros(len(plans), dtype=np.int64)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            np.add.at(written, batch["scene"], 1)
+            np.add.at(model_s, batch["scene"], batch["model_s"])
     t_pipeline = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -394,8 +397,9 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             },
             "tiles": {
                 "total": len(plan.grid),
-                "predicted": counts.get("done", 0),
-                "nodata_skipped": counts.get("nodata", 0),
+                # this run only; tiles finished by an interrupted earlier run count as resumed
+                "predicted": counts.get("done", 0) - plan.previous.get("done", 0),
+                "nodata_skipped": counts.get("nodata", 0) - plan.previous.get("nodata", 0),
                 "resumed": sum(plan.previous.values()),
             },
             "timings_s": {
@@ -403,6 +407,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
                 "pipeline": round(t_pipeline, 3),
                 "finish": round(t_finish, 3),
                 "cog": res["cog_seconds"],
+                "model": round(float(model_s[plan.index]), 3),
                 "total": round(time.perf_counter() - t0, 3),
             },
             "started": started.isoformat(),

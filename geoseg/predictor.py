@@ -8,6 +8,7 @@ Ray Data actor; ``benchmarks/`` time them bare.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,7 +132,10 @@ class TorchPredictor:
         """Softmax probabilities as a torch tensor on the device, ``(N, K, H, W)``."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))
+        tiles = np.ascontiguousarray(tiles, dtype=np.float32)
+        with warnings.catch_warnings():  # Ray hands batches over zero-copy, read-only; torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(tiles)
         if self.pin:
             x = x.pin_memory()
         step = self.batch_size or len(x)

@@ -29,7 +29,7 @@ GDAL_OPTIONS: dict[str, Any] = {
     "GDAL_HTTP_MULTIPLEX": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "VSI_CACHE": "TRUE",
-    "GDAL_CACHEMAX": 256,
+    "GDAL_CACHEMAX": 64,  # MB per process: memory stays flat as rasters grow
 }
 
 # Environment variables forwarded to Ray workers so they reach the same store.

@@ -176,9 +176,19 @@ def train_loop(config: dict) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, cfg.chips_per_epoch // (cfg.batch_size * world))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs + 1, pct_start=0.15
-    )
+    # Warm-up then cosine decay over the planned steps. With a time budget the plan is
+    # re-estimated after the first epoch, so the decay ends when the budget does.
+    plan_steps = {"total": steps_per_epoch * cfg.epochs}
+
+    def lr_factor(step: int) -> float:
+        total = max(1, plan_steps["total"])
+        warm = max(1, int(0.05 * total))
+        if step < warm:
+            return 0.1 + 0.9 * step / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     if opt_state:
         opt.load_state_dict(opt_state)
     if sched_state:
@@ -208,8 +218,7 @@ def train_loop(config: dict) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if sched.last_epoch + 1 < sched.total_steps:
-                sched.step()
+            sched.step()
             n_chips += len(x)
             loss_sum += float(loss.detach())
             n_batches += 1
@@ -246,6 +255,13 @@ def train_loop(config: dict) -> None:
         history.append(metrics)
         # Stop early when the time budget would be exceeded by another epoch (same on all ranks).
         per_epoch = elapsed / max(1, epoch + 1 - start_epoch) if not restored else time.time() - t_epoch
+        if world > 1 and dist.is_initialized():  # one plan for all ranks: identical learning rates
+            pe = torch.tensor([per_epoch], dtype=torch.float64, device=device)
+            dist.all_reduce(pe, op=dist.ReduceOp.MAX)
+            per_epoch = float(pe.item())
+        if cfg.max_minutes is not None:
+            fit = max(epoch + 1, min(cfg.epochs, int(cfg.max_minutes * 60 / max(per_epoch, 1e-6))))
+            plan_steps["total"] = steps_per_epoch * fit
         stop = cfg.max_minutes is not None and elapsed + per_epoch > cfg.max_minutes * 60
         if world > 1 and dist.is_initialized():  # every rank must take the same decision
             flag = torch.tensor([1.0 if stop else 0.0], device=device)
@@ -322,20 +338,21 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from geoseg.bands import resolve_roles
     from geoseg.datasets import open_pairs, plan_training, read_val_chips, sample_train_chips
     from geoseg.models.zoo import ModelConfig
+    from geoseg.raster import read_info
     from geoseg.runtime import cluster_cpus, init_ray
 
     t0 = time.perf_counter()
     bands = cfg.bands
     roles = cfg.band_roles
     if bands is None:
-        info_first = __import__("geoseg.raster", fromlist=["read_info"]).read_info(cfg.images[0])
-        try:
-            mapping = resolve_roles(info_first.descriptions, None, cfg.images[0])
+        first = read_info(cfg.images[0])
+        try:  # blue/green/red/nir known from band descriptions: train on those, by role
+            mapping = resolve_roles(first.descriptions, None, cfg.images[0])
             roles = roles or list(mapping)
             bands = [mapping[r] for r in roles]
-        except InputError:
-            bands = list(range(1, info_first.count + 1))
-            roles = roles or [d for d in info_first.descriptions] if all(info_first.descriptions) else None
+        except InputError:  # otherwise all bands, in file order
+            bands = list(range(1, first.count + 1))
+            roles = roles or (list(first.descriptions) if all(first.descriptions) else None)
     pairs = open_pairs(cfg.images, cfg.labels, bands)
     plan = plan_training(
         pairs,
