@@ -186,7 +186,7 @@ def train_loop(config: dict) -> None:
         if step < warm:
             return 0.1 + 0.9 * step / warm
         progress = min(1.0, (step - warm) / max(1, total - warm))
-        return 0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * progress))
+        return float(0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * progress)))  # plain float: weights_only-safe state
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     if opt_state:

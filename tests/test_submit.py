@@ -1,0 +1,77 @@
+"""``geoseg submit`` against a real Ray head started with ``ray start --head`` on loopback."""
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import rasterio
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture()
+def ray_head():
+    """A separate Ray head (dashboard + Jobs API) on free loopback ports; only its own processes are stopped."""
+    ray_bin = pathlib.Path(sys.executable).with_name("ray")
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs, dash, client, mport = _free_ports(4)
+    cmd = [
+        str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+        f"--metrics-export-port={mport}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    try:
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        out = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
+        for pid in out:
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+        time.sleep(2)
+        for pid in subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_submit_predict_job(ray_head, sample_dir, tmp_path):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run(
+        [sys.executable, "-m", "geoseg", "submit", "--address", ray_head, "--",
+         "predict", str(sample_dir / "scene.tif"), "--out", str(out), "--model", "index", "--tile-size", "320"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+    )
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    assert "submitted geoseg-predict-" in res.stdout and f"{ray_head}/#/jobs/" in res.stdout
+    assert "SUCCEEDED" in res.stdout
+    with rasterio.open(out / "scene.tif") as cog:
+        assert cog.shape == (640, 640)
+    assert (out / "scene.json").exists()
