@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAY=${RAY:-.venv/bin/ray}
+# Jobs run `python -m ...` with the PATH of the head: make it this environment's python.
+[[ -d .venv/bin ]] && export PATH="$PWD/.venv/bin:$PATH"
 PORT=${GEOSEG_RAY_PORT:-6379}
 DASH=${GEOSEG_DASHBOARD_PORT:-8265}
 case "${1:-start}" in

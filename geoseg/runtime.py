@@ -19,7 +19,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    env = {"env_vars": storage.worker_env()} if storage.worker_env() else None
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray job: its runtime_env is already set
+    env = {"env_vars": storage.worker_env()} if storage.worker_env() and not in_job else None
     kwargs = dict(runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
     if address:
         ray.init(address=address, **kwargs)

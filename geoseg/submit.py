@@ -16,7 +16,9 @@ EXCLUDES = [".venv", ".git", "geoseg-demo", "**/__pycache__", ".pytest_cache", "
 
 def submit(address: str | None, args: list[str], working_dir: str = ".", follow: bool = True) -> int:
     """Submit ``geoseg ARGS`` as a Ray job; print its id and dashboard URL; return its exit code."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    if not os.environ.get("RAY_AUTH_MODE") and os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        os.environ["RAY_AUTH_MODE"] = "token"  # clusters started by `ray start --head` use token auth
+    from ray.job_submission import JobStatus, JobSubmissionClient  # reads RAY_AUTH_MODE on import
 
     if not args:
         raise InputError("nothing to submit: give a geoseg command after --, e.g. -- predict scene.tif ...")
@@ -25,19 +27,27 @@ def submit(address: str | None, args: list[str], working_dir: str = ".", follow:
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     if "://" not in address:
         address = f"http://{address}"
-    if not os.environ.get("RAY_AUTH_MODE") and os.path.exists(os.path.expanduser("~/.ray/auth_token")):
-        os.environ["RAY_AUTH_MODE"] = "token"  # clusters started by `ray start --head` use token auth
     try:
         client = JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
         raise InputError(f"--address {address}: cannot reach the Ray Jobs API ({str(exc).splitlines()[0]})") from None
     job_id = f"geoseg-{args[0]}-{uuid.uuid4().hex[:8]}"
     entrypoint = f"python -m geoseg {shlex.join(args)}"
-    client.submit_job(
-        entrypoint=entrypoint,
-        submission_id=job_id,
-        runtime_env={"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": storage.worker_env()},
-    )
+    deadline = time.time() + 120
+    while True:
+        try:
+            client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env={"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": storage.worker_env()},
+            )
+            break
+        except RuntimeError as exc:
+            # a freshly started head answers 500 until its job agent is up
+            if "No available agent" in str(exc) and time.time() < deadline:
+                time.sleep(2)
+                continue
+            raise InputError(f"--address {address}: job not accepted ({str(exc).splitlines()[0]})") from None
     print(f"submitted {job_id}: {entrypoint}\ndashboard: {address}/#/jobs/{job_id}", flush=True)
     if not follow:
         return 0
