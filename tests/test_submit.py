@@ -33,11 +33,12 @@ def ray_head():
     """A separate Ray head (dashboard + Jobs API) on free loopback ports; only its own processes are stopped."""
     ray_bin = pathlib.Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs, dash, client, mport = _free_ports(4)
+    gcs, dash, client, mport, agent, agent_grpc, runtime_env_agent = _free_ports(7)
     cmd = [
         str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-        f"--metrics-export-port={mport}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
+        f"--metrics-export-port={mport}", f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env_agent}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # jobs run `python -m geoseg ...` with the head's PATH: this environment's python
