@@ -25,7 +25,7 @@ from geoseg import storage
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import OutputExistsError
 from geoseg.raster import CogWriter, RasterInfo, iter_windows
-from geoseg.tiling import TileGrid, Window  # noqa: F401
+from geoseg.tiling import TileGrid, Window
 
 
 @dataclass(frozen=True)

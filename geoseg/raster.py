@@ -7,7 +7,6 @@ then copies (with overviews) block by block.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from geoseg import storage
-from geoseg.errors import RasterError, StorageError
+from geoseg.errors import StorageError
 from geoseg.tiling import Tile, Window, pad_tile
 
 
@@ -247,14 +246,3 @@ class CogWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(commit=exc_type is None)
-
-
-def tags_json(tags: dict[str, str], key: str) -> Any:
-    """Decode a JSON-valued GeoTIFF tag, or None."""
-    raw = tags.get(key)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise RasterError(f"tag {key} is not valid JSON") from exc
