@@ -23,7 +23,7 @@ import numpy as np
 
 from geoseg import storage
 from geoseg.classes import NODATA, ClassScheme
-from geoseg.errors import OutputExistsError
+from geoseg.errors import GeosegError, OutputExistsError
 from geoseg.raster import CogWriter, RasterInfo, iter_windows
 from geoseg.tiling import TileGrid, Window
 
@@ -122,6 +122,33 @@ def create_zarr(
         ref_attrs.update({"crs_wkt": info.crs, "spatial_ref": info.crs})
     ref = root.create_array("spatial_ref", shape=(), dtype="int64", attributes=ref_attrs)
     ref[()] = 0
+
+
+def check_alignment(out: SceneOutput, grid: TileGrid) -> None:
+    """Refuse a plan in which two write tasks could touch the same chunk or shard.
+
+    Each write task writes one tile core, ``grid.core`` square on a ``grid.core``
+    lattice; that is safe only if every array's chunks (and shards, when the array
+    has them) along ``y`` and ``x`` are exactly that square. Checked at planning
+    time, against the metadata actually stored (also when resuming).
+    """
+    import zarr
+
+    root = zarr.open_group(storage.zarr_store(out.zarr, read_only=True), mode="r")
+    for name in ("classes", "probabilities"):
+        if name not in root:
+            continue
+        arr = root[name]
+        for what, shape in (("chunks", arr.chunks), ("shards", arr.shards)):
+            if shape is None:
+                continue
+            if tuple(shape[-2:]) != (grid.core, grid.core):
+                raise GeosegError(
+                    f"{out.zarr}/{name}: {what} {tuple(shape[-2:])} do not match the {grid.core}x{grid.core} tiles; "
+                    "two write tasks would share a chunk"
+                )
+            if len(shape) == 3 and shape[0] != arr.shape[0]:
+                raise GeosegError(f"{out.zarr}/{name}: {what} split the class axis; one tile must be one chunk")
 
 
 def grid_shape(grid: TileGrid) -> tuple[int, int]:

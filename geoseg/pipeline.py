@@ -154,6 +154,8 @@ def plan_scenes(inputs: list[str], prefix: str, opts: PredictOptions) -> tuple[l
             output.create_zarr(out, info, grid, classes, fp, opts.probabilities)
         elif status == "resume":
             done, previous = output.read_done(out, len(grid))
+        if status != "done":
+            output.check_alignment(out, grid)  # one writer per chunk, or no plan
         if opts.model == "index-otsu" and status != "done":
             scene_params[i] = fit_otsu(url, bands).to_dict()
         plans.append(ScenePlan(i, url, info, grid, out, bands, start, status, done, previous))
@@ -252,27 +254,52 @@ def write_tiles(batch: dict, plans: list[ScenePlan]) -> dict:
 
     scenes, tiles = batch["scene"], batch["tile"]
     proba = batch.get("proba")
+    pixels = np.zeros(len(tiles), dtype=np.int64)
     for i, (s, t) in enumerate(zip(scenes, tiles)):
         plan = plans[s]
         core = plan.grid[plan.grid.index(int(t))].core
         output.write_tile(plan.out, core, batch["classes"][i], None if proba is None else proba[i])
+        pixels[i] = core.height * core.width
     for s in np.unique(scenes):
         output.log_done(plans[s].out, tiles[scenes == s])
-    _metrics().inc(len(tiles))
-    return {"scene": np.asarray(scenes, dtype=np.int32), "model_s": np.asarray(batch["model_s"], dtype=np.float64)}
+    job = plans[0].out.job
+    metrics().tiles.inc(len(tiles), tags={"job": job})
+    metrics().pixels.inc(int(pixels.sum()), tags={"job": job})
+    return {
+        "scene": np.asarray(scenes, dtype=np.int32),
+        "model_s": np.asarray(batch["model_s"], dtype=np.float64),
+        "pixels": pixels,
+    }
 
 
-_COUNTER = None
+class _Metrics:
+    """Custom Ray metrics, exported by every node to Prometheus and the Ray dashboard.
+
+    ``geoseg_tiles_written`` and ``geoseg_pixels_written`` (counters, from the writer
+    tasks), ``geoseg_scenes_done`` (counter, when a scene's COG and record are out) and
+    ``geoseg_mpix_per_second`` (gauge, set by the driver). Ray prefixes them ``ray_``.
+    """
+
+    def __init__(self):
+        from ray.util.metrics import Counter, Gauge
+
+        tags = ("job",)
+        self.tiles = Counter("geoseg_tiles_written", description="Tiles predicted and written", tag_keys=tags)
+        self.pixels = Counter("geoseg_pixels_written", description="Pixels predicted and written", tag_keys=tags)
+        self.scenes = Counter("geoseg_scenes_done", description="Scenes finished (COG and record written)",
+                              tag_keys=tags)
+        self.rate = Gauge("geoseg_mpix_per_second", description="Megapixels predicted per second (job so far)",
+                          tag_keys=tags)
 
 
-def _metrics():
-    """A Ray metric (shown on the dashboard / Prometheus): tiles written."""
-    global _COUNTER
-    if _COUNTER is None:
-        from ray.util.metrics import Counter
+_METRICS: _Metrics | None = None
 
-        _COUNTER = Counter("geoseg_tiles_written", description="Tiles predicted and written by geoseg")
-    return _COUNTER
+
+def metrics() -> _Metrics:
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = _Metrics()
+    return _METRICS
 
 
 def finish_scene(plan: ScenePlan, classes: ClassScheme) -> dict:
@@ -284,6 +311,7 @@ def finish_scene(plan: ScenePlan, classes: ClassScheme) -> dict:
     t0 = time.perf_counter()
     output.zarr_to_cog(plan.out, plan.info, classes)
     storage.remove(plan.out.progress, recursive=True)
+    metrics().scenes.inc(1, tags={"job": plan.out.job})
     return {"counts": counts, "cog_seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -361,8 +389,11 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             num_gpus=gpw,
         )
         ds = ds.map_batches(write_tiles, fn_kwargs={"plans": plans}, batch_size=None, num_cpus=0.25)
+        done_px, gauge = 0, metrics().rate
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             np.add.at(model_s, batch["scene"], batch["model_s"])
+            done_px += int(batch["pixels"].sum())
+            gauge.set(done_px / 1e6 / max(time.perf_counter() - t1, 1e-9), tags={"job": plans[0].out.job})
     t_pipeline = time.perf_counter() - t1
 
     t2 = time.perf_counter()

@@ -42,11 +42,11 @@ class TrainConfig:
     chip_size: int = 128
     block_size: int | None = None
     val_fraction: float = 0.2
-    balanced: bool = False
+    balanced: bool = True  # chips drawn towards rare classes (blocks weighted by inverse class frequency)
     chips_per_epoch: int = 512
     epochs: int = 10
     max_minutes: float | None = None
-    batch_size: int = 16
+    batch_size: int = 16  # global batch: each of the N workers takes batch_size // N
     lr: float = 3e-3
     weight_decay: float = 1e-4
     loss: str = "ce+dice"
@@ -175,7 +175,10 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, cfg.chips_per_epoch // (cfg.batch_size * world))
+    # --batch-size is the global batch, so a run takes the same optimizer steps
+    # (and the same learning-rate schedule) whatever the number of workers.
+    local_batch = max(1, cfg.batch_size // world)
+    steps_per_epoch = max(1, cfg.chips_per_epoch // (local_batch * world))
     # Warm-up then cosine decay over the planned steps. With a time budget the plan is
     # re-estimated after the first epoch, so the decay ends when the budget does.
     plan_steps = {"total": steps_per_epoch * cfg.epochs}
@@ -207,7 +210,7 @@ def train_loop(config: dict) -> None:
         model.train()
         n_chips, loss_sum, n_batches = 0, 0.0, 0
         for batch in ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=cfg.batch_size, dtypes={"image": torch.float32, "label": torch.int64}, device=device
+            batch_size=local_batch, dtypes={"image": torch.float32, "label": torch.int64}, device=device
         ):
             x = (batch["image"] - mean) / std
             y = batch["label"]
@@ -228,7 +231,7 @@ def train_loop(config: dict) -> None:
         cm = torch.zeros(k, k, dtype=torch.int64, device=device)
         with torch.inference_mode():
             for batch in ray.train.get_dataset_shard("val").iter_torch_batches(
-                batch_size=cfg.batch_size, dtypes={"image": torch.float32, "label": torch.int64}, device=device
+                batch_size=local_batch, dtypes={"image": torch.float32, "label": torch.int64}, device=device
             ):
                 x = (batch["image"] - mean) / std
                 with torch.autocast(**amp):

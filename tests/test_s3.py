@@ -65,3 +65,37 @@ def test_train_checkpoints_on_s3(ray_local, s3, sample_dir):
     assert any(k.startswith("runs/tiny/checkpoint_") for k in keys)
     model, meta = checkpoint.load("s3://geoseg/runs/tiny")
     assert meta.model.arch == "tinyfcn"
+
+
+def test_denied_access_names_the_url(s3, _moto_server, sample_dir, tmp_path):
+    """A real IAM refusal: a user allowed only to list the bucket reads a scene."""
+    import os
+
+    import boto3
+    import requests
+
+    scene = _upload(s3, sample_dir / "scene.tif", "in/scene.tif")
+    iam = boto3.client("iam", endpoint_url=_moto_server)
+    iam.create_user(UserName="lister")
+    iam.put_user_policy(UserName="lister", PolicyName="list-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::geoseg"}],
+    }))
+    key = iam.create_access_key(UserName="lister")["AccessKey"]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    requests.post(f"{_moto_server}/moto-api/reset-auth", data=b"0", timeout=10)  # IAM on from now
+    try:
+        code = ("import sys\nfrom geoseg import storage\nfrom geoseg.errors import StorageError\n"
+                "try:\n    storage.read_text(sys.argv[1])\nexcept StorageError as e:\n    print(e)\n")
+        res = subprocess.run([sys.executable, "-c", code, scene], env=env, capture_output=True, text=True, timeout=60)
+        assert res.stdout.strip() == f"{scene}: access denied", res.stdout + res.stderr
+        res = subprocess.run(
+            [sys.executable, "-m", "geoseg", "predict", scene, "--out", str(tmp_path / "o"), "--model", "index"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        assert f"{scene}: access denied" in res.stderr, res.stderr
+        assert key["SecretAccessKey"] not in res.stderr + res.stdout  # secrets are never printed
+        assert not (tmp_path / "o" / "scene.tif").exists()
+    finally:
+        requests.post(f"{_moto_server}/moto-api/reset-auth", data=b"inf", timeout=10)

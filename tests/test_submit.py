@@ -43,10 +43,11 @@ def ray_head():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # jobs run `python -m geoseg ...` with the head's PATH: this environment's python
     env["PATH"] = f"{pathlib.Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["RAY_metrics_report_interval_ms"] = "1000"  # custom metrics reach the exporter within a second
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     try:
-        yield f"http://127.0.0.1:{dash}"
+        yield f"http://127.0.0.1:{dash}", mport
     finally:
         out = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
         for pid in out:
@@ -65,6 +66,7 @@ def ray_head():
 
 @pytest.mark.slow
 def test_submit_predict_job(ray_head, sample_dir, tmp_path):
+    ray_head, metrics_port = ray_head
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     res = subprocess.run(
@@ -78,3 +80,18 @@ def test_submit_predict_job(ray_head, sample_dir, tmp_path):
     with rasterio.open(out / "scene.tif") as cog:
         assert cog.shape == (640, 640)
     assert (out / "scene.json").exists()
+
+    # geoseg's custom metrics reached the node's Prometheus exporter (what the dashboard graphs)
+    import requests
+
+    wanted = ("geoseg_tiles_written", "geoseg_pixels_written", "geoseg_scenes_done", "geoseg_mpix_per_second")
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, f"metrics not exported: {missing}"
+    tiles = [line for line in text.splitlines() if "geoseg_tiles_written" in line and not line.startswith("#")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in tiles) == 4  # 640x640 in 320-px tiles

@@ -1,0 +1,33 @@
+"""Output layout checks that need no Ray: one writer per Zarr chunk and shard."""
+
+import pytest
+import zarr
+
+from geoseg import storage
+from geoseg.classes import LANDCOVER
+from geoseg.errors import GeosegError
+from geoseg.output import SceneOutput, check_alignment, create_zarr
+from geoseg.raster import RasterInfo
+from geoseg.tiling import TileGrid
+
+
+def _info(h=300, w=200):
+    return RasterInfo(url="x.tif", height=h, width=w, count=4, dtype="uint16", crs="EPSG:32633",
+                      transform=(10.0, 0.0, 0.0, 0.0, -10.0, 0.0), nodata=0, descriptions=(None,) * 4, tags={})
+
+
+def test_chunks_equal_tile_cores_pass_and_others_are_refused(tmp_path):
+    out = SceneOutput(str(tmp_path), "scene")
+    grid = TileGrid(300, 200, core=64, halo=8)
+    create_zarr(out, _info(), grid, LANDCOVER, {"x": 1}, probabilities=True)
+    check_alignment(out, grid)  # as planned: each tile core is exactly one chunk
+    with pytest.raises(GeosegError, match=r"scene.zarr/classes: chunks \(64, 64\) do not match the 128x128 tiles"):
+        check_alignment(out, TileGrid(300, 200, core=128, halo=8))
+
+
+def test_shards_spanning_several_tiles_are_refused(tmp_path):
+    out = SceneOutput(str(tmp_path), "scene")
+    root = zarr.open_group(storage.zarr_store(out.zarr), mode="w", zarr_format=3)
+    root.create_array("classes", shape=(300, 200), chunks=(64, 64), shards=(128, 128), dtype="uint8")
+    with pytest.raises(GeosegError, match=r"shards \(128, 128\) do not match the 64x64 tiles"):
+        check_alignment(out, TileGrid(300, 200, core=64, halo=8))
