@@ -177,7 +177,45 @@ def _starts(plans: list[ScenePlan]) -> np.ndarray:
     return np.array([p.start for p in plans], dtype=np.int64)
 
 
+_IO_THREAD = None
+
+
+def _low_priority(fn, *args, **kwargs):
+    """Run ``fn`` on this worker's low-priority I/O thread (nice ``GEOSEG_IO_NICE``, 10).
+
+    Readers and writers share nodes with the model actors. A reader that preempts
+    one of torch's intra-op threads stalls the whole parallel region; at a lower
+    priority it runs in the gaps the model leaves instead. Only that one thread is
+    lowered (Linux nice is per thread), so a Ray worker later reused for another
+    task or actor keeps its normal priority.
+    """
+    global _IO_THREAD
+    if _IO_THREAD is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _IO_THREAD = ThreadPoolExecutor(1, thread_name_prefix="geoseg-io", initializer=_lower_this_thread)
+    return _IO_THREAD.submit(fn, *args, **kwargs).result()
+
+
+def _lower_this_thread() -> None:
+    import os
+    import sys
+    import threading
+
+    nice = int(os.environ.get("GEOSEG_IO_NICE", "10"))
+    if nice > 0 and sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError:
+            pass
+
+
 def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
+    """Ray Data stage: tile numbers -> padded image tiles (see :func:`_read_tiles`)."""
+    return _low_priority(_read_tiles, batch, plans, dtype)
+
+
+def _read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
     """Tile numbers -> padded image tiles and core validity masks.
 
     Tiles already finished (resume) are dropped; tiles without a single valid
@@ -249,7 +287,11 @@ class PredictActor:
 
 
 def write_tiles(batch: dict, plans: list[ScenePlan]) -> dict:
-    """Write each tile's core into its own Zarr chunk, then log the tiles as done."""
+    """Ray Data stage: write each tile's core into its own Zarr chunk, then log it as done."""
+    return _low_priority(_write_tiles, batch, plans)
+
+
+def _write_tiles(batch: dict, plans: list[ScenePlan]) -> dict:
     from geoseg import output
 
     scenes, tiles = batch["scene"], batch["tile"]
@@ -366,10 +408,13 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         use_gpu = opts.gpus_per_worker > 0 or (spec.name == "checkpoint" and gpus > 0)
         gpw = (opts.gpus_per_worker or 1.0) if use_gpu else 0.0
         workers = opts.workers or (max(1, int(gpus // gpw)) if use_gpu else 1)
+        actor_env: dict = {}
         if spec.name == "checkpoint" and not use_gpu:
             # Torch uses all the cores it is given; split them between the model actors.
+            # Ray sets OMP_NUM_THREADS to the actor's 1 CPU; OpenMP must agree with torch's threads.
             threads = max(1, cpus // workers)
             spec = ModelSpec(spec.name, spec.checkpoint, spec.scene_params, {**spec.options, "threads": threads})
+            actor_env = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
         bs = opts.batch_size
         n_blocks = max(1, min(total // bs + 1, 4 * cpus * max(1, total // (bs * 64))))
         ds = ray.data.range(total, override_num_blocks=n_blocks)
@@ -387,6 +432,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
             num_gpus=gpw,
+            **actor_env,
         )
         ds = ds.map_batches(write_tiles, fn_kwargs={"plans": plans}, batch_size=None, num_cpus=0.25)
         done_px, gauge = 0, metrics().rate
