@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--halo", type=_nonneg("--halo"), default=32)
     pr.add_argument("--batch-size", type=_positive("--batch-size"), default=8)
     pr.add_argument("--bands", help="band roles, e.g. blue=1,green=2,red=3,nir=4")
-    pr.add_argument("--workers", type=_positive("--workers"), help="model actors (default: one per GPU, else 1)")
+    pr.add_argument("--workers", type=_positive("--workers"), help="model actors (default: one per GPU; on CPU one single-threaded actor per core, at most 32)")
     pr.add_argument("--gpus-per-worker", type=float, default=0.0)
     pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     pr.add_argument("--tta", action="store_true", help="average predictions over flips")
