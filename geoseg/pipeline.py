@@ -1,7 +1,7 @@
 """``geoseg predict`` as a Ray Data pipeline.
 
     plan scenes (metadata only)
-      -> ray.data.range(tiles of all scenes)        lazy tile numbers, never a list
+      -> ray.data.from_items(ranges of tile numbers)  a few ranges, never a list of tiles
       -> map_batches(read_tiles)       CPU tasks: windowed reads, nodata/done tiles dropped
       -> map_batches(PredictActor)     actor pool: the model loads once per actor
       -> map_batches(write_tiles)      CPU tasks: one Zarr chunk per tile, progress log
@@ -223,7 +223,7 @@ def _read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
     """
     from geoseg import output
 
-    ids = np.asarray(batch["id"], dtype=np.int64)
+    ids = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(batch["lo"], batch["hi"])])
     which = np.searchsorted(_starts(plans), ids, side="right") - 1
     scenes, tiles, images, valids = [], [], [], []
     empty: dict[int, list[int]] = {}
@@ -430,10 +430,15 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             # writers, or they never get scheduled (torch's threads are set above).
             actor_cpus = min(1.0, max(0.1, (cpus - 1) / workers))
         bs = opts.batch_size
-        n_blocks = max(1, min(total // bs + 1, 4 * cpus * max(1, total // (bs * 64))))
-        ds = ray.data.range(total, override_num_blocks=n_blocks)
+        # Ranges of global tile numbers, one per read task (a few per CPU, at most ~10^4
+        # however many tiles). Not ray.data.range: its read task wants a whole CPU,
+        # which no node may have left once the model actors are placed.
+        per_task = max(bs, -(-total // max(1, min(total // bs + 1, 4 * cpus * max(1, total // (bs * 64))))))
+        per_task = max(per_task, -(-total // 10_000))
+        ranges = [{"lo": lo, "hi": min(lo + per_task, total)} for lo in range(0, total, per_task)]
+        ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
         # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
-        ds = ds.map_batches(read_tiles, fn_kwargs={"plans": plans, "dtype": dtype}, batch_size=bs, num_cpus=0.25)
+        ds = ds.map_batches(read_tiles, fn_kwargs={"plans": plans, "dtype": dtype}, batch_size=1, num_cpus=0.25)
         ds = ds.map_batches(
             PredictActor,
             fn_constructor_kwargs={

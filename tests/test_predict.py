@@ -110,7 +110,7 @@ def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_
     # an interrupted job: the stages ran for the first 11 tiles only, nothing was finished
     plans, spec, _ = plan_scenes([scene], str(tmp_path / "resumed"), opts)
     actor = PredictActor(spec, opts.halo, opts.tile_size)
-    batch = read_tiles({"id": np.arange(11)}, plans, "uint16")
+    batch = read_tiles({"lo": np.array([0]), "hi": np.array([11])}, plans, "uint16")
     write_tiles(actor(batch), plans)
     assert not (tmp_path / "resumed" / "scene.json").exists()
 
