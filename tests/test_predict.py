@@ -123,3 +123,13 @@ def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_
     zb = xr.open_zarr(tmp_path / "resumed" / "scene.zarr")["classes"].values
     np.testing.assert_array_equal(za, zb)
     assert full["tiles"]["total"] == rec["tiles"]["total"] == 25
+
+
+def test_tile_ranges_cover_every_tile_once_and_stay_few():
+    from geoseg.pipeline import tile_ranges
+
+    for total in (1, 7, 64, 257, 123_457, 10**7):
+        r = tile_ranges(total, 8, 2)
+        assert r[0]["lo"] == 0 and r[-1]["hi"] == total
+        assert all(a["hi"] == b["lo"] and a["hi"] - a["lo"] >= min(8, total) for a, b in zip(r, r[1:]))
+        assert len(r) <= 10_000
