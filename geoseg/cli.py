@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", help="trained checkpoint or training run folder")
     pr.add_argument("--tile-size", type=_positive("--tile-size"), default=512)
     pr.add_argument("--halo", type=_nonneg("--halo"), default=32)
+    pr.add_argument("--stitch", choices=["crop", "hann"], default="crop",
+                    help="crop: each pixel from the tile whose core holds it (default); "
+                         "hann: raised-cosine blend of overlapping tile windows (two passes, scratch storage)")
     pr.add_argument("--batch-size", type=_positive("--batch-size"), default=8)
     pr.add_argument("--bands", help="band roles, e.g. blue=1,green=2,red=3,nir=4")
     pr.add_argument("--workers", type=_positive("--workers"), help="model actors (default: one per GPU; on CPU one single-threaded actor per core, at most 32)")
@@ -105,6 +108,7 @@ def predict_options(a):
         checkpoint=a.checkpoint,
         tile_size=a.tile_size,
         halo=a.halo,
+        stitch=a.stitch,
         batch_size=a.batch_size,
         bands=parse_bands(a.bands) if a.bands else None,
         workers=a.workers,

@@ -6,7 +6,9 @@ Layout under ``PREFIX`` for an input ``<stem>.tif``::
                         [, probabilities (class, y, x) uint8]
     <stem>.tif          Cloud-Optimized GeoTIFF of the class map
     <stem>.json         run record, written last: an output without it is incomplete
-    .geoseg/<stem>/     progress log: which tiles are finished (for resume)
+    .geoseg/<stem>/     progress log: which tiles are finished (for resume), and
+                        with ``--stitch hann`` the scratch ``windows.zarr`` of every
+                        tile's softmax window; removed when the scene is finished
 
 Chunks of the Zarr arrays are exactly the tile cores, so each tile is one
 chunk and no two writers ever touch the same chunk (Zarr shards are not used:
@@ -49,6 +51,11 @@ class SceneOutput:
     @property
     def progress(self) -> str:
         return storage.join(self.prefix, ".geoseg", self.stem)
+
+    @property
+    def scratch(self) -> str:
+        """Zarr group of per-tile softmax windows (``--stitch hann`` only)."""
+        return storage.join(self.progress, "windows.zarr")
 
 
 def create_zarr(
@@ -199,14 +206,23 @@ def log_done(out: SceneOutput, tiles: np.ndarray, kind: str = "done") -> None:
     storage.write_text(storage.join(out.progress, name), json.dumps(sorted(int(t) for t in tiles)))
 
 
-def read_done(out: SceneOutput, n_tiles: int) -> tuple[np.ndarray, dict[str, int]]:
-    """``(bitmap of finished tiles (packed bits), counts by kind)`` from the progress log."""
+FINISHED = ("done", "nodata")  # a tile's output chunk is final
+
+
+def read_done(out: SceneOutput, n_tiles: int, kinds: tuple[str, ...] = FINISHED) -> tuple[np.ndarray, dict[str, int]]:
+    """``(bitmap of tiles logged as one of kinds (packed bits), counts by kind)``.
+
+    ``"done"`` / ``"nodata"``: the tile's output chunk is final. ``"window"``: its
+    softmax window is in the scratch array (``--stitch hann``).
+    """
     done = np.zeros(n_tiles, dtype=bool)
     counts: dict[str, int] = {}
     for name in storage.listdir(out.progress):
         if not name.endswith(".json") or "-" not in name:
             continue
         kind = name.split("-", 1)[0]
+        if kind not in kinds:
+            continue
         try:
             tiles = json.loads(storage.read_text(storage.join(out.progress, name)))
         except (json.JSONDecodeError, OSError):
@@ -242,6 +258,32 @@ def write_tile(out: SceneOutput, core: Window, classes: np.ndarray, proba: np.nd
         _array(out.zarr, "probabilities", out.job)[:, rows, cols] = proba[:, : core.height, : core.width]
 
 
+# --- scratch windows (``--stitch hann``) --------------------------------------
+
+
+def create_scratch(out: SceneOutput, grid: TileGrid, n_classes: int) -> None:
+    """The scratch array of tile windows, ``(tiles, class, T, T)`` float32, one chunk per
+    tile, NaN where nothing was written (kept if it exists: a rerun resumes)."""
+    import zarr
+
+    if storage.exists(storage.join(out.scratch, "windows", "zarr.json")):
+        return
+    root = zarr.open_group(storage.zarr_store(out.scratch), mode="a", zarr_format=3)
+    t = grid.tile_size
+    root.create_array("windows", shape=(len(grid), n_classes, t, t), chunks=(1, n_classes, t, t),
+                      dtype="float32", fill_value=float("nan"))
+
+
+def write_window(out: SceneOutput, tile: int, probs: np.ndarray) -> None:
+    _array(out.scratch, "windows", out.job)[tile] = probs
+
+
+def read_window(out: SceneOutput, tile: int) -> np.ndarray | None:
+    """A tile's softmax window, or None if it was never written."""
+    p = _array(out.scratch, "windows", out.job)[tile]
+    return None if np.isnan(p[0]).all() else p
+
+
 # --- finishing ------------------------------------------------------------
 
 
@@ -271,9 +313,15 @@ def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block:
 
 
 def consolidate(out: SceneOutput) -> None:
+    """Consolidated metadata, so xarray opens the group in one read (a zarr-python
+    extension to v3, which it warns about once per call; the warning is noise here)."""
+    import warnings
+
     import zarr
 
-    zarr.consolidate_metadata(storage.zarr_store(out.zarr))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(storage.zarr_store(out.zarr))
 
 
 def write_record(out: SceneOutput, record: dict) -> None:

@@ -7,6 +7,10 @@
       -> map_batches(write_tiles)      CPU tasks: one Zarr chunk per tile, progress log
       -> finish_scene (Ray tasks)      COG from the Zarr, then the run record, last
 
+With ``--stitch hann`` the model pass writes every tile's softmax window to a
+scratch array instead (write_windows), and a second pass of CPU tasks
+(blend_tiles) blends each output chunk from the windows that cover it.
+
 Everything each stage does is in a Ray-free module (raster, tiling, predictor,
 stitch, output); this module only wires them together.
 """
@@ -24,7 +28,7 @@ import numpy as np
 
 from geoseg import __version__, storage
 from geoseg.bands import resolve_roles
-from geoseg.classes import LANDCOVER, ClassScheme
+from geoseg.classes import LANDCOVER, NODATA, ClassScheme
 from geoseg.errors import InputError, RasterError
 from geoseg.inputs import expand_inputs
 from geoseg.output import SceneOutput
@@ -47,6 +51,7 @@ class PredictOptions:
     tta: bool = False
     precision: str = "auto"
     compile: bool = False
+    stitch: str = "crop"  # or "hann": weighted blending of overlapping windows
     overwrite: bool = False
     asset: str | None = None
     address: str | None = None
@@ -62,6 +67,8 @@ class PredictOptions:
             raise InputError(f"--halo {self.halo} is too large for --tile-size {self.tile_size}")
         if self.workers is not None and self.workers < 1:
             raise InputError(f"--workers must be >= 1, got {self.workers}")
+        if self.stitch not in ("crop", "hann"):
+            raise InputError(f"--stitch must be crop or hann, got {self.stitch!r}")
         if self.gpus_per_worker < 0:
             raise InputError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
 
@@ -77,6 +84,7 @@ class ScenePlan:
     start: int  # global number of this scene's first tile
     status: str  # new / resume / done
     done: np.ndarray | None = None  # packed bitmap of finished tiles
+    windows: np.ndarray | None = None  # packed bitmap of tiles with a scratch window (hann)
     previous: dict = field(default_factory=dict)
 
 
@@ -121,7 +129,7 @@ def fingerprint(opts: PredictOptions, bands: list[int]) -> dict:
         "bands": bands,
         "probabilities": opts.probabilities,
         "tta": opts.tta,
-        "stitch": "crop",
+        "stitch": opts.stitch,
     }
 
 
@@ -149,16 +157,20 @@ def plan_scenes(inputs: list[str], prefix: str, opts: PredictOptions) -> tuple[l
         out = SceneOutput(prefix, stem, job)
         fp = fingerprint(opts, bands)
         status = output.check_existing(out, fp, opts.overwrite)
-        done, previous = None, {}
+        done, windows, previous = None, None, {}
         if status == "new":
             output.create_zarr(out, info, grid, classes, fp, opts.probabilities)
         elif status == "resume":
             done, previous = output.read_done(out, len(grid))
         if status != "done":
             output.check_alignment(out, grid)  # one writer per chunk, or no plan
+            if opts.stitch == "hann":
+                output.create_scratch(out, grid, len(classes))
+                if status == "resume":
+                    windows, _ = output.read_done(out, len(grid), kinds=("window",))
         if opts.model == "index-otsu" and status != "done":
             scene_params[i] = fit_otsu(url, bands).to_dict()
-        plans.append(ScenePlan(i, url, info, grid, out, bands, start, status, done, previous))
+        plans.append(ScenePlan(i, url, info, grid, out, bands, start, status, done, windows, previous))
         start += len(grid)
     options = {"precision": opts.precision, "compile": opts.compile, "tta": opts.tta}
     spec = ModelSpec(
@@ -215,23 +227,28 @@ def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
     return _low_priority(_read_tiles, batch, plans, dtype)
 
 
-def _read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
-    """Tile numbers -> padded image tiles and core validity masks.
+def _is_set(bitmap: np.ndarray | None, t: int) -> bool:
+    return bitmap is not None and bool((bitmap[t >> 3] >> (7 - (t & 7))) & 1)
 
-    Tiles already finished (resume) are dropped; tiles without a single valid
-    pixel are dropped and logged as finished (their output is the fill value).
+
+def _read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
+    """Tile numbers -> padded image tiles, core validity masks and core crops.
+
+    Tiles already finished, or with a scratch window, (resume) are dropped; tiles
+    without a single valid pixel are dropped and logged as finished (their output
+    is the fill value).
     """
     from geoseg import output
 
     ids = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(batch["lo"], batch["hi"])])
     which = np.searchsorted(_starts(plans), ids, side="right") - 1
-    scenes, tiles, images, valids = [], [], [], []
+    scenes, tiles, images, valids, crops = [], [], [], [], []
     empty: dict[int, list[int]] = {}
     core = plans[0].grid.core
     for gid, s in zip(ids, which):
         plan = plans[s]
         t = int(gid - plan.start)
-        if plan.done is not None and (plan.done[t >> 3] >> (7 - (t & 7))) & 1:
+        if _is_set(plan.done, t) or _is_set(plan.windows, t):
             continue
         tile = plan.grid[plan.grid.index(t)]
         image, valid = tile_reader(plan.url, plan.bands).read(tile)
@@ -244,6 +261,7 @@ def _read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
         tiles.append(t)
         images.append(image)
         valids.append(full)
+        crops.append((tile.crop.row_off, tile.crop.col_off, tile.crop.height, tile.crop.width))
     for s, ts in empty.items():
         output.log_done(plans[s].out, np.asarray(ts), kind="nodata")
     size = plans[0].grid.tile_size
@@ -253,21 +271,34 @@ def _read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
         "tile": np.asarray(tiles, dtype=np.int64),
         "image": np.stack(images).astype(dtype, copy=False) if images else np.empty((0, nb, size, size), dtype),
         "valid": np.stack(valids) if valids else np.empty((0, core, core), bool),
+        "crop": np.asarray(crops, dtype=np.int32).reshape(-1, 4),
     }
 
 
 class PredictActor:
-    """Holds one model (loaded once) and turns image tiles into finished class tiles."""
+    """Holds one model (loaded once) and turns image tiles into finished class tiles
+    (or, with ``windows``, into softmax windows for blending)."""
 
-    def __init__(self, spec: ModelSpec, halo: int, core: int, probabilities: bool = False):
+    def __init__(self, spec: ModelSpec, core: int, probabilities: bool = False, windows: bool = False):
         self.predictor = spec.build()
-        self.halo, self.core, self.probabilities = halo, core, probabilities
+        self.core, self.probabilities, self.windows = core, probabilities, windows
 
     def __call__(self, batch: dict) -> dict:
         from geoseg import stitch
 
         images, scenes = batch["image"], batch["scene"]
         out = {"scene": scenes, "tile": batch["tile"]}
+        if self.windows:
+            if len(images) == 0:
+                size = images.shape[-1]
+                out["window"] = np.empty((0, self.predictor.num_classes or 1, size, size), np.float32)
+                out["model_s"] = np.empty(0)
+                return out
+            t0 = time.perf_counter()
+            out["window"] = stitch.mask_windows(self.predictor.predict_proba(images, scenes),
+                                                batch["valid"], batch["crop"])
+            out["model_s"] = np.full(len(images), (time.perf_counter() - t0) / len(images))
+            return out
         if len(images) == 0:
             out["classes"] = np.empty((0, self.core, self.core), np.uint8)
             out["model_s"] = np.empty(0)
@@ -278,10 +309,10 @@ class PredictActor:
         if self.probabilities:
             proba = self.predictor.predict_proba(images, scenes)
             classes = proba.argmax(1).astype(np.uint8)
-            out["proba"] = stitch.to_uint8_proba(proba, self.halo, self.core)
+            out["proba"] = stitch.to_uint8_proba(proba, batch["crop"], self.core)
         else:
             classes = self.predictor.predict(images, scenes)
-        out["classes"] = stitch.finish(classes, batch["valid"], self.halo, self.core)
+        out["classes"] = stitch.finish(classes, batch["valid"], batch["crop"], self.core)
         out["model_s"] = np.full(len(images), (time.perf_counter() - t0) / len(images))
         return out
 
@@ -312,6 +343,75 @@ def _write_tiles(batch: dict, plans: list[ScenePlan]) -> dict:
         "model_s": np.asarray(batch["model_s"], dtype=np.float64),
         "pixels": pixels,
     }
+
+
+def write_windows(batch: dict, plans: list[ScenePlan]) -> dict:
+    """Ray Data stage (``--stitch hann``): store each tile's softmax window, log it."""
+    return _low_priority(_write_windows, batch, plans)
+
+
+def _write_windows(batch: dict, plans: list[ScenePlan]) -> dict:
+    from geoseg import output
+
+    scenes, tiles = batch["scene"], batch["tile"]
+    for i, (s, t) in enumerate(zip(scenes, tiles)):
+        output.write_window(plans[s].out, int(t), batch["window"][i])
+    for s in np.unique(scenes):
+        output.log_done(plans[s].out, tiles[scenes == s], kind="window")
+    return {
+        "scene": np.asarray(scenes, dtype=np.int32),
+        "model_s": np.asarray(batch["model_s"], dtype=np.float64),
+        "pixels": np.zeros(len(tiles), dtype=np.int64),
+    }
+
+
+def blend_tiles(batch: dict, plans: list[ScenePlan], probabilities: bool) -> dict:
+    """Ray Data stage (``--stitch hann``): blend, finish and write each tile's chunk."""
+    return _low_priority(_blend_tiles, batch, plans, probabilities)
+
+
+def _blend_tiles(batch: dict, plans: list[ScenePlan], probabilities: bool) -> dict:
+    from collections import OrderedDict
+
+    from geoseg import output, stitch
+
+    ids = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(batch["lo"], batch["hi"])])
+    which = np.searchsorted(_starts(plans), ids, side="right") - 1
+    cache: OrderedDict = OrderedDict()  # neighbouring tiles share windows; a few are enough
+
+    def fetch(plan: ScenePlan, iy: int, ix: int):
+        key = (plan.index, iy, ix)
+        if key not in cache:
+            cache[key] = output.read_window(plan.out, iy * plan.grid.shape[1] + ix)
+            if len(cache) > 12:
+                cache.popitem(last=False)
+        return cache[key]
+
+    scenes, tiles, pixels = [], [], []
+    for gid, s in zip(ids, which):
+        plan = plans[s]
+        t = int(gid - plan.start)
+        if _is_set(plan.done, t):
+            continue
+        tile = plan.grid[plan.grid.index(t)]
+        probs, valid = stitch.blend_core(plan.grid, tile, lambda iy, ix: fetch(plan, iy, ix))
+        if not valid.any():
+            continue  # no window: logged as nodata by the model pass
+        classes = probs.argmax(0).astype(np.uint8)
+        classes[~valid] = NODATA
+        proba = np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8) if probabilities else None
+        output.write_tile(plan.out, tile.core, classes, proba)
+        scenes.append(s)
+        tiles.append(t)
+        pixels.append(tile.core.size)
+    scenes_a, tiles_a = np.asarray(scenes, dtype=np.int32), np.asarray(tiles, dtype=np.int64)
+    for s in np.unique(scenes_a):
+        output.log_done(plans[s].out, tiles_a[scenes_a == s])
+    if tiles:
+        job = plans[0].out.job
+        metrics().tiles.inc(len(tiles), tags={"job": job})
+        metrics().pixels.inc(int(sum(pixels)), tags={"job": job})
+    return {"scene": scenes_a, "model_s": np.zeros(len(tiles)), "pixels": np.asarray(pixels, dtype=np.int64)}
 
 
 class _Metrics:
@@ -442,6 +542,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             # scheduled (torch's threads are set above).
             actor_cpus = min(1.0, max(0.1, (cpus - 1) / workers))
         bs = opts.batch_size
+        hann = opts.stitch == "hann"
         ranges = tile_ranges(total, bs, cpus)
         ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
         # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
@@ -450,9 +551,9 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             PredictActor,
             fn_constructor_kwargs={
                 "spec": spec,
-                "halo": opts.halo,
                 "core": opts.tile_size,
                 "probabilities": opts.probabilities,
+                "windows": hann,
             },
             batch_size=bs,
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -460,12 +561,20 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             num_gpus=gpw,
             **actor_env,
         )
-        ds = ds.map_batches(write_tiles, fn_kwargs={"plans": plans}, batch_size=None, num_cpus=0.25)
+        writer = write_windows if hann else write_tiles
+        ds = ds.map_batches(writer, fn_kwargs={"plans": plans}, batch_size=None, num_cpus=0.25)
+        passes = [ds]
+        if hann:  # second pass, after every window is stored: blend each chunk from its neighbours
+            blend = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
+                blend_tiles, fn_kwargs={"plans": plans, "probabilities": opts.probabilities},
+                batch_size=1, num_cpus=0.25)
+            passes.append(blend)
         done_px, gauge = 0, metrics().rate
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            np.add.at(model_s, batch["scene"], batch["model_s"])
-            done_px += int(batch["pixels"].sum())
-            gauge.set(done_px / 1e6 / max(time.perf_counter() - t1, 1e-9), tags={"job": plans[0].out.job})
+        for stage in passes:
+            for batch in stage.iter_batches(batch_size=None, batch_format="numpy"):
+                np.add.at(model_s, batch["scene"], batch["model_s"])
+                done_px += int(batch["pixels"].sum())
+                gauge.set(done_px / 1e6 / max(time.perf_counter() - t1, 1e-9), tags={"job": plans[0].out.job})
     t_pipeline = time.perf_counter() - t1
 
     t2 = time.perf_counter()

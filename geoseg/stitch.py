@@ -1,8 +1,8 @@
 """From model output tiles to output chunks: crop the halo, mask nodata.
 
 Default stitching is halo + centre crop: every output pixel comes from exactly
-one tile, the one whose core holds it, and was predicted with ``halo`` pixels
-of real context on every side. When the halo covers the model's receptive
+one tile, the one whose core holds it, and was predicted with at least ``halo``
+pixels of real context on every side that is not the raster's edge. When the halo covers the model's receptive
 field the stitched map equals whole-image inference.
 """
 
@@ -11,21 +11,120 @@ from __future__ import annotations
 import numpy as np
 
 from geoseg.classes import NODATA
+from geoseg.tiling import Tile, TileGrid
 
 
-def crop_core(pred: np.ndarray, halo: int, core: int) -> np.ndarray:
-    """Crop ``(N, [K,] T, T)`` tile predictions to their ``(N, [K,] core, core)`` cores."""
-    return pred[..., halo : halo + core, halo : halo + core]
+def crop_cores(pred: np.ndarray, crops: np.ndarray, core: int, fill=0) -> np.ndarray:
+    """Each tile's core out of ``(N, [K,] T, T)`` tile arrays, as ``(N, [K,] core, core)``.
+
+    ``crops``: ``(N, 4)`` rows of ``(row, col, height, width)``, the core's place
+    in its tile (:attr:`geoseg.tiling.Tile.crop`). Edge cores are clipped; the
+    rest of their chunk-sized array is ``fill``.
+    """
+    out = np.full((*pred.shape[:-2], core, core), fill, dtype=pred.dtype)
+    for i, (r, c, h, w) in enumerate(np.asarray(crops, dtype=np.int64)):
+        out[i, ..., :h, :w] = pred[i, ..., r : r + h, c : c + w]
+    return out
 
 
-def finish(classes: np.ndarray, valid: np.ndarray, halo: int, core: int) -> np.ndarray:
-    """Core class tiles ``(N, core, core)`` with nodata where the input is nodata."""
-    out = np.array(crop_core(classes, halo, core), dtype=np.uint8, copy=True)
+def finish(classes: np.ndarray, valid: np.ndarray, crops: np.ndarray, core: int) -> np.ndarray:
+    """Core class tiles ``(N, core, core)`` uint8 with nodata where the input is nodata."""
+    out = crop_cores(np.asarray(classes, dtype=np.uint8), crops, core, fill=NODATA)
     out[~valid] = NODATA
     return out
 
 
-def to_uint8_proba(proba: np.ndarray, halo: int, core: int) -> np.ndarray:
-    """Core probabilities scaled to uint8 (0..255)."""
-    p = crop_core(proba, halo, core)
+def to_uint8_proba(proba: np.ndarray, crops: np.ndarray, core: int) -> np.ndarray:
+    """Core probabilities ``(N, K, core, core)`` scaled to uint8 (0..255)."""
+    p = crop_cores(proba, crops, core)
     return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
+
+
+# --- weighted blending (``--stitch hann``) ------------------------------------
+#
+# Every tile's softmax over its whole window is kept (a scratch array, one chunk
+# per tile); an output chunk is then the weighted mean of every tile window that
+# covers it. Two neighbours' windows overlap by ``2 * halo`` pixels around their
+# seam. A window's weight is 0 on its outer ``halo / 2`` pixels (they lack
+# context), rises as a raised cosine over the next ``halo`` pixels and is 1
+# inside, on each side that is not the raster's edge; on a regular grid the two
+# tapers sum to exactly one, so the seam fades from one tile into the next.
+# Every blended pixel is thus predicted with at least ``halo / 2`` pixels of
+# context; nodata pixels are NaN in the scratch.
+
+
+def taper(n: int, lo: bool, hi: bool, halo: int) -> np.ndarray:
+    """1-D weights over ``n`` pixels of a window: 0 for the outer ``halo // 2``
+    pixels, a raised-cosine ramp over the next ``halo``, then 1; at the low
+    and/or high end only."""
+    w = np.ones(n, dtype=np.float64)
+    if halo <= 0:
+        return w.astype(np.float32)
+    d = np.arange(n, dtype=np.float64)
+
+    def ramp(x):
+        x = x - halo // 2
+        return np.where(x < 0, 0.0, np.where(x < halo, 0.5 - 0.5 * np.cos(np.pi * (x + 0.5) / halo), 1.0))
+
+    if lo:
+        w = np.minimum(w, ramp(d))
+    if hi:
+        w = np.minimum(w, ramp(n - 1 - d))
+    return w.astype(np.float32)
+
+
+def tile_weights(grid: TileGrid, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    """``(row weights, column weights)`` over the tile's read window."""
+    r = tile.read
+    wy = taper(r.height, r.row_off > 0, r.row_off + r.height < grid.height, grid.halo)
+    wx = taper(r.width, r.col_off > 0, r.col_off + r.width < grid.width, grid.halo)
+    return wy, wx
+
+
+def blend_core(grid: TileGrid, tile: Tile, fetch) -> tuple[np.ndarray, np.ndarray]:
+    """Blended probabilities ``(K, h, w)`` of ``tile``'s core and its validity ``(h, w)``.
+
+    ``fetch(iy, ix)``: that tile's softmax window ``(K, T, T)`` (NaN = nodata or
+    never predicted), or None. Pixels that are NaN in ``tile``'s own window are
+    nodata; a neighbour's NaN pixels simply do not count. A tile's own weight is
+    at least 1/2 all over its core, so every valid pixel has a value.
+    """
+    core = tile.core
+    acc = wsum = None
+    ny, nx = grid.shape
+    for iy in range(max(0, tile.iy - 1), min(ny, tile.iy + 2)):
+        for ix in range(max(0, tile.ix - 1), min(nx, tile.ix + 2)):
+            other = grid[iy, ix]
+            r0, r1 = max(core.row_off, other.read.row_off), min(core.row_off + core.height, other.read.row_off + other.read.height)
+            c0, c1 = max(core.col_off, other.read.col_off), min(core.col_off + core.width, other.read.col_off + other.read.width)
+            if r0 >= r1 or c0 >= c1:
+                continue
+            probs = fetch(iy, ix)
+            if probs is None:
+                continue
+            wy, wx = tile_weights(grid, other)
+            ry, rx = r0 - other.read.row_off, c0 - other.read.col_off
+            p = probs[:, ry : ry + r1 - r0, rx : rx + c1 - c0]
+            w = wy[ry : ry + r1 - r0, None] * wx[None, rx : rx + c1 - c0]
+            w = np.where(np.isnan(p[0]), 0.0, w).astype(np.float32)
+            if acc is None:
+                acc = np.zeros((probs.shape[0], core.height, core.width), np.float32)
+                wsum = np.zeros((core.height, core.width), np.float32)
+                own = np.zeros((core.height, core.width), bool)
+            sl = (slice(r0 - core.row_off, r1 - core.row_off), slice(c0 - core.col_off, c1 - core.col_off))
+            acc[(slice(None), *sl)] += w * np.nan_to_num(p)
+            wsum[sl] += w
+            if (iy, ix) == (tile.iy, tile.ix):
+                own[sl] = ~np.isnan(p[0])
+    if acc is None:
+        return np.zeros((0, core.height, core.width), np.float32), np.zeros((core.height, core.width), bool)
+    return acc / np.maximum(wsum, 1e-12), own
+
+
+def mask_windows(proba: np.ndarray, valid: np.ndarray, crops: np.ndarray) -> np.ndarray:
+    """Softmax windows ``(N, K, T, T)`` float32 with NaN on each core's nodata pixels."""
+    out = np.array(proba, dtype=np.float32, copy=True)
+    for i, (r, c, h, w) in enumerate(np.asarray(crops, dtype=np.int64)):
+        core = out[i, :, r : r + h, c : c + w]
+        core[:, ~valid[i, :h, :w]] = np.nan
+    return out

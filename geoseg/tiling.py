@@ -4,9 +4,11 @@ Axis order is explicit everywhere: ``row`` / ``col`` (= y / x) and shapes are
 ``(height, width)``. A :class:`TileGrid` cuts a raster of ``height x width``
 pixels into cores of ``core x core`` pixels (edge cores are clipped). Each
 :class:`Tile` is read with a ``halo`` of context on every side, so every tile
-array has the same shape ``(core + 2*halo, core + 2*halo)``: the part of the
-halo (or of a clipped core) that falls outside the raster is filled by reflect
-padding and cropped away again after the model. Tile ``(iy, ix)``'s core is
+array has the same shape ``(core + 2*halo, core + 2*halo)``. At the raster's
+edges the tile window slides inwards instead of hanging over the edge: the
+model then sees the raster edge where whole-image inference sees it (its own
+convolution padding) and real pixels everywhere else. Only an axis shorter
+than a tile is padded, by reflection at its end. Tile ``(iy, ix)``'s core is
 exactly chunk ``(iy, ix)`` of an output chunked ``(core, core)``, so no two
 tiles ever write the same output chunk.
 """
@@ -57,10 +59,12 @@ class Tile:
     """One tile of a grid.
 
     ``core``: the pixels this tile is responsible for (raster coordinates).
-    ``read``: the part of ``core`` grown by the halo that lies inside the raster.
+    ``read``: the raster window read for it: ``core`` grown by the halo, slid
+    inside the raster at its edges.
     ``pad``: ``(top, bottom, left, right)`` pixels of padding that bring the read
-    block up to the full tile shape.
-    ``crop``: the core's place inside the padded tile array.
+    block up to the full tile shape (non-zero only where the raster is smaller
+    than a tile).
+    ``crop``: the core's place inside the tile array.
     """
 
     iy: int
@@ -116,15 +120,24 @@ class TileGrid:
             raise IndexError(key)
         r0, c0 = iy * self.core, ix * self.core
         ch, cw = min(self.core, self.height - r0), min(self.core, self.width - c0)
-        core = Window(r0, c0, ch, cw)
-        h = self.halo
-        rr0, cc0 = max(0, r0 - h), max(0, c0 - h)
-        rr1, cc1 = min(self.height, r0 + self.core + h), min(self.width, c0 + self.core + h)
-        read = Window(rr0, cc0, rr1 - rr0, cc1 - cc0)
-        top, left = rr0 - (r0 - h), cc0 - (c0 - h)
-        bottom = self.tile_size - top - read.height
-        right = self.tile_size - left - read.width
-        return Tile(iy, ix, core, read, (top, bottom, left, right), Window(h, h, ch, cw))
+        rr0, rh = self._span(r0, self.height)
+        cc0, cw_ = self._span(c0, self.width)
+        size = self.tile_size
+        return Tile(
+            iy,
+            ix,
+            core=Window(r0, c0, ch, cw),
+            read=Window(rr0, cc0, rh, cw_),
+            pad=(0, size - rh, 0, size - cw_),
+            crop=Window(r0 - rr0, c0 - cc0, ch, cw),
+        )
+
+    def _span(self, start: int, length: int) -> tuple[int, int]:
+        """``(offset, size)`` of the read window along one axis for a core at ``start``."""
+        size = self.tile_size
+        if length <= size:
+            return 0, length
+        return min(max(start - self.halo, 0), length - size), size
 
     def __iter__(self) -> Iterator[Tile]:
         ny, nx = self.shape
@@ -134,10 +147,11 @@ class TileGrid:
 
 
 def pad_tile(block: np.ndarray, tile: Tile) -> np.ndarray:
-    """Pad a read block ``(..., rows, cols)`` to the full tile shape by reflection.
+    """Pad a read block ``(..., rows, cols)`` to the full tile shape.
 
-    Reflection never repeats the edge pixel, so there is no artificial plateau at
-    raster edges. Blocks too small to reflect fall back to edge replication.
+    Only rasters smaller than a tile need it. Reflection never repeats the edge
+    pixel, so there is no artificial plateau; blocks too small to reflect fall
+    back to edge replication.
     """
     top, bottom, left, right = tile.pad
     if not any(tile.pad):

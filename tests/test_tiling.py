@@ -49,23 +49,33 @@ def test_tiles_have_one_shape_and_halos_match_the_raster(grid):
         inside_c = (cc >= 0) & (cc < grid.width)
         sub = arr[np.ix_(inside_r, inside_c)]
         np.testing.assert_array_equal(sub, raster[np.ix_(rr[inside_r], cc[inside_c])])
+        # the core has a full halo of real pixels on every side that is not the raster's edge
+        for off, size, crop_off, crop_size, length in (
+            (tile.core.row_off, tile.core.height, tile.crop.row_off, tile.crop.height, grid.height),
+            (tile.core.col_off, tile.core.width, tile.crop.col_off, tile.crop.width, grid.width),
+        ):
+            assert crop_size == size
+            assert crop_off >= min(grid.halo, off)
+            if length >= grid.tile_size:  # no padding: the window lies inside the raster
+                assert grid.tile_size - crop_off - size >= min(grid.halo, length - off - size)
 
 
-def test_edge_tiles_are_reflect_padded():
-    grid = TileGrid(10, 7, core=4, halo=2)
+def test_edge_tiles_slide_inside_the_raster():
+    grid = TileGrid(10, 7, core=4, halo=2)  # tiles are 8 x 8: rows fit, columns do not
     rows, cols = np.mgrid[0:10, 0:7]
     raster = rows * 100 + cols
-    tile = grid[0, 0]
-    arr = pad_tile(raster[tile.read.slices][None], tile)[0]
-    # reflection about row 0 / col 0 without repeating the edge pixel
-    assert arr[0, 2] == raster[2, 0] and arr[1, 2] == raster[1, 0]
-    assert arr[2, 0] == raster[0, 2]
-    last = grid[2, 1]  # bottom-right: core clipped to 2 x 3 pixels
+    first = grid[0, 0]
+    assert first.read == Window(0, 0, 8, 7) and first.pad == (0, 0, 0, 1) and first.crop == Window(0, 0, 4, 4)
+    mid = grid[1, 0]  # core rows 4..8: the full halo fits on both sides
+    assert mid.read.row_off == 2 and mid.crop.row_off == 2
+    last = grid[2, 1]  # bottom-right: core clipped to 2 x 3 pixels, window slid up to end at row 10
     assert last.core == Window(8, 4, 2, 3)
+    assert last.read == Window(2, 0, 8, 7) and last.crop == Window(6, 4, 2, 3)
     arr = pad_tile(raster[last.read.slices][None], last)[0]
     assert arr.shape == (8, 8)
-    # row 10 does not exist: it reflects row 8
-    assert arr[last.crop.row_off + 2, last.crop.col_off] == raster[8, 4]
+    np.testing.assert_array_equal(arr[last.crop.slices], raster[8:10, 4:7])
+    # column 7 does not exist: it reflects column 5 (the edge pixel is not repeated)
+    assert arr[0, 7] == raster[2, 5]
 
 
 def test_grid_validation_and_indexing():
