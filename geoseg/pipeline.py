@@ -512,9 +512,9 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     t1 = time.perf_counter()
     model_s = np.zeros(len(plans))
     if todo:
+        # Tiles travel in the rasters' own dtype (uint16 is half of float32); the
+        # predictor converts each batch in the actor.
         dtype = np.result_type(*[np.dtype(p.info.dtype) for p in plans]).name
-        if spec.name == "checkpoint":
-            dtype = "float32"
         total = plans[-1].start + len(plans[-1].grid)
         cpus, gpus = cluster_cpus(), cluster_gpus()
         use_gpu = opts.gpus_per_worker > 0 or (spec.name == "checkpoint" and gpus > 0)
@@ -535,9 +535,10 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         if spec.name == "checkpoint" and not use_gpu:
             # Torch uses all the cores it is given; split them between the model actors.
             # Ray sets OMP_NUM_THREADS to the actor's 1 CPU; OpenMP must agree with torch's threads.
-            threads = max(1, cpus // workers)
+            threads = max(1, int(cpus // workers))
             spec = ModelSpec(spec.name, spec.checkpoint, spec.scene_params, {**spec.options, "threads": threads})
-            actor_env = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
+            if threads > 1:  # (1 is Ray's own setting: no runtime env, so warm idle workers can host the actors)
+                actor_env = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
             # Logical CPUs only: leave one CPU to the readers and writers, or they never get
             # scheduled (torch's threads are set above).
             actor_cpus = min(1.0, max(0.1, (cpus - 1) / workers))

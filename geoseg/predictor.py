@@ -45,6 +45,9 @@ class IndexPredictor:
         return out
 
 
+CPU_PIXELS_PER_CALL = 1 << 18  # forward-call size on CPU (see TorchPredictor)
+
+
 def pick_device(device: str = "auto") -> str:
     import torch
 
@@ -59,9 +62,12 @@ class TorchPredictor:
     """A torch segmentation model with its normalisation and speed options.
 
     ``precision``: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (``"auto"``: bf16 on
-    GPUs that support it, fp32 on CPU). ``channels_last``, ``compile`` and pinned
-    host memory are GPU speed options (``None``: on for CUDA). ``tta`` averages the
-    softmax over horizontal/vertical flips.
+    GPUs that support it, fp32 on CPU). ``channels_last`` (default on: oneDNN's
+    CPU convolutions are faster in it too, 12-27% for a U-Net here), ``compile``
+    and pinned host memory (CUDA only) are speed options. ``batch_size``: tiles per
+    forward call (``None``: the whole batch on a GPU; on CPU about 256k pixels,
+    i.e. one 512-px tile, which keeps activations in cache: 25% faster per tile
+    than 8 at once here). ``tta`` averages the softmax over horizontal/vertical flips.
     """
 
     def __init__(
@@ -90,7 +96,7 @@ class TorchPredictor:
             raise InputError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
         self.precision = precision
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        self.channels_last = cuda if channels_last is None else channels_last
+        self.channels_last = True if channels_last is None else channels_last
         self.pin = cuda
         self.tta = tta
         self.batch_size = batch_size
@@ -138,7 +144,10 @@ class TorchPredictor:
             x = torch.from_numpy(tiles)
         if self.pin:
             x = x.pin_memory()
-        step = self.batch_size or len(x)
+        step = self.batch_size
+        if not step:
+            gpu = self.device.startswith("cuda")
+            step = len(x) if gpu else max(1, CPU_PIXELS_PER_CALL // (x.shape[-1] * x.shape[-2]))
         outs = []
         with torch.inference_mode():
             for i in range(0, len(x), step):

@@ -235,6 +235,7 @@ class CogWriter:
                     OVERVIEW_RESAMPLING=self.resampling,
                     RESAMPLING=self.resampling,
                     BIGTIFF="IF_SAFER",
+                    NUM_THREADS="ALL_CPUS",  # compression on every core: this is a job's serial tail
                 )
                 storage.put_file(cog, self.url)
         finally:
