@@ -222,16 +222,32 @@ def _lower_this_thread() -> None:
             pass
 
 
-def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
-    """Ray Data stage: tile numbers -> padded image tiles (see :func:`_read_tiles`)."""
-    return _low_priority(_read_tiles, batch, plans, dtype)
+def _tile_ids(batch: dict) -> np.ndarray:
+    return np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(batch["lo"], batch["hi"])])
+
+
+def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str, chunk: int = 8):
+    """Ray Data stage: tile numbers -> padded image tiles (see :func:`_read_tiles`).
+
+    Yields ``chunk`` tiles at a time, so a task's memory does not grow with the
+    length of its range (ranges get longer as jobs grow; see :func:`tile_ranges`).
+    """
+    ids = _tile_ids(batch)
+    yielded, out = False, None
+    for i in range(0, len(ids), chunk):
+        out = _low_priority(_read_tiles, ids[i : i + chunk], plans, dtype)
+        if len(out["tile"]):
+            yielded = True
+            yield out
+    if not yielded and out is not None:
+        yield out  # nothing to predict in this whole range: one empty batch
 
 
 def _is_set(bitmap: np.ndarray | None, t: int) -> bool:
     return bitmap is not None and bool((bitmap[t >> 3] >> (7 - (t & 7))) & 1)
 
 
-def _read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
+def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str) -> dict:
     """Tile numbers -> padded image tiles, core validity masks and core crops.
 
     Tiles already finished, or with a scratch window, (resume) are dropped; tiles
@@ -240,7 +256,6 @@ def _read_tiles(batch: dict, plans: list[ScenePlan], dtype: str) -> dict:
     """
     from geoseg import output
 
-    ids = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(batch["lo"], batch["hi"])])
     which = np.searchsorted(_starts(plans), ids, side="right") - 1
     scenes, tiles, images, valids, crops = [], [], [], [], []
     empty: dict[int, list[int]] = {}
@@ -375,7 +390,7 @@ def _blend_tiles(batch: dict, plans: list[ScenePlan], probabilities: bool) -> di
 
     from geoseg import output, stitch
 
-    ids = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(batch["lo"], batch["hi"])])
+    ids = _tile_ids(batch)
     which = np.searchsorted(_starts(plans), ids, side="right") - 1
     cache: OrderedDict = OrderedDict()  # neighbouring tiles share windows; a few are enough
 
@@ -547,7 +562,8 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         ranges = tile_ranges(total, bs, cpus)
         ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
         # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
-        ds = ds.map_batches(read_tiles, fn_kwargs={"plans": plans, "dtype": dtype}, batch_size=1, num_cpus=0.25)
+        ds = ds.map_batches(read_tiles, fn_kwargs={"plans": plans, "dtype": dtype, "chunk": bs},
+                            batch_size=1, num_cpus=0.25)
         ds = ds.map_batches(
             PredictActor,
             fn_constructor_kwargs={

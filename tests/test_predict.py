@@ -111,11 +111,14 @@ def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_
     # an interrupted job: the stages ran for the first 11 tiles only, nothing was finished
     plans, spec, _ = plan_scenes([scene], str(tmp_path / "resumed"), opts)
     actor = PredictActor(spec, opts.tile_size, probabilities=opts.probabilities, windows=how == "hann")
-    batch = read_tiles({"lo": np.array([0]), "hi": np.array([11])}, plans, "uint16")
-    if how == "crop":
-        write_tiles(actor(batch), plans)
-    else:  # hann: 11 windows stored, and the 5 chunks of the first row blended from them
-        write_windows(actor(batch), plans)
+    batches = list(read_tiles({"lo": np.array([0]), "hi": np.array([11])}, plans, "uint16", chunk=4))
+    assert [len(b["tile"]) for b in batches] == [4, 4, 3]  # a task's memory is bounded by the chunk
+    for batch in batches:
+        if how == "crop":
+            write_tiles(actor(batch), plans)
+        else:  # hann: 11 windows stored, then the 5 chunks of the first row blended from them
+            write_windows(actor(batch), plans)
+    if how == "hann":
         assert len(blend_tiles({"lo": np.array([0]), "hi": np.array([5])}, plans, True)["pixels"]) == 5
     assert not (tmp_path / "resumed" / "scene.json").exists()
 
