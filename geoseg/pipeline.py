@@ -559,6 +559,13 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
             actor_cpus = min(1.0, max(0.1, (cpus - 1) / workers))
         bs = opts.batch_size
         hann = opts.stitch == "hann"
+        # Blocks of about one batch of tiles: Ray Data buffers a task's output up to
+        # a block (128 MiB by default) in the worker's own memory, and a block of a
+        # longer range would make every process grow with the job.
+        nb, size = max(len(p.bands) for p in plans), plans[0].grid.tile_size
+        ctx = ray.data.DataContext.get_current()
+        saved_block_size = ctx.target_max_block_size
+        ctx.target_max_block_size = max(1 << 22, bs * nb * size * size * np.dtype(dtype).itemsize)
         ranges = tile_ranges(total, bs, cpus)
         ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
         # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
@@ -587,11 +594,14 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
                 batch_size=1, num_cpus=0.25)
             passes.append(blend)
         done_px, gauge = 0, metrics().rate
-        for stage in passes:
-            for batch in stage.iter_batches(batch_size=None, batch_format="numpy"):
-                np.add.at(model_s, batch["scene"], batch["model_s"])
-                done_px += int(batch["pixels"].sum())
-                gauge.set(done_px / 1e6 / max(time.perf_counter() - t1, 1e-9), tags={"job": plans[0].out.job})
+        try:
+            for stage in passes:
+                for batch in stage.iter_batches(batch_size=None, batch_format="numpy"):
+                    np.add.at(model_s, batch["scene"], batch["model_s"])
+                    done_px += int(batch["pixels"].sum())
+                    gauge.set(done_px / 1e6 / max(time.perf_counter() - t1, 1e-9), tags={"job": plans[0].out.job})
+        finally:
+            ctx.target_max_block_size = saved_block_size
     t_pipeline = time.perf_counter() - t1
 
     t2 = time.perf_counter()
