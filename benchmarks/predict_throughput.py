@@ -7,7 +7,11 @@ Prints, for a deep model on CPU:
 and, with the index model, the peak RSS of every process of ``geoseg predict``
 (driver, raylet, Ray workers) for growing scenes, to show that memory is flat.
 
-    python benchmarks/predict_throughput.py [--size 2048] [--mem-sizes 2048 8192 16384]
+    python benchmarks/predict_throughput.py [--size 2048] [--tile 512] [--mem-sizes 2048 8192 16384]
+
+Scenes above 2048^2 are tiled from a 2048^2 sample. Ray's workers are warmed
+on a small scene first; the model actors start anew in the timed run, as in
+every job.
 """
 
 from __future__ import annotations
@@ -193,7 +197,7 @@ def memory(sizes: list[int], work: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--halo", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--arch", default="unet")

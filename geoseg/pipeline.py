@@ -139,6 +139,13 @@ def plan_scenes(inputs: list[str], prefix: str, opts: PredictOptions) -> tuple[l
 
     urls = expand_inputs(inputs, opts.asset)
     classes, roles, meta = model_inputs(opts)
+    if meta is not None:
+        side, m = opts.tile_size + 2 * opts.halo, meta.model.size_multiple
+        if side % m:
+            raise InputError(
+                f"--tile-size {opts.tile_size} + 2 x --halo {opts.halo} = {side} px, but {meta.model.arch} "
+                f"needs tiles whose side is a multiple of {m} (e.g. --tile-size 512 --halo 32)"
+            )
     stems: dict[str, str] = {}
     job = uuid.uuid4().hex
     plans: list[ScenePlan] = []

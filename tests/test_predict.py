@@ -143,3 +143,19 @@ def test_tile_ranges_cover_every_tile_once_and_stay_few():
         assert r[0]["lo"] == 0 and r[-1]["hi"] == total
         assert all(a["hi"] == b["lo"] and a["hi"] - a["lo"] >= min(8, total) for a, b in zip(r, r[1:]))
         assert len(r) <= 10_000
+
+
+def test_tiles_must_fit_the_model_stride(sample_dir, tmp_path):
+    """A U-Net needs tile sides that are a multiple of 32: refused at planning, in one line."""
+    from geoseg import checkpoint
+    from geoseg.checkpoint import CheckpointMeta
+    from geoseg.classes import LANDCOVER
+    from geoseg.errors import InputError
+    from geoseg.models.zoo import ModelConfig, build_model
+
+    cfg = ModelConfig("unet", "resnet18", 4, 4)
+    checkpoint.save(str(tmp_path / "ck"), build_model(cfg), CheckpointMeta(cfg, LANDCOVER, [1.0] * 4, [1.0] * 4))
+    with pytest.raises(InputError, match=r"--tile-size 100 \+ 2 x --halo 10 = 120 px, but unet needs .* multiple of 32"):
+        predict([str(sample_dir / "scene.tif")], str(tmp_path / "o"),
+                PredictOptions(checkpoint=str(tmp_path / "ck"), tile_size=100, halo=10))
+    assert not (tmp_path / "o").exists()  # nothing written

@@ -45,6 +45,12 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be a multiple of this: the encoders of the
+        segmentation-models-pytorch architectures downsample 5 times (stride 32)."""
+        return 1 if self.arch in ("fcn", "tinyfcn") else 32
+
 
 def build_model(cfg: ModelConfig, encoder_weights: str | None = None, freeze_encoder: bool = False):
     """Instantiate a model; ``encoder_weights`` is a local file (safetensors or torch)."""
