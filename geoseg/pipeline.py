@@ -421,7 +421,7 @@ def _blend_tiles(batch: dict, plans: list[ScenePlan], probabilities: bool) -> di
             continue  # no window: logged as nodata by the model pass
         classes = probs.argmax(0).astype(np.uint8)
         classes[~valid] = NODATA
-        proba = np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8) if probabilities else None
+        proba = stitch.to_uint8(probs) if probabilities else None
         output.write_tile(plan.out, tile.core, classes, proba)
         scenes.append(s)
         tiles.append(t)

@@ -2,8 +2,9 @@
 
 Default stitching is halo + centre crop: every output pixel comes from exactly
 one tile, the one whose core holds it, and was predicted with at least ``halo``
-pixels of real context on every side that is not the raster's edge. When the halo covers the model's receptive
-field the stitched map equals whole-image inference.
+pixels of real context on every side that is not the raster's edge. When the
+halo covers the model's receptive field the stitched map equals whole-image
+inference.
 """
 
 from __future__ import annotations
@@ -34,10 +35,14 @@ def finish(classes: np.ndarray, valid: np.ndarray, crops: np.ndarray, core: int)
     return out
 
 
+def to_uint8(proba: np.ndarray) -> np.ndarray:
+    """Probabilities scaled to uint8 (0..255), as stored in the output."""
+    return np.clip(np.rint(proba * 255.0), 0, 255).astype(np.uint8)
+
+
 def to_uint8_proba(proba: np.ndarray, crops: np.ndarray, core: int) -> np.ndarray:
     """Core probabilities ``(N, K, core, core)`` scaled to uint8 (0..255)."""
-    p = crop_cores(proba, crops, core)
-    return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
+    return to_uint8(crop_cores(proba, crops, core))
 
 
 # --- weighted blending (``--stitch hann``) ------------------------------------
@@ -95,15 +100,16 @@ def blend_core(grid: TileGrid, tile: Tile, fetch) -> tuple[np.ndarray, np.ndarra
     for iy in range(max(0, tile.iy - 1), min(ny, tile.iy + 2)):
         for ix in range(max(0, tile.ix - 1), min(nx, tile.ix + 2)):
             other = grid[iy, ix]
-            r0, r1 = max(core.row_off, other.read.row_off), min(core.row_off + core.height, other.read.row_off + other.read.height)
-            c0, c1 = max(core.col_off, other.read.col_off), min(core.col_off + core.width, other.read.col_off + other.read.width)
+            rd = other.read
+            r0, r1 = max(core.row_off, rd.row_off), min(core.row_off + core.height, rd.row_off + rd.height)
+            c0, c1 = max(core.col_off, rd.col_off), min(core.col_off + core.width, rd.col_off + rd.width)
             if r0 >= r1 or c0 >= c1:
                 continue
             probs = fetch(iy, ix)
             if probs is None:
                 continue
             wy, wx = tile_weights(grid, other)
-            ry, rx = r0 - other.read.row_off, c0 - other.read.col_off
+            ry, rx = r0 - rd.row_off, c0 - rd.col_off
             p = probs[:, ry : ry + r1 - r0, rx : rx + c1 - c0]
             w = wy[ry : ry + r1 - r0, None] * wx[None, rx : rx + c1 - c0]
             w = np.where(np.isnan(p[0]), 0.0, w).astype(np.float32)
@@ -122,8 +128,9 @@ def blend_core(grid: TileGrid, tile: Tile, fetch) -> tuple[np.ndarray, np.ndarra
 
 
 def mask_windows(proba: np.ndarray, valid: np.ndarray, crops: np.ndarray) -> np.ndarray:
-    """Softmax windows ``(N, K, T, T)`` float32 with NaN on each core's nodata pixels."""
-    out = np.array(proba, dtype=np.float32, copy=True)
+    """Softmax windows ``(N, K, T, T)`` float32 with NaN on each core's nodata pixels
+    (in place when ``proba`` is already a writable float32 array)."""
+    out = np.require(proba, np.float32, ["W"])
     for i, (r, c, h, w) in enumerate(np.asarray(crops, dtype=np.int64)):
         core = out[i, :, r : r + h, c : c + w]
         core[:, ~valid[i, :h, :w]] = np.nan
