@@ -101,7 +101,7 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
     from geoseg.checkpoint import CheckpointMeta
     from geoseg.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model
-    from geoseg.pipeline import PredictOptions, predict
+    from geoseg.predict import PredictOptions, predict
     from geoseg.predictor import TorchPredictor
     from geoseg.raster import read_info, tile_reader
     from geoseg.sample import write_sample

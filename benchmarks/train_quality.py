@@ -22,15 +22,17 @@ import numpy as np
 
 
 def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: float, work: str) -> tuple[str, float]:
-    """Baseline: a plain PyTorch loop in this process, same chips and loss, no Ray."""
+    """Baseline: a plain PyTorch loop in this process, same chips, loss and epoch
+    function as geoseg's workers (constant LR, no Ray)."""
     import torch
 
     from geoseg import checkpoint
     from geoseg.augment import Augment
     from geoseg.checkpoint import CheckpointMeta
-    from geoseg.datasets import open_pairs, plan_training, sample_train_chips
     from geoseg.losses import make_loss
     from geoseg.models.zoo import ModelConfig, build_model
+    from geoseg.train.data import open_pairs, plan_training, sample_train_chips
+    from geoseg.train.fit import train_epoch
 
     torch.set_num_threads(os.cpu_count() or 1)
     pairs = open_pairs([train_urls["scene"]], [train_urls["labels"]], [1, 2, 3, 4])
@@ -38,20 +40,17 @@ def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: floa
     cfg = ModelConfig("unet", "resnet18", 4, len(plan.classes))
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    loss_fn, aug = make_loss("ce+dice"), Augment()
     mean = torch.tensor(plan.mean).view(1, -1, 1, 1)
     std = torch.tensor(plan.std).view(1, -1, 1, 1)
-    t0, chips = time.perf_counter(), 0
-    while time.perf_counter() - t0 < minutes * 60:
-        b = sample_train_chips({"id": np.arange(batch)}, plan)
-        x = (torch.from_numpy(b["image"]) - mean) / std
-        y = torch.from_numpy(b["label"].astype(np.int64))
-        x, y = aug(x, y)
-        loss = loss_fn(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        chips += batch
+
+    def batches():  # random training chips until the budget is spent
+        while time.perf_counter() - t0 < minutes * 60:
+            b = sample_train_chips({"id": np.arange(batch)}, plan)
+            yield {"image": torch.from_numpy(b["image"]), "label": torch.from_numpy(b["label"].astype(np.int64))}
+
+    t0 = time.perf_counter()
+    chips, _, _ = train_epoch(model, batches(), opt=opt, loss_fn=make_loss("ce+dice"), augment=Augment(),
+                              normalize=lambda x: (x - mean) / std, amp={"device_type": "cpu", "enabled": False})
     folder = os.path.join(work, "plain")
     checkpoint.save(folder, model, CheckpointMeta(cfg, plan.classes, plan.mean, plan.std, ["blue", "green", "red", "nir"], [1, 2, 3, 4]))
     return folder, chips / (time.perf_counter() - t0)
@@ -61,7 +60,7 @@ def stitch_agreement(ckpt: str, scene: str, out: str) -> float:
     """Share of pixels where ``geoseg predict`` at default tiling equals whole-image inference."""
     import rasterio
 
-    from geoseg.pipeline import PredictOptions, predict
+    from geoseg.predict import PredictOptions, predict
     from geoseg.predictor import TorchPredictor
 
     (rec,) = predict([scene], out, PredictOptions(checkpoint=ckpt, overwrite=True), log=lambda *_: None)
@@ -89,9 +88,9 @@ def main() -> None:
 
     from geoseg.evaluate import evaluate
     from geoseg.metrics import format_table
-    from geoseg.pipeline import PredictOptions, predict
+    from geoseg.predict import PredictOptions, predict
     from geoseg.sample import write_sample
-    from geoseg.trainer import TrainConfig, train
+    from geoseg.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as work:
         train_urls = write_sample(os.path.join(work, "train"), size=a.size, seed=0)

@@ -1,10 +1,14 @@
 """geoseg: segment continent-scale satellite and agricultural imagery with Ray.
 
-The data path reads top to bottom through these modules:
+The data path of ``geoseg predict`` reads top to bottom through these modules:
 
-    raster (read) -> tiling (tile) -> models / predictor (model) -> stitch -> output (write)
+    raster (read) -> tiling (tile) -> predictor / models (model) -> stitch -> output (write)
 
-``pipeline`` wires them into a Ray Data job; everything else is free of Ray.
+``predict/`` (plan, stages, job) and ``train/`` (config, data, fit, job) wire
+them into jobs. Ray is imported only by ``predict/job.py``, ``train/job.py``,
+``runtime.py`` (starting or joining Ray) and ``submit.py`` (the Jobs API), and
+only inside their functions; every other module, the compute core included,
+runs without Ray. See ``docs/design.md``.
 """
 
 __version__ = "0.1.0"

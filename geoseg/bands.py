@@ -1,4 +1,13 @@
-"""Band roles (blue, green, red, nir...) from band descriptions or ``--bands``."""
+"""Which bands a model reads: band roles (blue, green, red, nir, ...) and band numbers.
+
+Words used throughout geoseg:
+
+* a **band number** is 1-based, as in GDAL and rasterio;
+* a **band role** names what a band holds (``blue``, ``nir``...), found in the
+  raster's band descriptions (``blue``, ``B02``, ``SR_B2``...);
+* ``--bands`` (predict and train alike) is a band selection: either band
+  numbers in the model's order (``1,2,3,4``) or a role map (``blue=1,green=2,...``).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +21,26 @@ _ALIASES = {
     "nir": ("nir", "nir08", "near-infrared", "near_infrared", "b8", "b08", "sr_b5", "n"),
 }
 
+Selection = dict[str, int] | list[int]  # a role map or band numbers
 
-def parse_bands(spec: str) -> dict[str, int]:
-    """``"blue=1,green=2,red=3,nir=4"`` -> ``{"blue": 1, ...}`` (1-based band numbers)."""
+
+def parse_bands(spec: str) -> Selection:
+    """``"blue=1,green=2"`` -> ``{"blue": 1, "green": 2}``; ``"1,2,3"`` -> ``[1, 2, 3]``."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise InputError("--bands: empty; give band numbers (1,2,3,4) or roles (blue=1,green=2,...)")
+    if all("=" not in p for p in parts):
+        numbers = []
+        for part in parts:
+            try:
+                numbers.append(int(part))
+            except ValueError:
+                raise InputError(f"--bands: {part!r} is not a band number") from None
+            if numbers[-1] < 1:
+                raise InputError(f"--bands: band numbers start at 1, got {part!r}")
+        return numbers
     roles: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
+    for part in parts:
         name, sep, num = part.partition("=")
         name = name.strip().lower()
         if not sep or name not in ROLES:
@@ -50,3 +74,55 @@ def resolve_roles(
         if roles[role] > len(descriptions):
             raise InputError(f"{url}: --bands {role}={roles[role]} but the raster has {len(descriptions)} bands")
     return {r: roles[r] for r in needed}
+
+
+def _names_roles(descriptions, roles, url) -> bool:
+    try:
+        resolve_roles(descriptions, None, url, needed=tuple(roles))
+        return True
+    except InputError:
+        return False
+
+
+def select_bands(
+    url: str,
+    descriptions: tuple[str | None, ...],
+    *,
+    roles: list[str] | tuple[str, ...] | None = None,
+    numbers: list[int] | None = None,
+    override: Selection | None = None,
+) -> tuple[list[int], list[str] | None]:
+    """``(band numbers, band roles)`` that a model reads from a raster, in the model's order.
+
+    ``roles`` / ``numbers``: what the model knows of its inputs (a checkpoint's
+    roles and training band numbers; the index model's roles). ``override`` is
+    ``--bands``. In order of precedence:
+
+    1. ``--bands`` as band numbers: those bands;
+    2. by role, when ``--bands`` is a role map or the band descriptions name the
+       model's roles (or the model has roles and no numbers);
+    3. the model's band numbers;
+    4. nothing known (a new model): blue, green, red, nir when the descriptions
+       name them, else every band in file order.
+    """
+    count = len(descriptions)
+    if isinstance(override, list):
+        if roles and len(override) != len(roles):
+            raise InputError(f"--bands: {len(override)} bands given, but the model reads {len(roles)} ({', '.join(roles)})")
+        chosen, named = list(override), list(roles) if roles else None
+    elif isinstance(override, dict) and not roles:
+        chosen, named = list(override.values()), list(override)
+    elif roles and (override or numbers is None or _names_roles(descriptions, roles, url)):
+        mapping = resolve_roles(descriptions, override, url, needed=tuple(roles))
+        chosen, named = [mapping[r] for r in roles], list(roles)
+    elif numbers:
+        chosen, named = list(numbers), list(roles) if roles else None
+    elif _names_roles(descriptions, ROLES, url):
+        mapping = resolve_roles(descriptions, None, url)
+        chosen, named = list(mapping.values()), list(mapping)
+    else:
+        chosen = list(range(1, count + 1))
+        named = list(descriptions) if all(descriptions) else None
+    if max(chosen) > count:
+        raise InputError(f"{url}: band {max(chosen)} is needed but the raster has {count} bands")
+    return chosen, named

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from geoseg import storage
 from geoseg.classes import ClassScheme
 from geoseg.errors import CheckpointError
+from geoseg.models.weights import load_plain, load_weights
 from geoseg.models.zoo import ModelConfig, build_model
 
 FORMAT = "geoseg-checkpoint/1"
@@ -130,20 +131,13 @@ def read_meta(path: str) -> CheckpointMeta:
 
 def load(path: str, with_state: bool = False):
     """``(model, meta[, train_state])`` from a checkpoint; weights never go through pickle."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     local = fetch(path)
     meta = read_meta(local)
     model = build_model(meta.model)
     weights = os.path.join(local, WEIGHTS)
     if not os.path.exists(weights):
         raise CheckpointError(f"{path}: has no {WEIGHTS}")
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: unreadable weights ({exc})") from None
+    state = load_weights(weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -153,10 +147,7 @@ def load(path: str, with_state: bool = False):
     train_state = None
     state_path = os.path.join(local, STATE)
     if os.path.exists(state_path):
-        try:
-            train_state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - never fall back to unsafe unpickling
-            raise CheckpointError(f"{path}: {STATE} refused, not plain tensors ({type(exc).__name__})") from None
+        train_state = load_plain(state_path)
     return model, meta, train_state
 
 

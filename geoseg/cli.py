@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from geoseg import __version__
+from geoseg import __version__, storage
+from geoseg.bands import parse_bands
+from geoseg.demo import run_demo
 from geoseg.errors import GeosegError
+from geoseg.evaluate import evaluate
+from geoseg.metrics import format_table
+from geoseg.predict import PredictOptions, predict
+from geoseg.sample import write_sample
+from geoseg.submit import submit
+from geoseg.train import TrainConfig, train
 
 
 def _int(name: str, minimum: int):
@@ -39,26 +46,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geoseg", description="Segment satellite imagery at scale with Ray.")
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_sample, add_predict, add_train, add_evaluate, add_demo, add_submit):
+        add(sub)
+    return p
 
+
+# Each command: ``add_X`` declares its flags and sets ``run`` to ``cmd_X``.
+
+BANDS_HELP = "bands the model reads: band numbers in the model's order (1,2,3,4) or roles (blue=1,green=2,red=3,nir=4)"
+
+
+def add_sample(sub) -> None:
     s = sub.add_parser("sample", help="write a synthetic agricultural scene (scene.tif, labels.tif)")
     s.add_argument("outdir")
     s.add_argument("--size", type=_positive("--size"), default=2048, help="side in pixels (default 2048)")
     s.add_argument("--seed", type=_nonneg("--seed"), default=0)
+    s.set_defaults(run=cmd_sample)
 
+
+def cmd_sample(a) -> None:
+    urls = write_sample(a.outdir, size=a.size, seed=a.seed)
+    print(f"scene:  {urls['scene']}\nlabels: {urls['labels']}")
+
+
+def add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="segment rasters with a Ray Data pipeline")
     pr.add_argument("inputs", nargs="+", help="rasters: paths, URLs, globs, .txt lists, STAC JSON")
     pr.add_argument("--out", required=True, help="output prefix (folder or s3:// URL)")
     m = pr.add_mutually_exclusive_group(required=True)
     m.add_argument("--model", help="built-in model: index (fixed thresholds) or index-otsu")
     m.add_argument("--checkpoint", help="trained checkpoint or training run folder")
-    pr.add_argument("--tile-size", type=_positive("--tile-size"), default=512)
-    pr.add_argument("--halo", type=_nonneg("--halo"), default=32)
+    pr.add_argument("--tile-size", type=_positive("--tile-size"), default=512,
+                    help="side of a tile's core, the pixels it writes (one output chunk; default 512)")
+    pr.add_argument("--halo", type=_nonneg("--halo"), default=32,
+                    help="pixels of context read around each core (default 32)")
     pr.add_argument("--stitch", choices=["crop", "hann"], default="crop",
                     help="crop: each pixel from the tile whose core holds it (default); "
-                         "hann: raised-cosine blend of overlapping tile windows (two passes, scratch storage)")
+                         "hann: raised-cosine blend of overlapping tiles (two passes, scratch storage)")
     pr.add_argument("--batch-size", type=_positive("--batch-size"), default=8)
-    pr.add_argument("--bands", help="band roles, e.g. blue=1,green=2,red=3,nir=4")
-    pr.add_argument("--workers", type=_positive("--workers"), help="model actors (default: one per GPU; on CPU one single-threaded actor per core, at most 32)")
+    pr.add_argument("--bands", help=BANDS_HELP)
+    pr.add_argument("--workers", type=_positive("--workers"),
+                    help="model actors (default: one per GPU; on CPU one single-threaded actor per core, at most 32)")
     pr.add_argument("--gpus-per-worker", type=float, default=0.0)
     pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     pr.add_argument("--tta", action="store_true", help="average predictions over flips")
@@ -67,42 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--asset", help="STAC asset key to read")
     pr.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
     pr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-
-    ev = sub.add_parser("evaluate", help="compare a class map with labels")
-    ev.add_argument("prediction")
-    ev.add_argument("labels")
-    ev.add_argument("--num-classes", type=_positive("--num-classes"))
-    ev.add_argument("--json", help="also write the scores to this JSON file/URL")
-
-    d = sub.add_parser("demo", help="sample scene -> predict -> evaluate, end to end")
-    d.add_argument("--out", default="geoseg-demo", help="demo folder (default ./geoseg-demo)")
-    d.add_argument("--size", type=_positive("--size"), default=2048)
-    d.add_argument("--train-minutes", type=float, default=5.0, help="CPU minutes for the demo U-Net (0: skip)")
-    d.add_argument("--address", help="Ray cluster address")
-
-    sb = sub.add_parser("submit", help="run a geoseg command as a Ray job on a cluster")
-    sb.add_argument("--address", help="Ray dashboard / Jobs API URL (default RAY_ADDRESS or http://127.0.0.1:8265)")
-    sb.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
-    sb.add_argument("--no-follow", action="store_true", help="return after submitting")
-    sb.add_argument("job_args", nargs=argparse.REMAINDER, help="-- then a geoseg command and its arguments")
-
-    from geoseg import train_cli
-
-    train_cli.add_parser(sub)
-    return p
-
-
-def cmd_sample(a) -> None:
-    from geoseg.sample import write_sample
-
-    urls = write_sample(a.outdir, size=a.size, seed=a.seed)
-    print(f"scene:  {urls['scene']}\nlabels: {urls['labels']}")
+    pr.set_defaults(run=cmd_predict)
 
 
 def predict_options(a):
-    from geoseg.bands import parse_bands
-    from geoseg.pipeline import PredictOptions
-
     return PredictOptions(
         model=a.model,
         checkpoint=a.checkpoint,
@@ -124,8 +120,6 @@ def predict_options(a):
 
 
 def cmd_predict(a) -> None:
-    from geoseg.pipeline import predict
-
     records = predict(a.inputs, a.out, predict_options(a))
     for rec in records:
         t = rec["tiles"]
@@ -137,26 +131,99 @@ def cmd_predict(a) -> None:
         )
 
 
-def cmd_evaluate(a) -> None:
-    from geoseg import storage
-    from geoseg.evaluate import evaluate
-    from geoseg.metrics import format_table
+TRAIN_FLAGS = (
+    "images", "labels", "out", "arch", "encoder", "encoder_weights", "freeze_encoder", "bands",
+    "num_classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
+    "max_minutes", "batch_size", "lr", "loss", "workers", "gpus", "cpus_per_worker", "num_to_keep",
+    "max_failures", "seed", "address",
+)
 
+
+def add_train(sub) -> None:
+    t = sub.add_parser("train", help="train a segmentation model with Ray Train")
+    t.add_argument("--config", help="YAML file of training options (flags override it)")
+    t.add_argument("--image", action="append", dest="images", help="image raster (repeat for more scenes)")
+    t.add_argument("--label", action="append", dest="labels", help="label raster, one per --image")
+    t.add_argument("--out", help="run folder or s3:// URL (rerun with the same --out to resume)")
+    t.add_argument("--arch", help="unet, unet++, deeplabv3plus, fpn, pspnet, fcn, ... (default unet)")
+    t.add_argument("--encoder", help="encoder name, e.g. resnet18, resnet34, efficientnet-b0")
+    t.add_argument("--encoder-weights", help="local encoder weights file (nothing is downloaded)")
+    t.add_argument("--freeze-encoder", action="store_true", default=None)
+    t.add_argument("--bands", help=BANDS_HELP + " (default: blue, green, red, nir by band description, else all)")
+    t.add_argument("--num-classes", type=int)
+    t.add_argument("--chip-size", type=int)
+    t.add_argument("--block-size", type=int, help="side of the blocks of the spatial train/validation split")
+    t.add_argument("--val-fraction", type=float)
+    t.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw training chips towards rare classes (default: on)")
+    t.add_argument("--chips-per-epoch", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-minutes", type=float, help="stop after the epoch that would pass this budget")
+    t.add_argument("--batch-size", type=int, help="global batch, split across the workers (default 16)")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--loss", help="ce, dice, focal or ce+dice")
+    t.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
+    t.add_argument("--gpus", action="store_true", default=None, help="one GPU per worker")
+    t.add_argument("--cpus-per-worker", type=float)
+    t.add_argument("--num-to-keep", type=int)
+    t.add_argument("--max-failures", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--address", help="Ray cluster address")
+    t.set_defaults(run=cmd_train)
+
+
+def cmd_train(a) -> None:
+    flags = {k: getattr(a, k) for k in TRAIN_FLAGS}
+    flags["bands"] = parse_bands(a.bands) if a.bands else None
+    cfg = TrainConfig.from_sources(a.config, flags)
+    summary = train(cfg)
+    best = summary["best"]
+    print(
+        f"best validation mIoU {best.get('val_miou', float('nan')):.3f} (epoch {best.get('epoch')})\n"
+        f"checkpoint: {summary['best_checkpoint']}\n"
+        f"predict with: geoseg predict SCENE --out OUT --checkpoint {cfg.out}"
+    )
+
+
+def add_evaluate(sub) -> None:
+    ev = sub.add_parser("evaluate", help="compare a class map with labels")
+    ev.add_argument("prediction")
+    ev.add_argument("labels")
+    ev.add_argument("--num-classes", type=_positive("--num-classes"))
+    ev.add_argument("--json", help="also write the scores to this JSON file/URL")
+    ev.set_defaults(run=cmd_evaluate)
+
+
+def cmd_evaluate(a) -> None:
     result = evaluate(a.prediction, a.labels, a.num_classes)
     print(format_table(result, result["class_names"]))
     if a.json:
         storage.write_text(a.json, json.dumps(result, indent=2))
 
 
-def cmd_demo(a) -> None:
-    from geoseg.demo import run_demo
+def add_demo(sub) -> None:
+    d = sub.add_parser("demo", help="sample scene -> predict -> evaluate, end to end")
+    d.add_argument("--out", default="geoseg-demo", help="demo folder (default ./geoseg-demo)")
+    d.add_argument("--size", type=_positive("--size"), default=2048)
+    d.add_argument("--train-minutes", type=float, default=5.0, help="CPU minutes for the demo U-Net (0: skip)")
+    d.add_argument("--address", help="Ray cluster address")
+    d.set_defaults(run=cmd_demo)
 
+
+def cmd_demo(a) -> None:
     run_demo(a.out, a.size, a.train_minutes, a.address)
 
 
-def cmd_submit(a) -> int:
-    from geoseg.submit import submit
+def add_submit(sub) -> None:
+    sb = sub.add_parser("submit", help="run a geoseg command as a Ray job on a cluster")
+    sb.add_argument("--address", help="Ray dashboard / Jobs API URL (default RAY_ADDRESS or http://127.0.0.1:8265)")
+    sb.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
+    sb.add_argument("--no-follow", action="store_true", help="return after submitting")
+    sb.add_argument("job_args", nargs=argparse.REMAINDER, help="-- then a geoseg command and its arguments")
+    sb.set_defaults(run=cmd_submit)
 
+
+def cmd_submit(a) -> int:
     args = a.job_args[1:] if a.job_args[:1] == ["--"] else a.job_args
     return submit(a.address, args, a.working_dir, follow=not a.no_follow)
 
@@ -174,20 +241,9 @@ def _user_error(exc: BaseException) -> GeosegError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    commands = {
-        "sample": cmd_sample,
-        "predict": cmd_predict,
-        "evaluate": cmd_evaluate,
-        "demo": cmd_demo,
-        "submit": cmd_submit,
-    }
-    from geoseg import train_cli
-
-    commands.update(train_cli.COMMANDS)
+    a = build_parser().parse_args(argv)
     try:
-        code = commands[a.command](a)
+        code = a.run(a)
     except KeyboardInterrupt:
         print("geoseg: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -6,17 +6,18 @@ U-Net predict -> both scored on a scene neither model saw.
 
 from __future__ import annotations
 
+import shutil
 import time
 
 from geoseg import storage
+from geoseg.evaluate import evaluate
+from geoseg.metrics import format_table
+from geoseg.predict import PredictOptions, predict
+from geoseg.sample import write_sample
+from geoseg.train import TrainConfig, train
 
 
 def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: str | None = None) -> None:
-    from geoseg.evaluate import evaluate
-    from geoseg.metrics import format_table
-    from geoseg.pipeline import PredictOptions, predict
-    from geoseg.sample import write_sample
-
     t0 = time.perf_counter()
     steps = 5 if train_minutes > 0 else 3
     train_dir, holdout_dir = storage.join(out, "sample"), storage.join(out, "holdout")
@@ -33,12 +34,8 @@ def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: st
     unet_scores = None
 
     if train_minutes > 0:
-        from geoseg.trainer import TrainConfig, train
-
         run_dir = storage.join(out, "run")
         if not storage.is_remote(run_dir):
-            import shutil
-
             shutil.rmtree(storage.local_path(run_dir), ignore_errors=True)
         print(f"[3/{steps}] training a U-Net on the training scene for ~{train_minutes:g} min with 2 Ray Train workers")
         cfg = TrainConfig(

@@ -8,7 +8,7 @@ from geoseg import storage
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import RasterError
 from geoseg.metrics import confusion, scores
-from geoseg.raster import _open, iter_windows, read_info
+from geoseg.raster import iter_windows, open_raster, read_info
 
 
 def evaluate(pred_url: str, labels_url: str, num_classes: int | None = None, block: int = 1024) -> dict:
@@ -31,7 +31,7 @@ def evaluate(pred_url: str, labels_url: str, num_classes: int | None = None, blo
     ignore = int(lab_info.nodata) if lab_info.nodata is not None else NODATA
     cm = np.zeros((k, k), dtype=np.int64)
     missed = 0
-    with storage.gdal_env(), _open(pred_url) as p, _open(labels_url) as lab:
+    with storage.gdal_env(), open_raster(pred_url) as p, open_raster(labels_url) as lab:
         for w in iter_windows(lab_info.height, lab_info.width, block):
             truth = lab.read(1, window=w.to_rasterio())
             pred = p.read(1, window=w.to_rasterio())

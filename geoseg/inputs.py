@@ -13,9 +13,6 @@ import posixpath
 from geoseg import storage
 from geoseg.errors import InputError
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
-
-
 def _is_glob(s: str) -> bool:
     return any(ch in s for ch in "*?[")
 

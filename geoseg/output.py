@@ -7,8 +7,8 @@ Layout under ``PREFIX`` for an input ``<stem>.tif``::
     <stem>.tif          Cloud-Optimized GeoTIFF of the class map
     <stem>.json         run record, written last: an output without it is incomplete
     .geoseg/<stem>/     progress log: which tiles are finished (for resume), and
-                        with ``--stitch hann`` the scratch ``windows.zarr`` of every
-                        tile's softmax window; removed when the scene is finished
+                        with ``--stitch hann`` the scratch ``softmax.zarr`` of every
+                        tile's softmax; removed when the scene is finished
 
 Chunks of the Zarr arrays are exactly the tile cores, so each tile is one
 chunk and no two writers ever touch the same chunk (Zarr shards are not used:
@@ -17,13 +17,17 @@ two writers in one shard would lose data).
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.metadata as md
 import json
+import platform
 import uuid
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from geoseg import storage
+from geoseg import __version__, storage
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import GeosegError, OutputExistsError
 from geoseg.raster import CogWriter, RasterInfo, iter_windows
@@ -54,8 +58,8 @@ class SceneOutput:
 
     @property
     def scratch(self) -> str:
-        """Zarr group of per-tile softmax windows (``--stitch hann`` only)."""
-        return storage.join(self.progress, "windows.zarr")
+        """Zarr group of every tile's softmax (``--stitch hann`` only)."""
+        return storage.join(self.progress, "softmax.zarr")
 
 
 def create_zarr(
@@ -212,8 +216,8 @@ FINISHED = ("done", "nodata")  # a tile's output chunk is final
 def read_done(out: SceneOutput, n_tiles: int, kinds: tuple[str, ...] = FINISHED) -> tuple[np.ndarray, dict[str, int]]:
     """``(bitmap of tiles logged as one of kinds (packed bits), counts by kind)``.
 
-    ``"done"`` / ``"nodata"``: the tile's output chunk is final. ``"window"``: its
-    softmax window is in the scratch array (``--stitch hann``).
+    ``"done"`` / ``"nodata"``: the tile's output chunk is final. ``"softmax"``: its
+    softmax is in the scratch array (``--stitch hann``).
     """
     done = np.zeros(n_tiles, dtype=bool)
     counts: dict[str, int] = {}
@@ -258,29 +262,30 @@ def write_tile(out: SceneOutput, core: Window, classes: np.ndarray, proba: np.nd
         _array(out.zarr, "probabilities", out.job)[:, rows, cols] = proba[:, : core.height, : core.width]
 
 
-# --- scratch windows (``--stitch hann``) --------------------------------------
+# --- scratch softmax (``--stitch hann``) --------------------------------------
 
 
 def create_scratch(out: SceneOutput, grid: TileGrid, n_classes: int) -> None:
-    """The scratch array of tile windows, ``(tiles, class, T, T)`` float32, one chunk per
-    tile, NaN where nothing was written (kept if it exists: a rerun resumes)."""
+    """The scratch array of every tile's softmax, ``(tiles, class, T, T)`` float32
+    (``T`` = the grid's input size), one chunk per tile, NaN where nothing was
+    written (kept if it exists: a rerun resumes)."""
     import zarr
 
-    if storage.exists(storage.join(out.scratch, "windows", "zarr.json")):
+    if storage.exists(storage.join(out.scratch, "softmax", "zarr.json")):
         return
     root = zarr.open_group(storage.zarr_store(out.scratch), mode="a", zarr_format=3)
-    t = grid.tile_size
-    root.create_array("windows", shape=(len(grid), n_classes, t, t), chunks=(1, n_classes, t, t),
+    t = grid.input_size
+    root.create_array("softmax", shape=(len(grid), n_classes, t, t), chunks=(1, n_classes, t, t),
                       dtype="float32", fill_value=float("nan"))
 
 
-def write_window(out: SceneOutput, tile: int, probs: np.ndarray) -> None:
-    _array(out.scratch, "windows", out.job)[tile] = probs
+def write_softmax(out: SceneOutput, tile: int, probs: np.ndarray) -> None:
+    _array(out.scratch, "softmax", out.job)[tile] = probs
 
 
-def read_window(out: SceneOutput, tile: int) -> np.ndarray | None:
-    """A tile's softmax window, or None if it was never written."""
-    p = _array(out.scratch, "windows", out.job)[tile]
+def read_softmax(out: SceneOutput, tile: int) -> np.ndarray | None:
+    """A tile's softmax, or None if it was never written."""
+    p = _array(out.scratch, "softmax", out.job)[tile]
     return None if np.isnan(p[0]).all() else p
 
 
@@ -315,8 +320,6 @@ def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block:
 def consolidate(out: SceneOutput) -> None:
     """Consolidated metadata, so xarray opens the group in one read (a zarr-python
     extension to v3, which it warns about once per call; the warning is noise here)."""
-    import warnings
-
     import zarr
 
     with warnings.catch_warnings():
@@ -324,5 +327,65 @@ def consolidate(out: SceneOutput) -> None:
         zarr.consolidate_metadata(storage.zarr_store(out.zarr))
 
 
+# --- run record -------------------------------------------------------------
+
+
+def versions() -> dict:
+    """Versions of geoseg and of the libraries that shape its outputs."""
+    out = {"geoseg": __version__, "python": platform.python_version()}
+    for pkg in ("ray", "torch", "rasterio", "zarr", "numpy", "segmentation-models-pytorch"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        import rasterio
+
+        out["gdal"] = rasterio.__gdal_version__
+    except ImportError:
+        pass
+    return out
+
+
+def scene_record(
+    out: SceneOutput,
+    *,
+    url: str,
+    info: RasterInfo,
+    model: dict,
+    parameters: dict,
+    tiles: dict,
+    timings: dict,
+    started: dt.datetime,
+) -> dict:
+    """The run record of one finished scene: what was read, made, how and how fast."""
+    return {
+        "status": "complete",
+        "input": url,
+        "outputs": {"zarr": out.zarr, "cog": out.cog, "record": out.record},
+        "model": model,
+        "parameters": parameters,
+        "raster": {
+            "height": info.height,
+            "width": info.width,
+            "crs": info.crs,
+            "transform": list(info.transform),
+            "nodata": info.nodata,
+        },
+        "tiles": tiles,
+        "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
+        "started": started.isoformat(),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "versions": versions(),
+    }
+
+
 def write_record(out: SceneOutput, record: dict) -> None:
+    """Written last: an output without its record is incomplete."""
     storage.write_text(out.record, json.dumps(record, indent=2, default=str))
+
+
+def write_job_summary(prefix: str, scenes: list[dict], pixels: int, seconds: float) -> None:
+    """``PREFIX/_job.json`` for jobs of several scenes."""
+    summary = {"scenes": scenes, "pixels": int(pixels), "seconds": round(seconds, 3)}
+    storage.write_text(storage.join(prefix, "_job.json"), json.dumps(summary, indent=2))

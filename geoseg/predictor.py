@@ -1,8 +1,9 @@
 """The model core of inference: a batch of numpy tiles in, class tiles out.
 
 Plain classes with no Ray in them, so they can be tested and benchmarked on
-their own (and on a GPU machine that has no Ray). The pipeline wraps one in a
-Ray Data actor; ``benchmarks/`` time them bare.
+their own (and on a GPU machine that has no Ray). The model stage
+(:class:`geoseg.predict.stages.Infer`) builds one from a :class:`ModelSpec` in
+each model actor; ``benchmarks/`` time them bare.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from geoseg import checkpoint
 from geoseg.errors import InputError
-from geoseg.models.index import IndexModel, IndexThresholds
+from geoseg.models.index import INDEX_MODELS, IndexModel, IndexThresholds
 
 
 class IndexPredictor:
@@ -25,7 +27,7 @@ class IndexPredictor:
         self.default = IndexModel()
         self.num_classes = self.default.num_classes
 
-    def _groups(self, scenes: np.ndarray | None, n: int):
+    def _groups(self, scenes: np.ndarray | None):
         if scenes is None or not self.models:
             yield self.default, slice(None)
             return
@@ -34,13 +36,13 @@ class IndexPredictor:
 
     def predict(self, tiles: np.ndarray, scenes: np.ndarray | None = None) -> np.ndarray:
         out = np.empty((tiles.shape[0], *tiles.shape[-2:]), dtype=np.uint8)
-        for model, sel in self._groups(scenes, len(tiles)):
+        for model, sel in self._groups(scenes):
             out[sel] = model.predict(tiles[sel])
         return out
 
     def predict_proba(self, tiles: np.ndarray, scenes: np.ndarray | None = None) -> np.ndarray:
         out = np.empty((tiles.shape[0], self.num_classes, *tiles.shape[-2:]), dtype=np.float32)
-        for model, sel in self._groups(scenes, len(tiles)):
+        for model, sel in self._groups(scenes):
             out[sel] = model.predict_proba(tiles[sel])
         return out
 
@@ -110,8 +112,6 @@ class TorchPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str, **options) -> "TorchPredictor":
-        from geoseg import checkpoint
-
         model, meta = checkpoint.load(path)
         pred = cls(model, meta.mean, meta.std, **options)
         pred.num_classes = meta.model.num_classes
@@ -160,7 +160,9 @@ class TorchPredictor:
 
     def predict(self, tiles: np.ndarray, scenes: np.ndarray | None = None) -> np.ndarray:
         """Class map ``(N, H, W)`` uint8."""
-        return self._probabilities(tiles).argmax(1).to(dtype=__import__("torch").uint8).cpu().numpy()
+        import torch
+
+        return self._probabilities(tiles).argmax(1).to(dtype=torch.uint8).cpu().numpy()
 
     def predict_proba(self, tiles: np.ndarray, scenes: np.ndarray | None = None) -> np.ndarray:
         """Softmax ``(N, K, H, W)`` float32."""
@@ -177,7 +179,7 @@ class ModelSpec:
     options: dict = field(default_factory=dict)  # TorchPredictor options
 
     def build(self):
-        if self.name in ("index", "index-otsu"):
+        if self.name in INDEX_MODELS:
             return IndexPredictor(self.scene_params)
         if self.name == "checkpoint":
             opts = dict(self.options)

@@ -51,7 +51,8 @@ class RasterInfo:
         )
 
 
-def _open(url: str):
+def open_raster(url: str):
+    """``rasterio.open(url)`` with one-line errors naming the URL (call inside :func:`storage.gdal_env`)."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -69,7 +70,7 @@ def _open(url: str):
 def read_info(url: str) -> RasterInfo:
     """Open a raster (local or URL) and describe it."""
     with storage.gdal_env():
-        with _open(url) as src:
+        with open_raster(url) as src:
             return RasterInfo(
                 url=str(url),
                 height=src.height,
@@ -84,6 +85,21 @@ def read_info(url: str) -> RasterInfo:
             )
 
 
+def read_decimated(
+    url: str, bands: list[int], max_side: int = 1024, resampling: str = "nearest"
+) -> tuple[np.ndarray, float, float | None]:
+    """``(data (bands, h, w), scale, nodata)``: the whole raster read at most ``max_side``
+    pixels a side (GDAL takes overviews when the file has them), ``scale`` full-resolution
+    pixels per decimated pixel. For statistics at planning time: never a full-resolution read."""
+    from rasterio.enums import Resampling
+
+    with storage.gdal_env(), open_raster(url) as src:
+        scale = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
+        shape = (len(bands), max(1, src.height // scale), max(1, src.width // scale))
+        data = src.read(bands, out_shape=shape, resampling=getattr(Resampling, resampling))
+        return data, src.height / shape[1], src.nodata
+
+
 class TileReader:
     """Reads padded tiles from one raster, keeping the dataset open between reads.
 
@@ -95,7 +111,7 @@ class TileReader:
         self.url = str(url)
         self._env = storage.gdal_env()
         self._env.__enter__()
-        self._src = _open(self.url)
+        self._src = open_raster(self.url)
         self.bands = bands or list(range(1, self._src.count + 1))
         self.nodata = self._src.nodata
         from rasterio.enums import MaskFlags

@@ -8,7 +8,7 @@ import os
 from geoseg import storage
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None) -> None:
     """Attach to ``address`` / ``RAY_ADDRESS``, or start a local Ray.
 
     Storage settings (S3 endpoint, credentials from the environment) reach the
@@ -25,7 +25,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(**kwargs)
 
 
 def cluster_cpus() -> int:

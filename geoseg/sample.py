@@ -15,7 +15,6 @@ blue, green, red, nir. Labels (uint8) follow :data:`geoseg.classes.LANDCOVER`,
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -323,6 +322,3 @@ def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024
             lab_out.write(window, labels)
     return urls
 
-
-def default_sample_dir() -> str:
-    return os.environ.get("GEOSEG_SAMPLE_DIR", os.path.join(os.getcwd(), "geoseg-demo", "sample"))

@@ -16,7 +16,7 @@ from geoseg.tiling import Tile, TileGrid
 
 
 def crop_cores(pred: np.ndarray, crops: np.ndarray, core: int, fill=0) -> np.ndarray:
-    """Each tile's core out of ``(N, [K,] T, T)`` tile arrays, as ``(N, [K,] core, core)``.
+    """Each tile's core out of ``(N, [K,] T, T)`` tile model outputs, as ``(N, [K,] core, core)``.
 
     ``crops``: ``(N, 4)`` rows of ``(row, col, height, width)``, the core's place
     in its tile (:attr:`geoseg.tiling.Tile.crop`). Edge cores are clipped; the
@@ -47,10 +47,10 @@ def to_uint8_proba(proba: np.ndarray, crops: np.ndarray, core: int) -> np.ndarra
 
 # --- weighted blending (``--stitch hann``) ------------------------------------
 #
-# Every tile's softmax over its whole window is kept (a scratch array, one chunk
-# per tile); an output chunk is then the weighted mean of every tile window that
-# covers it. Two neighbours' windows overlap by ``2 * halo`` pixels around their
-# seam. A window's weight is 0 on its outer ``halo / 2`` pixels (they lack
+# Every tile's softmax over its whole input is kept (a scratch array, one chunk
+# per tile); an output chunk is then the weighted mean of every tile softmax that
+# covers it. Two neighbours' inputs overlap by ``2 * halo`` pixels around their
+# seam. A tile's weight is 0 on its outer ``halo / 2`` pixels (they lack
 # context), rises as a raised cosine over the next ``halo`` pixels and is 1
 # inside, on each side that is not the raster's edge; on a regular grid the two
 # tapers sum to exactly one, so the seam fades from one tile into the next.
@@ -59,7 +59,7 @@ def to_uint8_proba(proba: np.ndarray, crops: np.ndarray, core: int) -> np.ndarra
 
 
 def taper(n: int, lo: bool, hi: bool, halo: int) -> np.ndarray:
-    """1-D weights over ``n`` pixels of a window: 0 for the outer ``halo // 2``
+    """1-D weights over ``n`` pixels of a tile's input: 0 for the outer ``halo // 2``
     pixels, a raised-cosine ramp over the next ``halo``, then 1; at the low
     and/or high end only."""
     w = np.ones(n, dtype=np.float64)
@@ -89,8 +89,8 @@ def tile_weights(grid: TileGrid, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
 def blend_core(grid: TileGrid, tile: Tile, fetch) -> tuple[np.ndarray, np.ndarray]:
     """Blended probabilities ``(K, h, w)`` of ``tile``'s core and its validity ``(h, w)``.
 
-    ``fetch(iy, ix)``: that tile's softmax window ``(K, T, T)`` (NaN = nodata or
-    never predicted), or None. Pixels that are NaN in ``tile``'s own window are
+    ``fetch(iy, ix)``: that tile's softmax ``(K, T, T)`` (NaN = nodata or
+    never predicted), or None. Pixels that are NaN in ``tile``'s own softmax are
     nodata; a neighbour's NaN pixels simply do not count. A tile's own weight is
     at least 1/2 all over its core, so every valid pixel has a value.
     """
@@ -127,8 +127,8 @@ def blend_core(grid: TileGrid, tile: Tile, fetch) -> tuple[np.ndarray, np.ndarra
     return acc / np.maximum(wsum, 1e-12), own
 
 
-def mask_windows(proba: np.ndarray, valid: np.ndarray, crops: np.ndarray) -> np.ndarray:
-    """Softmax windows ``(N, K, T, T)`` float32 with NaN on each core's nodata pixels
+def mask_softmax(proba: np.ndarray, valid: np.ndarray, crops: np.ndarray) -> np.ndarray:
+    """Softmax of whole tiles ``(N, K, T, T)`` float32 with NaN on each core's nodata pixels
     (in place when ``proba`` is already a writable float32 array)."""
     out = np.require(proba, np.float32, ["W"])
     for i, (r, c, h, w) in enumerate(np.asarray(crops, dtype=np.int64)):

@@ -92,6 +92,29 @@ def gdal_options() -> dict[str, Any]:
     return opts
 
 
+def arrow_filesystem(url: str):
+    """``(path, pyarrow filesystem or None)`` for Arrow-based writers (Ray Train's
+    checkpoint storage): S3 URLs get an ``S3FileSystem`` on the same endpoint as
+    GDAL and fsspec; local paths are made absolute; other URLs are left to Arrow."""
+    url = str(url)
+    if not is_remote(url):
+        return os.path.abspath(local_path(url)), None
+    scheme, rest = url.split("://", 1)
+    if scheme not in ("s3", "s3a"):
+        return url, None
+    import pyarrow.fs as pafs
+
+    kwargs: dict[str, Any] = {}
+    ep = endpoint_url()
+    if ep:
+        parsed = urlparse(ep)
+        kwargs = {"endpoint_override": parsed.netloc, "scheme": parsed.scheme or "https"}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return rest, pafs.S3FileSystem(**kwargs)
+
+
 def worker_env() -> dict[str, str]:
     """Environment variables that Ray workers need (passed via ``runtime_env``)."""
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}

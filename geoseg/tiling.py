@@ -2,10 +2,11 @@
 
 Axis order is explicit everywhere: ``row`` / ``col`` (= y / x) and shapes are
 ``(height, width)``. A :class:`TileGrid` cuts a raster of ``height x width``
-pixels into cores of ``core x core`` pixels (edge cores are clipped). Each
-:class:`Tile` is read with a ``halo`` of context on every side, so every tile
-array has the same shape ``(core + 2*halo, core + 2*halo)``. At the raster's
-edges the tile window slides inwards instead of hanging over the edge: the
+pixels into cores of ``core x core`` pixels (``--tile-size`` is the core's side;
+edge cores are clipped). Each :class:`Tile` is read with a ``halo`` of context on
+every side, so every tile's model input has the same shape
+``(input_size, input_size)`` with ``input_size = core + 2*halo``. At the raster's
+edges the read window slides inwards instead of hanging over the edge: the
 model then sees the raster edge where whole-image inference sees it (its own
 convolution padding) and real pixels everywhere else. Only an axis shorter
 than a tile is padded, by reflection at its end. Tile ``(iy, ix)``'s core is
@@ -64,7 +65,7 @@ class Tile:
     ``pad``: ``(top, bottom, left, right)`` pixels of padding that bring the read
     block up to the full tile shape (non-zero only where the raster is smaller
     than a tile).
-    ``crop``: the core's place inside the tile array.
+    ``crop``: the core's place inside the tile's model input.
     """
 
     iy: int
@@ -98,8 +99,8 @@ class TileGrid:
         return (-(-self.height // self.core), -(-self.width // self.core))
 
     @property
-    def tile_size(self) -> int:
-        """Side of every tile array, halo included."""
+    def input_size(self) -> int:
+        """Side of every tile's model input: ``core + 2 * halo``."""
         return self.core + 2 * self.halo
 
     def __len__(self) -> int:
@@ -122,7 +123,7 @@ class TileGrid:
         ch, cw = min(self.core, self.height - r0), min(self.core, self.width - c0)
         rr0, rh = self._span(r0, self.height)
         cc0, cw_ = self._span(c0, self.width)
-        size = self.tile_size
+        size = self.input_size
         return Tile(
             iy,
             ix,
@@ -134,7 +135,7 @@ class TileGrid:
 
     def _span(self, start: int, length: int) -> tuple[int, int]:
         """``(offset, size)`` of the read window along one axis for a core at ``start``."""
-        size = self.tile_size
+        size = self.input_size
         if length <= size:
             return 0, length
         return min(max(start - self.halo, 0), length - size), size

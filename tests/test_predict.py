@@ -11,7 +11,7 @@ import xarray as xr
 from geoseg.classes import NODATA
 from geoseg.errors import OutputExistsError
 from geoseg.models.index import IndexModel
-from geoseg.pipeline import PredictOptions, predict
+from geoseg.predict import PredictOptions, predict
 
 
 def _whole_image_index(scene_path):
@@ -102,22 +102,24 @@ def test_otsu_model_fits_per_scene_thresholds(ray_local, sample_dir, tmp_path):
 @pytest.mark.parametrize("how", ["crop", "hann"])
 def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_path, how):
     """Part of the tiles written, then the job dies: a rerun does only the rest, bit for bit."""
-    from geoseg.pipeline import PredictActor, blend_tiles, plan_scenes, read_tiles, write_tiles, write_windows
+    from geoseg.predict.plan import plan_job
+    from geoseg.predict.stages import Infer, blend_tiles, read_tiles, write_softmax, write_tiles
 
     scene = str(sample_dir / "scene.tif")
     opts = PredictOptions(model="index", tile_size=128, halo=16, stitch=how, probabilities=how == "hann")
     (full,) = predict([scene], str(tmp_path / "full"), opts)
 
     # an interrupted job: the stages ran for the first 11 tiles only, nothing was finished
-    plans, spec, _ = plan_scenes([scene], str(tmp_path / "resumed"), opts)
-    actor = PredictActor(spec, opts.tile_size, probabilities=opts.probabilities, windows=how == "hann")
-    batches = list(read_tiles({"lo": np.array([0]), "hi": np.array([11])}, plans, "uint16", chunk=4))
-    assert [len(b["tile"]) for b in batches] == [4, 4, 3]  # a task's memory is bounded by the chunk
+    job = plan_job([scene], str(tmp_path / "resumed"), opts)
+    plans = job.scenes
+    infer = Infer(job.spec, opts.tile_size, probabilities=opts.probabilities, softmax=how == "hann")
+    batches = list(read_tiles({"lo": np.array([0]), "hi": np.array([11])}, plans, "uint16", batch_size=4))
+    assert [len(b["tile"]) for b in batches] == [4, 4, 3]  # a task's memory is bounded by the batch size
     for batch in batches:
         if how == "crop":
-            write_tiles(actor(batch), plans)
-        else:  # hann: 11 windows stored, then the 5 chunks of the first row blended from them
-            write_windows(actor(batch), plans)
+            write_tiles(infer(batch), plans)
+        else:  # hann: 11 softmax tiles stored, then the 5 chunks of the first row blended from them
+            write_softmax(infer(batch), plans)
     if how == "hann":
         assert len(blend_tiles({"lo": np.array([0]), "hi": np.array([5])}, plans, True)["pixels"]) == 5
     assert not (tmp_path / "resumed" / "scene.json").exists()
@@ -136,7 +138,7 @@ def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_
 
 
 def test_tile_ranges_cover_every_tile_once_and_stay_few():
-    from geoseg.pipeline import tile_ranges
+    from geoseg.predict.plan import tile_ranges
 
     for total in (1, 7, 64, 257, 123_457, 10**7):
         r = tile_ranges(total, 8, 2)

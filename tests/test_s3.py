@@ -11,7 +11,7 @@ import xarray as xr
 
 from geoseg import storage
 from geoseg.errors import StorageError
-from geoseg.pipeline import PredictOptions, predict
+from geoseg.predict import PredictOptions, predict
 
 
 def _upload(s3, path, key):
@@ -53,7 +53,7 @@ def test_missing_key_bucket_and_denied_access_name_the_url(s3, tmp_path):
 
 def test_train_checkpoints_on_s3(ray_local, s3, sample_dir):
     from geoseg import checkpoint
-    from geoseg.trainer import TrainConfig, train
+    from geoseg.train import TrainConfig, train
 
     image = _upload(s3, sample_dir / "scene.tif", "train/scene.tif")
     labels = _upload(s3, sample_dir / "labels.tif", "train/labels.tif")

@@ -10,7 +10,7 @@ from geoseg import checkpoint, stitch
 from geoseg.checkpoint import CheckpointMeta
 from geoseg.classes import LANDCOVER, NODATA
 from geoseg.models.zoo import ModelConfig, build_model
-from geoseg.pipeline import PredictOptions, predict
+from geoseg.predict import PredictOptions, predict
 from geoseg.predictor import TorchPredictor
 from geoseg.tiling import TileGrid
 
@@ -39,7 +39,7 @@ def test_tiled_fcn_equals_whole_image(ray_local, sample_dir, tmp_path, how):
     assert len(np.unique(whole[whole != NODATA])) > 1
     np.testing.assert_array_equal(stitched, whole)
     assert rec["tiles"]["total"] == 49 and rec["parameters"]["stitch"] == how
-    assert not (tmp_path / "out" / ".geoseg" / "scene").exists()  # progress log and scratch windows gone
+    assert not (tmp_path / "out" / ".geoseg" / "scene").exists()  # progress log and scratch softmax gone
 
 
 def test_tapers_of_neighbours_sum_to_one():
@@ -62,21 +62,21 @@ def test_tapers_of_neighbours_sum_to_one():
 
 def test_blend_mixes_neighbours_at_seams_only_and_masks_nodata():
     grid = TileGrid(250, 300, core=48, halo=8)  # asymmetric: 6 x 7 tiles, clipped edge cores
-    k, size = 3, grid.tile_size
-    windows = {}
-    for tile in grid:  # every tile votes for one class everywhere in its window
+    k, size = 3, grid.input_size
+    softmax = {}
+    for tile in grid:  # every tile votes for one class everywhere in its input
         w = np.full((k, size, size), 0.0, np.float32)
         w[(tile.iy + 2 * tile.ix) % k] = 1.0
-        windows[tile.iy, tile.ix] = w
-    windows[2, 1][:, grid[2, 1].crop.row_off, grid[2, 1].crop.col_off] = np.nan  # one nodata pixel
+        softmax[tile.iy, tile.ix] = w
+    softmax[2, 1][:, grid[2, 1].crop.row_off, grid[2, 1].crop.col_off] = np.nan  # one nodata pixel
     for tile in grid:
-        probs, valid = stitch.blend_core(grid, tile, lambda iy, ix: windows[iy, ix])
+        probs, valid = stitch.blend_core(grid, tile, lambda iy, ix: softmax[iy, ix])
         assert probs.shape == (k, tile.core.height, tile.core.width)
         np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
         own = (tile.iy + 2 * tile.ix) % k
         h = grid.halo
         ny, nx = grid.shape
-        regular = 2 <= tile.iy < ny - 2 and 2 <= tile.ix < nx - 2  # (edge windows slide inwards, deeper)
+        regular = 2 <= tile.iy < ny - 2 and 2 <= tile.ix < nx - 2  # (edge read windows slide inwards, deeper)
         if regular:
             inner = probs[own, h : tile.core.height - h, h : tile.core.width - h]
             np.testing.assert_array_equal(inner, 1.0)  # away from seams: the tile alone
@@ -86,7 +86,7 @@ def test_blend_mixes_neighbours_at_seams_only_and_masks_nodata():
             row = probs[right, tile.core.height // 2, tile.core.width - h :]
             assert (row[: h // 2] == 0).all() and 0.35 < row[-1] < 0.5 and np.all(np.diff(row) >= 0)
         assert valid.sum() == valid.size - ((tile.iy, tile.ix) == (2, 1))
-    # a missing neighbour (no window) simply does not count
-    probs, valid = stitch.blend_core(grid, grid[1, 1], lambda iy, ix: None if (iy, ix) != (1, 1) else windows[1, 1])
+    # a missing neighbour (no softmax stored) simply does not count
+    probs, valid = stitch.blend_core(grid, grid[1, 1], lambda iy, ix: None if (iy, ix) != (1, 1) else softmax[1, 1])
     np.testing.assert_array_equal(probs[(1 + 2) % k], 1.0)
     assert valid.all()

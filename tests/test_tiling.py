@@ -36,15 +36,15 @@ def test_tiles_have_one_shape_and_halos_match_the_raster(grid):
     for tile in grid:
         block = raster[tile.read.slices]
         arr = pad_tile(block[None], tile)[0]
-        assert arr.shape == (grid.tile_size, grid.tile_size)
+        assert arr.shape == (grid.input_size, grid.input_size)
         # the core sits at the crop window, unchanged
         np.testing.assert_array_equal(arr[tile.crop.slices], raster[tile.core.slices])
         # every padded pixel that lies inside the raster is the real raster pixel
         top, _, left, _ = tile.pad
         r0 = tile.read.row_off - top
         c0 = tile.read.col_off - left
-        rr = np.arange(grid.tile_size) + r0
-        cc = np.arange(grid.tile_size) + c0
+        rr = np.arange(grid.input_size) + r0
+        cc = np.arange(grid.input_size) + c0
         inside_r = (rr >= 0) & (rr < grid.height)
         inside_c = (cc >= 0) & (cc < grid.width)
         sub = arr[np.ix_(inside_r, inside_c)]
@@ -56,8 +56,8 @@ def test_tiles_have_one_shape_and_halos_match_the_raster(grid):
         ):
             assert crop_size == size
             assert crop_off >= min(grid.halo, off)
-            if length >= grid.tile_size:  # no padding: the window lies inside the raster
-                assert grid.tile_size - crop_off - size >= min(grid.halo, length - off - size)
+            if length >= grid.input_size:  # no padding: the window lies inside the raster
+                assert grid.input_size - crop_off - size >= min(grid.halo, length - off - size)
 
 
 def test_edge_tiles_slide_inside_the_raster():

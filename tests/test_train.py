@@ -12,7 +12,7 @@ import rasterio
 
 from geoseg import checkpoint
 from geoseg.errors import CheckpointError, InputError, RasterError
-from geoseg.trainer import TrainConfig, train
+from geoseg.train import TrainConfig, train
 
 SMALL = dict(chip_size=64, block_size=128, chips_per_epoch=32, batch_size=8, workers=2, num_to_keep=2)
 
@@ -41,7 +41,7 @@ def test_two_workers_on_two_nodes_then_predict(ray_cluster, sample_dir, tmp_path
     assert len([p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir()]) <= 2
 
     # checkpoint -> predict needs no other model flags
-    from geoseg.pipeline import PredictOptions, predict
+    from geoseg.predict import PredictOptions, predict
 
     (rec,) = predict([str(sample_dir / "scene.tif")], str(tmp_path / "pred"),
                      PredictOptions(checkpoint=str(out), tile_size=256, halo=32))
@@ -109,7 +109,8 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path):
 
     from geoseg.checkpoint import CheckpointMeta, save
     from geoseg.classes import LANDCOVER
-    from geoseg.models.zoo import ModelConfig, build_model, load_weights
+    from geoseg.models.weights import load_weights
+    from geoseg.models.zoo import ModelConfig, build_model
 
     cfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
     folder = tmp_path / "ckpt"
@@ -146,7 +147,7 @@ def test_config_validation(tmp_path, sample_dir):
 
 
 def test_pairs_must_share_a_grid(tmp_path, sample_dir):
-    from geoseg.datasets import open_pairs
+    from geoseg.train.data import open_pairs
 
     with rasterio.open(sample_dir / "labels.tif") as src:
         profile, data = src.profile, src.read()
@@ -158,7 +159,7 @@ def test_pairs_must_share_a_grid(tmp_path, sample_dir):
 
 
 def test_spatial_split_never_mixes_blocks(sample_dir):
-    from geoseg.datasets import open_pairs, plan_training
+    from geoseg.train.data import open_pairs, plan_training
 
     pairs = open_pairs([str(sample_dir / "scene.tif")], [str(sample_dir / "labels.tif")])
     plan = plan_training(pairs, chip=64, block=128, val_fraction=0.3, seed=1)

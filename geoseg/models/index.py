@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from geoseg.classes import BARE, BUILT, LANDCOVER, NODATA, VEGETATION, WATER, ClassScheme
+from geoseg.classes import BARE, BUILT, LANDCOVER, VEGETATION, WATER
+from geoseg.raster import read_decimated
 
-INDEX_MODELS = ("index", "index-otsu")
+INDEX_MODELS = ("index", "index-otsu")  # the built-in models (--model NAME)
+BAND_ROLES = ("blue", "green", "red", "nir")  # the bands they read, in this order
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def indices(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ndwi, ndvi, built)`` of tiles ``(..., 4, H, W)`` in band order blue, green, red, nir."""
+    """``(ndwi, ndvi, built)`` of tiles ``(..., 4, H, W)`` in band order :data:`BAND_ROLES`."""
     blue, green, red, nir = (tiles[..., i, :, :] for i in range(4))
     return _ratio(green, nir), _ratio(nir, red), _ratio(blue, red)
 
@@ -58,11 +60,9 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
 
 
 class IndexModel:
-    """Classifies tiles whose bands are ordered blue, green, red, nir."""
+    """Classifies tiles whose bands are ordered as :data:`BAND_ROLES`; classes are :data:`LANDCOVER`."""
 
-    classes: ClassScheme = LANDCOVER
     num_classes = len(LANDCOVER)
-    band_roles = ("blue", "green", "red", "nir")
 
     def __init__(self, thresholds: IndexThresholds | None = None):
         self.thresholds = thresholds or IndexThresholds()
@@ -85,17 +85,8 @@ class IndexModel:
 
 def fit_otsu(url: str, band_numbers: list[int], max_side: int = 1024) -> IndexThresholds:
     """Per-scene Otsu thresholds from a decimated read (overviews when the file has them)."""
-    import rasterio
-    from rasterio.enums import Resampling
-
-    from geoseg import storage
-
-    with storage.gdal_env(), rasterio.open(url) as src:
-        scale = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
-        shape = (len(band_numbers), max(1, src.height // scale), max(1, src.width // scale))
-        data = src.read(band_numbers, out_shape=shape, resampling=Resampling.nearest)
-        nodata = src.nodata
-    valid = ~np.all(data == nodata, axis=0) if nodata is not None else np.ones(shape[1:], bool)
+    data, _, nodata = read_decimated(url, band_numbers, max_side, "nearest")
+    valid = ~np.all(data == nodata, axis=0) if nodata is not None else np.ones(data.shape[1:], bool)
     ndwi, ndvi, built = indices(data[None])
     base = IndexThresholds()
     ndwi_t = otsu(ndwi[0][valid])
@@ -105,5 +96,3 @@ def fit_otsu(url: str, band_numbers: list[int], max_side: int = 1024) -> IndexTh
     ndvi_t = float(np.clip(otsu(ndvi[0][land]), 0.15, 0.6)) if land.any() else base.ndvi
     return IndexThresholds(ndwi=ndwi_t, ndvi=ndvi_t, built=base.built)
 
-
-__all__ = ["INDEX_MODELS", "IndexModel", "IndexThresholds", "fit_otsu", "otsu", "NODATA"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from geoseg.errors import CheckpointError, InputError
+from geoseg.models.weights import load_weights
 
 # name -> smp architecture name
 SMP_ARCHS = {
@@ -91,29 +92,6 @@ def _encoder_of(model):
     if enc is None:
         raise InputError(f"{type(model).__name__} has no separate encoder")
     return enc
-
-
-def load_weights(path: str) -> dict:
-    """A state dict from a local safetensors or torch file; never unpickles code."""
-    import os
-
-    import torch
-
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: not found")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unsafe or corrupt pickles are refused
-        raise CheckpointError(f"{path}: refused, not a plain weights file ({type(exc).__name__})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: does not hold a state dict")
-    return state
 
 
 def _fcn_cls():

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg import storage
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import InputError, RasterError
-from geoseg.raster import RasterInfo, _open, read_info, tile_reader
+from geoseg.raster import RasterInfo, read_decimated, read_info, tile_reader
 from geoseg.tiling import Window
 
 
@@ -72,17 +71,6 @@ def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = N
     return pairs
 
 
-def _decimated(url: str, bands: list[int], max_side: int, resampling: str) -> tuple[np.ndarray, float, float | None]:
-    import rasterio  # noqa: F401
-    from rasterio.enums import Resampling
-
-    with storage.gdal_env(), _open(url) as src:
-        scale = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
-        shape = (len(bands), max(1, src.height // scale), max(1, src.width // scale))
-        data = src.read(bands, out_shape=shape, resampling=getattr(Resampling, resampling))
-        return data, src.height / shape[1], src.nodata
-
-
 def _block_hash(seed: int, pair: int, by: int, bx: int) -> float:
     h = (seed * 1000003 + pair * 9176 + by * 7919 + bx * 104729) & 0xFFFFFFFF
     h = (h ^ (h >> 16)) * 0x45D9F3B & 0xFFFFFFFF
@@ -97,7 +85,6 @@ def plan_training(
     val_fraction: float = 0.2,
     seed: int = 0,
     num_classes: int | None = None,
-    class_names: list[str] | None = None,
     balanced: bool = False,
     band_roles: list[str] | None = None,
     max_val_chips: int = 2048,
@@ -110,102 +97,147 @@ def plan_training(
     block = block or chip * 4
     if block < chip:
         raise InputError(f"--block-size ({block}) must be >= --chip-size ({chip})")
-    scheme = ClassScheme.from_tags(pairs[0].label.tags)
-    sums = sumsq = None
-    count = 0
+    stats = _BandStats()
     hist_total = np.zeros(NODATA, dtype=np.int64)
     blocks, weights_hist, val_blocks = [], [], []
     for p_i, pair in enumerate(pairs):
-        img, scale, nodata = _decimated(pair.image.url, pair.bands, 1024, "nearest")
-        lab, lscale, lab_nodata = _decimated(pair.label.url, [1], 1024, "nearest")
-        lab = lab[0].astype(np.int64)
-        ignore = lab == NODATA
-        if lab_nodata is not None:
-            ignore |= lab == int(lab_nodata)
-        if nodata is not None:
-            valid_px = ~np.all(img == nodata, axis=0)
-            if valid_px.shape == ignore.shape:
-                ignore |= ~valid_px
-        else:
-            valid_px = np.ones(img.shape[1:], bool)
-        v = img[:, valid_px].astype(np.float64)
-        sums = v.sum(1) if sums is None else sums + v.sum(1)
-        sumsq = (v**2).sum(1) if sumsq is None else sumsq + (v**2).sum(1)
-        count += v.shape[1]
+        lab, ignore, lscale = _decimated_scene(pair, stats)
         hist_total += np.bincount(lab[~ignore].ravel(), minlength=NODATA)[:NODATA]
-        H, W = pair.image.height, pair.image.width
-        if H < chip or W < chip:
-            raise RasterError(f"{pair.image.url}: {W}x{H} is smaller than one {chip}x{chip} chip")
-        for by in range(H // block + (1 if H % block >= chip else 0)):
-            for bx in range(W // block + (1 if W % block >= chip else 0)):
-                r0, c0 = by * block, bx * block
-                size_r, size_c = min(block, H - r0), min(block, W - c0)
-                # class histogram of the block from the decimated labels
-                lr0, lr1 = int(r0 / lscale), max(int(r0 / lscale) + 1, int((r0 + size_r) / lscale))
-                lc0, lc1 = int(c0 / lscale), max(int(c0 / lscale) + 1, int((c0 + size_c) / lscale))
-                sub = lab[lr0:lr1, lc0:lc1]
-                sub_ign = ignore[lr0:lr1, lc0:lc1]
-                bh = np.bincount(sub[~sub_ign].ravel(), minlength=NODATA)[:NODATA]
-                if bh.sum() == 0:
-                    continue  # no labelled pixel: useless for training and validation
-                rec = (p_i, r0, c0, min(size_r, size_c))
-                if _block_hash(seed, p_i, by, bx) < val_fraction:
-                    val_blocks.append(rec)
-                else:
-                    blocks.append(rec)
-                    weights_hist.append(bh)
-    if not blocks or not val_blocks:
-        if len(blocks) + len(val_blocks) < 2:
-            raise InputError(
-                f"not enough labelled area for a train/validation split with --block-size {block}; use a smaller one"
-            )
-        # tiny datasets: make sure both sides get at least one block
-        if not val_blocks:
-            val_blocks.append(blocks.pop())
-            weights_hist.pop()
-        else:
-            blocks.append(val_blocks.pop())
-            weights_hist.append(np.ones(NODATA, dtype=np.int64))
+        for rec, hist in _labelled_blocks(p_i, pair, lab, ignore, lscale, block, chip):
+            if _block_hash(seed, p_i, rec[1] // block, rec[2] // block) < val_fraction:
+                val_blocks.append(rec)
+            else:
+                blocks.append(rec)
+                weights_hist.append(hist)
+    _ensure_both_sides(blocks, weights_hist, val_blocks, block)
+    classes = _class_scheme(pairs[0].label, hist_total, num_classes)
+    k = len(classes)
+    freq = hist_total[:k] / max(1, hist_total[:k].sum())
+    mean, std = stats.mean_std()
+    return TrainingPlan(
+        pairs=pairs,
+        chip=chip,
+        classes=classes,
+        mean=mean,
+        std=std,
+        class_freq=[float(x) for x in freq],
+        train_blocks=np.array(blocks, dtype=np.int64),
+        train_weights=_block_weights(np.array(weights_hist, dtype=np.float64)[:, :k], freq, balanced),
+        val_chips=_val_chips(val_blocks, chip, max_val_chips, seed),
+        band_roles=band_roles,
+        info={"block": block, "val_fraction": val_fraction, "seed": seed, "balanced": balanced},
+    )
+
+
+class _BandStats:
+    """Running per-band sums for the normalisation (mean, std) over valid pixels."""
+
+    def __init__(self):
+        self.sums = self.sumsq = None
+        self.count = 0
+
+    def add(self, v: np.ndarray) -> None:
+        """``v``: ``(bands, pixels)`` float64."""
+        self.sums = v.sum(1) if self.sums is None else self.sums + v.sum(1)
+        self.sumsq = (v**2).sum(1) if self.sumsq is None else self.sumsq + (v**2).sum(1)
+        self.count += v.shape[1]
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        mean = self.sums / max(self.count, 1)
+        std = np.sqrt(np.maximum(self.sumsq / max(self.count, 1) - mean**2, 1e-12))
+        return [float(x) for x in mean], [float(x) for x in std]
+
+
+def _decimated_scene(pair: Pair, stats: _BandStats) -> tuple[np.ndarray, np.ndarray, float]:
+    """Decimated labels ``(h, w)`` int64, their ignore mask and scale; band statistics added."""
+    img, _, nodata = read_decimated(pair.image.url, pair.bands, 1024, "nearest")
+    lab, lscale, lab_nodata = read_decimated(pair.label.url, [1], 1024, "nearest")
+    lab = lab[0].astype(np.int64)
+    ignore = lab == NODATA
+    if lab_nodata is not None:
+        ignore |= lab == int(lab_nodata)
+    if nodata is not None:
+        valid_px = ~np.all(img == nodata, axis=0)
+        if valid_px.shape == ignore.shape:
+            ignore |= ~valid_px
+    else:
+        valid_px = np.ones(img.shape[1:], bool)
+    stats.add(img[:, valid_px].astype(np.float64))
+    return lab, ignore, lscale
+
+
+def _labelled_blocks(p_i: int, pair: Pair, lab, ignore, lscale: float, block: int, chip: int):
+    """``((pair, row, col, size), class histogram)`` of each block of a scene with labels in it."""
+    H, W = pair.image.height, pair.image.width
+    if H < chip or W < chip:
+        raise RasterError(f"{pair.image.url}: {W}x{H} is smaller than one {chip}x{chip} chip")
+    for by in range(H // block + (1 if H % block >= chip else 0)):
+        for bx in range(W // block + (1 if W % block >= chip else 0)):
+            r0, c0 = by * block, bx * block
+            size_r, size_c = min(block, H - r0), min(block, W - c0)
+            # class histogram of the block from the decimated labels
+            lr0, lr1 = int(r0 / lscale), max(int(r0 / lscale) + 1, int((r0 + size_r) / lscale))
+            lc0, lc1 = int(c0 / lscale), max(int(c0 / lscale) + 1, int((c0 + size_c) / lscale))
+            sub, sub_ign = lab[lr0:lr1, lc0:lc1], ignore[lr0:lr1, lc0:lc1]
+            hist = np.bincount(sub[~sub_ign].ravel(), minlength=NODATA)[:NODATA]
+            if hist.sum():  # no labelled pixel: useless for training and validation
+                yield (p_i, r0, c0, min(size_r, size_c)), hist
+
+
+def _ensure_both_sides(blocks: list, weights_hist: list, val_blocks: list, block: int) -> None:
+    """Tiny datasets: make sure training and validation get at least one block each."""
+    if blocks and val_blocks:
+        return
+    if len(blocks) + len(val_blocks) < 2:
+        raise InputError(
+            f"not enough labelled area for a train/validation split with --block-size {block}; use a smaller one"
+        )
+    if not val_blocks:
+        val_blocks.append(blocks.pop())
+        weights_hist.pop()
+    else:
+        blocks.append(val_blocks.pop())
+        weights_hist.append(np.ones(NODATA, dtype=np.int64))
+
+
+def _class_scheme(label: RasterInfo, hist_total: np.ndarray, num_classes: int | None) -> ClassScheme:
+    """Classes from the label raster's tags (names, colours), or numbered ones."""
+    scheme = ClassScheme.from_tags(label.tags)
     present = np.nonzero(hist_total)[0]
     k = num_classes or (len(scheme) if scheme else int(present.max()) + 1 if present.size else 2)
     if present.size and present.max() >= k:
-        raise RasterError(f"{pairs[0].label.url}: label value {present.max()} but only {k} classes")
-    names = class_names or (list(scheme.names) if scheme and len(scheme) == k else [f"class_{i}" for i in range(k)])
-    colors = list(scheme.colors) if scheme and len(scheme) == k else [
-        tuple(int(x) for x in np.random.default_rng(i).integers(0, 255, 3)) for i in range(k)
-    ]
-    freq = hist_total[:k] / max(1, hist_total[:k].sum())
-    hist = np.array(weights_hist, dtype=np.float64)[:, :k]
+        raise RasterError(f"{label.url}: label value {present.max()} but only {k} classes")
+    if scheme and len(scheme) == k:
+        return scheme
+    names = tuple(f"class_{i}" for i in range(k))
+    return ClassScheme(names, tuple(tuple(int(x) for x in np.random.default_rng(i).integers(0, 255, 3))
+                                    for i in range(k)))
+
+
+def _block_weights(hist: np.ndarray, freq: np.ndarray, balanced: bool) -> np.ndarray:
+    """Sampling weight of each training block: its labelled area, or (balanced) its
+    pixels weighted by inverse class frequency, so rare classes are drawn more often."""
     if balanced:
         inv = np.where(freq > 0, 1.0 / np.maximum(freq, 1e-6), 0.0)
         w = (hist / np.maximum(hist.sum(1, keepdims=True), 1)) @ inv
     else:
         w = hist.sum(1)
-    w = w / w.sum()
-    val_chips = []
-    for p_i, r0, c0, size in val_blocks:
-        for r in range(r0, r0 + size - chip + 1, chip):
-            for c in range(c0, c0 + size - chip + 1, chip):
-                val_chips.append((p_i, r, c))
-    rng = np.random.default_rng(seed)
-    val = np.array(val_chips, dtype=np.int64)
+    return w / w.sum()
+
+
+def _val_chips(val_blocks: list, chip: int, max_val_chips: int, seed: int) -> np.ndarray:
+    """Validation chips ``(m, 3)`` (pair, row, col) on a grid inside validation blocks."""
+    chips = [
+        (p_i, r, c)
+        for p_i, r0, c0, size in val_blocks
+        for r in range(r0, r0 + size - chip + 1, chip)
+        for c in range(c0, c0 + size - chip + 1, chip)
+    ]
+    val = np.array(chips, dtype=np.int64)
     if len(val) > max_val_chips:
+        rng = np.random.default_rng(seed)
         val = val[np.sort(rng.choice(len(val), max_val_chips, replace=False))]
-    mean = sums / max(count, 1)
-    std = np.sqrt(np.maximum(sumsq / max(count, 1) - mean**2, 1e-12))
-    return TrainingPlan(
-        pairs=pairs,
-        chip=chip,
-        classes=ClassScheme(tuple(names), tuple(tuple(c) for c in colors)),
-        mean=[float(x) for x in mean],
-        std=[float(x) for x in std],
-        class_freq=[float(x) for x in freq],
-        train_blocks=np.array(blocks, dtype=np.int64),
-        train_weights=w,
-        val_chips=val,
-        band_roles=band_roles,
-        info={"block": block, "val_fraction": val_fraction, "seed": seed, "balanced": balanced},
-    )
+    return val
 
 
 def read_chip(pair: Pair, row: int, col: int, chip: int) -> tuple[np.ndarray, np.ndarray]:

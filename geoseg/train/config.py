@@ -1,0 +1,106 @@
+"""Training options: :class:`TrainConfig`, from flags and/or a YAML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from geoseg import storage
+from geoseg.augment import AugmentConfig
+from geoseg.bands import Selection
+from geoseg.errors import InputError
+from geoseg.losses import LOSSES
+from geoseg.models.zoo import ARCHS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    images: list[str]
+    labels: list[str]
+    out: str
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None  # a local weights file; nothing is downloaded
+    freeze_encoder: bool = False
+    bands: Selection | None = None  # --bands: band numbers or a role map
+    band_roles: list[str] | None = None  # the roles of the band numbers in `bands`, when they are numbers
+    num_classes: int | None = None
+    chip_size: int = 128
+    block_size: int | None = None
+    val_fraction: float = 0.2
+    balanced: bool = True  # chips drawn towards rare classes (blocks weighted by inverse class frequency)
+    chips_per_epoch: int = 512
+    epochs: int = 10
+    max_minutes: float | None = None
+    batch_size: int = 16  # global batch: each of the N workers takes batch_size // N
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    loss: str = "ce+dice"
+    class_weights: list[float] | None = None
+    augment: dict = field(default_factory=dict)
+    workers: int = 2
+    gpus: bool = False
+    cpus_per_worker: float | None = None  # default: leave a CPU for Ray Data's chip readers
+    num_to_keep: int = 2
+    placement_strategy: str = "PACK"  # or SPREAD: one worker per node where possible
+    max_failures: int = 3
+    seed: int = 0
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        def bad(msg):
+            raise InputError(msg)
+
+        if self.arch not in ARCHS:
+            bad(f"arch: unknown architecture {self.arch!r} (choose from {', '.join(ARCHS)})")
+        if self.loss not in LOSSES:
+            bad(f"loss: unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
+        for name in ("chip_size", "chips_per_epoch", "epochs", "batch_size", "workers", "num_to_keep"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 10:
+            bad(f"lr must be a number in (0, 10), got {self.lr!r}")
+        if not 0 < self.val_fraction < 1:
+            bad(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            bad(f"max_minutes must be > 0, got {self.max_minutes!r}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            bad(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            bad(f"placement_strategy must be PACK or SPREAD, got {self.placement_strategy!r}")
+        if self.max_failures < -1:
+            bad(f"max_failures must be >= -1, got {self.max_failures!r}")
+        AugmentConfig(**self.augment) if self.augment else None
+        if self.encoder_weights and not os.path.exists(self.encoder_weights):
+            bad(f"encoder_weights: {self.encoder_weights}: not found")
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | None, overrides: dict) -> "TrainConfig":
+        """Merge a YAML config with command-line overrides; unknown keys are errors."""
+        data: dict = {}
+        if yaml_path:
+            import yaml
+
+            try:
+                loaded = yaml.safe_load(storage.read_text(yaml_path))
+            except yaml.YAMLError as exc:
+                raise InputError(f"{yaml_path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            if loaded is None:
+                loaded = {}
+            if not isinstance(loaded, dict):
+                raise InputError(f"{yaml_path}: must be a mapping of option: value")
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(loaded) - known)
+            if unknown:
+                raise InputError(f"{yaml_path}: unknown option {unknown[0]!r}")
+            data.update(loaded)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("images", "labels", "out"):
+            if not data.get(key):
+                raise InputError(f"missing {key} (give --{key[:-1] if key != 'out' else 'out'} or set it in --config)")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InputError(f"bad training option: {exc}") from None

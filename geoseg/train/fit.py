@@ -1,0 +1,224 @@
+"""The training loop of one worker, without Ray: restore, LR schedule, an epoch, validation,
+the time budget, checkpoints.
+
+:class:`Fitter` holds one worker's state (model, optimiser, schedule, loss,
+progress). It takes its batches from any iterable of ``{"image", "label"}``
+torch tensors, and combines results across workers with ``torch.distributed``
+when a process group is up; :mod:`geoseg.train.job` feeds it Ray Train's
+dataset shards and reports its metrics, and ``benchmarks/train_quality.py``
+runs the same :func:`train_epoch` in a plain loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geoseg import checkpoint
+from geoseg.augment import Augment, AugmentConfig
+from geoseg.checkpoint import CheckpointMeta
+from geoseg.classes import NODATA, ClassScheme
+from geoseg.losses import make_loss
+from geoseg.metrics import scores
+from geoseg.models.zoo import ModelConfig
+from geoseg.train.config import TrainConfig
+
+
+def confusion_torch(pred, target, k: int, ignore: int = NODATA):
+    """``(k, k)`` confusion matrix (rows: truth) of torch class maps, on their device."""
+    import torch
+
+    valid = target != ignore
+    idx = target[valid] * k + pred[valid]
+    return torch.bincount(idx, minlength=k * k).reshape(k, k)
+
+
+class LRSchedule:
+    """Warm-up (5% of the steps) then cosine decay to 2% over ``total`` steps.
+
+    ``total`` may be re-planned while training (the time budget); the factors are
+    plain floats, so the scheduler's state stays ``weights_only``-safe.
+    """
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __call__(self, step: int) -> float:
+        total = max(1, self.total)
+        warm = max(1, int(0.05 * total))
+        if step < warm:
+            return 0.1 + 0.9 * step / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return float(0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint's train state, restored on resume."""
+
+    start_epoch: int = 0
+    best: float = -1.0
+    history: list = field(default_factory=list)
+    elapsed_before: float = 0.0
+    resumed_at: int | None = None
+
+    @classmethod
+    def from_state(cls, state: dict, meta_epoch: int) -> "Progress":
+        history = state.get("history", "[]")
+        start = int(state.get("epoch", meta_epoch)) + 1
+        return cls(start, float(state.get("best_miou", -1.0)),
+                   json.loads(history) if isinstance(history, str) else [],
+                   float(state.get("elapsed", 0.0)), start)
+
+
+def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, sched=None) -> tuple[int, float, int]:
+    """One pass over ``batches``; returns ``(chips, summed loss, batches)``."""
+    import torch
+
+    model.train()
+    n_chips, loss_sum, n_batches = 0, 0.0, 0
+    for batch in batches:
+        x, y = augment(normalize(batch["image"]), batch["label"])
+        with torch.autocast(**amp):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        n_chips += len(x)
+        loss_sum += float(loss.detach())
+        n_batches += 1
+    return n_chips, loss_sum, n_batches
+
+
+def _all_reduce(t, op: str = "sum"):
+    """Sum (or max) a tensor over the workers when a process group is up."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t
+
+
+class Fitter:
+    """One worker's training: build with the model (weights restored), then per epoch
+    :meth:`train_epoch`, :meth:`validate`, :meth:`end_epoch` and (rank 0) :meth:`save`."""
+
+    def __init__(self, model, cfg: TrainConfig, setup: dict, device, world: int = 1, state: dict | None = None,
+                 meta_epoch: int = 0):
+        import torch
+
+        self.model, self.cfg, self.setup, self.device, self.world = model, cfg, setup, device, world
+        self.mcfg = ModelConfig(**setup["model"])
+        self.classes = ClassScheme.from_dict(setup["classes"])
+        self.progress = Progress.from_state(state, meta_epoch) if state else Progress()
+        # --batch-size is the global batch, so a run takes the same optimizer steps
+        # (and the same learning-rate schedule) whatever the number of workers.
+        self.local_batch = max(1, cfg.batch_size // world)
+        self.steps_per_epoch = max(1, cfg.chips_per_epoch // (self.local_batch * world))
+        self.schedule = LRSchedule(self.steps_per_epoch * cfg.epochs)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.schedule)
+        if state and state.get("optimizer"):
+            self.opt.load_state_dict(state["optimizer"])
+        if state and state.get("scheduler"):
+            self.sched.load_state_dict(state["scheduler"])
+        weights = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
+        self.loss_fn = make_loss(cfg.loss, weights, NODATA)
+        self.augment = Augment(AugmentConfig(**cfg.augment))
+        self.mean = torch.tensor(setup["mean"], device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(setup["std"], device=device).view(1, -1, 1, 1).clamp_min(1e-6)
+        cuda = getattr(device, "type", str(device)) == "cuda"
+        self.amp = dict(device_type="cuda", dtype=torch.bfloat16) if cuda else dict(device_type="cpu", enabled=False)
+        self.t_start = time.time() - self.progress.elapsed_before
+        self.scores: dict = {}  # the last epoch's validation scores, all workers combined
+
+    def normalize(self, x):
+        return (x - self.mean) / self.std
+
+    def train_epoch(self, batches) -> tuple[int, float, int]:
+        return train_epoch(self.model, batches, opt=self.opt, loss_fn=self.loss_fn, augment=self.augment,
+                           normalize=self.normalize, amp=self.amp, sched=self.sched)
+
+    def validate(self, batches):
+        """Confusion matrix over this worker's validation batches (on the device)."""
+        import torch
+
+        k = self.mcfg.num_classes
+        cm = torch.zeros(k, k, dtype=torch.int64, device=self.device)
+        self.model.eval()
+        with torch.inference_mode():
+            for batch in batches:
+                with torch.autocast(**self.amp):
+                    pred = self.model(self.normalize(batch["image"])).argmax(1)
+                cm += confusion_torch(pred, batch["label"], k, NODATA)
+        return cm
+
+    def end_epoch(self, epoch: int, stats: tuple, cm, seconds: float, t_epoch: float) -> tuple[dict, bool]:
+        """Combine the workers' results; ``(metrics, stop)``: stop when the time budget
+        would be exceeded by another epoch (the same decision on every worker)."""
+        import torch
+
+        totals = _all_reduce(torch.tensor(stats, dtype=torch.float64, device=self.device))
+        result = self.scores = scores(_all_reduce(cm).cpu().numpy())
+        elapsed = time.time() - self.t_start
+        metrics = epoch_metrics(epoch, totals.tolist(), result, seconds, elapsed, self.classes.names)
+        p = self.progress
+        p.best = max(p.best, metrics["val_miou"])
+        p.history.append(metrics)
+        per_epoch = elapsed / max(1, epoch + 1 - p.start_epoch) if p.resumed_at is None else time.time() - t_epoch
+        # one plan for all ranks: identical learning rates
+        per_epoch = float(_all_reduce(torch.tensor([per_epoch], dtype=torch.float64, device=self.device), "max"))
+        budget = self.cfg.max_minutes
+        if budget is None:
+            return metrics, False
+        fit = max(epoch + 1, min(self.cfg.epochs, int(budget * 60 / max(per_epoch, 1e-6))))
+        self.schedule.total = self.steps_per_epoch * fit  # the decay ends when the budget does
+        stop = elapsed + per_epoch > budget * 60
+        return metrics, bool(_all_reduce(torch.tensor([float(stop)], device=self.device), "max").item() > 0)
+
+    def save(self, folder: str, epoch: int, metrics: dict, stop: bool) -> None:
+        """A self-describing checkpoint of this epoch (weights, description, train state)."""
+        meta = CheckpointMeta(
+            model=self.mcfg,
+            classes=self.classes,
+            mean=self.setup["mean"],
+            std=self.setup["std"],
+            band_roles=self.setup.get("band_roles"),
+            band_numbers=self.setup.get("band_numbers"),
+            epoch=epoch,
+            metrics=metrics,
+            extra={"stopped_early": bool(stop), "resumed_at": self.progress.resumed_at, "world_size": self.world},
+        )
+        state = {
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "epoch": epoch,
+            "best_miou": self.progress.best,
+            "history": json.dumps(self.progress.history),
+            "elapsed": metrics["elapsed_s"],
+        }
+        checkpoint.save(folder, self.model, meta, state)
+
+
+def epoch_metrics(epoch: int, totals: list, result: dict, seconds: float, elapsed: float, names) -> dict:
+    """What each epoch reports: loss, validation mIoU / accuracy / Dice, per-class IoU, chips/s."""
+    chips, loss_sum, n_batches = totals
+    metrics = {
+        "epoch": epoch,
+        "train_loss": float(loss_sum / max(n_batches, 1)),
+        "val_miou": float(np.nan_to_num(result["miou"])),
+        "val_pixel_accuracy": float(np.nan_to_num(result["pixel_accuracy"])),
+        "val_mean_dice": float(np.nan_to_num(result["mean_dice"])),
+        "chips_per_s": float(chips / max(seconds, 1e-9)),
+        "elapsed_s": elapsed,
+    }
+    for i, name in enumerate(names):
+        metrics[f"val_iou_{name}"] = float(np.nan_to_num(result["iou"][i]))
+    return metrics

@@ -1,0 +1,189 @@
+"""The Ray layer of ``geoseg train``: Ray Train's TorchTrainer (DDP) around :class:`Fitter`.
+
+    plan_run (driver, no Ray)          bands, scene pairs, spatial split, normalisation
+      -> ray.data datasets             training chips drawn afresh each epoch, validation chips
+      -> TorchTrainer(train_loop)      one Fitter per worker; DDP via ray.train.torch
+      -> ray.train.report              metrics and (rank 0) a checkpoint every epoch
+      -> best checkpoint, run.json     copied / written by the driver
+
+Ray Train keeps the ``num_to_keep`` best checkpoints by validation mIoU,
+restarts lost workers from the last checkpoint (``FailureConfig``), and a rerun
+with the same ``--out`` resumes instead of starting over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+
+from geoseg import checkpoint, storage
+from geoseg.bands import select_bands
+from geoseg.metrics import format_table
+from geoseg.models.zoo import ModelConfig, build_model
+from geoseg.raster import read_info
+from geoseg.runtime import cluster_cpus, init_ray
+from geoseg.train.config import TrainConfig
+from geoseg.train.data import TrainingPlan, open_pairs, plan_training, read_val_chips, sample_train_chips
+from geoseg.train.fit import Fitter
+
+
+def train_loop(config: dict) -> None:
+    """One Ray Train worker: restore, then train / validate / report each epoch."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    cfg = TrainConfig(**config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type != "cuda" and config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    torch.manual_seed(cfg.seed + 1000 * rank)
+    model = build_model(ModelConfig(**config["model"]), cfg.encoder_weights, cfg.freeze_encoder)
+    state, meta_epoch = None, 0
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as d:
+            loaded, meta, state = checkpoint.load(d, with_state=True)
+        model.load_state_dict(loaded.state_dict())
+        meta_epoch = meta.epoch
+    fitter = Fitter(ray.train.torch.prepare_model(model), cfg, config, device, world, state, meta_epoch)
+    if state and rank == 0:
+        print(f"resuming from the checkpoint of epoch {fitter.progress.start_epoch - 1}", flush=True)
+
+    def shard(name: str):
+        return ray.train.get_dataset_shard(name).iter_torch_batches(
+            batch_size=fitter.local_batch, dtypes={"image": torch.float32, "label": torch.int64}, device=device)
+
+    for epoch in range(fitter.progress.start_epoch, cfg.epochs):
+        t_epoch = time.time()
+        stats = fitter.train_epoch(shard("train"))
+        seconds = time.time() - t_epoch
+        cm = fitter.validate(shard("val"))
+        metrics, stop = fitter.end_epoch(epoch, stats, cm, seconds, t_epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, {metrics['chips_per_s']:.1f} chips/s")
+                print(format_table(fitter.scores, fitter.classes.names), flush=True)
+                fitter.save(tmp, epoch, metrics, stop)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if stop:
+            break
+
+
+# --- the driver ------------------------------------------------------------------
+
+
+def plan_run(cfg: TrainConfig) -> tuple[TrainingPlan, ModelConfig, list[int], list[str] | None]:
+    """``(training plan, model config, band numbers, band roles)``: metadata and decimated reads only."""
+    first = read_info(cfg.images[0])
+    bands, roles = select_bands(cfg.images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
+    pairs = open_pairs(cfg.images, cfg.labels, bands)
+    plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
+                         seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles)
+    return plan, ModelConfig(cfg.arch, cfg.encoder, len(bands), len(plan.classes)), bands, roles
+
+
+def chip_datasets(cfg: TrainConfig, plan: TrainingPlan) -> dict:
+    """Ray Data datasets of training chips (fresh random chips each epoch) and validation chips."""
+    import ray
+
+    # Chip numbers live in the object store (no read task to schedule); each epoch
+    # re-executes the map, so every epoch draws fresh random chips.
+    # (No 1-CPU read task either: with fractional train workers it might fit on no node.)
+    train_ds = ray.data.from_items(
+        [{"id": i} for i in range(cfg.chips_per_epoch)], override_num_blocks=max(2, cfg.chips_per_epoch // 64)
+    )
+    train_ds = train_ds.map_batches(sample_train_chips, fn_kwargs={"plan": plan}, batch_size=32, num_cpus=0.25)
+    val_rows = [{"pair": int(p), "row": int(r), "col": int(c)} for p, r, c in plan.val_chips]
+    val_ds = ray.data.from_items(val_rows, override_num_blocks=max(1, min(len(val_rows) // 32, 16)))
+    val_ds = val_ds.map_batches(read_val_chips, fn_kwargs={"plan": plan}, batch_size=32, num_cpus=0.25)
+    return {"train": train_ds, "val": val_ds}
+
+
+def make_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, cpus: int):
+    """The TorchTrainer: workers, resources, checkpoint storage and failure policy."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    # Train workers must leave CPUs to Ray Data, or chip reading starves.
+    cpus_per_worker = cfg.cpus_per_worker or max(0.25, min(1.0, (cpus - 1) / cfg.workers))
+    path, fs = storage.arrow_filesystem(cfg.out.rstrip("/"))
+    storage_path, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    if fs is None and not storage.is_remote(path):
+        storage.makedirs(storage_path)
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.gpus,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if cfg.gpus else {})},
+            placement_strategy=cfg.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.num_to_keep,
+                checkpoint_score_attribute="val_miou",
+                checkpoint_score_order="max",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets=datasets,
+    )
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run (or resume) a training run; returns the run summary (also in ``RUN_DIR/run.json``)."""
+    t0 = time.perf_counter()
+    plan, mcfg, bands, roles = plan_run(cfg)  # bad input fails here, before Ray starts
+    init_ray(cfg.address)
+    log(
+        f"training {cfg.arch}/{cfg.encoder} on {len(plan.pairs)} scene(s): {len(plan.train_blocks)} train blocks, "
+        f"{len(plan.val_chips)} validation chips, classes {list(plan.classes.names)}"
+    )
+    cpus = cluster_cpus()
+    loop_config = {
+        "cfg": dataclasses.asdict(cfg),
+        "model": mcfg.to_dict(),
+        "classes": plan.classes.to_dict(),
+        "mean": plan.mean,
+        "std": plan.std,
+        "band_roles": roles,
+        "band_numbers": bands,
+        "threads": None if cfg.gpus else max(1, cpus // cfg.workers),
+    }
+    result = make_trainer(cfg, loop_config, chip_datasets(cfg, plan), cpus).fit()
+    if result.error:
+        raise result.error
+    best_ckpt, best_metrics = None, None
+    for ck, m in result.best_checkpoints or []:
+        if best_metrics is None or m.get("val_miou", -1) > best_metrics.get("val_miou", -1):
+            best_ckpt, best_metrics = ck, m
+    best_ckpt = best_ckpt or result.checkpoint
+    best_url = storage.join(cfg.out, "best")
+    with best_ckpt.as_directory() as d:
+        checkpoint.copy_folder(d, best_url)
+    summary = {
+        "out": cfg.out,
+        "best_checkpoint": best_url,
+        "best": best_metrics or result.metrics,
+        "last": result.metrics,
+        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "model": mcfg.to_dict(),
+        "classes": plan.classes.to_dict(),
+        "normalization": {"mean": plan.mean, "std": plan.std},
+        "split": plan.info,
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "address"},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(summary, indent=2, default=str))
+    return summary
