@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from geoseg.errors import InputError
 
-ROLES = ("blue", "green", "red", "nir")
 _ALIASES = {
     "blue": ("blue", "b", "b2", "b02", "sr_b2", "coastal_blue"),
     "green": ("green", "g", "b3", "b03", "sr_b3"),
     "red": ("red", "r", "b4", "b04", "sr_b4"),
     "nir": ("nir", "nir08", "near-infrared", "near_infrared", "b8", "b08", "sr_b5", "n"),
 }
+ROLES = tuple(_ALIASES)  # the band roles geoseg recognises
 
 Selection = dict[str, int] | list[int]  # a role map or band numbers
 
@@ -108,7 +108,9 @@ def select_bands(
     count = len(descriptions)
     if isinstance(override, list):
         if roles and len(override) != len(roles):
-            raise InputError(f"--bands: {len(override)} bands given, but the model reads {len(roles)} ({', '.join(roles)})")
+            raise InputError(
+                f"--bands: {len(override)} bands given, but the model reads {len(roles)} ({', '.join(roles)})"
+            )
         chosen, named = list(override), list(roles) if roles else None
     elif isinstance(override, dict) and not roles:
         chosen, named = list(override.values()), list(override)

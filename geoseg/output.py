@@ -109,7 +109,8 @@ def create_zarr(
             dtype="uint8",
             fill_value=0,
             dimension_names=("class", "y", "x"),
-            attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "scale_factor": 1 / 255, "long_name": "class probability"},
+            attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "scale_factor": 1 / 255,
+                        "long_name": "class probability"},
         )
         cls = root.create_array("class", shape=(len(classes),), dtype="int32", dimension_names=("class",))
         cls[:] = np.arange(len(classes), dtype=np.int32)

@@ -131,7 +131,7 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path):
     assert meta.model == cfg
 
 
-def test_config_validation(tmp_path, sample_dir):
+def test_config_validation(tmp_path):
     yml = tmp_path / "train.yaml"
     yml.write_text("images: [a.tif]\nlabels: [b.tif]\nout: run\nepochz: 3\n")
     with pytest.raises(InputError, match="unknown option 'epochz'"):
