@@ -38,6 +38,19 @@ def _positive(name: str):
     return _int(name, 1)
 
 
+def _workers(text: str) -> int | tuple[int, int]:
+    """``--workers N`` or ``--workers MIN,MAX`` (an autoscaling actor pool)."""
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"--workers must be N or MIN,MAX, got {text!r}")
+    values = [_positive("--workers")(p.strip()) for p in parts]
+    if len(values) == 1:
+        return values[0]
+    if values[0] > values[1]:
+        raise argparse.ArgumentTypeError(f"--workers MIN,MAX needs MIN <= MAX, got {text!r}")
+    return (values[0], values[1])
+
+
 def _nonneg(name: str):
     return _int(name, 0)
 
@@ -85,8 +98,9 @@ def add_predict(sub) -> None:
                          "hann: raised-cosine blend of overlapping tiles (two passes, scratch storage)")
     pr.add_argument("--batch-size", type=_positive("--batch-size"), default=8)
     pr.add_argument("--bands", help=BANDS_HELP)
-    pr.add_argument("--workers", type=_positive("--workers"),
-                    help="model actors (default: one per GPU; on CPU one single-threaded actor per core, at most 32)")
+    pr.add_argument("--workers", type=_workers,
+                    help="model actors, N or MIN,MAX for a pool that grows and shrinks with the work "
+                         "(default: one per GPU; on CPU one single-threaded actor per core, at most 32)")
     pr.add_argument("--gpus-per-worker", type=float, default=0.0)
     pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     pr.add_argument("--tta", action="store_true", help="average predictions over flips")

@@ -246,12 +246,12 @@ def staging_path(url: str, suffix: str = "") -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def gdal_env():
-    """A ``rasterio.Env`` with geoseg's GDAL settings and the AWS credential chain."""
+def gdal_env(**extra: Any):
+    """A ``rasterio.Env`` with geoseg's GDAL settings (plus ``extra``) and the AWS credential chain."""
     import rasterio
     from rasterio.session import AWSSession
 
-    opts = gdal_options()
+    opts = {**gdal_options(), **extra}
     try:
         import boto3  # noqa: F401
 

@@ -24,6 +24,9 @@ def run(*args, cwd=None):
         (["predict", "{tmp}/notraster.tif", "--out", "{tmp}/o", "--model", "index"], 1, "notraster.tif: cannot open as a raster"),
         (["sample", "{tmp}/s", "--size", "10"], 1, "--size must be at least 64"),
         (["sample", "{tmp}/s", "--seed", "-1"], 2, "--seed must be >= 0"),
+        (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--workers", "3,1"], 2, "MIN <= MAX"),
+        (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--bands", "1,2,3"], 1,
+         "3 bands given, but the model reads 4"),
         (["evaluate", "{scene}", "{tmp}/small.tif"], 1, "different grids"),
     ],
 )

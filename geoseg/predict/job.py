@@ -31,13 +31,26 @@ MAX_CPU_ACTORS = 32  # bounds memory: each actor holds a model
 
 @dataclass(frozen=True)
 class ActorLayout:
-    """How many model actors, and what each asks Ray for."""
+    """The model actor pool: its size (min, max) and what each actor asks Ray for.
 
-    workers: int
+    Model actors only run the model: on a GPU cluster each asks for a GPU, so they
+    land on GPU nodes, while read, write and blend tasks ask for CPUs only and
+    run wherever CPUs are free, CPU-only nodes included.
+    """
+
+    min_workers: int
+    max_workers: int
     num_cpus: float
     num_gpus: float
     threads: int | None = None  # torch / OpenMP threads of each actor on CPU
     ray_options: dict = field(default_factory=dict)
+
+    def strategy(self):
+        import ray
+
+        # Two batches in flight per actor: the next one is on its way while one computes.
+        return ray.data.ActorPoolStrategy(min_size=self.min_workers, max_size=self.max_workers,
+                                          max_tasks_in_flight_per_actor=2)
 
 
 def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float) -> ActorLayout:
@@ -45,20 +58,60 @@ def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float) -> 
     use_gpu = opts.gpus_per_worker > 0 or (deep and gpus > 0)
     if use_gpu:
         gpw = opts.gpus_per_worker or 1.0
-        return ActorLayout(opts.workers or max(1, int(gpus // gpw)), 1.0, gpw)
+        lo, hi = opts.worker_range or (max(1, int(gpus // gpw)),) * 2
+        return ActorLayout(lo, hi, 1.0, gpw)
     if not deep:
-        return ActorLayout(opts.workers or 1, 1.0, 0.0)
+        lo, hi = opts.worker_range or (1, 1)
+        return ActorLayout(lo, hi, 1.0, 0.0)
     # On CPU, one single-threaded model actor per core: no intra-op barriers for a
     # reader to stall (end to end 0.75-0.87 of the bare model against 0.67 for one
     # actor with all the threads, 4096^2 U-Net on 2 cores).
-    workers = opts.workers or max(1, min(int(cpus), MAX_CPU_ACTORS))
-    threads = max(1, int(cpus // workers))
+    lo, hi = opts.worker_range or (max(1, min(int(cpus), MAX_CPU_ACTORS)),) * 2
+    threads = max(1, int(cpus // hi))
     # Ray sets OMP_NUM_THREADS to the actor's 1 CPU; OpenMP must agree with torch's
     # threads. (1 is Ray's own setting: no runtime env, so warm idle workers can host the actors.)
     env = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}} if threads > 1 else {}
     # Logical CPUs only: leave one CPU to the readers and writers, or they never get
     # scheduled (torch's threads are set above).
-    return ActorLayout(workers, min(1.0, max(0.1, (cpus - 1) / workers)), 0.0, threads, env)
+    return ActorLayout(lo, hi, min(1.0, max(0.1, (cpus - 1) / hi)), 0.0, threads, env)
+
+
+# --- where each stage ran -------------------------------------------------------
+#
+# Thin Ray-layer wrappers add the id of the node that ran a stage to its batch, and
+# carry the upstream stages' ids along, so the driver learns the job's placement
+# (model actors on GPU nodes, readers and writers wherever CPUs are) and records it.
+
+PLACEMENT = ("read", "infer", "write")
+
+
+def _node_column(n: int) -> np.ndarray:
+    import ray
+
+    return np.full(n, ray.get_runtime_context().get_node_id())
+
+
+def _read_on_node(batch: dict, **kwargs):
+    for out in stages.read_tiles(batch, **kwargs):
+        out["read_node"] = _node_column(len(out["tile"]))
+        yield out
+
+
+class _InferOnNode(stages.Infer):
+    def __call__(self, batch: dict) -> dict:
+        out = super().__call__(batch)
+        out["read_node"] = batch["read_node"]
+        out["infer_node"] = _node_column(len(out["tile"]))
+        return out
+
+
+def _write_on_node(batch: dict, stage, **kwargs) -> dict:
+    out = stage(batch, **kwargs)
+    for name in ("read_node", "infer_node"):
+        if name in batch:
+            out[name] = batch[name]
+    out["write_node"] = _node_column(len(out["scene"]))
+    return out
 
 
 def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges: list[dict]) -> list:
@@ -72,26 +125,27 @@ def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges
     plans = job.scenes
     ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
     # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
-    ds = ds.map_batches(stages.read_tiles, fn_kwargs={"plans": plans, "dtype": job.dtype,
-                                                       "batch_size": opts.batch_size},
+    ds = ds.map_batches(_read_on_node, fn_kwargs={"plans": plans, "dtype": job.dtype, "batch_size": opts.batch_size},
                         batch_size=1, num_cpus=0.25)
     ds = ds.map_batches(
-        stages.Infer,
+        _InferOnNode,
         fn_constructor_kwargs={"spec": spec, "core": opts.tile_size, "probabilities": opts.probabilities,
                                "softmax": hann},
         batch_size=opts.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=layout.workers),
+        compute=layout.strategy(),
         num_cpus=layout.num_cpus,
         num_gpus=layout.num_gpus,
         **layout.ray_options,
     )
     writer = stages.write_softmax if hann else stages.write_tiles
-    passes = [ds.map_batches(writer, fn_kwargs={"plans": plans}, batch_size=None, num_cpus=0.25)]
+    passes = [ds.map_batches(_write_on_node, fn_kwargs={"stage": writer, "plans": plans}, batch_size=None,
+                             num_cpus=0.25)]
     if hann:  # second pass, after every softmax is stored: blend each chunk from its neighbours
         blend = ray.data.from_items(ranges, override_num_blocks=len(ranges))
-        passes.append(blend.map_batches(stages.blend_tiles, fn_kwargs={"plans": plans,
-                                                                       "probabilities": opts.probabilities},
-                                        batch_size=1, num_cpus=0.25))
+        passes.append(blend.map_batches(
+            _write_on_node, fn_kwargs={"stage": stages.blend_tiles, "plans": plans,
+                                       "probabilities": opts.probabilities},
+            batch_size=1, num_cpus=0.25))
     return passes
 
 
@@ -116,13 +170,17 @@ class _Metrics:
                           tag_keys=tags)
 
 
-def run_passes(passes: list, n_scenes: int, metrics: _Metrics) -> np.ndarray:
-    """Drive the datasets to the end; returns model seconds per scene."""
+def run_passes(passes: list, n_scenes: int, metrics: _Metrics) -> tuple[np.ndarray, dict]:
+    """Drive the datasets to the end; returns model seconds per scene and the nodes
+    that ran each stage (``{"read": [...], "infer": [...], "write": [...]}``)."""
     model_s = np.zeros(n_scenes)
+    nodes: dict[str, set] = {stage: set() for stage in PLACEMENT}
     t0, done_px = time.perf_counter(), 0
     for ds in passes:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             np.add.at(model_s, batch["scene"], batch["model_s"])
+            for stage in PLACEMENT:
+                nodes[stage].update(str(n) for n in np.unique(batch.get(f"{stage}_node", [])))
             written = batch["pixels"] > 0
             if written.any():
                 px = int(batch["pixels"].sum())
@@ -130,7 +188,7 @@ def run_passes(passes: list, n_scenes: int, metrics: _Metrics) -> np.ndarray:
                 metrics.tiles.inc(int(written.sum()), tags=metrics.tags)
                 metrics.pixels.inc(px, tags=metrics.tags)
             metrics.rate.set(done_px / 1e6 / max(time.perf_counter() - t0, 1e-9), tags=metrics.tags)
-    return model_s
+    return model_s, {stage: sorted(ids) for stage, ids in nodes.items()}
 
 
 def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> list[dict]:
@@ -150,7 +208,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     metrics = _Metrics(job.scenes[0].out.job)
 
     t1 = time.perf_counter()
-    model_s = np.zeros(len(job.scenes))
+    model_s, placement = np.zeros(len(job.scenes)), {}
     if job.todo:
         cpus = cluster_cpus()
         layout = actor_layout(opts, job.spec.name == "checkpoint", cpus, cluster_gpus())
@@ -163,7 +221,9 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         ctx.target_max_block_size = max(1 << 22, opts.batch_size * nb * size * size * np.dtype(job.dtype).itemsize)
         try:
             passes = build_passes(job, opts, layout, tile_ranges(job.total_tiles, opts.batch_size, cpus))
-            model_s = run_passes(passes, len(job.scenes), metrics)
+            model_s, nodes = run_passes(passes, len(job.scenes), metrics)
+            placement = {"nodes": nodes, "actors": [layout.min_workers, layout.max_workers],
+                         "gpus_per_actor": layout.num_gpus}
         finally:
             ctx.target_max_block_size = saved_block_size
     t_pipeline = time.perf_counter() - t1
@@ -175,6 +235,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     records = []
     for plan, res in zip(job.todo, results):
         rec = _record(plan, job, opts, res, {**timings, "model": model_s[plan.index]}, t0, started)
+        rec["placement"] = placement  # which nodes ran each stage (node ids)
         output.write_record(plan.out, rec)
         metrics.scenes.inc(1, tags=metrics.tags)
         records.append(rec)

@@ -32,7 +32,7 @@ class PredictOptions:
     halo: int = 32
     batch_size: int = 8
     bands: Selection | None = None  # --bands: band numbers or a role map
-    workers: int | None = None  # model actors
+    workers: int | tuple[int, int] | None = None  # model actors: a number, or (min, max) for an autoscaling pool
     gpus_per_worker: float = 0.0
     probabilities: bool = False
     tta: bool = False
@@ -52,12 +52,20 @@ class PredictOptions:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.halo >= self.tile_size * 4:
             raise InputError(f"--halo {self.halo} is too large for --tile-size {self.tile_size}")
-        if self.workers is not None and self.workers < 1:
-            raise InputError(f"--workers must be >= 1, got {self.workers}")
+        lo, hi = self.worker_range or (1, 1)
+        if not 1 <= lo <= hi:
+            raise InputError(f"--workers must be N or MIN,MAX with 1 <= MIN <= MAX, got {self.workers}")
         if self.stitch not in ("crop", "hann"):
             raise InputError(f"--stitch must be crop or hann, got {self.stitch!r}")
         if self.gpus_per_worker < 0:
             raise InputError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+
+    @property
+    def worker_range(self) -> tuple[int, int] | None:
+        """``(min, max)`` model actors asked for, or None for the default."""
+        if self.workers is None:
+            return None
+        return (self.workers, self.workers) if isinstance(self.workers, int) else tuple(self.workers)
 
     def fingerprint(self, bands: list[int]) -> dict:
         """What determines a scene's output values: a rerun with another one is refused."""

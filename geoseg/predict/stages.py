@@ -116,28 +116,30 @@ def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str) -> dict:
     ``image``: ``(N, bands, T, T)`` model inputs; ``valid``: ``(N, core, core)``
     input validity of each core; ``crop``: ``(N, 4)`` the core's place in its
     input. Tiles already finished (or whose softmax is stored) are dropped; tiles
-    without a single valid pixel are dropped and logged as ``nodata``.
+    without a single valid pixel are dropped and logged as ``nodata``. Each
+    scene's tiles are read together (:meth:`geoseg.raster.TileReader.read_tiles`).
     """
-    scenes, tiles, images, valids, crops = [], [], [], [], []
-    empty: dict[int, list[int]] = {}
-    core = plans[0].grid.core
+    wanted: dict[int, list[tuple[int, object]]] = {}
     for s, plan, t in _locate(ids, plans):
-        if _is_set(plan.done, t) or _is_set(plan.softmax, t):
-            continue
-        tile = plan.grid[plan.grid.index(t)]
-        image, valid = tile_reader(plan.url, plan.bands).read(tile)
-        if not valid.any():
-            empty.setdefault(s, []).append(t)
-            continue
-        full = np.zeros((core, core), dtype=bool)
-        full[: valid.shape[0], : valid.shape[1]] = valid
-        scenes.append(s)
-        tiles.append(t)
-        images.append(image)
-        valids.append(full)
-        crops.append((tile.crop.row_off, tile.crop.col_off, tile.crop.height, tile.crop.width))
-    for s, ts in empty.items():
-        output.log_done(plans[s].out, np.asarray(ts), kind="nodata")
+        if not (_is_set(plan.done, t) or _is_set(plan.softmax, t)):
+            wanted.setdefault(s, []).append((t, plan.grid[plan.grid.index(t)]))
+    scenes, tiles, images, valids, crops = [], [], [], [], []
+    core = plans[0].grid.core
+    for s, todo in wanted.items():
+        plan, empty = plans[s], []
+        reads = tile_reader(plan.url, plan.bands).read_tiles([tile for _, tile in todo])
+        for (t, tile), (image, valid) in zip(todo, reads):
+            if not valid.any():
+                empty.append(t)
+                continue
+            full = np.zeros((core, core), dtype=bool)
+            full[: valid.shape[0], : valid.shape[1]] = valid
+            scenes.append(s)
+            tiles.append(t)
+            images.append(image)
+            valids.append(full)
+            crops.append((tile.crop.row_off, tile.crop.col_off, tile.crop.height, tile.crop.width))
+        output.log_done(plan.out, np.asarray(empty, dtype=np.int64), kind="nodata")
     size, nb = plans[0].grid.input_size, len(plans[0].bands)
     return {
         "scene": np.asarray(scenes, dtype=np.int32),

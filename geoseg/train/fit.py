@@ -136,11 +136,15 @@ class Fitter:
         self.std = torch.tensor(setup["std"], device=device).view(1, -1, 1, 1).clamp_min(1e-6)
         cuda = getattr(device, "type", str(device)) == "cuda"
         self.amp = dict(device_type="cuda", dtype=torch.bfloat16) if cuda else dict(device_type="cpu", enabled=False)
+        self.channels_last = cuda  # inputs in the model's layout (the caller converts a GPU model)
         self.t_start = time.time() - self.progress.elapsed_before
         self.scores: dict = {}  # the last epoch's validation scores, all workers combined
 
     def normalize(self, x):
-        return (x - self.mean) / self.std
+        import torch
+
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_epoch(self, batches) -> tuple[int, float, int]:
         return train_epoch(self.model, batches, opt=self.opt, loss_fn=self.loss_fn, augment=self.augment,

@@ -1,0 +1,49 @@
+"""A heterogeneous cluster: model actors on the GPU nodes, readers and writers on the others."""
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from geoseg import checkpoint
+from geoseg.checkpoint import CheckpointMeta
+from geoseg.classes import LANDCOVER
+from geoseg.models.zoo import ModelConfig, build_model
+from geoseg.predict import PredictOptions, predict
+
+
+@pytest.fixture()
+def gpu_cluster():
+    """Head (1 CPU), a 'GPU node' (1 CPU, 1 logical GPU: the model then runs on its CPU)
+    and a CPU-only node (2 CPUs), made with ray.cluster_utils.Cluster."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
+    cpu_node = cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address, logging_level="ERROR")
+    cluster.wait_for_nodes()
+    yield cluster, gpu_node, cpu_node
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_model_actors_on_gpu_nodes_readers_and_writers_elsewhere(gpu_cluster, sample_dir, tmp_path):
+    cluster, gpu_node, cpu_node = gpu_cluster
+    cfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "ckpt")
+    checkpoint.save(ckpt, build_model(cfg), CheckpointMeta(cfg, LANDCOVER, [1000.0] * 4, [500.0] * 4))
+    (rec,) = predict([str(sample_dir / "scene.tif")], str(tmp_path / "out"),
+                     PredictOptions(checkpoint=ckpt, tile_size=128, halo=16))
+    placement = rec["placement"]
+    assert placement["gpus_per_actor"] == 1.0 and placement["actors"] == [1, 1]  # one actor per GPU
+    nodes = placement["nodes"]
+    assert nodes["infer"] == [gpu_node.node_id]  # the model only where the GPU is
+    assert nodes["read"] and gpu_node.node_id not in nodes["read"]
+    assert nodes["write"] and gpu_node.node_id not in nodes["write"]
+    assert rec["tiles"]["predicted"] + rec["tiles"]["nodata_skipped"] == 25
+    with rasterio.open(tmp_path / "out" / "scene.tif") as cog:
+        assert set(np.unique(cog.read(1))) <= {0, 1, 2, 3, 255}
