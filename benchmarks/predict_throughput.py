@@ -3,8 +3,9 @@
 Prints, for a deep model on CPU:
   * MPix/s of the bare predictor on the scene's tiles held in memory (same threads),
   * MPix/s of ``geoseg.predict.predict`` end to end on a warm local Ray,
-  * MPix/s of a plain single-process rasterio -> torch -> GeoTIFF loop (same model and tiles),
-  * the ratios of end to end to both;
+  * the ratio of the two;
+  * as whole processes: ``geoseg predict`` on the command line against a plain
+    single-process rasterio -> torch -> GeoTIFF loop (``plain_loop.py``, same model and tiles);
 and, with the index model, the peak RSS of every process of ``geoseg predict``
 (driver, raylet, Ray workers) for growing scenes, to show that memory is flat.
 
@@ -132,7 +133,13 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
     px = info.height * info.width
     del tiles
 
-    plain_s = plain_loop(urls["scene"], ckpt, tile, halo, os.path.join(work, "plain.tif"))
+    # whole processes, as a user runs them: the plain loop, then `geoseg predict` (its own local Ray)
+    here = os.path.dirname(os.path.abspath(__file__))
+    plain_s = timed_process([sys.executable, os.path.join(here, "plain_loop.py"), urls["scene"], ckpt,
+                             os.path.join(work, "plain.tif"), "--tile", str(tile), "--halo", str(halo)])
+    cli_s = timed_process([sys.executable, "-m", "geoseg", "predict", urls["scene"], "--out", os.path.join(work, "cli"),
+                           "--checkpoint", ckpt, "--tile-size", str(tile), "--halo", str(halo),
+                           "--batch-size", str(batch)])
 
     ray.init(num_cpus=threads, include_dashboard=False, logging_level="ERROR")
     opts = PredictOptions(checkpoint=ckpt, tile_size=tile, halo=halo, batch_size=batch, overwrite=True)
@@ -147,42 +154,17 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
     print(f"  bare predictor (tiles in memory): {px / bare_s / 1e6:8.3f} MPix/s  ({bare_s:.1f}s)")
     print(f"  geoseg predict end to end:        {px / e2e_s / 1e6:8.3f} MPix/s  ({e2e_s:.1f}s, "
           f"pipeline {rec['timings_s']['pipeline']:.1f}s, COG {rec['timings_s']['finish']:.1f}s)")
-    print(f"  plain rasterio->torch loop:       {px / plain_s / 1e6:8.3f} MPix/s  ({plain_s:.1f}s, model load included)")
     print(f"  ratio end-to-end / bare:          {bare_s / e2e_s:8.3f}")
-    print(f"  ratio end-to-end / plain loop:    {plain_s / e2e_s:8.3f}")
+    print("whole processes (start-up, imports, Ray start included):")
+    print(f"  plain rasterio->torch loop:       {px / plain_s / 1e6:8.3f} MPix/s  ({plain_s:.1f}s)")
+    print(f"  geoseg predict (command line):    {px / cli_s / 1e6:8.3f} MPix/s  ({cli_s:.1f}s)")
+    print(f"  ratio geoseg predict / plain loop:{plain_s / cli_s:8.3f}")
 
 
-def plain_loop(scene: str, ckpt: str, tile: int, halo: int, out: str) -> float:
-    """What a user would write: one process, rasterio windows -> torch -> GeoTIFF.
-
-    Same model, tiles and halo as geoseg (edge windows slide inside the raster),
-    one tile per forward call, torch's default threads; seconds, model load included.
-    """
-    import rasterio
-    import torch
-
-    from geoseg import checkpoint
-    from geoseg.tiling import TileGrid
-
+def timed_process(cmd: list[str]) -> float:
+    """Wall seconds of a whole process (start-up and imports included)."""
     t0 = time.perf_counter()
-    model, meta = checkpoint.load(ckpt)
-    model.eval()
-    mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
-    std = torch.tensor(meta.std).view(1, -1, 1, 1)
-    with rasterio.open(scene) as src:
-        profile = dict(driver="GTiff", height=src.height, width=src.width, count=1, dtype="uint8", crs=src.crs,
-                       transform=src.transform, tiled=True, blockxsize=512, blockysize=512, compress="DEFLATE")
-        grid = TileGrid(src.height, src.width, tile, halo)
-        with rasterio.open(out, "w", **profile) as dst, torch.inference_mode():
-            for t in grid:
-                r = t.read
-                x = torch.from_numpy(src.read(window=((r.row_off, r.row_off + r.height),
-                                                      (r.col_off, r.col_off + r.width))).astype(np.float32))
-                classes = model((x[None] - mean) / std).argmax(1)[0].numpy().astype(np.uint8)
-                c = t.crop
-                dst.write(classes[c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width][None],
-                          window=((t.core.row_off, t.core.row_off + t.core.height),
-                                  (t.core.col_off, t.core.col_off + t.core.width)))
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 

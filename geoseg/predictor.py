@@ -9,6 +9,7 @@ each model actor; ``benchmarks/`` time them bare.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -122,7 +123,7 @@ class TorchPredictor:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model, dynamic=False) if compile else model
         self.num_classes = None
-        self._pinned_buffers: dict[str, object] = {}  # reusable pinned host buffers (CUDA)
+        self._pinned_buffers: dict = {}  # reusable pinned host buffers (CUDA), one per calling thread
         self._copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
 
     @classmethod
@@ -207,7 +208,7 @@ class TorchPredictor:
             for i in range(0, len(x), step):
                 yield i, self._normalize(x[i : i + step])
             return
-        host, staged = self._pinned("in", tiles)
+        host, staged = self._pinned(threading.get_ident(), tiles)  # one buffer per calling thread
         stream = self._copy_stream
 
         def upload(i: int):
@@ -233,7 +234,7 @@ class TorchPredictor:
         x = (_as_float(x) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _pinned(self, key: str, like: np.ndarray):
+    def _pinned(self, key, like: np.ndarray):
         """``(torch view, numpy view)`` of a pinned host buffer shaped like ``like``, allocated
         once and reused across calls (grown when a larger batch comes)."""
         import torch

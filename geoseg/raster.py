@@ -113,8 +113,9 @@ class TileReader:
     once for each tile (and each tile row) whose window reaches into it: up to
     3x the work for 512-px cores with a 32-px halo on 512-px blocks. (GDAL's own
     block cache does not help: its multi-block reads bypass it.) The cache holds
-    the three rows of cells a tile row touches, at most ``GEOSEG_READ_CACHE_MB``
-    (256): memory grows with the raster's width, never with its height.
+    about two rows of cells (cells that only held a tile row's upper halo are
+    dropped once read), at most ``GEOSEG_READ_CACHE_MB`` (128): memory grows with
+    the raster's width up to that bound, never with its height.
 
     ``threads``: GDAL threads decoding the blocks of one read
     (``GEOSEG_READ_THREADS``, default 1: readers already run in parallel).
@@ -138,7 +139,7 @@ class TileReader:
         itemsize = np.dtype(self._src.dtypes[0]).itemsize if self._src.count else 1
         cell_bytes = self.cell[0] * self.cell[1] * (len(self.bands) * itemsize + 1)
         per_row = -(-self._src.width // self.cell[1])
-        budget = int(float(os.environ.get("GEOSEG_READ_CACHE_MB", "256")) * 2**20)
+        budget = int(float(os.environ.get("GEOSEG_READ_CACHE_MB", "128")) * 2**20)
         self._cells: OrderedDict = OrderedDict()  # (row, col) of a cell -> (data, valid)
         self._capacity = max(4, min(3 * per_row + 2, budget // cell_bytes))
 
@@ -170,6 +171,17 @@ class TileReader:
         r1, c1 = (window.row_off + window.height - 1) // ch, (window.col_off + window.width - 1) // cw
         for key in [k for k in self._cells if k[0] < r0]:  # rows above: never needed again in row order
             del self._cells[key]
+        try:
+            return self._assemble(window, r0, c0, r1, c1)
+        finally:
+            if r1 > r0 and window.row_off > r0 * ch:
+                # the window's top cells only held its upper halo: the next tile row starts below
+                # them, and only the last column can serve the next window's left halo
+                for c in range(c0, c1):
+                    self._cells.pop((r0, c), None)
+
+    def _assemble(self, window: Window, r0: int, c0: int, r1: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
+        ch, cw = self.cell
         if (r0, c0) == (r1, c1):  # inside one cell: a view, no copy
             data, valid = self._cell(r0, c0)
             rs, cs = window.row_off - r0 * ch, window.col_off - c0 * cw

@@ -29,7 +29,11 @@ GDAL_OPTIONS: dict[str, Any] = {
     "GDAL_HTTP_MULTIPLEX": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "VSI_CACHE": "TRUE",
-    "GDAL_CACHEMAX": 64,  # MB per process: memory stays flat as rasters grow
+    "VSI_CACHE_SIZE": str(8 << 20),  # bytes per file: a small cache of fetched ranges
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",  # a COG's header in one request
+    # MB per process. Reads do their own caching of decoded blocks (raster.TileReader),
+    # so GDAL's block cache only serves writes: small, and memory stays flat.
+    "GDAL_CACHEMAX": 16,
 }
 
 # Environment variables forwarded to Ray workers so they reach the same store.

@@ -47,3 +47,30 @@ def test_model_actors_on_gpu_nodes_readers_and_writers_elsewhere(gpu_cluster, sa
     assert rec["tiles"]["predicted"] + rec["tiles"]["nodata_skipped"] == 25
     with rasterio.open(tmp_path / "out" / "scene.tif") as cog:
         assert set(np.unique(cog.read(1))) <= {0, 1, 2, 3, 255}
+
+
+def test_actor_layout_and_worker_range():
+    from geoseg.predict.job import actor_layout
+
+    deep = PredictOptions(checkpoint="x")
+    gpu = actor_layout(deep, True, cpus=32, gpus=4)
+    assert (gpu.min_workers, gpu.max_workers, gpu.num_gpus, gpu.calls) == (4, 4, 1.0, 1)
+    pool = actor_layout(PredictOptions(checkpoint="x", workers=(1, 3)), True, cpus=32, gpus=4)
+    assert (pool.min_workers, pool.max_workers) == (1, 3)
+    # CPU: one actor per 8 cores, each running one single-threaded call per core, a CPU left to the readers
+    cpu = actor_layout(deep, True, cpus=2, gpus=0)
+    assert (cpu.min_workers, cpu.calls, cpu.threads, cpu.num_gpus, cpu.num_cpus) == (1, 2, 1, 0.0, 1.0)
+    big = actor_layout(deep, True, cpus=32, gpus=0)
+    assert (big.max_workers, big.calls) == (4, 8) and big.num_cpus == 31 / 4
+    with pytest.raises(Exception, match="MIN <= MAX"):
+        PredictOptions(model="index", workers=(3, 1))
+
+
+def test_gpu_training_defaults():
+    from geoseg.train import TrainConfig
+
+    base = dict(images=["a.tif"], labels=["b.tif"], out="run")
+    assert (TrainConfig(**base).chip_size, TrainConfig(**base).batch_size) == (128, 16)
+    gpu = TrainConfig(**base, gpus=True, workers=4)
+    assert (gpu.chip_size, gpu.batch_size) == (512, 64)
+    assert TrainConfig(**base, gpus=True, chip_size=256, batch_size=8).chip_size == 256
