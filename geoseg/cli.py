@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
-from geoseg import __version__, storage
+from geoseg import __version__, runtime, storage
 from geoseg.bands import parse_bands
+from geoseg.console import filtered_stderr
 from geoseg.demo import run_demo
 from geoseg.errors import GeosegError
 from geoseg.evaluate import evaluate
@@ -55,10 +58,28 @@ def _nonneg(name: str):
     return _int(name, 0)
 
 
+def _common() -> argparse.ArgumentParser:
+    """Flags every command takes."""
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument("--verbose", action="store_true", help="also show Ray's own logs, warnings and progress bars")
+    c.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    return c
+
+
+class _Sub:
+    """``add_parser`` with the common flags on every command."""
+
+    def __init__(self, sub):
+        self.sub, self.common = sub, _common()
+
+    def add_parser(self, name: str, **kwargs):
+        return self.sub.add_parser(name, parents=[self.common], **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geoseg", description="Segment satellite imagery at scale with Ray.")
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = _Sub(p.add_subparsers(dest="command", required=True))
     for add in (add_sample, add_predict, add_train, add_evaluate, add_demo, add_submit):
         add(sub)
     return p
@@ -108,6 +129,10 @@ def add_predict(sub) -> None:
     pr.add_argument("--compile", action="store_true", help="torch.compile the model")
     pr.add_argument("--asset", help="STAC asset key to read")
     pr.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
+    pr.add_argument("--skip-bad-tiles", action="store_true",
+                    help="tiles whose input cannot be read (corrupt blocks) are written as nodata and listed in the "
+                         "run record, instead of failing the job")
+    pr.add_argument("--allow-no-crs", action="store_true", help="accept input rasters without a CRS")
     pr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     pr.set_defaults(run=cmd_predict)
 
@@ -130,6 +155,8 @@ def predict_options(a):
         overwrite=a.overwrite,
         asset=a.asset,
         address=a.address,
+        skip_bad_tiles=a.skip_bad_tiles,
+        allow_no_crs=a.allow_no_crs,
     )
 
 
@@ -137,9 +164,10 @@ def cmd_predict(a) -> None:
     records = predict(a.inputs, a.out, predict_options(a))
     for rec in records:
         t = rec["tiles"]
+        bad = f", {t['bad']} UNREADABLE (left nodata, listed in the record)" if t.get("bad") else ""
         print(
             f"{rec['input']}: {t['predicted']} tiles predicted, {t['nodata_skipped']} nodata, "
-            f"{t['resumed']} resumed in {rec['timings_s']['total']:.1f}s\n"
+            f"{t['resumed']} resumed{bad} in {rec['timings_s']['total']:.1f}s\n"
             f"  zarr:   {rec['outputs']['zarr']}\n  cog:    {rec['outputs']['cog']}\n"
             f"  record: {rec['outputs']['record']}"
         )
@@ -247,27 +275,51 @@ def _user_error(exc: BaseException) -> GeosegError | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # a Ray task error: the worker's own exception
+        if isinstance(cause, BaseException):
+            exc = cause
+            continue
         if isinstance(exc, GeosegError):
             return exc
-        cause = getattr(exc, "cause", None)
-        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+        exc = exc.__cause__ or exc.__context__
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.verbose:
+        os.environ["GEOSEG_VERBOSE"] = "1"
     try:
-        code = a.run(a)
-    except KeyboardInterrupt:
-        print("geoseg: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        with contextlib.nullcontext() if a.verbose or a.debug else filtered_stderr():
+            try:
+                code = a.run(a)
+            finally:
+                _stop_quietly()
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, runtime.Terminated) else "interrupted"
+        print(f"geoseg: {what}; rerun the same command to resume", file=sys.stderr)
+        return 143 if what == "terminated" else 130
     except Exception as exc:  # noqa: BLE001
         err = _user_error(exc)
-        if err is None:
+        if err is None or a.debug:
             raise
-        print(f"geoseg: error: {err}", file=sys.stderr)
+        print(f"geoseg: error: {_one_line(err)}", file=sys.stderr)
         return 1
     return int(code or 0)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+
+
+def _stop_quietly() -> None:
+    """Stop what geoseg started; a second Ctrl-C or SIGTERM meanwhile does not add a traceback."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if "ray" in sys.modules:
+        runtime.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

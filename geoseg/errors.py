@@ -24,6 +24,10 @@ class StorageError(GeosegError, OSError):
     """A file or object that cannot be read or written (missing, denied...)."""
 
 
+class ReadError(StorageError):
+    """Pixels that cannot be read from a raster that opened (a corrupt or truncated file)."""
+
+
 class CheckpointError(GeosegError, ValueError):
     """A model checkpoint that is missing, unsafe or malformed."""
 

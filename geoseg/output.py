@@ -211,17 +211,11 @@ def log_done(out: SceneOutput, tiles: np.ndarray, kind: str = "done") -> None:
     storage.write_text(storage.join(out.progress, name), json.dumps(sorted(int(t) for t in tiles)))
 
 
-FINISHED = ("done", "nodata")  # a tile's output chunk is final
+FINISHED = ("done", "nodata", "bad")  # a tile's output chunk is final ("bad": unreadable input, left nodata)
 
 
-def read_done(out: SceneOutput, n_tiles: int, kinds: tuple[str, ...] = FINISHED) -> tuple[np.ndarray, dict[str, int]]:
-    """``(bitmap of tiles logged as one of kinds (packed bits), counts by kind)``.
-
-    ``"done"`` / ``"nodata"``: the tile's output chunk is final. ``"softmax"``: its
-    softmax is in the scratch array (``--stitch hann``).
-    """
-    done = np.zeros(n_tiles, dtype=bool)
-    counts: dict[str, int] = {}
+def _logged(out: SceneOutput, kinds: tuple[str, ...]):
+    """``(kind, tile numbers)`` of each progress record of one of ``kinds``."""
     for name in storage.listdir(out.progress):
         if not name.endswith(".json") or "-" not in name:
             continue
@@ -232,11 +226,28 @@ def read_done(out: SceneOutput, n_tiles: int, kinds: tuple[str, ...] = FINISHED)
             tiles = json.loads(storage.read_text(storage.join(out.progress, name)))
         except (json.JSONDecodeError, OSError):
             continue  # a record torn by a crash: its tiles are simply redone
+        yield kind, tiles
+
+
+def read_done(out: SceneOutput, n_tiles: int, kinds: tuple[str, ...] = FINISHED) -> tuple[np.ndarray, dict[str, int]]:
+    """``(bitmap of tiles logged as one of kinds (packed bits), counts by kind)``.
+
+    ``"done"`` / ``"nodata"`` / ``"bad"``: the tile's output chunk is final.
+    ``"softmax"``: its softmax is in the scratch array (``--stitch hann``).
+    """
+    done = np.zeros(n_tiles, dtype=bool)
+    counts: dict[str, int] = {}
+    for kind, tiles in _logged(out, kinds):
         tiles = np.asarray([t for t in tiles if 0 <= t < n_tiles], dtype=np.int64)
         new = tiles[~done[tiles]]
         done[new] = True
         counts[kind] = counts.get(kind, 0) + len(new)
     return np.packbits(done), counts
+
+
+def logged_tiles(out: SceneOutput, kind: str) -> list[int]:
+    """Sorted tile numbers logged as ``kind`` (the ``"bad"`` tiles of a scene, say)."""
+    return sorted({int(t) for _, tiles in _logged(out, (kind,)) for t in tiles})
 
 
 # --- chunk writes ---------------------------------------------------------

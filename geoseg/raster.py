@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from geoseg import storage
-from geoseg.errors import StorageError
+from geoseg.errors import ReadError, StorageError
 from geoseg.tiling import Tile, Window, pad_tile
 
 
@@ -209,8 +209,14 @@ class TileReader:
         ch, cw = self.cell
         win = Window(r * ch, c * cw, min(ch, self._src.height - r * ch), min(cw, self._src.width - c * cw))
         rio_win = win.to_rasterio()
-        data = self._src.read(self.bands, window=rio_win)
-        self._cells[key] = (data, self._valid(data, rio_win))
+        try:
+            data = self._src.read(self.bands, window=rio_win)
+            valid = self._valid(data, rio_win)
+        except Exception as exc:  # noqa: BLE001 - GDAL's errors: a corrupt or truncated file
+            raise ReadError(f"{self.url}: cannot read window rows {win.row_off}:{win.row_off + win.height}, "
+                            f"cols {win.col_off}:{win.col_off + win.width}: corrupt or truncated file "
+                            f"({_root_message(exc)})") from exc
+        self._cells[key] = (data, valid)
         while len(self._cells) > self._capacity:
             self._cells.popitem(last=False)
         return self._cells[key]
@@ -240,6 +246,13 @@ class TileReader:
     def close(self) -> None:
         self._src.close()
         self._env.__exit__(None, None, None)
+
+
+def _root_message(exc: BaseException) -> str:
+    """The first line of the innermost cause: GDAL's own words (\"TIFFFillTile: Read error...\")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _row_runs(tiles: list[Tile]) -> list[list[int]]:

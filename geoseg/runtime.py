@@ -1,15 +1,78 @@
-"""Connecting to Ray: an embedded local Ray, or a cluster by address."""
+"""Connecting to Ray: an embedded local Ray that geoseg owns, or a cluster by address.
+
+* No ``--address`` and no ``RAY_ADDRESS``: geoseg starts its own local Ray
+  (``address="local"``), whatever address file an earlier ``ray start`` left in
+  the temp folder (a plain ``ray.init()`` would join that cluster, or hang for
+  minutes when it is dead).
+* ``--address`` / ``RAY_ADDRESS``: geoseg joins that cluster, after checking
+  within seconds that something listens there (one clear line otherwise).
+
+A local Ray that geoseg started is stopped when the command ends, on SIGINT and
+SIGTERM, and, after a SIGKILL of the driver, by a small watchdog process
+(:mod:`geoseg.reaper`) that stops every process the driver had started.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 
 from geoseg import storage
+from geoseg.errors import InputError
+
+CONNECT_TIMEOUT_S = 5.0
+# Without --verbose: no progress bars from Ray Data in the workers (training chips).
+QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+_state: dict = {"owned": False, "reaper": None}
 
 
-def init_ray(address: str | None = None) -> None:
-    """Attach to ``address`` / ``RAY_ADDRESS``, or start a local Ray.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so everything unwinds the same way."""
+
+
+def requested_address(address: str | None) -> str | None:
+    """The cluster to join: ``address``, else ``RAY_ADDRESS``; None for a local Ray."""
+    address = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    return None if address in ("", "local") else address
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``host:port``, ``ray://host:port`` or ``auto`` (the address file)."""
+    if address == "auto":
+        from ray._private.utils import read_ray_address
+
+        found = read_ray_address()
+        if not found:
+            raise InputError("--address auto: no running Ray cluster is recorded on this machine")
+        address = found
+    rest = address.split("://", 1)[1] if "://" in address else address
+    rest = rest.split("/", 1)[0]
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--address {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in one line, within ``timeout`` seconds, when nothing listens at ``address``."""
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"Ray cluster at {address} is not reachable ({reason}); "
+                         "check --address / RAY_ADDRESS, or leave both unset for a local Ray") from None
+
+
+def init_ray(address: str | None = None, verbose: bool | None = None) -> None:
+    """Join ``address`` / ``RAY_ADDRESS``, or start a local Ray that geoseg owns.
 
     Storage settings (S3 endpoint, credentials from the environment) reach the
     workers through the job's ``runtime_env``.
@@ -18,14 +81,99 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    verbose = is_verbose() if verbose is None else verbose
+    target = requested_address(address)
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray job: its runtime_env is already set
-    env = {"env_vars": storage.worker_env()} if storage.worker_env() and not in_job else None
-    kwargs = dict(runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
-    if address:
-        ray.init(address=address, **kwargs)
+    worker_env = {**storage.worker_env(), **({} if verbose else QUIET_WORKER_ENV)}
+    env = {"env_vars": worker_env} if worker_env and not in_job else None
+    quiet_ray(verbose)
+    kwargs = dict(runtime_env=env, logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=True)
+    if target:
+        check_reachable(target)
+    if target:
+        ray.init(address=target, **kwargs)
     else:
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)
+        _state["owned"] = True
+        _state["reaper"] = _start_reaper()
+    quiet_ray(verbose)  # again: importing Ray Data configured its console handler
+    _handle_sigterm()
+
+
+def shutdown() -> None:
+    """Stop the local Ray that geoseg started (a joined cluster is only disconnected)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    reaper = _state.get("reaper")
+    if reaper is not None:
+        try:
+            reaper.stdin.close()  # the reaper stops whatever is left, then exits
+        except OSError:
+            pass
+        _state["reaper"] = None
+    _state["owned"] = False
+
+
+def is_verbose() -> bool:
+    return os.environ.get("GEOSEG_VERBOSE", "") not in ("", "0")
+
+
+def quiet_ray(verbose: bool) -> None:
+    """Ray's own warnings only where they mean something to the user.
+
+    Ray Data's progress bars are replaced by geoseg's progress line; its
+    execution logs, the actor-restart warnings and Ray Train's reporter go to
+    Ray's log files (``--verbose`` shows them here too). Colour codes only on a
+    terminal.
+    """
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("NO_COLOR", "1")
+    if verbose:
+        return
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    try:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    except Exception:  # noqa: BLE001 - older Ray: defaults stay
+        pass
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.util"):
+        log = logging.getLogger(name)
+        for handler in log.handlers:  # console handlers only: Ray's log files keep everything
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                # a failed job is reported by geoseg, in one line: not by Ray Data's traceback too
+                handler.setLevel(logging.CRITICAL if name == "ray.data" else logging.ERROR)
+        if name != "ray.data":  # Ray Data's file handler wants its records
+            log.setLevel(logging.ERROR)
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
+def _handle_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C (Ray's own handler would dump C++ stacks)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _start_reaper():
+    """The watchdog of a local Ray: it stops the driver's processes once the driver is gone."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "geoseg.reaper", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not hit by the terminal's Ctrl-C, outlives a killed driver
+        )
+    except OSError:
+        return None
 
 
 def cluster_cpus() -> int:

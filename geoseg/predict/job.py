@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from geoseg import output
+from geoseg.console import Progress
 from geoseg.predict import stages
 from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, tile_ranges
 from geoseg.runtime import cluster_cpus, cluster_gpus, init_ray
@@ -134,7 +135,8 @@ def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges
     plans = job.scenes
     ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
     # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
-    ds = ds.map_batches(_read_on_node, fn_kwargs={"plans": plans, "dtype": job.dtype, "batch_size": opts.batch_size},
+    ds = ds.map_batches(_read_on_node, fn_kwargs={"plans": plans, "dtype": job.dtype, "batch_size": opts.batch_size,
+                                                  "skip_bad": opts.skip_bad_tiles},
                         batch_size=1, num_cpus=0.25)
     ds = ds.map_batches(
         _InferOnNode,
@@ -178,7 +180,8 @@ class _Metrics:
                           tag_keys=tags)
 
 
-def run_passes(passes: list, n_scenes: int, metrics: _Metrics) -> tuple[np.ndarray, dict]:
+def run_passes(passes: list, n_scenes: int, metrics: _Metrics, progress: Progress | None = None
+               ) -> tuple[np.ndarray, dict]:
     """Drive the datasets to the end; returns model seconds per scene and the nodes
     that ran each stage (``{"read": [...], "infer": [...], "write": [...]}``)."""
     model_s = np.zeros(n_scenes)
@@ -190,6 +193,8 @@ def run_passes(passes: list, n_scenes: int, metrics: _Metrics) -> tuple[np.ndarr
             for stage in PLACEMENT:
                 nodes[stage].update(str(n) for n in np.unique(batch.get(f"{stage}_node", [])))
             written = batch["pixels"] > 0
+            if progress is not None:
+                progress.update(len(batch["scene"]), int(batch["pixels"].sum()))
             if written.any():
                 px = int(batch["pixels"].sum())
                 done_px += px
@@ -227,9 +232,12 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         saved_block_size = ctx.target_max_block_size
         nb, size = max(len(p.bands) for p in job.scenes), job.scenes[0].grid.input_size
         ctx.target_max_block_size = max(1 << 22, opts.batch_size * nb * size * size * np.dtype(job.dtype).itemsize)
+        todo = sum(len(p.grid) - sum(p.previous.values()) for p in job.todo)
+        progress = Progress(todo * (2 if opts.stitch == "hann" else 1), "tiles")
         try:
             passes = build_passes(job, opts, layout, tile_ranges(job.total_tiles, opts.batch_size, cpus))
-            model_s, nodes = run_passes(passes, len(job.scenes), metrics)
+            model_s, nodes = run_passes(passes, len(job.scenes), metrics, progress)
+            progress.close(complete=True)
             placement = {"nodes": nodes, "actors": [layout.min_workers, layout.max_workers],
                          "gpus_per_actor": layout.num_gpus}
         finally:
@@ -274,6 +282,9 @@ def _record(plan: ScenePlan, job: JobPlan, opts: PredictOptions, finished: dict,
             "predicted": counts.get("done", 0) - previous.get("done", 0),
             "nodata_skipped": counts.get("nodata", 0) - previous.get("nodata", 0),
             "resumed": sum(previous.values()),
+            # unreadable input (--skip-bad-tiles): left nodata; each with its core window
+            "bad": counts.get("bad", 0),
+            "bad_tiles": finished["bad_tiles"],
         },
         timings={**timings, "cog": finished["cog_seconds"], "total": time.perf_counter() - t0},
         started=started,

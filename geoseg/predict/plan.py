@@ -42,6 +42,8 @@ class PredictOptions:
     overwrite: bool = False
     asset: str | None = None
     address: str | None = None
+    skip_bad_tiles: bool = False  # unreadable blocks: their tiles left nodata and listed, instead of failing
+    allow_no_crs: bool = False  # accept rasters without a CRS (outputs then have none either)
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.checkpoint is None):

@@ -28,6 +28,7 @@ import numpy as np
 
 from geoseg import output, stitch, storage
 from geoseg.classes import NODATA, ClassScheme
+from geoseg.errors import ReadError
 from geoseg.predict.plan import ScenePlan
 from geoseg.predictor import ModelSpec
 from geoseg.raster import tile_reader
@@ -93,24 +94,40 @@ def _log_by_scene(plans: list[ScenePlan], scenes: np.ndarray, tiles: np.ndarray,
 # --- read ----------------------------------------------------------------------
 
 
-def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str, batch_size: int = 8):
+def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str, batch_size: int = 8, skip_bad: bool = False):
     """Tile-number ranges -> image tiles, yielded ``batch_size`` tiles at a time.
 
     A task's memory thus does not grow with the length of its range (ranges get
-    longer as jobs grow; see :func:`geoseg.predict.plan.tile_ranges`).
+    longer as jobs grow; see :func:`geoseg.predict.plan.tile_ranges`). An
+    unreadable block fails the job naming the file and window
+    (:class:`~geoseg.errors.ReadError`), or with ``skip_bad`` the tiles that
+    need it are logged as ``bad`` (left nodata, listed in the run record).
     """
     ids = tile_ids(batch)
-    yielded, out = False, None
     for i in range(0, len(ids), batch_size):
-        out = _low_priority(_read_tiles, ids[i : i + batch_size], plans, dtype)
-        if len(out["tile"]):
-            yielded = True
+        out = _low_priority(_read_tiles, ids[i : i + batch_size], plans, dtype, skip_bad)
+        if len(out["tile"]):  # nothing to predict (done, nodata or bad): nothing to send on
             yield out
-    if not yielded and out is not None:
-        yield out  # nothing to predict in this whole range: one empty batch
 
 
-def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str) -> dict:
+def _read_scene_tiles(plan: ScenePlan, tiles: list, skip_bad: bool) -> list:
+    """``(image, valid)`` of each tile, or None for a tile with an unreadable block (``skip_bad``)."""
+    reader = tile_reader(plan.url, plan.bands)
+    try:
+        return reader.read_tiles(tiles)
+    except ReadError:
+        if not skip_bad:
+            raise
+    reads = []
+    for tile in tiles:  # one by one: only the tiles that need the bad block are lost
+        try:
+            reads.append(reader.read(tile))
+        except ReadError:
+            reads.append(None)
+    return reads
+
+
+def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str, skip_bad: bool = False) -> dict:
     """Tile numbers -> ``{scene, tile, image, valid, crop}``.
 
     ``image``: ``(N, bands, T, T)`` model inputs; ``valid``: ``(N, core, core)``
@@ -126,9 +143,13 @@ def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str) -> dict:
     scenes, tiles, images, valids, crops = [], [], [], [], []
     core = plans[0].grid.core
     for s, todo in wanted.items():
-        plan, empty = plans[s], []
-        reads = tile_reader(plan.url, plan.bands).read_tiles([tile for _, tile in todo])
-        for (t, tile), (image, valid) in zip(todo, reads):
+        plan, empty, bad = plans[s], [], []
+        reads = _read_scene_tiles(plan, [tile for _, tile in todo], skip_bad)
+        for (t, tile), read in zip(todo, reads):
+            if read is None:
+                bad.append(t)
+                continue
+            image, valid = read
             if not valid.any():
                 empty.append(t)
                 continue
@@ -140,6 +161,7 @@ def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str) -> dict:
             valids.append(full)
             crops.append((tile.crop.row_off, tile.crop.col_off, tile.crop.height, tile.crop.width))
         output.log_done(plan.out, np.asarray(empty, dtype=np.int64), kind="nodata")
+        output.log_done(plan.out, np.asarray(bad, dtype=np.int64), kind="bad")
     size, nb = plans[0].grid.input_size, len(plans[0].bands)
     return {
         "scene": np.asarray(scenes, dtype=np.int32),
@@ -277,12 +299,17 @@ def _blend_tiles(batch: dict, plans: list[ScenePlan], probabilities: bool) -> di
 def finish_scene(plan: ScenePlan, classes: ClassScheme) -> dict:
     """Consolidate the Zarr metadata, build the COG, drop the progress log.
 
-    Returns ``{"counts": tiles by kind, "cog_seconds"}``; the run record is
+    Returns ``{"counts": tiles by kind, "bad_tiles": [{tile, window}], "cog_seconds"}``; the run record is
     written afterwards by the driver, last of all.
     """
     _, counts = output.read_done(plan.out, len(plan.grid))
+    bad = []
+    for t in output.logged_tiles(plan.out, "bad"):
+        core = plan.grid[plan.grid.index(t)].core
+        bad.append({"tile": t, "window": {"row_off": core.row_off, "col_off": core.col_off,
+                                           "height": core.height, "width": core.width}})
     output.consolidate(plan.out)
     t0 = time.perf_counter()
     output.zarr_to_cog(plan.out, plan.info, classes)
     storage.remove(plan.out.progress, recursive=True)
-    return {"counts": counts, "cog_seconds": round(time.perf_counter() - t0, 3)}
+    return {"counts": counts, "bad_tiles": bad, "cog_seconds": round(time.perf_counter() - t0, 3)}
