@@ -38,6 +38,9 @@ def parse_bands(spec: str) -> Selection:
                 raise InputError(f"--bands: {part!r} is not a band number") from None
             if numbers[-1] < 1:
                 raise InputError(f"--bands: band numbers start at 1, got {part!r}")
+        if len(set(numbers)) != len(numbers):
+            twice = sorted({n for n in numbers if numbers.count(n) > 1})
+            raise InputError(f"--bands: band {twice[0]} given more than once")
         return numbers
     roles: dict[str, int] = {}
     for part in parts:
@@ -45,12 +48,18 @@ def parse_bands(spec: str) -> Selection:
         name = name.strip().lower()
         if not sep or name not in ROLES:
             raise InputError(f"--bands: {part!r} is not ROLE=N with ROLE one of {', '.join(ROLES)}")
+        if name in roles:
+            raise InputError(f"--bands: role {name} given more than once")
         try:
             roles[name] = int(num)
         except ValueError:
             raise InputError(f"--bands: band number in {part!r} is not an integer") from None
         if roles[name] < 1:
             raise InputError(f"--bands: band numbers start at 1, got {part!r}")
+    shared = [n for n in set(roles.values()) if list(roles.values()).count(n) > 1]
+    if shared:
+        both = [r for r, n in roles.items() if n == shared[0]]
+        raise InputError(f"--bands: band {shared[0]} given to several roles ({', '.join(both)}); one band per role")
     return roles
 
 
@@ -82,6 +91,18 @@ def _names_roles(descriptions, roles, url) -> bool:
         return True
     except InputError:
         return False
+
+
+def _refuse_other_names(url: str, descriptions: tuple[str | None, ...], roles) -> None:
+    """A raster whose band names say it lacks one of the model's bands is refused
+    (band numbers are only trusted where the names say nothing)."""
+    named = {role for d in descriptions for role, aliases in _ALIASES.items() if (d or "").strip().lower() in aliases}
+    missing = [r for r in roles if r not in named]
+    if named and missing:
+        raise InputError(
+            f"{url}: the model reads {', '.join(roles)}, but the raster's bands are {list(descriptions)}, "
+            f"without {', '.join(missing)}; pass --bands to say which band is which"
+        )
 
 
 def select_bands(
@@ -118,6 +139,8 @@ def select_bands(
         mapping = resolve_roles(descriptions, override, url, needed=tuple(roles))
         chosen, named = [mapping[r] for r in roles], list(roles)
     elif numbers:
+        if roles:
+            _refuse_other_names(url, descriptions, roles)
         chosen, named = list(numbers), list(roles) if roles else None
     elif _names_roles(descriptions, ROLES, url):
         mapping = resolve_roles(descriptions, None, url)

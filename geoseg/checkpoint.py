@@ -129,6 +129,46 @@ def read_meta(path: str) -> CheckpointMeta:
     return CheckpointMeta.from_dict(d, folder)
 
 
+def _safetensors_shapes(url: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's header (no tensor data is read)."""
+    import struct
+
+    fs, p = storage.filesystem(url)
+    try:
+        with fs.open(p, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < n < 100 << 20:
+                raise CheckpointError(f"{url}: not a safetensors file")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{url}: unreadable weights ({type(exc).__name__}: {exc})") from None
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def verify(path: str) -> CheckpointMeta:
+    """The checkpoint's description, once its weights are known to fit the model it
+    describes (tensor names and shapes, read from the weights' header): a checkpoint
+    of another architecture fails here, in one line, before any worker starts."""
+    folder = locate(path)
+    meta = read_meta(folder)
+    weights = storage.join(folder, WEIGHTS)
+    if not storage.exists(weights):
+        raise CheckpointError(f"{folder}: has no {WEIGHTS}")
+    got = _safetensors_shapes(weights)
+    want = {k: tuple(v.shape) for k, v in build_model(meta.model).state_dict().items()}
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    shapes = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if missing or extra or shapes:
+        what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else
+                f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else
+                f"{len(shapes)} of other shapes (e.g. {shapes[0]}: {got[shapes[0]]} vs {want[shapes[0]]})")
+        raise CheckpointError(f"{folder}: weights do not fit {meta.model.arch}/{meta.model.encoder}, "
+                              f"the model its {META} describes: {what} tensors")
+    return meta
+
+
 def load(path: str, with_state: bool = False):
     """``(model, meta[, train_state])`` from a checkpoint; weights never go through pickle."""
     local = fetch(path)

@@ -177,7 +177,7 @@ TRAIN_FLAGS = (
     "images", "labels", "out", "arch", "encoder", "encoder_weights", "freeze_encoder", "bands",
     "num_classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
     "max_minutes", "batch_size", "lr", "loss", "workers", "gpus", "cpus_per_worker", "num_to_keep",
-    "max_failures", "seed", "address",
+    "max_failures", "seed", "address", "allow_no_crs",
 )
 
 
@@ -211,6 +211,7 @@ def add_train(sub) -> None:
     t.add_argument("--max-failures", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--address", help="Ray cluster address")
+    t.add_argument("--allow-no-crs", action="store_true", default=None, help="accept rasters without a CRS")
     t.set_defaults(run=cmd_train)
 
 

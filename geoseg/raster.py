@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from geoseg import storage
-from geoseg.errors import ReadError, StorageError
+from geoseg.errors import RasterError, ReadError, StorageError
 from geoseg.tiling import Tile, Window, pad_tile
 
 
@@ -85,6 +85,27 @@ def read_info(url: str) -> RasterInfo:
                 descriptions=tuple(src.descriptions),
                 tags=dict(src.tags()),
             )
+
+
+# Pixel types geoseg reads as imagery (complex and 64-bit unsigned rasters are refused).
+IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float16", "float32", "float64")
+LABEL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32")  # class numbers
+
+
+def check_image(info: RasterInfo, allow_no_crs: bool = False) -> None:
+    """Refuse, in one line, a raster that cannot be imagery for a model."""
+    if info.dtype not in IMAGE_DTYPES:
+        raise RasterError(f"{info.url}: unsupported pixel type {info.dtype} (supported: {', '.join(IMAGE_DTYPES)})")
+    if info.crs is None and not allow_no_crs:
+        raise RasterError(f"{info.url}: has no CRS, so outputs could not be placed on a map; "
+                          "fix the file or pass --allow-no-crs")
+
+
+def check_class_map(info: RasterInfo, what: str = "class map") -> None:
+    """Refuse, in one line, a raster that cannot hold class numbers (labels, predictions)."""
+    if info.count != 1 or info.dtype not in LABEL_DTYPES:
+        raise RasterError(f"{info.url}: not a {what} ({info.count} band(s) of {info.dtype}; "
+                          f"expected 1 band of integer class numbers)")
 
 
 def read_decimated(

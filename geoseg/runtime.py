@@ -28,6 +28,16 @@ from geoseg.errors import InputError
 CONNECT_TIMEOUT_S = 5.0
 # Without --verbose: no progress bars from Ray Data in the workers (training chips).
 QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+# Lines that geoseg's own code prints in Ray workers start with this mark. The
+# driver shows them without Ray's "(RayTrainWorker pid=...)" prefix; without
+# --verbose, the other lines workers write (Ray Train's and Ray Data's logs)
+# stay in Ray's log files.
+WORKER_MARK = "[geoseg] "
+
+
+def worker_print(text: str) -> None:
+    """Print from a Ray worker to the user's console (each line marked, flushed at once)."""
+    print("\n".join(WORKER_MARK + line for line in str(text).splitlines()), flush=True)
 
 _state: dict = {"owned": False, "reaper": None}
 
@@ -71,6 +81,19 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                          "check --address / RAY_ADDRESS, or leave both unset for a local Ray") from None
 
 
+def check_address(address: str | None) -> None:
+    """Before any work: a cluster asked for (``--address`` / ``RAY_ADDRESS``) must be reachable."""
+    target = requested_address(address)
+    if target and not _connected():
+        check_reachable(target)
+
+
+def _connected() -> bool:
+    import sys as _sys
+
+    return "ray" in _sys.modules and _sys.modules["ray"].is_initialized()
+
+
 def init_ray(address: str | None = None, verbose: bool | None = None) -> None:
     """Join ``address`` / ``RAY_ADDRESS``, or start a local Ray that geoseg owns.
 
@@ -97,6 +120,7 @@ def init_ray(address: str | None = None, verbose: bool | None = None) -> None:
         _state["owned"] = True
         _state["reaper"] = _start_reaper()
     quiet_ray(verbose)  # again: importing Ray Data configured its console handler
+    _filter_worker_lines(verbose)
     _handle_sigterm()
 
 
@@ -152,6 +176,30 @@ def quiet_ray(verbose: bool) -> None:
                 handler.setLevel(logging.CRITICAL if name == "ray.data" else logging.ERROR)
         if name != "ray.data":  # Ray Data's file handler wants its records
             log.setLevel(logging.ERROR)
+
+
+def _filter_worker_lines(verbose: bool) -> None:
+    """Worker output on the driver's console: geoseg's marked lines, unprefixed; the rest only with --verbose."""
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray: its default printing stays
+        return
+
+    def show(data: dict) -> None:
+        ours = [ln[len(WORKER_MARK):] for ln in data.get("lines", []) if ln.startswith(WORKER_MARK)]
+        if ours:
+            ray_worker.print_to_stdstream({**data, "lines": ours}, ignore_prefix=True)
+        if verbose:
+            rest = [ln for ln in data.get("lines", []) if not ln.startswith(WORKER_MARK)]
+            if rest:
+                ray_worker.print_to_stdstream({**data, "lines": rest}, ignore_prefix=False)
+
+    try:
+        dispatcher.remove_handler("ray_print_logs")
+    except Exception:  # noqa: BLE001 - not there (log_to_driver off): nothing to replace
+        return
+    dispatcher.add_handler("ray_print_logs", show)
 
 
 def _raise_terminated(signum, frame):  # noqa: ARG001

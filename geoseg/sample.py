@@ -292,8 +292,8 @@ def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024
     """Write ``scene.tif`` and ``labels.tif`` COGs into ``outdir``; return their URLs."""
     if size < 64:
         raise InputError(f"--size must be at least 64, got {size}")
+    storage.check_writable(outdir)
     scene = SampleScene(size, size, seed)
-    storage.makedirs(outdir)
     urls = {"scene": storage.join(outdir, "scene.tif"), "labels": storage.join(outdir, "labels.tif")}
     common = dict(height=size, width=size, crs=CRS, transform=scene.transform)
     tags = {"GEOSEG_SAMPLE": f"size={size} seed={seed}"}

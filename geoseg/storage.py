@@ -14,6 +14,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -200,7 +201,29 @@ def remove(url: str, recursive: bool = False) -> None:
 
 def makedirs(url: str) -> None:
     if not is_remote(url):
-        os.makedirs(local_path(url), exist_ok=True)
+        try:
+            os.makedirs(local_path(url), exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{url}: cannot create this folder ({exc.strerror or type(exc).__name__})") from None
+
+
+def check_writable(url: str) -> None:
+    """Fail early, in one line, when outputs cannot be written under the folder ``url``.
+
+    Writes and removes a small probe object: a read-only folder, a path below a
+    regular file, a missing bucket or a denied PUT are found before any work.
+    """
+    probe = join(url, f".geoseg-probe-{uuid.uuid4().hex}")
+    makedirs(url)
+    try:
+        write_text(probe, "")
+    except StorageError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        raise StorageError(f"{url}: outputs cannot be written here ({reason})") from None
+    try:
+        remove(probe)
+    except StorageError:
+        pass  # allowed to write but not to delete: a stray empty probe, harmless
 
 
 def listdir(url: str) -> list[str]:

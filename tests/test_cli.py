@@ -27,7 +27,7 @@ def run(*args, cwd=None):
         (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--workers", "3,1"], 2, "MIN <= MAX"),
         (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--bands", "1,2,3"], 1,
          "3 bands given, but the model reads 4"),
-        (["evaluate", "{scene}", "{tmp}/small.tif"], 1, "different grids"),
+        (["evaluate", "{labels}", "{tmp}/small.tif"], 1, "different grids"),
     ],
 )
 def test_user_errors_are_one_line(args, code, needle, sample_dir, tmp_path):
@@ -41,7 +41,7 @@ def test_user_errors_are_one_line(args, code, needle, sample_dir, tmp_path):
         crs="EPSG:4326", transform=Affine(1, 0, 0, 0, -1, 0),
     ) as dst:
         dst.write(__import__("numpy").zeros((1, 8, 8), "uint8"))
-    args = [a.format(tmp=tmp_path, scene=sample_dir / "scene.tif") for a in args]
+    args = [a.format(tmp=tmp_path, scene=sample_dir / "scene.tif", labels=sample_dir / "labels.tif") for a in args]
     res = run(*args)
     assert res.returncode == code, res.stderr
     assert needle in res.stderr

@@ -25,7 +25,7 @@ from geoseg import output
 from geoseg.console import Progress
 from geoseg.predict import stages
 from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, tile_ranges
-from geoseg.runtime import cluster_cpus, cluster_gpus, init_ray
+from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, init_ray
 
 CPU_CALLS_PER_ACTOR = 8  # on CPU: single-threaded calls sharing one model in one actor
 GPU_CALLS_PER_ACTOR = 1  # on GPU: one call at a time (two at once measured slower: 0.62x against 0.76x
@@ -210,6 +210,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
+    check_address(opts.address)
     job = plan_job(inputs, prefix, opts)  # bad input fails here, before Ray starts
     init_ray(opts.address or None)
     t_plan = time.perf_counter() - t0

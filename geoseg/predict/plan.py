@@ -20,7 +20,7 @@ from geoseg.inputs import expand_inputs
 from geoseg.models.index import BAND_ROLES, INDEX_MODELS, fit_otsu
 from geoseg.output import SceneOutput
 from geoseg.predictor import ModelSpec
-from geoseg.raster import RasterInfo, read_info
+from geoseg.raster import RasterInfo, check_image, read_info
 from geoseg.tiling import TileGrid
 
 
@@ -125,9 +125,10 @@ class JobPlan:
 def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
     """Plan every scene; creates (or checks, to resume) each scene's outputs."""
     urls = expand_inputs(inputs, opts.asset)
+    storage.check_writable(prefix)
     classes, meta = LANDCOVER, None
     if opts.checkpoint:
-        meta = checkpoint.read_meta(opts.checkpoint)
+        meta = checkpoint.verify(opts.checkpoint)  # weights that fit the model it describes
         classes = meta.classes
         _check_stride(opts, meta.model)
     job = uuid.uuid4().hex
@@ -163,6 +164,7 @@ def plan_scene(index: int, url: str, start: int, out: SceneOutput, opts: Predict
                classes: ClassScheme) -> ScenePlan:
     """Read one scene's metadata, choose its bands and grid, and create or check its outputs."""
     info = read_info(url)
+    check_image(info, opts.allow_no_crs)
     if meta is None:
         bands, _ = select_bands(url, info.descriptions, roles=BAND_ROLES, override=opts.bands)
     else:

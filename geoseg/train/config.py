@@ -14,6 +14,7 @@ from geoseg.losses import LOSSES
 from geoseg.models.zoo import ARCHS
 
 CPU_CHIP, CPU_BATCH = 128, 16
+NUMBERS = ("num_classes", "chip_size", "block_size", "max_minutes", "batch_size", "cpus_per_worker")
 # On a GPU: 512^2 chips (a U-Net/resnet34 step runs 139 MPix/s there on an H100 against 14 at 128^2,
 # batch 16) and 16 of them per GPU in bf16 (a few GiB of activations: fits every data-centre GPU).
 GPU_CHIP, GPU_BATCH_PER_WORKER = 512, 16
@@ -52,11 +53,17 @@ class TrainConfig:
     max_failures: int = 3
     seed: int = 0
     address: str | None = None
+    allow_no_crs: bool = False  # accept rasters without a CRS
 
     def __post_init__(self) -> None:
         def bad(msg):
             raise InputError(msg)
 
+        for f in dataclasses.fields(self):  # numbers must be numbers (a YAML file can hold anything)
+            v = getattr(self, f.name)
+            if isinstance(f.default, (int, float)) and not isinstance(f.default, bool) or f.name in NUMBERS:
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    bad(f"{f.name} must be a number, got {v!r}")
         if self.arch not in ARCHS:
             bad(f"arch: unknown architecture {self.arch!r} (choose from {', '.join(ARCHS)})")
         if self.loss not in LOSSES:

@@ -17,7 +17,7 @@ import numpy as np
 
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import InputError, RasterError
-from geoseg.raster import RasterInfo, read_decimated, read_info, tile_reader
+from geoseg.raster import RasterInfo, check_class_map, check_image, read_decimated, read_info, tile_reader
 from geoseg.tiling import Window
 
 
@@ -43,7 +43,8 @@ class TrainingPlan:
     info: dict = field(default_factory=dict)
 
 
-def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = None) -> list[Pair]:
+def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = None,
+               allow_no_crs: bool = False) -> list[Pair]:
     if len(images) != len(labels):
         raise InputError(f"{len(images)} --image but {len(labels)} --label: give one label per image")
     if not images:
@@ -51,6 +52,8 @@ def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = N
     pairs = []
     for img_url, lab_url in zip(images, labels):
         img, lab = read_info(img_url), read_info(lab_url)
+        check_image(img, allow_no_crs)
+        check_class_map(lab, "label raster")
         if not img.same_grid(lab):
             what = []
             if img.shape != lab.shape:
@@ -60,8 +63,6 @@ def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = N
             if not np.allclose(img.transform, lab.transform, atol=1e-6, rtol=0):
                 what.append("transform")
             raise RasterError(f"{img_url} and {lab_url} do not share a grid ({', '.join(what)})")
-        if lab.count != 1:
-            raise RasterError(f"{lab_url}: a label raster needs 1 band, has {lab.count}")
         b = bands or list(range(1, img.count + 1))
         if max(b) > img.count:
             raise RasterError(f"{img_url}: band {max(b)} requested but it has {img.count} bands")
@@ -201,17 +202,33 @@ def _ensure_both_sides(blocks: list, weights_hist: list, val_blocks: list, block
 
 
 def _class_scheme(label: RasterInfo, hist_total: np.ndarray, num_classes: int | None) -> ClassScheme:
-    """Classes from the label raster's tags (names, colours), or numbered ones."""
+    """Classes from the label raster's tags (names, colours), or numbered ones.
+
+    Label values outside the declared classes (the tags' names, or ``--num-classes``)
+    are refused, naming them, rather than silently widening the model.
+    """
     scheme = ClassScheme.from_tags(label.tags)
     present = np.nonzero(hist_total)[0]
     k = num_classes or (len(scheme) if scheme else int(present.max()) + 1 if present.size else 2)
-    if present.size and present.max() >= k:
-        raise RasterError(f"{label.url}: label value {present.max()} but only {k} classes")
-    if scheme and len(scheme) == k:
-        return scheme
-    names = tuple(f"class_{i}" for i in range(k))
-    return ClassScheme(names, tuple(tuple(int(x) for x in np.random.default_rng(i).integers(0, 255, 3))
-                                    for i in range(k)))
+    outside_values(label.url, present, k, declared=scheme is not None and not num_classes)
+    names = list(scheme.names[:k]) if scheme else []
+    colors = list(scheme.colors[:k]) if scheme else []
+    rng = np.random.default_rng(0)
+    for i in range(len(names), k):
+        names.append(f"class_{i}")
+        colors.append(tuple(int(x) for x in rng.integers(0, 255, 3)))
+    return ClassScheme(tuple(names), tuple(colors))
+
+
+def outside_values(url: str, values: np.ndarray, k: int, declared: bool = False, where: str = "") -> None:
+    """Refuse label values ``>= k`` (other than the ignore value), naming them."""
+    values = np.asarray(values)
+    bad = np.unique(values[((values >= k) & (values != NODATA)) | (values < 0)])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        source = "the classes named in its CLASS_NAMES tag" if declared else f"{k} classes"
+        raise RasterError(f"{url}{where}: label values {shown} are outside {source} (0..{k - 1}); "
+                          f"pass --num-classes {int(bad.max()) + 1} to train on them")
 
 
 def _block_weights(hist: np.ndarray, freq: np.ndarray, balanced: bool) -> np.ndarray:
@@ -240,17 +257,21 @@ def _val_chips(val_blocks: list, chip: int, max_val_chips: int, seed: int) -> np
     return val
 
 
-def read_chip(pair: Pair, row: int, col: int, chip: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(image (C, chip, chip) float32, label (chip, chip) uint8)``; nodata -> ignore."""
+def read_chip(pair: Pair, row: int, col: int, chip: int, k: int = NODATA) -> tuple[np.ndarray, np.ndarray]:
+    """``(image (C, chip, chip) float32, label (chip, chip) uint8)``; nodata -> ignore.
+
+    Label values ``>= k`` (missed by the decimated planning reads) are refused here."""
     win = Window(row, col, chip, chip)
     reader = tile_reader(pair.image.url, pair.bands)
     image, valid = reader.read_window(win)
     labels, _ = tile_reader(pair.label.url, [1]).read_window(win)
-    labels = labels[0].astype(np.uint8)
+    labels = labels[0]
     lab_nodata = pair.label.nodata
-    if lab_nodata is not None and lab_nodata != NODATA and 0 <= lab_nodata < 256:
-        labels[labels == int(lab_nodata)] = NODATA
-    labels[~valid] = NODATA
+    if lab_nodata is not None:
+        labels = np.where(labels == lab_nodata, NODATA, labels)
+    labels = np.where(valid, labels, NODATA)  # no image, no label
+    outside_values(pair.label.url, labels, k, where=f" (window rows {row}:{row + chip}, cols {col}:{col + chip})")
+    labels = labels.astype(np.uint8)
     return image.astype(np.float32), labels
 
 
@@ -267,7 +288,7 @@ def sample_train_chips(batch: dict, plan: TrainingPlan) -> dict:
         w = min(size, pair.image.width - c0)
         r = r0 + int(rng.integers(0, h - plan.chip + 1))
         c = c0 + int(rng.integers(0, w - plan.chip + 1))
-        img, lab = read_chip(pair, r, c, plan.chip)
+        img, lab = read_chip(pair, r, c, plan.chip, len(plan.classes))
         images.append(img)
         labels.append(lab)
     return {"image": np.stack(images), "label": np.stack(labels)}
@@ -277,7 +298,7 @@ def read_val_chips(batch: dict, plan: TrainingPlan) -> dict:
     """Ray Data UDF: validation chips at the grid positions given in the rows."""
     images, labels = [], []
     for p_i, r, c in zip(batch["pair"], batch["row"], batch["col"]):
-        img, lab = read_chip(plan.pairs[int(p_i)], int(r), int(c), plan.chip)
+        img, lab = read_chip(plan.pairs[int(p_i)], int(r), int(c), plan.chip, len(plan.classes))
         images.append(img)
         labels.append(lab)
     return {"image": np.stack(images), "label": np.stack(labels)}

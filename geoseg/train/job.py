@@ -23,7 +23,7 @@ from geoseg.bands import select_bands
 from geoseg.metrics import format_table
 from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.raster import read_info
-from geoseg.runtime import cluster_cpus, init_ray
+from geoseg.runtime import check_address, cluster_cpus, init_ray, worker_print
 from geoseg.train.config import TrainConfig
 from geoseg.train.data import TrainingPlan, open_pairs, plan_training, read_val_chips, sample_train_chips
 from geoseg.train.fit import Fitter
@@ -54,7 +54,7 @@ def train_loop(config: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     fitter = Fitter(ray.train.torch.prepare_model(model), cfg, config, device, world, state, meta_epoch)
     if state and rank == 0:
-        print(f"resuming from the checkpoint of epoch {fitter.progress.start_epoch - 1}", flush=True)
+        worker_print(f"resuming from the checkpoint of epoch {fitter.progress.start_epoch - 1}")
 
     def shard(name: str):
         return ray.train.get_dataset_shard(name).iter_torch_batches(
@@ -69,8 +69,8 @@ def train_loop(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, {metrics['chips_per_s']:.1f} chips/s")
-                print(format_table(fitter.scores, fitter.classes.names), flush=True)
+                worker_print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, {metrics['chips_per_s']:.1f} chips/s\n"
+                             + format_table(fitter.scores, fitter.classes.names))
                 fitter.save(tmp, epoch, metrics, stop)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
@@ -83,9 +83,10 @@ def train_loop(config: dict) -> None:
 
 def plan_run(cfg: TrainConfig) -> tuple[TrainingPlan, ModelConfig, list[int], list[str] | None]:
     """``(training plan, model config, band numbers, band roles)``: metadata and decimated reads only."""
+    storage.check_writable(cfg.out)
     first = read_info(cfg.images[0])
     bands, roles = select_bands(cfg.images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
-    pairs = open_pairs(cfg.images, cfg.labels, bands)
+    pairs = open_pairs(cfg.images, cfg.labels, bands, cfg.allow_no_crs)
     plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
                          seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles)
     return plan, ModelConfig(cfg.arch, cfg.encoder, len(bands), len(plan.classes)), bands, roles
@@ -146,6 +147,7 @@ def make_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, cpus: int)
 def train(cfg: TrainConfig, log=print) -> dict:
     """Run (or resume) a training run; returns the run summary (also in ``RUN_DIR/run.json``)."""
     t0 = time.perf_counter()
+    check_address(cfg.address)
     plan, mcfg, bands, roles = plan_run(cfg)  # bad input fails here, before Ray starts
     init_ray(cfg.address)
     log(
