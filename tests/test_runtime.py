@@ -1,0 +1,166 @@
+"""Ray connection and driver failures: a local Ray whatever the machine's address file says,
+nothing left running after the driver ends (even by SIGKILL), SIGTERM as one line, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import psutil
+import pytest
+import rasterio
+
+
+@pytest.fixture()
+def ray_tmp():
+    """A Ray temp folder of the test's own (short: Ray's socket paths must fit 107 bytes)."""
+    d = tempfile.mkdtemp(prefix="gs", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _processes_of(tmp: str) -> list[psutil.Process]:
+    """Processes started for a geoseg run whose Ray temp folder is ``tmp`` (they inherit its environment)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("RAY_TMPDIR") == tmp and p.pid != os.getpid():
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _wait_gone(tmp: str, timeout: float = 30) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = _processes_of(tmp)
+        if not left:
+            return []
+        time.sleep(0.5)
+    return _processes_of(tmp)
+
+
+def _geoseg(args, tmp, **kw):
+    env = {**os.environ, "RAY_TMPDIR": tmp, "GEOSEG_PROGRESS_S": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "geoseg", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _dead_address_file(tmp: str) -> None:
+    """What a killed ``ray start --head`` leaves: an address file naming a cluster that is gone."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
+    with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+        f.write(f"127.0.0.1:{port}")
+
+
+def _wait_for_tiles(out, stem: str, proc, n: int = 1, timeout: float = 180) -> None:
+    progress = out / ".geoseg" / stem
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and sum(n.startswith("done-") for n in os.listdir(progress)) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no tiles written (exit {proc.poll()}): {proc.stderr.read() if proc.poll() is not None else ''}")
+
+
+PREDICT = ["--model", "index", "--tile-size", "64", "--halo", "8", "--batch-size", "2"]
+
+
+def test_ray_address_env_unreachable_fails_fast(sample_dir, tmp_path, ray_tmp):
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9", "RAY_TMPDIR": ray_tmp}
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "geoseg", "predict", str(sample_dir / "scene.tif"), "--out",
+                          str(tmp_path / "o"), "--model", "index"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1 and time.monotonic() - t0 < 60
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert "Ray cluster at 127.0.0.1:9 is not reachable" in res.stderr
+    assert not (tmp_path / "o").exists()  # refused before any output
+
+
+def test_sigkill_mid_predict_leaves_nothing_running_and_rerun_resumes(ray_local, sample_dir, tmp_path, ray_tmp):
+    """With a dead cluster in the machine's address file (what a killed ``ray start`` leaves),
+    geoseg runs on its own local Ray; SIGKILLed mid-job, it leaves no Ray process behind,
+    and the rerun resumes to the output of a clean run, quietly."""
+    from geoseg.predict import PredictOptions, predict
+
+    scene = str(sample_dir / "scene.tif")
+    predict([scene], str(tmp_path / "clean"), PredictOptions(model="index", tile_size=64, halo=8, batch_size=2))
+    _dead_address_file(ray_tmp)
+
+    args = ["predict", scene, "--out", str(tmp_path / "o"), *PREDICT]
+    proc = _geoseg(args, ray_tmp)
+    _wait_for_tiles(tmp_path / "o", "scene", proc)
+    started = [p for p in _processes_of(ray_tmp) if p.pid != proc.pid]
+    assert any("raylet" in " ".join(p.cmdline()) for p in started)
+    proc.kill()  # SIGKILL: no handler runs in the driver
+    proc.wait(timeout=30)
+    assert _wait_gone(ray_tmp) == []  # the reaper stopped Ray's processes, agents included
+    assert not (tmp_path / "o" / "scene.json").exists()  # never marked complete
+
+    t0 = time.monotonic()
+    rerun = _geoseg(args, ray_tmp)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert time.monotonic() - t0 < 150  # a plain ray.init() would try the dead address for minutes
+    rec = json.loads((tmp_path / "o" / "scene.json").read_text())
+    assert rec["status"] == "complete" and rec["tiles"]["resumed"] > 0 and "resuming" in out
+    with rasterio.open(tmp_path / "clean" / "scene.tif") as a, rasterio.open(tmp_path / "o" / "scene.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    assert "Traceback" not in err and "core_worker.cc" not in err and "WARNING" not in err  # no Ray noise
+    assert "tiles (100%)" in err  # the progress display, as plain lines in a log
+    assert _wait_gone(ray_tmp) == []
+
+
+def test_sigterm_is_one_line_and_stops_ray(sample_dir, tmp_path, ray_tmp):
+    proc = _geoseg(["predict", str(sample_dir / "scene.tif"), "--out", str(tmp_path / "o"), *PREDICT], ray_tmp)
+    _wait_for_tiles(tmp_path / "o", "scene", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "geoseg: terminated; rerun the same command to resume"
+    assert "Traceback" not in err and "SIGTERM" not in err  # no Ray C++ signal dump
+    assert not (tmp_path / "o" / "scene.json").exists()
+    assert _wait_gone(ray_tmp) == []
+
+
+@pytest.mark.slow
+def test_sigkill_mid_train_then_rerun_finishes_from_checkpoint(sample_dir, tmp_path, ray_tmp):
+    run_dir = tmp_path / "run"
+    args = ["train", "--image", str(sample_dir / "scene.tif"), "--label", str(sample_dir / "labels.tif"),
+            "--out", str(run_dir), "--arch", "tinyfcn", "--epochs", "4", "--chip-size", "64", "--block-size", "128",
+            "--chips-per-epoch", "32", "--batch-size", "8", "--workers", "1"]
+    proc = _geoseg(args, ray_tmp)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if run_dir.exists() and any(p.startswith("checkpoint_") for p in os.listdir(run_dir)):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # the checkpoint's files land
+    assert proc.poll() is None, proc.stderr.read()
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _wait_gone(ray_tmp) == []
+    assert not (run_dir / "run.json").exists()
+
+    rerun = _geoseg(args, ray_tmp)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    assert "resuming from the checkpoint of epoch" in out
+    assert "RayTrainWorker" not in out + err  # geoseg's lines, without Ray's prefixes
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["last"]["epoch"] == 3
