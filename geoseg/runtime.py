@@ -107,7 +107,8 @@ def init_ray(address: str | None = None, verbose: bool | None = None) -> None:
     verbose = is_verbose() if verbose is None else verbose
     target = requested_address(address)
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray job: its runtime_env is already set
-    worker_env = {**storage.worker_env(), **({} if verbose else QUIET_WORKER_ENV)}
+    worker_env = {**storage.worker_env(), **({} if verbose else QUIET_WORKER_ENV),
+                  **{k: os.environ[k] for k in ("GEOSEG_PROGRESS_S",) if k in os.environ}}
     env = {"env_vars": worker_env} if worker_env and not in_job else None
     quiet_ray(verbose)
     kwargs = dict(runtime_env=env, logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=True)
@@ -122,6 +123,18 @@ def init_ray(address: str | None = None, verbose: bool | None = None) -> None:
     quiet_ray(verbose)  # again: importing Ray Data configured its console handler
     _filter_worker_lines(verbose)
     _handle_sigterm()
+
+
+def owns_ray() -> bool:
+    """True when geoseg started the Ray it runs on (a local one: no autoscaler will add nodes)."""
+    return bool(_state["owned"])
+
+
+def require_gpus(asked: float, what: str) -> None:
+    """A local Ray without GPUs would wait for one forever: refuse in one line instead."""
+    if asked > 0 and owns_ray() and cluster_gpus() == 0:
+        raise InputError(f"{what} asks for GPUs, but this machine's Ray sees none (no CUDA device); "
+                         "drop it, or run on a cluster with GPU nodes (--address)")
 
 
 def shutdown() -> None:
@@ -187,10 +200,13 @@ def _filter_worker_lines(verbose: bool) -> None:
         return
 
     def show(data: dict) -> None:
-        ours = [ln[len(WORKER_MARK):] for ln in data.get("lines", []) if ln.startswith(WORKER_MARK)]
+        # worker_print writes to stdout; Ray Train also copies a worker's stdout to its stderr: shown once
+        ours = [ln[len(WORKER_MARK):] for ln in data.get("lines", [])
+                if ln.startswith(WORKER_MARK) and not data.get("is_err")]
         if ours:
             ray_worker.print_to_stdstream({**data, "lines": ours}, ignore_prefix=True)
-        if verbose:
+        if verbose or data.get("pid") in ("autoscaler", "raylet"):
+            # Ray's own words that matter to a user: unschedulable requests, workers killed for memory
             rest = [ln for ln in data.get("lines", []) if not ln.startswith(WORKER_MARK)]
             if rest:
                 ray_worker.print_to_stdstream({**data, "lines": rest}, ignore_prefix=False)

@@ -91,6 +91,8 @@ CASES = [
     (["evaluate", "{scene}", "{labels}"], 1, ["scene.tif: not a class map", "4 band(s) of uint16"]),
     (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--address", "127.0.0.1:{port}"], 1,
      ["Ray cluster at 127.0.0.1:", "not reachable"]),
+    (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--gpus-per-worker", "1"], 1,
+     ["--gpus-per-worker asks for GPUs", "sees none"]),  # would wait for a GPU forever
     (["predict", "s3://geoseg/scene.tif", "--out", "{tmp}/o", "--model", "index"], 1,
      ["s3://geoseg/scene.tif", "connect"]),  # endpoint unreachable (AWS_ENDPOINT_URL below)
 ]
@@ -111,6 +113,7 @@ def test_bad_input_is_one_line(args, code, words, bad, sample_dir, tmp_path):
         assert w in lines[0], lines[0]
     assert time.monotonic() - t0 < 60  # no hang: refused before any work
     assert not (tmp_path / "o" / "scene.json").exists() and not (tmp_path / "r" / "run.json").exists()
+    assert not (tmp_path / "o" / "scene.tif").exists()
 
 
 def test_debug_shows_the_traceback(bad, tmp_path):

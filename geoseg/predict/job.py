@@ -25,7 +25,7 @@ from geoseg import output
 from geoseg.console import Progress
 from geoseg.predict import stages
 from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, tile_ranges
-from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, init_ray
+from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, init_ray, require_gpus
 
 CPU_CALLS_PER_ACTOR = 8  # on CPU: single-threaded calls sharing one model in one actor
 GPU_CALLS_PER_ACTOR = 1  # on GPU: one call at a time (two at once measured slower: 0.62x against 0.76x
@@ -226,6 +226,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     if job.todo:
         cpus = cluster_cpus()
         layout = actor_layout(opts, job.spec.name == "checkpoint", cpus, cluster_gpus())
+        require_gpus(layout.num_gpus if opts.gpus_per_worker else 0, "--gpus-per-worker")
         # Blocks of about one batch of tiles: Ray Data buffers a task's output up to a
         # block (128 MiB by default) in the worker's own memory, and a block of a
         # longer range would make every process grow with the job.

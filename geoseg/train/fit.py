@@ -74,8 +74,10 @@ class Progress:
                    float(state.get("elapsed", 0.0)), start)
 
 
-def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, sched=None) -> tuple[int, float, int]:
-    """One pass over ``batches``; returns ``(chips, summed loss, batches)``."""
+def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, sched=None,
+                on_batch=None) -> tuple[int, float, int]:
+    """One pass over ``batches``; returns ``(chips, summed loss, batches)``.
+    ``on_batch(chips, mean loss)`` is called after each batch (progress display)."""
     import torch
 
     model.train()
@@ -93,6 +95,8 @@ def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, 
         n_chips += len(x)
         loss_sum += float(loss.detach())
         n_batches += 1
+        if on_batch is not None:
+            on_batch(n_chips, loss_sum / n_batches)
     return n_chips, loss_sum, n_batches
 
 
@@ -146,9 +150,9 @@ class Fitter:
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def train_epoch(self, batches) -> tuple[int, float, int]:
+    def train_epoch(self, batches, on_batch=None) -> tuple[int, float, int]:
         return train_epoch(self.model, batches, opt=self.opt, loss_fn=self.loss_fn, augment=self.augment,
-                           normalize=self.normalize, amp=self.amp, sched=self.sched)
+                           normalize=self.normalize, amp=self.amp, sched=self.sched, on_batch=on_batch)
 
     def validate(self, batches):
         """Confusion matrix over this worker's validation batches (on the device)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 import time
 
@@ -23,7 +24,7 @@ from geoseg.bands import select_bands
 from geoseg.metrics import format_table
 from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.raster import read_info
-from geoseg.runtime import check_address, cluster_cpus, init_ray, worker_print
+from geoseg.runtime import check_address, cluster_cpus, init_ray, require_gpus, worker_print
 from geoseg.train.config import TrainConfig
 from geoseg.train.data import TrainingPlan, open_pairs, plan_training, read_val_chips, sample_train_chips
 from geoseg.train.fit import Fitter
@@ -62,7 +63,7 @@ def train_loop(config: dict) -> None:
 
     for epoch in range(fitter.progress.start_epoch, cfg.epochs):
         t_epoch = time.time()
-        stats = fitter.train_epoch(shard("train"))
+        stats = fitter.train_epoch(shard("train"), on_batch=_epoch_progress(epoch, cfg, world) if rank == 0 else None)
         seconds = time.time() - t_epoch
         cm = fitter.validate(shard("val"))
         metrics, stop = fitter.end_epoch(epoch, stats, cm, seconds, t_epoch)
@@ -76,6 +77,22 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
         if stop:
             break
+
+
+def _epoch_progress(epoch: int, cfg: TrainConfig, world: int):
+    """Rank 0's progress line within an epoch, every ``GEOSEG_PROGRESS_S`` seconds (10)."""
+    every = float(os.environ.get("GEOSEG_PROGRESS_S", "10"))
+    t0, last = time.time(), [time.time()]
+
+    def show(chips: int, loss: float) -> None:
+        now = time.time()
+        if now - last[0] >= every:
+            last[0] = now
+            done = chips * world  # every worker takes the same share
+            worker_print(f"epoch {epoch}: {done}/{cfg.chips_per_epoch} chips, loss {loss:.4f}, "
+                         f"{done / max(now - t0, 1e-9):.1f} chips/s")
+
+    return show
 
 
 # --- the driver ------------------------------------------------------------------
@@ -154,6 +171,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         f"training {cfg.arch}/{cfg.encoder} on {len(plan.pairs)} scene(s): {len(plan.train_blocks)} train blocks, "
         f"{len(plan.val_chips)} validation chips, classes {list(plan.classes.names)}"
     )
+    require_gpus(1 if cfg.gpus else 0, "--gpus")
     cpus = cluster_cpus()
     loop_config = {
         "cfg": dataclasses.asdict(cfg),
