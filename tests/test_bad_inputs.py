@@ -70,7 +70,8 @@ def bad(sample_dir, tmp_path_factory):
 
 CASES = [
     # (args, exit code, words the one line must hold)
-    (["predict", "{bad}/nocrs.tif", "--out", "{tmp}/o", "--model", "index"], 1, ["nocrs.tif", "has no CRS", "--allow-no-crs"]),
+    (["predict", "{bad}/nocrs.tif", "--out", "{tmp}/o", "--model", "index"], 1,
+     ["nocrs.tif", "has no CRS", "--allow-no-crs"]),
     (["predict", "{bad}/complex.tif", "--out", "{tmp}/o", "--model", "index"], 1,
      ["complex.tif", "unsupported pixel type complex64"]),
     (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--bands", "blue=1,green=2,red=3,nir=3"], 1,

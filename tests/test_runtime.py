@@ -74,7 +74,8 @@ def _wait_for_tiles(out, stem: str, proc, n: int = 1, timeout: float = 180) -> N
         if progress.exists() and sum(n.startswith("done-") for n in os.listdir(progress)) >= n:
             return
         time.sleep(0.1)
-    raise AssertionError(f"no tiles written (exit {proc.poll()}): {proc.stderr.read() if proc.poll() is not None else ''}")
+    err = proc.stderr.read() if proc.poll() is not None else ""
+    raise AssertionError(f"no tiles written (exit {proc.poll()}): {err}")
 
 
 PREDICT = ["--model", "index", "--tile-size", "64", "--halo", "8", "--batch-size", "2"]
