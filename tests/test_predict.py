@@ -71,7 +71,7 @@ def test_nodata_tiles_are_skipped(ray_local, tmp_path):
         dst.write(data)
     opts = PredictOptions(model="index", tile_size=100, halo=8, bands={"blue": 1, "green": 2, "red": 3, "nir": 4})
     (rec,) = predict([str(path)], str(tmp_path / "out"), opts)
-    assert rec["tiles"] == {"total": 6, "predicted": 3, "nodata_skipped": 3, "resumed": 0}
+    assert rec["tiles"] == {"total": 6, "predicted": 3, "nodata_skipped": 3, "resumed": 0, "bad": 0, "bad_tiles": []}
     with rasterio.open(tmp_path / "out" / "holes.tif") as cog:
         classes = cog.read(1)
         assert cog.crs.to_epsg() == 32631

@@ -139,6 +139,15 @@ def test_sigterm_is_one_line_and_stops_ray(sample_dir, tmp_path, ray_tmp):
     assert _wait_gone(ray_tmp) == []
 
 
+def _registered_checkpoints(run_dir) -> int:
+    """Checkpoints Ray Train has recorded in the run's snapshot (what a rerun restores from)."""
+    try:
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return len(snap.get("checkpoint_results") or [])
+
+
 @pytest.mark.slow
 def test_sigkill_mid_train_then_rerun_finishes_from_checkpoint(sample_dir, tmp_path, ray_tmp):
     run_dir = tmp_path / "run"
@@ -148,10 +157,9 @@ def test_sigkill_mid_train_then_rerun_finishes_from_checkpoint(sample_dir, tmp_p
     proc = _geoseg(args, ray_tmp)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if run_dir.exists() and any(p.startswith("checkpoint_") for p in os.listdir(run_dir)):
+        if _registered_checkpoints(run_dir):
             break
         time.sleep(0.2)
-    time.sleep(1.0)  # the checkpoint's files land
     assert proc.poll() is None, proc.stderr.read()
     proc.kill()
     proc.wait(timeout=30)

@@ -119,18 +119,18 @@ class JobPlan:
     @property
     def dtype(self) -> str:
         """Tiles travel in the rasters' own dtype (uint16 is half of float32)."""
-        return np.result_type(*[np.dtype(p.info.dtype) for p in self.scenes]).name
+        return np.result_type(*[np.dtype(p.info.pixel_dtype) for p in self.scenes]).name
 
 
 def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
     """Plan every scene; creates (or checks, to resume) each scene's outputs."""
     urls = expand_inputs(inputs, opts.asset)
-    storage.check_writable(prefix)
     classes, meta = LANDCOVER, None
     if opts.checkpoint:
         meta = checkpoint.verify(opts.checkpoint)  # weights that fit the model it describes
         classes = meta.classes
         _check_stride(opts, meta.model)
+    storage.check_writable(prefix)
     job = uuid.uuid4().hex
     stems: dict[str, str] = {}
     scenes: list[ScenePlan] = []
