@@ -34,6 +34,18 @@ class RasterInfo:
     nodata: float | None
     descriptions: tuple[str | None, ...]
     tags: dict[str, str] = field(default_factory=dict, compare=False)
+    scales: tuple[float, ...] = ()  # per band (GDAL / STAC scale): readers return raw * scale + offset
+    offsets: tuple[float, ...] = ()
+
+    @property
+    def scaled(self) -> bool:
+        """True when some band has a scale or offset: pixels are then read as float32 values."""
+        return any(s != 1 for s in self.scales) or any(o != 0 for o in self.offsets)
+
+    @property
+    def pixel_dtype(self) -> str:
+        """The dtype geoseg's readers return (the raster's own, or float32 when scaled)."""
+        return "float32" if self.scaled else self.dtype
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -84,6 +96,8 @@ def read_info(url: str) -> RasterInfo:
                 nodata=src.nodata,
                 descriptions=tuple(src.descriptions),
                 tags=dict(src.tags()),
+                scales=tuple(float(v) for v in src.scales),
+                offsets=tuple(float(v) for v in src.offsets),
             )
 
 
@@ -108,6 +122,20 @@ def check_class_map(info: RasterInfo, what: str = "class map") -> None:
                           f"expected 1 band of integer class numbers)")
 
 
+def apply_scale(data: np.ndarray, src, bands: list[int], valid: np.ndarray | None = None) -> np.ndarray:
+    """``raw * scale + offset`` per band (float32) where the raster declares them, else ``data`` as is.
+    Pixels outside ``valid`` keep their raw value (nodata stays recognisable)."""
+    scales = [float(src.scales[b - 1]) for b in bands]
+    offsets = [float(src.offsets[b - 1]) for b in bands]
+    if all(s == 1 for s in scales) and all(o == 0 for o in offsets):
+        return data
+    out = data.astype(np.float32)
+    for i, (s, o) in enumerate(zip(scales, offsets)):
+        band = out[i] * np.float32(s) + np.float32(o)
+        out[i] = band if valid is None else np.where(valid, band, out[i])
+    return out
+
+
 def read_decimated(
     url: str, bands: list[int], max_side: int = 1024, resampling: str = "nearest"
 ) -> tuple[np.ndarray, float, float | None]:
@@ -120,7 +148,8 @@ def read_decimated(
         scale = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
         shape = (len(bands), max(1, src.height // scale), max(1, src.width // scale))
         data = src.read(bands, out_shape=shape, resampling=getattr(Resampling, resampling))
-        return data, src.height / shape[1], src.nodata
+        valid = None if src.nodata is None else ~np.all(data == src.nodata, axis=0)
+        return apply_scale(data, src, bands, valid), src.height / shape[1], src.nodata
 
 
 class TileReader:
@@ -157,7 +186,10 @@ class TileReader:
         bh, bw = self._src.block_shapes[0] if self._src.count else (256, 256)
         # cells of whole blocks, at least 256 px a side (strips of a striped TIFF are grouped)
         self.cell = (bh * -(-256 // bh), bw * -(-256 // bw))
-        itemsize = np.dtype(self._src.dtypes[0]).itemsize if self._src.count else 1
+        raw = self._src.dtypes[0] if self._src.count else "uint8"
+        # what reads return: the raster's dtype, or float32 where bands declare a scale / offset
+        self.dtype = np.dtype(apply_scale(np.zeros((len(self.bands), 1, 1), raw), self._src, self.bands).dtype)
+        itemsize = self.dtype.itemsize
         cell_bytes = self.cell[0] * self.cell[1] * (len(self.bands) * itemsize + 1)
         per_row = -(-self._src.width // self.cell[1])
         budget = int(float(os.environ.get("GEOSEG_READ_CACHE_MB", "128")) * 2**20)
@@ -208,7 +240,7 @@ class TileReader:
             rs, cs = window.row_off - r0 * ch, window.col_off - c0 * cw
             return (data[:, rs : rs + window.height, cs : cs + window.width],
                     valid[rs : rs + window.height, cs : cs + window.width])
-        out = np.empty((len(self.bands), window.height, window.width), dtype=self._src.dtypes[0])
+        out = np.empty((len(self.bands), window.height, window.width), dtype=self.dtype)
         ok = np.empty((window.height, window.width), dtype=bool)
         for r in range(r0, r1 + 1):
             for c in range(c0, c1 + 1):
@@ -233,6 +265,7 @@ class TileReader:
         try:
             data = self._src.read(self.bands, window=rio_win)
             valid = self._valid(data, rio_win)
+            data = apply_scale(data, self._src, self.bands)
         except Exception as exc:  # noqa: BLE001 - GDAL's errors: a corrupt or truncated file
             raise ReadError(f"{self.url}: cannot read window rows {win.row_off}:{win.row_off + win.height}, "
                             f"cols {win.col_off}:{win.col_off + win.width}: corrupt or truncated file "
