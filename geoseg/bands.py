@@ -73,6 +73,9 @@ def resolve_roles(
         for role, aliases in _ALIASES.items():
             if role not in roles and key in aliases:
                 roles[role] = i
+        for role in needed:  # other band names (swir16, scl, ...): by exact name
+            if role not in roles and key == str(role).lower():
+                roles[role] = i
     missing = [r for r in needed if r not in roles]
     if missing:
         raise InputError(

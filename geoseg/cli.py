@@ -12,7 +12,7 @@ from geoseg import __version__, runtime, storage
 from geoseg.bands import parse_bands
 from geoseg.console import filtered_stderr
 from geoseg.demo import run_demo
-from geoseg.errors import GeosegError
+from geoseg.errors import GeosegError, InputError
 from geoseg.evaluate import evaluate
 from geoseg.metrics import format_table
 from geoseg.predict import PredictOptions, predict
@@ -95,12 +95,32 @@ def add_sample(sub) -> None:
     s.add_argument("outdir")
     s.add_argument("--size", type=_positive("--size"), default=2048, help="side in pixels (default 2048)")
     s.add_argument("--seed", type=_nonneg("--seed"), default=0)
+    s.add_argument("--stac", action="store_true", help="also a Sentinel-2-like STAC item (item.json): one COG per "
+                                                       "band, B8A at 20 m, scale in raster:bands")
     s.set_defaults(run=cmd_sample)
 
 
 def cmd_sample(a) -> None:
-    urls = write_sample(a.outdir, size=a.size, seed=a.seed)
-    print(f"scene:  {urls['scene']}\nlabels: {urls['labels']}")
+    urls = write_sample(a.outdir, size=a.size, seed=a.seed, stac=a.stac)
+    print(f"scene:  {urls['scene']}\nlabels: {urls['labels']}" + (f"\nitem:   {urls['item']}" if a.stac else ""))
+
+
+def add_stack_flags(p) -> None:
+    p.add_argument("--assets", help="STAC items with one asset per band: the bands to stack, by asset key or "
+                                    "common name (e.g. blue,green,red,nir; default: the model's bands)")
+    p.add_argument("--resolution", type=float, help="pixel size of the stack, in CRS units (default: the finest band's)")
+    p.add_argument("--resampling", help="per band, e.g. scl=nearest,nir08=average (default: bilinear; nearest for "
+                                        "categorical bands)")
+
+
+def stack_options(a):
+    from geoseg.stac import StackOptions, parse_assets, parse_resampling
+
+    if a.resolution is not None and a.resolution <= 0:
+        raise InputError(f"--resolution must be > 0, got {a.resolution}")
+    if not (a.assets or a.resolution or a.resampling):
+        return None
+    return StackOptions(parse_assets(a.assets), a.resolution, parse_resampling(a.resampling))
 
 
 def add_predict(sub) -> None:
@@ -127,7 +147,8 @@ def add_predict(sub) -> None:
     pr.add_argument("--tta", action="store_true", help="average predictions over flips")
     pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     pr.add_argument("--compile", action="store_true", help="torch.compile the model")
-    pr.add_argument("--asset", help="STAC asset key to read")
+    pr.add_argument("--asset", help="STAC asset key to read (an item's one multi-band asset)")
+    add_stack_flags(pr)
     pr.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
     pr.add_argument("--skip-bad-tiles", action="store_true",
                     help="tiles whose input cannot be read (corrupt blocks) are written as nodata and listed in the "
@@ -154,6 +175,7 @@ def predict_options(a):
         compile=a.compile,
         overwrite=a.overwrite,
         asset=a.asset,
+        stack=stack_options(a),
         address=a.address,
         skip_bad_tiles=a.skip_bad_tiles,
         allow_no_crs=a.allow_no_crs,
@@ -177,7 +199,7 @@ TRAIN_FLAGS = (
     "images", "labels", "out", "arch", "encoder", "encoder_weights", "freeze_encoder", "bands",
     "num_classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
     "max_minutes", "batch_size", "lr", "loss", "workers", "gpus", "cpus_per_worker", "num_to_keep",
-    "max_failures", "seed", "address", "allow_no_crs",
+    "max_failures", "seed", "address", "allow_no_crs", "resolution",
 )
 
 
@@ -212,12 +234,17 @@ def add_train(sub) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--address", help="Ray cluster address")
     t.add_argument("--allow-no-crs", action="store_true", default=None, help="accept rasters without a CRS")
+    add_stack_flags(t)
     t.set_defaults(run=cmd_train)
 
 
 def cmd_train(a) -> None:
     flags = {k: getattr(a, k) for k in TRAIN_FLAGS}
     flags["bands"] = parse_bands(a.bands) if a.bands else None
+    stack = stack_options(a)
+    if stack:
+        flags["assets"] = list(stack.assets) if stack.assets else None
+        flags["resampling"] = stack.resampling
     cfg = TrainConfig.from_sources(a.config, flags)
     summary = train(cfg)
     best = summary["best"]

@@ -61,6 +61,9 @@ class Progress:
         return f"{self.done}/{self.total} {self.label} ({pct:.0f}%), {rate:.1f} MPix/s, ETA {eta}"
 
     def _show(self, text: str) -> None:
+        if text == getattr(self, "_shown_text", None):
+            return
+        self._shown_text = text
         if self.tty:
             self.stream.write("\r\x1b[K" + text)
         else:

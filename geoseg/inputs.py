@@ -10,37 +10,52 @@ import glob
 import json
 import posixpath
 
-from geoseg import storage
+from geoseg import stac, storage
 from geoseg.errors import InputError
 
 def _is_glob(s: str) -> bool:
     return any(ch in s for ch in "*?[")
 
 
-def _stac_assets(doc: dict, source: str, asset: str | None) -> list[str]:
+def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOptions | None,
+                 default_assets: tuple[str, ...] | None, folder: str | None) -> list[str]:
+    """One raster URL per item: the ``--asset`` given, the item's one GeoTIFF asset, or a
+    VRT stacking its band assets (``--assets``, else the model's own bands)."""
     features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
     urls = []
     for item in features or []:
         assets = item.get("assets") or {}
-        key = asset
-        if key is None:
+        names = (stack.assets if stack else None) or None
+        if asset is None and names is None:
             candidates = [k for k, a in assets.items() if "image/tiff" in str(a.get("type", ""))]
-            if len(candidates) != 1:
-                raise InputError(
-                    f"{source}: item {item.get('id')!r} has assets {sorted(assets)}; choose one with --asset"
-                )
-            key = candidates[0]
-        if key not in assets:
-            raise InputError(f"{source}: item {item.get('id')!r} has no asset {key!r} (has {sorted(assets)})")
-        href = assets[key]["href"]
+            if len(candidates) == 1 or not default_assets:
+                if len(candidates) != 1:
+                    raise InputError(f"{source}: item {item.get('id')!r} has assets {sorted(assets)}; choose one "
+                                     "with --asset, or bands to stack with --assets")
+                asset = candidates[0]
+            else:
+                names = tuple(default_assets)
+        if names is not None:
+            if folder is None:
+                raise InputError(f"{source}: stacking band assets needs an output folder")
+            urls.append(stac.stack_item(item, source, list(names), folder,
+                                        stack.resolution if stack else None, stack.resampling if stack else None))
+            continue
+        if asset not in assets:
+            raise InputError(f"{source}: item {item.get('id')!r} has no asset {asset!r} (has {sorted(assets)})")
+        href = assets[asset]["href"]
         if not storage.is_remote(href) and not posixpath.isabs(href):
             href = storage.join(posixpath.dirname(source) or ".", href)
         urls.append(href)
     return urls
 
 
-def expand_inputs(items: list[str], asset: str | None = None) -> list[str]:
-    """Expand inputs into raster URLs, in order, without duplicates."""
+def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackOptions | None = None,
+                  default_assets: tuple[str, ...] | None = None, folder: str | None = None) -> list[str]:
+    """Expand inputs into raster URLs, in order, without duplicates.
+
+    STAC items with one asset per band become VRTs written under ``folder``
+    (see :mod:`geoseg.stac`): ``stack.assets``, else ``default_assets`` (the model's bands)."""
     urls: list[str] = []
     for item in items:
         lower = item.lower()
@@ -59,7 +74,7 @@ def expand_inputs(items: list[str], asset: str | None = None) -> list[str]:
             listed = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
             if not listed:
                 raise InputError(f"{item}: lists no inputs")
-            urls.extend(expand_inputs(listed, asset))
+            urls.extend(expand_inputs(listed, asset, stack, default_assets, folder))
         elif lower.endswith(".json") or lower.endswith(".geojson"):
             try:
                 doc = json.loads(storage.read_text(item))
@@ -67,7 +82,7 @@ def expand_inputs(items: list[str], asset: str | None = None) -> list[str]:
                 raise InputError(f"{item}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
             if doc.get("type") not in ("Feature", "FeatureCollection"):
                 raise InputError(f"{item}: not a STAC Item or ItemCollection")
-            urls.extend(_stac_assets(doc, item, asset))
+            urls.extend(_stac_assets(doc, item, asset, stack, default_assets, folder))
         else:
             urls.append(item)
     seen: set[str] = set()

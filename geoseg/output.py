@@ -31,6 +31,7 @@ from geoseg import __version__, storage
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import GeosegError, OutputExistsError
 from geoseg.raster import CogWriter, RasterInfo, iter_windows
+from geoseg.stac import item_of
 from geoseg.tiling import TileGrid, Window
 
 
@@ -374,6 +375,7 @@ def scene_record(
     return {
         "status": "complete",
         "input": url,
+        **({"stac_item": item_of(info.tags)} if item_of(info.tags) else {}),  # the item a stacked VRT came from
         "outputs": {"zarr": out.zarr, "cog": out.cog, "record": out.record},
         "model": model,
         "parameters": parameters,

@@ -14,10 +14,13 @@ blue, green, red, nir. Labels (uint8) follow :data:`geoseg.classes.LANDCOVER`,
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
+from affine import Affine
 
 from geoseg import storage
 from geoseg.classes import BARE, BUILT, LANDCOVER, NODATA, VEGETATION, WATER
@@ -288,8 +291,15 @@ def _cells(window: Window, cell: int, margin: int):
             yield my, mx
 
 
-def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024) -> dict[str, str]:
-    """Write ``scene.tif`` and ``labels.tif`` COGs into ``outdir``; return their URLs."""
+def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024, stac: bool = False
+                 ) -> dict[str, str]:
+    """Write ``scene.tif`` and ``labels.tif`` COGs into ``outdir``; return their URLs.
+
+    ``stac``: also the scene as a Sentinel-2-like STAC item (``item.json``): one
+    single-band COG per band (``B02``, ``B03``, ``B04``, ``B08`` at 10 m, ``B8A`` at
+    20 m), scale and nodata in ``raster:bands``, common names in ``eo:bands`` and
+    ``bands``, the projection extension; the URL of the item is ``urls["item"]``.
+    """
     if size < 64:
         raise InputError(f"--size must be at least 64, got {size}")
     storage.check_writable(outdir)
@@ -315,10 +325,76 @@ def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024
         tags={**tags, **LANDCOVER.to_tags()},
         resampling="MODE",
         **common,
-    ) as lab_out:
+    ) as lab_out, contextlib.ExitStack() as stack:
+        bands = {}
+        if stac:
+            for key, (name, factor) in STAC_BANDS.items():
+                url = storage.join(outdir, f"{key}.tif")
+                transform = scene.transform @ Affine.scale(factor)
+                bands[key] = stack.enter_context(CogWriter(
+                    url, height=size // factor, width=size // factor, count=1, dtype="uint16", nodata=0, crs=CRS,
+                    transform=transform, descriptions=[name], resampling="AVERAGE"))
         for window in iter_windows(size, size, block):
             image, labels = scene.render(window)
             img_out.write(window, image)
             lab_out.write(window, labels)
+            for key, (name, factor) in STAC_BANDS.items() if stac else ():
+                band = image[BAND_NAMES.index(name if factor == 1 else "nir")]
+                if factor == 1:
+                    bands[key].write(window, band)
+                else:  # 20 m: the mean of each 2 x 2 block of valid 10 m pixels (block is even)
+                    h, w = band.shape[0] // 2 * 2, band.shape[1] // 2 * 2
+                    cells = band[:h, :w].reshape(h // 2, 2, w // 2, 2).astype(np.float64)
+                    n = (cells > 0).sum(axis=(1, 3))
+                    mean = np.where(n > 0, cells.sum(axis=(1, 3)) / np.maximum(n, 1), 0)
+                    bands[key].write(Window(window.row_off // 2, window.col_off // 2, h // 2, w // 2),
+                                     np.round(mean).astype(np.uint16))
+    if stac:
+        urls["item"] = _write_item(outdir, size, seed, scene.transform)
     return urls
+
+
+# The sample as a Sentinel-2-like item: asset key -> (band name, pixel size in 10 m pixels)
+STAC_BANDS = {"B02": ("blue", 1), "B03": ("green", 1), "B04": ("red", 1), "B08": ("nir", 1), "B8A": ("nir08", 2)}
+STAC_SCALE = 0.0001  # reflectance = DN x 0.0001, as Sentinel-2 L2A before baseline 04.00
+
+
+def _write_item(outdir: str, size: int, seed: int, transform) -> str:
+    import json
+
+    from rasterio.warp import transform_bounds
+
+    base = outdir if storage.is_remote(outdir) else os.path.abspath(storage.local_path(outdir))
+    west, south, east, north = transform_bounds(CRS, "EPSG:4326", transform.c, transform.f + transform.e * size,
+                                                transform.c + transform.a * size, transform.f)
+    assets = {}
+    for key, (name, factor) in STAC_BANDS.items():
+        band = {"name": key, "eo:common_name": name, "nodata": 0, "data_type": "uint16", "scale": STAC_SCALE,
+                "offset": 0.0, "spatial_resolution": 10.0 * factor}
+        t = transform @ Affine.scale(factor)
+        assets[key] = {
+            "href": storage.join(base, f"{key}.tif"), "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+            "roles": ["data", "reflectance"], "title": f"{name} ({10 * factor} m)",
+            "proj:shape": [size // factor, size // factor], "proj:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+            "eo:bands": [{"name": key, "common_name": name}],
+            "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": STAC_SCALE, "offset": 0.0,
+                              "spatial_resolution": 10.0 * factor}],
+            "bands": [band],
+        }
+    assets["labels"] = {"href": storage.join(base, "labels.tif"), "type": "image/tiff; application=geotiff",
+                        "roles": ["labels"], "title": "land-cover labels"}
+    item = {
+        "type": "Feature", "stac_version": "1.1.0", "id": f"geoseg-sample-{size}-{seed}",
+        "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+                            "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
+                            "https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
+        "bbox": [west, south, east, north],
+        "geometry": {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north], [west, north],
+                                                         [west, south]]]},
+        "properties": {"datetime": "2025-06-15T10:00:00Z", "proj:code": CRS, "platform": "geoseg-sample"},
+        "links": [], "assets": assets,
+    }
+    url = storage.join(base, "item.json")
+    storage.write_text(url, json.dumps(item, indent=2))
+    return url
 

@@ -21,6 +21,7 @@ from geoseg.models.index import BAND_ROLES, INDEX_MODELS, fit_otsu
 from geoseg.output import SceneOutput
 from geoseg.predictor import ModelSpec
 from geoseg.raster import RasterInfo, check_image, read_info
+from geoseg.stac import StackOptions
 from geoseg.tiling import TileGrid
 
 
@@ -41,6 +42,7 @@ class PredictOptions:
     stitch: str = "crop"  # or "hann": weighted blending of overlapping tiles
     overwrite: bool = False
     asset: str | None = None
+    stack: StackOptions | None = None  # STAC items with one asset per band: --assets, --resolution, --resampling
     address: str | None = None
     skip_bad_tiles: bool = False  # unreadable blocks: their tiles left nodata and listed, instead of failing
     allow_no_crs: bool = False  # accept rasters without a CRS (outputs then have none either)
@@ -80,6 +82,7 @@ class PredictOptions:
             "probabilities": self.probabilities,
             "tta": self.tta,
             "stitch": self.stitch,
+            **({"stack": self.stack.fingerprint()} if self.stack and self.stack.fingerprint() else {}),
         }
 
 
@@ -124,13 +127,16 @@ class JobPlan:
 
 def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
     """Plan every scene; creates (or checks, to resume) each scene's outputs."""
-    urls = expand_inputs(inputs, opts.asset)
     classes, meta = LANDCOVER, None
     if opts.checkpoint:
         meta = checkpoint.verify(opts.checkpoint)  # weights that fit the model it describes
         classes = meta.classes
         _check_stride(opts, meta.model)
     storage.check_writable(prefix)
+    # STAC items with one asset per band: the bands asked for, else the model's own
+    model_bands = BAND_ROLES if meta is None else (
+        tuple(meta.extra.get("inputs", {}).get("assets") or meta.band_roles or ()) or None)
+    urls = expand_inputs(inputs, opts.asset, opts.stack, model_bands, storage.join(prefix, ".geoseg", "_inputs"))
     job = uuid.uuid4().hex
     stems: dict[str, str] = {}
     scenes: list[ScenePlan] = []

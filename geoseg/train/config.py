@@ -14,7 +14,7 @@ from geoseg.losses import LOSSES
 from geoseg.models.zoo import ARCHS
 
 CPU_CHIP, CPU_BATCH = 128, 16
-NUMBERS = ("num_classes", "chip_size", "block_size", "max_minutes", "batch_size", "cpus_per_worker")
+NUMBERS = ("num_classes", "chip_size", "block_size", "max_minutes", "batch_size", "cpus_per_worker", "resolution")
 # On a GPU: 512^2 chips (a U-Net/resnet34 step runs 139 MPix/s there on an H100 against 14 at 128^2,
 # batch 16) and 16 of them per GPU in bf16 (a few GiB of activations: fits every data-centre GPU).
 GPU_CHIP, GPU_BATCH_PER_WORKER = 512, 16
@@ -54,6 +54,9 @@ class TrainConfig:
     seed: int = 0
     address: str | None = None
     allow_no_crs: bool = False  # accept rasters without a CRS
+    assets: list[str] | None = None  # --image STAC items with one asset per band: the bands to stack
+    resolution: float | None = None  # pixel size of the stack (default: the finest band's)
+    resampling: dict | None = None  # per band name (default bilinear, nearest for categorical bands)
 
     def __post_init__(self) -> None:
         def bad(msg):

@@ -202,7 +202,9 @@ class Fitter:
             band_numbers=self.setup.get("band_numbers"),
             epoch=epoch,
             metrics=metrics,
-            extra={"stopped_early": bool(stop), "resumed_at": self.progress.resumed_at, "world_size": self.world},
+            extra={"stopped_early": bool(stop), "resumed_at": self.progress.resumed_at, "world_size": self.world,
+                   # how the bands were read: STAC assets stacked (names, resolution, resampling), scale/offset
+                   "inputs": self.setup.get("inputs") or {}},
         )
         state = {
             "optimizer": self.opt.state_dict(),

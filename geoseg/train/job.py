@@ -21,6 +21,9 @@ import time
 
 from geoseg import checkpoint, storage
 from geoseg.bands import select_bands
+from geoseg.errors import InputError
+from geoseg.inputs import expand_inputs
+from geoseg.stac import StackOptions
 from geoseg.metrics import format_table
 from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.raster import read_info
@@ -101,12 +104,29 @@ def _epoch_progress(epoch: int, cfg: TrainConfig, world: int):
 def plan_run(cfg: TrainConfig) -> tuple[TrainingPlan, ModelConfig, list[int], list[str] | None]:
     """``(training plan, model config, band numbers, band roles)``: metadata and decimated reads only."""
     storage.check_writable(cfg.out)
-    first = read_info(cfg.images[0])
-    bands, roles = select_bands(cfg.images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
-    pairs = open_pairs(cfg.images, cfg.labels, bands, cfg.allow_no_crs)
+    images = [_image_url(url, cfg) for url in cfg.images]
+    first = read_info(images[0])
+    if cfg.assets and not cfg.bands:  # stacked STAC assets: exactly the bands asked for, named as asked
+        bands, roles = list(range(1, first.count + 1)), list(cfg.assets)
+    else:
+        bands, roles = select_bands(images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
+    pairs = open_pairs(images, cfg.labels, bands, cfg.allow_no_crs)
     plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
                          seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles)
     return plan, ModelConfig(cfg.arch, cfg.encoder, len(bands), len(plan.classes)), bands, roles
+
+
+def stack_options(cfg: TrainConfig) -> StackOptions:
+    return StackOptions(tuple(cfg.assets) if cfg.assets else None, cfg.resolution,
+                        {k.lower(): v for k, v in (cfg.resampling or {}).items()} or None)
+
+
+def _image_url(url: str, cfg: TrainConfig) -> str:
+    """A training image: a raster, or a STAC item whose band assets are stacked in a VRT under ``RUN_DIR/inputs``."""
+    urls = expand_inputs([url], None, stack_options(cfg), None, storage.join(cfg.out, "inputs"))
+    if len(urls) != 1:
+        raise InputError(f"{url}: gives {len(urls)} images; pair each --image with one --label")
+    return urls[0]
 
 
 def chip_datasets(cfg: TrainConfig, plan: TrainingPlan) -> dict:
@@ -182,6 +202,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "band_roles": roles,
         "band_numbers": bands,
         "threads": None if cfg.gpus else max(1, cpus // cfg.workers),
+        "inputs": {**stack_options(cfg).fingerprint(), "scaled": any(p.image.scaled for p in plan.pairs)},
     }
     result = make_trainer(cfg, loop_config, chip_datasets(cfg, plan), cpus).fit()
     if result.error:

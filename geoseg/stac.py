@@ -1,0 +1,297 @@
+"""STAC items whose bands are separate assets (Sentinel-2, Landsat, HLS: one COG per band).
+
+An item and a list of band names (``--assets blue,green,red,nir``) become one
+multi-band raster without copying a pixel: a GDAL VRT (a few kB of XML) that
+stacks the band assets on one grid, the finest of them by default or one of
+``--resolution`` metres, each band resampled on the fly (bilinear for
+reflectance, nearest for categorical bands such as a scene classification).
+GDAL then reads the VRT window by window, straight from object storage, like
+any COG; the VRT is written beside the outputs
+(``PREFIX/.geoseg/inputs/<item id>.vrt``), where every worker can read it.
+
+Bands are found by asset key, then by common name in STAC 1.1 ``bands`` or in
+``eo:bands``. Scale, offset and nodata come from ``raster:bands`` (or the
+asset's STAC 1.1 ``bands``) where present and are written into the VRT, where
+geoseg's readers apply them (:mod:`geoseg.raster`).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import posixpath
+from dataclasses import dataclass
+
+from geoseg import storage
+from geoseg.errors import InputError
+
+@dataclass(frozen=True)
+class StackOptions:
+    """How items with one asset per band become rasters (``--assets``, ``--resolution``, ``--resampling``)."""
+
+    assets: tuple[str, ...] | None = None  # band names; None: the model's own bands
+    resolution: float | None = None  # metres (CRS units) of the stack; None: the finest band's
+    resampling: dict[str, str] | None = None  # per band name; default bilinear, nearest for categorical
+
+    def fingerprint(self) -> dict:
+        out = {"assets": list(self.assets) if self.assets else None, "resolution": self.resolution,
+               "resampling": dict(sorted((self.resampling or {}).items())) or None}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+RESAMPLING = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
+
+
+def parse_resampling(text: str | None) -> dict[str, str] | None:
+    """``"scl=nearest,nir08=average"`` -> ``{"scl": "nearest", "nir08": "average"}``."""
+    if not text:
+        return None
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, method = part.partition("=")
+        if not sep or method.strip().lower() not in RESAMPLING:
+            raise InputError(f"--resampling: {part!r} is not BAND=METHOD with METHOD one of {', '.join(RESAMPLING)}")
+        out[name.strip().lower()] = method.strip().lower()
+    return out
+
+
+def parse_assets(text: str | None) -> tuple[str, ...] | None:
+    if not text:
+        return None
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise InputError("--assets: empty; give band names, e.g. blue,green,red,nir")
+    return names
+
+
+CATEGORICAL = ("scl", "qa", "qa_pixel", "fmask", "mask", "cloud", "snow", "classification")
+
+
+@dataclass(frozen=True)
+class BandAsset:
+    """One band of an item: which asset holds it and how to put it on the stack's grid."""
+
+    name: str  # the band name asked for (also the VRT band's description)
+    key: str  # asset key in the item
+    href: str  # absolute URL or path
+    resampling: str  # nearest, bilinear, average, ...
+    scale: float | None = None
+    offset: float | None = None
+    nodata: float | None = None
+
+
+@dataclass(frozen=True)
+class Grid:
+    crs: str  # WKT or EPSG:xxxx
+    transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f
+    width: int
+    height: int
+
+    @property
+    def res(self) -> float:
+        return abs(self.transform[0])
+
+
+def is_item(doc: dict) -> bool:
+    return isinstance(doc, dict) and doc.get("type") == "Feature" and isinstance(doc.get("assets"), dict)
+
+
+def _band_meta(asset: dict) -> dict:
+    """The first band's metadata of an asset (STAC 1.1 ``bands``, else ``eo:bands`` / ``raster:bands``)."""
+    out: dict = {}
+    for field in ("raster:bands", "eo:bands", "bands"):
+        bands = asset.get(field)
+        if isinstance(bands, list) and bands and isinstance(bands[0], dict):
+            out.update(bands[0])
+    return out
+
+
+def _common_name(asset: dict) -> str | None:
+    meta = _band_meta(asset)
+    return meta.get("eo:common_name") or meta.get("common_name")
+
+
+def find_asset(item: dict, name: str, source: str) -> str:
+    """The asset key holding band ``name``: by key, then by common name."""
+    assets = item.get("assets") or {}
+    lowered = {k.lower(): k for k in assets}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    matches = [k for k, a in assets.items() if (_common_name(a) or "").lower() == name.lower()]
+    if len(matches) > 1:  # e.g. Landsat's nir and a lower-resolution copy: prefer the data asset
+        data = [k for k in matches if "data" in (assets[k].get("roles") or [])]
+        matches = data or matches
+    if not matches:
+        names = sorted({*assets, *(n for a in assets.values() if (n := _common_name(a)))})
+        raise InputError(f"{source}: item {item.get('id')!r} has no band {name!r} "
+                         f"(assets and common names: {', '.join(names)})")
+    return matches[0]
+
+
+def _href(item_source: str, href: str) -> str:
+    if storage.is_remote(href) or posixpath.isabs(href) or href.startswith("/"):
+        return href
+    return storage.join(posixpath.dirname(item_source) or ".", href)
+
+
+def resolve_bands(item: dict, source: str, names: list[str], resampling: dict[str, str] | None = None
+                  ) -> list[BandAsset]:
+    """The assets of ``names``, in that order, with resampling, scale, offset and nodata."""
+    if len(set(n.lower() for n in names)) != len(names):
+        raise InputError(f"--assets: a band is named twice in {','.join(names)}")
+    out = []
+    for name in names:
+        key = find_asset(item, name, source)
+        asset = item["assets"][key]
+        meta = _band_meta(asset)
+        categorical = key.lower() in CATEGORICAL or name.lower() in CATEGORICAL or "classification:classes" in asset
+        method = (resampling or {}).get(name.lower()) or ("nearest" if categorical else "bilinear")
+        out.append(BandAsset(
+            name=name, key=key, href=_href(source, asset["href"]), resampling=method,
+            scale=_num(meta.get("scale")), offset=_num(meta.get("offset")), nodata=_num(meta.get("nodata")),
+        ))
+    return out
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v
+
+
+def asset_grid(item: dict, band: BandAsset) -> Grid:
+    """The grid of one band asset: from the projection extension, else from the file's header."""
+    asset = item["assets"][band.key]
+    props = item.get("properties") or {}
+    shape = asset.get("proj:shape") or props.get("proj:shape")
+    transform = asset.get("proj:transform") or props.get("proj:transform")
+    code = asset.get("proj:code") or props.get("proj:code")
+    epsg = asset.get("proj:epsg") or props.get("proj:epsg")
+    wkt = asset.get("proj:wkt2") or props.get("proj:wkt2")
+    crs = wkt or code or (f"EPSG:{epsg}" if epsg else None)
+    if shape and transform and crs and len(transform) >= 6:
+        return Grid(crs, tuple(float(x) for x in transform[:6]), int(shape[1]), int(shape[0]))
+    from geoseg.raster import read_info
+
+    info = read_info(band.href)
+    if info.crs is None:
+        raise InputError(f"{band.href}: band {band.name!r} of item {item.get('id')!r} has no CRS")
+    return Grid(info.crs, info.transform, info.width, info.height)
+
+
+def _same_crs(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(a) == CRS.from_user_input(b)
+
+
+def stack_grid(grids: list[Grid], resolution: float | None, source: str) -> Grid:
+    """The grid every band is put on: the finest band's, or ``resolution`` over the same extent."""
+    finest = min(grids, key=lambda g: g.res)
+    for g in grids:
+        if not _same_crs(g.crs, finest.crs):
+            raise InputError(f"{source}: the band assets are in different CRSs; geoseg stacks bands of one CRS")
+        if g.transform[1] or g.transform[3]:
+            raise InputError(f"{source}: a band asset has a rotated grid, which geoseg does not stack")
+    if resolution is None:
+        return finest
+    a, _, c, _, e, f = finest.transform
+    width = max(1, round(finest.width * abs(a) / resolution))
+    height = max(1, round(finest.height * abs(e) / resolution))
+    return Grid(finest.crs, (math.copysign(resolution, a), 0.0, c, 0.0, math.copysign(resolution, e), f),
+                width, height)
+
+
+def gdal_path(href: str) -> str:
+    """A path GDAL opens: ``s3://b/k`` -> ``/vsis3/b/k``, ``https://`` -> ``/vsicurl/https://``."""
+    if href.startswith("s3://"):
+        return "/vsis3/" + href[5:]
+    if href.startswith(("gs://", "gcs://")):
+        return "/vsigs/" + href.split("://", 1)[1]
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    return storage.local_path(href)
+
+
+def _dtype(dtypes: list[str]) -> str:
+    import numpy as np
+
+    name = np.result_type(*[np.dtype(d) for d in dtypes]).name
+    return {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+            "int32": "Int32", "float32": "Float32", "float64": "Float64"}.get(name, "Float32")
+
+
+def build_vrt(bands: list[BandAsset], grids: list[Grid], target: Grid, dtypes: list[str],
+              block: int = 512, metadata: dict[str, str] | None = None) -> str:
+    """The VRT XML stacking ``bands`` (with their own ``grids``) onto ``target``;
+    ``metadata`` becomes the VRT's tags (the item it came from)."""
+    from rasterio.crs import CRS
+
+    a, b, c, d, e, f = target.transform
+    wkt = CRS.from_user_input(target.crs).to_wkt()
+    parts = [f'<VRTDataset rasterXSize="{target.width}" rasterYSize="{target.height}">',
+             f"  <SRS>{html.escape(wkt)}</SRS>",
+             f"  <GeoTransform>{c!r}, {a!r}, {b!r}, {f!r}, {d!r}, {e!r}</GeoTransform>"]
+    if metadata:
+        parts.append("  <Metadata>")
+        parts += [f'    <MDI key="{html.escape(k)}">{html.escape(str(v))}</MDI>' for k, v in metadata.items()]
+        parts.append("  </Metadata>")
+    vrt_type = _dtype(dtypes)
+    for i, (band, grid) in enumerate(zip(bands, grids), start=1):
+        ga, _, gc, _, ge, gf = grid.transform
+        # the band's extent in target pixels (same CRS, north-up)
+        x0, y0 = (gc - c) / a, (gf - f) / e
+        xs, ys = grid.width * ga / a, grid.height * ge / e
+        parts.append(f'  <VRTRasterBand dataType="{vrt_type}" band="{i}" blockXSize="{block}" blockYSize="{block}">')
+        parts.append(f"    <Description>{html.escape(band.name)}</Description>")
+        if band.nodata is not None:
+            parts.append(f"    <NoDataValue>{band.nodata!r}</NoDataValue>")
+        if band.scale is not None:
+            parts.append(f"    <Scale>{band.scale!r}</Scale>")
+        if band.offset is not None:
+            parts.append(f"    <Offset>{band.offset!r}</Offset>")
+        parts.append(f'    <ComplexSource resampling="{band.resampling}">')
+        parts.append(f'      <SourceFilename relativeToVRT="0">{html.escape(gdal_path(band.href))}</SourceFilename>')
+        parts.append("      <SourceBand>1</SourceBand>")
+        parts.append(f'      <SrcRect xOff="0" yOff="0" xSize="{grid.width}" ySize="{grid.height}"/>')
+        parts.append(f'      <DstRect xOff="{x0!r}" yOff="{y0!r}" xSize="{xs!r}" ySize="{ys!r}"/>')
+        if band.nodata is not None:
+            parts.append(f"      <NODATA>{band.nodata!r}</NODATA>")
+        parts.append("    </ComplexSource>")
+        parts.append("  </VRTRasterBand>")
+    parts.append("</VRTDataset>")
+    return "\n".join(parts) + "\n"
+
+
+def stack_item(item: dict, source: str, names: list[str], folder: str, resolution: float | None = None,
+               resampling: dict[str, str] | None = None) -> str:
+    """Write ``folder/<item id>.vrt`` stacking the item's bands ``names``; returns its URL."""
+    from geoseg.raster import read_info
+
+    bands = resolve_bands(item, source, names, resampling)
+    grids = [asset_grid(item, b) for b in bands]
+    target = stack_grid(grids, resolution, source)
+    dtypes = []
+    for b in bands:
+        dt = ((item["assets"][b.key].get("raster:bands") or [{}])[0].get("data_type")
+              or (item["assets"][b.key].get("bands") or [{}])[0].get("data_type"))
+        dtypes.append(dt or read_info(b.href).dtype)
+    item_id = str(item.get("id") or storage.stem(source))
+    url = storage.join(folder, f"{item_id}.vrt")
+    meta = {ITEM_TAG: source, ITEM_ID_TAG: item_id}
+    storage.write_text(url, build_vrt(bands, grids, target, dtypes, metadata=meta))
+    return url
+
+
+ITEM_TAG, ITEM_ID_TAG = "GEOSEG_STAC_ITEM", "GEOSEG_STAC_ITEM_ID"  # a stacked VRT's tags: the item it came from
+
+
+def item_of(tags: dict[str, str]) -> dict | None:
+    """``{"href", "id"}`` of the STAC item a raster (a stacked VRT) was made from, or None."""
+    return {"href": tags[ITEM_TAG], "id": tags.get(ITEM_ID_TAG)} if ITEM_TAG in tags else None

@@ -1,0 +1,111 @@
+"""STAC items with one COG per band: stacked on one grid by a VRT, read window by window,
+equal to the same pixels stacked into one GeoTIFF; trained on and predicted from, on S3 too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+
+from geoseg.errors import InputError
+from geoseg.predict import PredictOptions, predict
+from geoseg.stac import StackOptions, stack_item
+
+
+@pytest.fixture(scope="module")
+def item_dir(tmp_path_factory):
+    """``geoseg sample --stac``: B02, B03, B04, B08 at 10 m, B8A at 20 m, scale 0.0001 in raster:bands."""
+    from geoseg.sample import write_sample
+
+    d = tmp_path_factory.mktemp("stac")
+    urls = write_sample(str(d), size=384, seed=5, stac=True)
+    # the same 10 m pixels stacked into one GeoTIFF, with the same scale
+    shutil.copy(urls["scene"], d / "stacked.tif")
+    with rasterio.open(d / "stacked.tif", "r+", IGNORE_COG_LAYOUT_BREAK="YES") as dst:
+        dst.scales, dst.offsets = (0.0001,) * 4, (0.0,) * 4
+    return d
+
+
+def _item(d):
+    return json.loads((d / "item.json").read_text())
+
+
+def test_sample_item_has_one_cog_per_band(item_dir):
+    item = _item(item_dir)
+    assert set(item["assets"]) == {"B02", "B03", "B04", "B08", "B8A", "labels"}
+    with rasterio.open(item["assets"]["B02"]["href"]) as b02, rasterio.open(item["assets"]["B8A"]["href"]) as b8a:
+        assert b02.count == b8a.count == 1 and b02.res == (10.0, 10.0) and b8a.res == (20.0, 20.0)
+        assert b8a.shape == (192, 192) and b02.crs == b8a.crs
+    with rasterio.open(item_dir / "scene.tif") as scene, rasterio.open(item["assets"]["B04"]["href"]) as b04:
+        np.testing.assert_array_equal(scene.read(3), b04.read(1))  # red is band 3 of the stacked scene
+
+
+def test_stack_resolves_by_key_and_common_name_and_resamples(item_dir, tmp_path):
+    item, src = _item(item_dir), str(item_dir / "item.json")
+    by_name = stack_item(item, src, ["blue", "green", "red", "nir08"], str(tmp_path), resampling={"nir08": "nearest"})
+    with rasterio.open(by_name) as vrt, rasterio.open(item["assets"]["B8A"]["href"]) as b8a:
+        assert vrt.count == 4 and vrt.shape == (384, 384) and vrt.descriptions == ("blue", "green", "red", "nir08")
+        assert vrt.scales == (0.0001,) * 4 and vrt.nodata == 0
+        up, coarse = vrt.read(4), b8a.read(1)
+        np.testing.assert_array_equal(up[::2, ::2], coarse)  # nearest: each 10 m pixel is its 20 m parent
+        np.testing.assert_array_equal(up[1::2, 1::2], coarse)
+    by_key = stack_item(item, src, ["B02", "B03", "B04", "B08"], str(tmp_path / "k"))
+    with rasterio.open(by_key) as vrt, rasterio.open(item_dir / "scene.tif") as scene:
+        np.testing.assert_array_equal(vrt.read(), scene.read())  # 10 m bands: the very pixels
+    coarse = stack_item(item, src, ["blue", "nir08"], str(tmp_path / "r"), resolution=20.0)
+    with rasterio.open(coarse) as vrt:
+        assert vrt.shape == (192, 192) and vrt.res == (20.0, 20.0)
+    with pytest.raises(InputError, match=r"has no band 'swir16'.*blue"):
+        stack_item(item, src, ["blue", "swir16"], str(tmp_path / "x"))
+
+
+def test_item_predicts_like_the_stacked_geotiff(ray_local, item_dir, tmp_path):
+    """The index model's bands (blue, green, red, nir) are stacked from the item without flags."""
+    opts = PredictOptions(model="index", tile_size=128, halo=16)
+    (from_item,) = predict([str(item_dir / "item.json")], str(tmp_path / "item"), opts)
+    (from_tif,) = predict([str(item_dir / "stacked.tif")], str(tmp_path / "tif"), opts)
+    with rasterio.open(from_item["outputs"]["cog"]) as a, rasterio.open(from_tif["outputs"]["cog"]) as b:
+        assert a.crs == b.crs and a.transform == b.transform
+        np.testing.assert_array_equal(a.read(), b.read())
+    assert from_item["stac_item"]["id"] == _item(item_dir)["id"]
+    assert from_item["outputs"]["cog"].endswith(f"{_item(item_dir)['id']}.tif")
+
+
+def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, tmp_path):
+    """Single-band COGs at 10 and 20 m on the S3 endpoint: train on 4 named bands, then predict
+    from the item with the checkpoint alone; an item without one of them is refused in one line."""
+    from geoseg import checkpoint
+    from geoseg.train import TrainConfig, train
+
+    item = _item(item_dir)
+    for key, asset in item["assets"].items():
+        s3.upload_file(asset["href"], "geoseg", f"s2/{key}.tif")
+        asset["href"] = f"s3://geoseg/s2/{key}.tif"
+    s3.put_object(Bucket="geoseg", Key="s2/item.json", Body=json.dumps(item).encode())
+    url = "s3://geoseg/s2/item.json"
+    cfg = TrainConfig(images=[url], labels=["s3://geoseg/s2/labels.tif"], out=str(tmp_path / "run"), arch="tinyfcn",
+                      assets=["blue", "green", "red", "nir08"], epochs=1, chip_size=64, block_size=128,
+                      chips_per_epoch=16, batch_size=8, workers=1)
+    train(cfg)
+    _, meta = checkpoint.load(str(tmp_path / "run"))
+    assert meta.band_roles == ["blue", "green", "red", "nir08"]
+    assert meta.extra["inputs"]["assets"] == ["blue", "green", "red", "nir08"] and meta.extra["inputs"]["scaled"]
+    (rec,) = predict([url], str(tmp_path / "pred"), PredictOptions(checkpoint=str(tmp_path / "run"), tile_size=96,
+                                                                     halo=16))
+    assert rec["tiles"]["predicted"] > 0
+    with rasterio.open(rec["outputs"]["cog"]) as cog:
+        assert cog.shape == (384, 384)  # the 10 m grid, the 20 m band resampled onto it
+    del item["assets"]["B8A"]
+    s3.put_object(Bucket="geoseg", Key="s2/no-b8a.json", Body=json.dumps(item).encode())
+    with pytest.raises(InputError, match=r"no-b8a.json: item .* has no band 'nir08'"):
+        predict(["s3://geoseg/s2/no-b8a.json"], str(tmp_path / "p2"), PredictOptions(checkpoint=str(tmp_path / "run"),
+                                                                                       tile_size=96, halo=16))
+
+
+def test_stack_options_change_the_fingerprint():
+    a = PredictOptions(model="index").fingerprint([1, 2, 3, 4])
+    b = PredictOptions(model="index", stack=StackOptions(("blue", "nir08"), 20.0)).fingerprint([1, 2])
+    assert "stack" not in a and b["stack"] == {"assets": ["blue", "nir08"], "resolution": 20.0}
