@@ -1,7 +1,7 @@
 """Soak: many small scenes through ``geoseg predict`` on a multi-node local Ray while worker
 nodes are killed at random; every output is compared with a clean run.
 
-    python benchmarks/soak.py [--scenes 16] [--size 384] [--nodes 3] [--kill-every 6] [--seed 0]
+    python benchmarks/soak.py [--scenes 24] [--size 512] [--nodes 3] [--kill-every 6] [--seed 0]
 
 The cluster is a ``ray.cluster_utils.Cluster`` (a head and ``--nodes`` worker nodes,
 one CPU each, on this machine). The clean run goes first; then the same job runs
@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenes", type=int, default=16)
-    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--scenes", type=int, default=24)
+    ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--kill-every", type=float, default=6.0, help="seconds between node kills (mean)")
     ap.add_argument("--max-reruns", type=int, default=5)
@@ -61,6 +61,9 @@ def main() -> int:
     workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
     ray.init(address=cluster.address, logging_level="ERROR")
     cluster.wait_for_nodes()
+    from geoseg.runtime import quiet_ray
+
+    quiet_ray(verbose=False)
     rng = random.Random(args.seed)
     kills, reruns = 0, 0
     try:
@@ -76,7 +79,7 @@ def main() -> int:
                 victim = workers.pop(rng.randrange(len(workers)))
                 cluster.remove_node(victim)
                 kills += 1
-                workers.append(cluster.add_node(num_cpus=1))
+                workers.append(cluster.add_node(num_cpus=1, wait=False))  # it joins while the job runs
 
         thread = threading.Thread(target=killer, daemon=True)
         t1 = time.perf_counter()

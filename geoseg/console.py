@@ -58,7 +58,7 @@ class Progress:
         rate = self.pixels / 1e6 / elapsed
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = _fmt_eta((self.total - self.done) * elapsed / self.done) if self.done else "?"
-        return f"{self.done}/{self.total} {self.label} ({pct:.0f}%), {rate:.1f} MPix/s, ETA {eta}"
+        return f"{self.done}/{self.total} {self.label} ({pct:.0f}%), {rate:.3g} MPix/s, ETA {eta}"
 
     def _show(self, text: str) -> None:
         if text == getattr(self, "_shown_text", None):

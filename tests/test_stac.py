@@ -73,6 +73,47 @@ def test_item_predicts_like_the_stacked_geotiff(ray_local, item_dir, tmp_path):
     assert from_item["stac_item"]["id"] == _item(item_dir)["id"]
     assert from_item["outputs"]["cog"].endswith(f"{_item(item_dir)['id']}.tif")
 
+    # the outputs as a STAC catalog that tools without geoseg load
+    import odc.stac
+    import pystac
+
+    cat = pystac.Catalog.from_file(str(tmp_path / "item" / "catalog.json"))
+    (out_item,) = list(cat.get_items())
+    assert out_item.id == _item(item_dir)["id"]
+    assert [ln.get_absolute_href() for ln in out_item.links if ln.rel == "derived_from"] == [str(item_dir / "item.json")]
+    names = [c["name"] for c in out_item.properties["classification:classes"]]
+    assert names[:4] == ["bare_soil", "vegetation", "water", "built_up"]
+    assert out_item.properties["proj:code"] == "EPSG:32633" and out_item.properties["proj:shape"] == [384, 384]
+    assert set(out_item.assets) == {"classes", "zarr", "record"}
+    ds = odc.stac.load([out_item], bands=["classes"])
+    with rasterio.open(from_item["outputs"]["cog"]) as cog:
+        np.testing.assert_array_equal(ds["classes"].values[0], cog.read(1))
+        assert ds.odc.geobox.crs.epsg == 32633 and ds.odc.geobox.affine == cog.transform
+
+
+def test_items_in_two_utm_zones_keep_their_own_grids(ray_local, item_dir, tmp_path):
+    """One job, items in zones 33N and 34N: each output keeps its item's CRS; nothing is reprojected."""
+    item = _item(item_dir)
+    other = tmp_path / "zone34"
+    other.mkdir()
+    for key, asset in item["assets"].items():
+        dst = other / f"{key}.tif"
+        shutil.copy(asset["href"], dst)
+        with rasterio.open(dst, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as d:
+            d.crs = "EPSG:32634"
+        asset["href"] = str(dst)
+    item["id"], item["properties"]["proj:code"] = "zone34", "EPSG:32634"
+    (other / "item.json").write_text(json.dumps(item))
+    recs = predict([str(item_dir / "item.json"), str(other / "item.json")], str(tmp_path / "o"),
+                   PredictOptions(model="index", tile_size=128, halo=16))
+    crs = {}
+    for rec in recs:
+        with rasterio.open(rec["outputs"]["cog"]) as cog:
+            crs[rec["stac_item"]["id"]] = (cog.crs.to_epsg(), cog.shape, cog.read(1))
+    assert crs["zone34"][0] == 32634 and crs[_item(item_dir)["id"]][0] == 32633
+    assert crs["zone34"][1] == crs[_item(item_dir)["id"]][1] == (384, 384)
+    np.testing.assert_array_equal(crs["zone34"][2], crs[_item(item_dir)["id"]][2])
+
 
 def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, tmp_path):
     """Single-band COGs at 10 and 20 m on the S3 endpoint: train on 4 named bands, then predict

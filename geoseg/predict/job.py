@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from geoseg import output
+from geoseg import catalog, output
 from geoseg.console import Progress
 from geoseg.predict import stages
 from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, tile_ranges
@@ -250,13 +250,20 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     finish = ray.remote(num_cpus=0.5)(stages.finish_scene)
     results = ray.get([finish.remote(p, job.classes) for p in job.todo])
     timings = {"plan": t_plan, "pipeline": t_pipeline, "finish": time.perf_counter() - t2}
-    records = []
+    records, items = [], []
     for plan, res in zip(job.todo, results):
         rec = _record(plan, job, opts, res, {**timings, "model": model_s[plan.index]}, t0, started)
         rec["placement"] = placement  # which nodes ran each stage (node ids)
-        output.write_record(plan.out, rec)
+        model = {**rec["model"], "bands": [plan.info.descriptions[b - 1] or f"band{b}" for b in plan.bands],
+                 "arch": job.meta.model.arch if job.meta else None}
+        items.append(catalog.write_item(plan.out.prefix, plan.out.stem, catalog.scene_item(
+            plan.out.stem, rec["outputs"], plan.info, job.classes, rec, model, rec.get("stac_item"))))
+        rec["outputs"]["stac_item"] = items[-1]
+        output.write_record(plan.out, rec)  # last: the scene is complete
         metrics.scenes.inc(1, tags=metrics.tags)
         records.append(rec)
+    if items:
+        catalog.update_catalog(prefix, items)
     if len(job.scenes) > 1:
         scenes = [{"input": p.url, "record": p.out.record, "status": p.status} for p in job.scenes]
         pixels = sum(p.info.height * p.info.width for p in job.scenes)

@@ -109,6 +109,7 @@ class JobPlan:
     scenes: list[ScenePlan]
     spec: ModelSpec
     classes: ClassScheme
+    meta: checkpoint.CheckpointMeta | None = None  # the checkpoint's description (None: an index model)
 
     @property
     def todo(self) -> list[ScenePlan]:
@@ -154,7 +155,7 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
     options = {"precision": opts.precision, "compile": opts.compile, "tta": opts.tta} if opts.checkpoint else {}
     spec = ModelSpec(name=opts.model or "checkpoint", checkpoint=opts.checkpoint,
                      scene_params=scene_params, options=options)
-    return JobPlan(scenes, spec, classes)
+    return JobPlan(scenes, spec, classes, meta)
 
 
 def _check_stride(opts: PredictOptions, model) -> None:
