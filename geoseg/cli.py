@@ -123,9 +123,20 @@ def stack_options(a):
     return StackOptions(parse_assets(a.assets), a.resolution, parse_resampling(a.resampling))
 
 
+def search_options(a):
+    from geoseg.stac import Search
+
+    if not a.stac_api:
+        used = [f for f in ("collections", "bbox", "datetime", "filter", "query", "max_items") if getattr(a, f)]
+        if used:
+            raise InputError(f"--{used[0].replace('_', '-')} needs --stac-api URL")
+        return None
+    return Search.parse(a.stac_api, a.collections, a.bbox, a.datetime, a.filter, a.query, a.max_items)
+
+
 def add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="segment rasters with a Ray Data pipeline")
-    pr.add_argument("inputs", nargs="+", help="rasters: paths, URLs, globs, .txt lists, STAC JSON")
+    pr.add_argument("inputs", nargs="*", help="rasters: paths, URLs, globs, .txt lists, STAC item JSON")
     pr.add_argument("--out", required=True, help="output prefix (folder or s3:// URL)")
     m = pr.add_mutually_exclusive_group(required=True)
     m.add_argument("--model", help="built-in model: index (fixed thresholds) or index-otsu")
@@ -149,6 +160,14 @@ def add_predict(sub) -> None:
     pr.add_argument("--compile", action="store_true", help="torch.compile the model")
     pr.add_argument("--asset", help="STAC asset key to read (an item's one multi-band asset)")
     add_stack_flags(pr)
+    se = pr.add_argument_group("searching a STAC API (each item found is predicted)")
+    se.add_argument("--stac-api", help="STAC API root URL")
+    se.add_argument("--collections", help="collection ids, comma-separated")
+    se.add_argument("--bbox", help="W,S,E,N in degrees")
+    se.add_argument("--datetime", help="a date-time or an interval A/B (RFC 3339; .. for open ends)")
+    se.add_argument("--filter", help="CQL2 filter, as text or JSON")
+    se.add_argument("--query", help="query-extension JSON, e.g. '{\"eo:cloud_cover\": {\"lt\": 20}}'")
+    se.add_argument("--max-items", type=_positive("--max-items"), help="at most this many items")
     pr.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
     pr.add_argument("--skip-bad-tiles", action="store_true",
                     help="tiles whose input cannot be read (corrupt blocks) are written as nodata and listed in the "
@@ -176,6 +195,7 @@ def predict_options(a):
         overwrite=a.overwrite,
         asset=a.asset,
         stack=stack_options(a),
+        search=search_options(a),
         address=a.address,
         skip_bad_tiles=a.skip_bad_tiles,
         allow_no_crs=a.allow_no_crs,
@@ -183,7 +203,10 @@ def predict_options(a):
 
 
 def cmd_predict(a) -> None:
-    records = predict(a.inputs, a.out, predict_options(a))
+    opts = predict_options(a)
+    if not a.inputs and not opts.search:
+        raise InputError("give rasters or STAC items to predict, or search a STAC API with --stac-api URL")
+    records = predict(a.inputs, a.out, opts)
     for rec in records:
         t = rec["tiles"]
         bad = f", {t['bad']} UNREADABLE (left nodata, listed in the record)" if t.get("bad") else ""

@@ -23,7 +23,9 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
     VRT stacking its band assets (``--assets``, else the model's own bands)."""
     features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
     urls = []
+    collection_source = source
     for item in features or []:
+        source = stac.self_href(item, collection_source)  # an API's items: their own URL
         assets = item.get("assets") or {}
         names = (stack.assets if stack else None) or None
         if asset is None and names is None:
@@ -48,6 +50,13 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
             href = storage.join(posixpath.dirname(source) or ".", href)
         urls.append(href)
     return urls
+
+
+def searched_inputs(search: stac.Search, asset: str | None = None, stack: stac.StackOptions | None = None,
+                    default_assets: tuple[str, ...] | None = None, folder: str | None = None) -> list[str]:
+    """Raster URLs of the items a STAC API search finds (one per item, as for item files)."""
+    doc = {"type": "FeatureCollection", "features": search.items()}
+    return _stac_assets(doc, search.url, asset, stack, default_assets, folder)
 
 
 def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackOptions | None = None,

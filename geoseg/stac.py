@@ -129,7 +129,7 @@ def find_asset(item: dict, name: str, source: str) -> str:
 
 
 def _href(item_source: str, href: str) -> str:
-    if storage.is_remote(href) or posixpath.isabs(href) or href.startswith("/"):
+    if storage.is_remote(href) or href.startswith(("/", "file://")):
         return href
     return storage.join(posixpath.dirname(item_source) or ".", href)
 
@@ -295,3 +295,72 @@ ITEM_TAG, ITEM_ID_TAG = "GEOSEG_STAC_ITEM", "GEOSEG_STAC_ITEM_ID"  # a stacked V
 def item_of(tags: dict[str, str]) -> dict | None:
     """``{"href", "id"}`` of the STAC item a raster (a stacked VRT) was made from, or None."""
     return {"href": tags[ITEM_TAG], "id": tags.get(ITEM_ID_TAG)} if ITEM_TAG in tags else None
+
+
+# --- searching a STAC API ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Search:
+    """``--stac-api URL --collections C --bbox W,S,E,N --datetime A/B [--filter CQL2] [--query JSON] [--max-items N]``."""
+
+    url: str
+    collections: tuple[str, ...] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    datetime: str | None = None
+    filter: str | None = None  # CQL2 text or JSON
+    query: str | None = None  # JSON of the query extension
+    max_items: int | None = None
+
+    @classmethod
+    def parse(cls, url: str, collections: str | None = None, bbox: str | None = None, datetime: str | None = None,
+              filter: str | None = None, query: str | None = None, max_items: int | None = None) -> "Search":
+        box = None
+        if bbox:
+            try:
+                box = tuple(float(v) for v in bbox.split(","))
+            except ValueError:
+                box = ()
+            if len(box) != 4 or not (box[0] <= box[2] and box[1] <= box[3]):
+                raise InputError(f"--bbox must be W,S,E,N in degrees with W <= E and S <= N, got {bbox!r}")
+        if max_items is not None and max_items < 1:
+            raise InputError(f"--max-items must be positive, got {max_items}")
+        cols = tuple(c.strip() for c in collections.split(",") if c.strip()) if collections else None
+        return cls(url, cols, box, datetime, filter, query, max_items)
+
+    def items(self) -> list[dict]:
+        """The items found, as dicts (each with its ``self`` link), at most ``max_items``."""
+        import json
+
+        from pystac_client import Client
+        from pystac_client.exceptions import APIError
+
+        kwargs: dict = {"collections": list(self.collections) if self.collections else None, "bbox": self.bbox,
+                        "datetime": self.datetime, "max_items": self.max_items}
+        if self.filter:
+            text = self.filter.strip()
+            kwargs["filter"] = json.loads(text) if text.startswith("{") else text
+            kwargs["filter_lang"] = "cql2-json" if text.startswith("{") else "cql2-text"
+        if self.query:
+            try:
+                kwargs["query"] = json.loads(self.query)
+            except ValueError:
+                raise InputError(f"--query must be JSON, e.g. '{{\"eo:cloud_cover\": {{\"lt\": 20}}}}'") from None
+        try:
+            client = Client.open(self.url)
+            found = list(client.search(**{k: v for k, v in kwargs.items() if v is not None}).items_as_dicts())
+        except APIError as exc:
+            raise InputError(f"--stac-api {self.url}: the search was refused ({str(exc).splitlines()[0][:200]})") from None
+        except Exception as exc:  # noqa: BLE001 - connection errors and the like: one line
+            raise InputError(f"--stac-api {self.url}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        if not found:
+            raise InputError(f"--stac-api {self.url}: no items match the search")
+        return found
+
+
+def self_href(item: dict, default: str) -> str:
+    """Where an item lives (its ``self`` link), to resolve its relative hrefs and to link back to it."""
+    for link in item.get("links") or []:
+        if link.get("rel") == "self" and link.get("href"):
+            return link["href"]
+    return default

@@ -150,3 +150,80 @@ def test_stack_options_change_the_fingerprint():
     a = PredictOptions(model="index").fingerprint([1, 2, 3, 4])
     b = PredictOptions(model="index", stack=StackOptions(("blue", "nir08"), 20.0)).fingerprint([1, 2])
     assert "stack" not in a and b["stack"] == {"assets": ["blue", "nir08"], "resolution": 20.0}
+
+
+@pytest.fixture()
+def stac_api(item_dir, tmp_path_factory, s3):
+    """A real STAC API (stac-fastapi-static) on 127.0.0.1 over a static catalog of three sample items
+    whose band COGs are on the S3 endpoint: two in June 2025 (apart), one in 2024."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import pystac
+    import requests
+
+    root = tmp_path_factory.mktemp("api")
+    base = _item(item_dir)
+    for key, asset in base["assets"].items():  # as in real catalogs: the COGs on object storage
+        s3.upload_file(asset["href"], "geoseg", f"cat/{key}.tif")
+        asset["href"] = f"s3://geoseg/cat/{key}.tif"
+    items = []
+    for item_id, when, shift in (("s2-a", "2025-06-15T10:00:00Z", 0.0), ("s2-b", "2025-06-20T10:00:00Z", 3.0),
+                                 ("s2-old", "2024-06-15T10:00:00Z", 0.0)):
+        doc = json.loads(json.dumps(base))
+        doc["id"], doc["properties"]["datetime"] = item_id, when
+        doc["bbox"] = [doc["bbox"][0] + shift, doc["bbox"][1], doc["bbox"][2] + shift, doc["bbox"][3]]
+        w, s_, e, n = doc["bbox"]
+        doc["geometry"] = {"type": "Polygon", "coordinates": [[[w, s_], [e, s_], [e, n], [w, n], [w, s_]]]}
+        items.append(pystac.Item.from_dict(doc))
+    col = pystac.Collection("s2like", "Sentinel-2-like sample scenes", pystac.Extent(
+        pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])))
+    col.add_items(items)
+    cat = pystac.Catalog("root", "geoseg test catalog")
+    cat.add_child(col)
+    cat.normalize_hrefs("file://" + str(root / "catalog"))  # absolute file URLs, as the server wants
+    cat.save(pystac.CatalogType.ABSOLUTE_PUBLISHED)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**__import__("os").environ, "CATALOG_HREF": str(root / "catalog" / "catalog.json"),
+           "APP_HOST": "127.0.0.1", "APP_PORT": str(port), "RELOAD": "false", "LOG_LEVEL": "warning",
+           "ASSUME_ABSOLUTE_HREFS": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "stac_fastapi.static.app"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if requests.get(url, timeout=10).ok:
+                    break
+            except requests.RequestException:  # not listening yet, or still walking the catalog
+                time.sleep(0.3)
+        else:
+            raise RuntimeError(f"STAC API did not start: {proc.stderr.read1().decode() if proc.poll() else ''}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_search_predicts_every_item_found(ray_local, stac_api, item_dir, tmp_path):
+    from geoseg.stac import Search
+
+    search = Search.parse(stac_api, "s2like", None, "2025-01-01T00:00:00Z/2025-12-31T23:59:59Z")
+    recs = predict([], str(tmp_path / "o"), PredictOptions(model="index", tile_size=128, halo=16, search=search))
+    assert sorted(r["stac_item"]["id"] for r in recs) == ["s2-a", "s2-b"]  # not the 2024 item
+    summary = json.loads((tmp_path / "o" / "_job.json").read_text())
+    assert sorted(s["stac_item"]["id"] for s in summary["scenes"]) == ["s2-a", "s2-b"]
+    assert all(s["stac_item"]["href"].startswith(stac_api) for s in summary["scenes"])  # the API's item URLs
+    with rasterio.open(recs[0]["outputs"]["cog"]) as a, rasterio.open(recs[1]["outputs"]["cog"]) as b:
+        np.testing.assert_array_equal(a.read(), b.read())  # the same pixels behind both items
+    # a bbox around the first item only
+    w, s_, e, n = _item(item_dir)["bbox"]
+    only_a = Search.parse(stac_api, "s2like", f"{w},{s_},{e},{n}", "2025-06-01T00:00:00Z/2025-06-30T00:00:00Z")
+    assert [i["id"] for i in only_a.items()] == ["s2-a"]
+    with pytest.raises(InputError, match="no items match"):
+        Search.parse(stac_api, "s2like", None, "2019-01-01T00:00:00Z/2019-12-31T00:00:00Z").items()

@@ -23,6 +23,7 @@ import numpy as np
 
 from geoseg import catalog, output
 from geoseg.console import Progress
+from geoseg.stac import item_of
 from geoseg.predict import stages
 from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, tile_ranges
 from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, init_ray, require_gpus
@@ -264,8 +265,9 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         records.append(rec)
     if items:
         catalog.update_catalog(prefix, items)
-    if len(job.scenes) > 1:
-        scenes = [{"input": p.url, "record": p.out.record, "status": p.status} for p in job.scenes]
+    if len(job.scenes) > 1 or opts.search:
+        scenes = [{"input": p.url, "record": p.out.record, "status": p.status,
+                   **({"stac_item": item_of(p.info.tags)} if item_of(p.info.tags) else {})} for p in job.scenes]
         pixels = sum(p.info.height * p.info.width for p in job.scenes)
         output.write_job_summary(prefix, scenes, pixels, time.perf_counter() - t0)
     return records

@@ -16,12 +16,12 @@ from geoseg import checkpoint, output, storage
 from geoseg.bands import Selection, select_bands
 from geoseg.classes import LANDCOVER, ClassScheme
 from geoseg.errors import InputError, RasterError
-from geoseg.inputs import expand_inputs
+from geoseg.inputs import expand_inputs, searched_inputs
 from geoseg.models.index import BAND_ROLES, INDEX_MODELS, fit_otsu
 from geoseg.output import SceneOutput
 from geoseg.predictor import ModelSpec
 from geoseg.raster import RasterInfo, check_image, read_info
-from geoseg.stac import StackOptions
+from geoseg.stac import Search, StackOptions
 from geoseg.tiling import TileGrid
 
 
@@ -43,6 +43,7 @@ class PredictOptions:
     overwrite: bool = False
     asset: str | None = None
     stack: StackOptions | None = None  # STAC items with one asset per band: --assets, --resolution, --resampling
+    search: Search | None = None  # --stac-api: predict every item a STAC API search finds
     address: str | None = None
     skip_bad_tiles: bool = False  # unreadable blocks: their tiles left nodata and listed, instead of failing
     allow_no_crs: bool = False  # accept rasters without a CRS (outputs then have none either)
@@ -137,7 +138,12 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
     # STAC items with one asset per band: the bands asked for, else the model's own
     model_bands = BAND_ROLES if meta is None else (
         tuple(meta.extra.get("inputs", {}).get("assets") or meta.band_roles or ()) or None)
-    urls = expand_inputs(inputs, opts.asset, opts.stack, model_bands, storage.join(prefix, ".geoseg", "_inputs"))
+    folder = storage.join(prefix, ".geoseg", "_inputs")
+    urls = expand_inputs(inputs, opts.asset, opts.stack, model_bands, folder) if inputs else []
+    if opts.search:
+        urls += searched_inputs(opts.search, opts.asset, opts.stack, model_bands, folder)
+    if not urls:
+        raise InputError("no inputs given: name rasters or STAC items, or search with --stac-api")
     job = uuid.uuid4().hex
     stems: dict[str, str] = {}
     scenes: list[ScenePlan] = []
