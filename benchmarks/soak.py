@@ -71,30 +71,37 @@ def main() -> int:
         predict(scenes, os.path.join(work, "clean"), opts, log=lambda *_: None)
         clean_s = time.perf_counter() - t0
 
-        stop = threading.Event()
+        # The job runs in a thread; nodes are killed from the main thread (Ray's Node wants it).
+        outcome: dict = {}
 
-        def killer() -> None:
-            nonlocal kills
-            while not stop.wait(rng.uniform(0.5, 1.5) * args.kill_every):
-                victim = workers.pop(rng.randrange(len(workers)))
-                cluster.remove_node(victim)
-                kills += 1
-                workers.append(cluster.add_node(num_cpus=1, wait=False))  # it joins while the job runs
+        def job() -> None:
+            nonlocal reruns
+            while True:
+                try:
+                    predict(scenes, os.path.join(work, "soak"), opts, log=lambda *_: None)
+                    return
+                except Exception as exc:  # noqa: BLE001 - a failed job is rerun, as a user would
+                    reruns += 1
+                    print(f"job failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rerunning",
+                          flush=True)
+                    if reruns > args.max_reruns:
+                        outcome["error"] = exc
+                        return
 
-        thread = threading.Thread(target=killer, daemon=True)
+        thread = threading.Thread(target=job, daemon=True)
         t1 = time.perf_counter()
         thread.start()
         while True:
-            try:
-                predict(scenes, os.path.join(work, "soak"), opts, log=lambda *_: None)
+            thread.join(timeout=rng.uniform(0.5, 1.5) * args.kill_every)
+            if not thread.is_alive():
                 break
-            except Exception as exc:  # noqa: BLE001 - a failed job is rerun, as a user would
-                reruns += 1
-                print(f"job failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rerunning", flush=True)
-                if reruns > args.max_reruns:
-                    raise
-        stop.set()
-        thread.join()
+            victim = workers.pop(rng.randrange(len(workers)))
+            cluster.remove_node(victim)
+            kills += 1
+            print(f"{time.perf_counter() - t1:6.1f}s: worker node killed ({kills})", flush=True)
+            workers.append(cluster.add_node(num_cpus=1, wait=False))  # the replacement joins while the job runs
+        if "error" in outcome:
+            raise outcome["error"]
         soak_s = time.perf_counter() - t1
     finally:
         ray.shutdown()

@@ -345,7 +345,7 @@ class Search:
             try:
                 kwargs["query"] = json.loads(self.query)
             except ValueError:
-                raise InputError(f"--query must be JSON, e.g. '{{\"eo:cloud_cover\": {{\"lt\": 20}}}}'") from None
+                raise InputError('--query must be JSON, e.g. \'{"eo:cloud_cover": {"lt": 20}}\'') from None
         try:
             client = Client.open(self.url)
             found = list(client.search(**{k: v for k, v in kwargs.items() if v is not None}).items_as_dicts())

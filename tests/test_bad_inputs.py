@@ -62,6 +62,10 @@ def bad(sample_dir, tmp_path_factory):
     (d / "badvalue.yaml").write_text(f"images: [{sample_dir}/scene.tif]\nlabels: [{sample_dir}/labels.tif]\n"
                                      "out: r\nval_fraction: abc\n")
     (d / "file").write_text("a regular file")
+    (d / "item.json").write_text(json.dumps({  # a STAC item with one COG per band (the sample's bands as assets)
+        "type": "Feature", "stac_version": "1.1.0", "id": "x", "geometry": None, "properties": {}, "links": [],
+        "assets": {name: {"href": str(sample_dir / "scene.tif"), "type": "image/tiff"}
+                   for name in ("blue", "green", "red", "nir")}}))
     # truncated in the middle of the pixel data: the header and the first blocks are intact
     shutil.copy(sample_dir / "scene.tif", d / "truncated.tif")
     os.truncate(d / "truncated.tif", os.path.getsize(d / "truncated.tif") * 6 // 10)
@@ -92,6 +96,16 @@ CASES = [
     (["evaluate", "{scene}", "{labels}"], 1, ["scene.tif: not a class map", "4 band(s) of uint16"]),
     (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--address", "127.0.0.1:{port}"], 1,
      ["Ray cluster at 127.0.0.1:", "not reachable"]),
+    (["predict", "--out", "{tmp}/o", "--model", "index"], 1, ["give rasters or STAC items", "--stac-api"]),
+    (["predict", "--out", "{tmp}/o", "--model", "index", "--collections", "s2"], 1, ["--collections needs --stac-api"]),
+    (["predict", "--out", "{tmp}/o", "--model", "index", "--stac-api", "http://127.0.0.1:{port}", "--bbox", "1,2"], 1,
+     ["--bbox must be W,S,E,N"]),
+    (["predict", "--out", "{tmp}/o", "--model", "index", "--stac-api", "http://127.0.0.1:{port}"], 1,
+     ["--stac-api http://127.0.0.1:", "ConnectionError"]),
+    (["predict", "{item}", "--out", "{tmp}/o", "--model", "index", "--assets", "blue,green,red,swir16"], 1,
+     ["item.json: item", "has no band 'swir16'"]),
+    (["predict", "{item}", "--out", "{tmp}/o", "--model", "index", "--resampling", "nir=magic"], 1,
+     ["--resampling: 'nir=magic' is not BAND=METHOD"]),
     (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--gpus-per-worker", "1"], 1,
      ["--gpus-per-worker asks for GPUs", "sees none"]),  # would wait for a GPU forever
     (["predict", "s3://geoseg/scene.tif", "--out", "{tmp}/o", "--model", "index"], 1,
@@ -102,7 +116,8 @@ CASES = [
 @pytest.mark.parametrize("args, code, words", CASES, ids=[" ".join(c[0][:2]) + f"-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_is_one_line(args, code, words, bad, sample_dir, tmp_path):
     port = _closed_port()
-    fmt = dict(bad=bad, tmp=tmp_path, scene=sample_dir / "scene.tif", labels=sample_dir / "labels.tif", port=port)
+    fmt = dict(bad=bad, tmp=tmp_path, scene=sample_dir / "scene.tif", labels=sample_dir / "labels.tif", port=port,
+               item=bad / "item.json")
     args = [a.format(**fmt) for a in args]
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"} if args[1].startswith("s3://") else None
     t0 = time.monotonic()

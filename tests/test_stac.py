@@ -139,6 +139,11 @@ def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, 
     assert rec["tiles"]["predicted"] > 0
     with rasterio.open(rec["outputs"]["cog"]) as cog:
         assert cog.shape == (384, 384)  # the 10 m grid, the 20 m band resampled onto it
+    from geoseg.errors import RasterError
+
+    with pytest.raises(RasterError, match=r"scene.tif: the model was trained on scaled values"):  # raw DN, 10^4 off
+        predict([str(item_dir / "scene.tif")], str(tmp_path / "p3"), PredictOptions(checkpoint=str(tmp_path / "run"),
+                                                                                      tile_size=96, halo=16))
     del item["assets"]["B8A"]
     s3.put_object(Bucket="geoseg", Key="s2/no-b8a.json", Body=json.dumps(item).encode())
     with pytest.raises(InputError, match=r"no-b8a.json: item .* has no band 'nir08'"):

@@ -185,6 +185,12 @@ def plan_scene(index: int, url: str, start: int, out: SceneOutput, opts: Predict
         bands, _ = select_bands(url, info.descriptions, roles=meta.band_roles, numbers=numbers, override=opts.bands)
         if len(bands) != meta.model.in_channels:
             raise RasterError(f"{url}: model needs {meta.model.in_channels} bands, got {len(bands)}")
+        trained_scaled = meta.extra.get("inputs", {}).get("scaled")
+        if trained_scaled is not None and trained_scaled != info.scaled:  # values 10^4 apart, say: garbage out
+            raise RasterError(
+                f"{url}: the model was trained on {'scaled values' if trained_scaled else 'raw digital numbers'}, "
+                f"but this raster {'declares' if info.scaled else 'declares no'} band scale/offset; "
+                "give it inputs read the same way")
     grid = TileGrid(info.height, info.width, opts.tile_size, opts.halo)
     fp = opts.fingerprint(bands)
     status = output.check_existing(out, fp, opts.overwrite)
