@@ -1,7 +1,8 @@
 """The end-to-end demo behind README's first command.
 
-sample scenes -> index model predict -> U-Net training on Ray Train ->
-U-Net predict -> both scored on a scene neither model saw.
+sample scenes (Sentinel-2-like STAC items: one COG per band) -> index model
+predict -> U-Net training on Ray Train -> U-Net predict -> both scored on a
+scene neither model saw.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: st
     steps = 5 if train_minutes > 0 else 3
     train_dir, holdout_dir = storage.join(out, "sample"), storage.join(out, "holdout")
     print(f"[1/{steps}] writing sample scenes: {size}x{size} for training, {size // 2}x{size // 2} held out")
-    train_urls = write_sample(train_dir, size=size, seed=0)
-    test_urls = write_sample(holdout_dir, size=max(256, size // 2), seed=1)
+    train_urls = write_sample(train_dir, size=size, seed=0, stac=True)
+    test_urls = write_sample(holdout_dir, size=max(256, size // 2), seed=1, stac=True)
 
-    print(f"[2/{steps}] segmenting the held-out scene with the NDVI/NDWI index model on Ray")
+    print(f"[2/{steps}] segmenting the held-out scene (its STAC item) with the NDVI/NDWI index model on Ray")
     opts = PredictOptions(model="index", address=address, overwrite=True, batch_size=16)
-    (rec,) = predict([test_urls["scene"]], storage.join(out, "predictions", "index"), opts)
+    (rec,) = predict([test_urls["item"]], storage.join(out, "predictions", "index"), opts)
     index_scores = evaluate(rec["outputs"]["cog"], test_urls["labels"])
     print(format_table(index_scores, index_scores["class_names"]))
     records = {"index": rec}
@@ -39,7 +40,8 @@ def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: st
             shutil.rmtree(storage.local_path(run_dir), ignore_errors=True)
         print(f"[3/{steps}] training a U-Net on the training scene for ~{train_minutes:g} min with 2 Ray Train workers")
         cfg = TrainConfig(
-            images=[train_urls["scene"]],
+            images=[train_urls["item"]],  # its blue, green, red and nir COGs, stacked on the fly
+            assets=["blue", "green", "red", "nir"],
             labels=[train_urls["labels"]],
             out=run_dir,
             arch="unet",
@@ -56,7 +58,7 @@ def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: st
         summary = train(cfg)
         print(f"[4/{steps}] segmenting the held-out scene with the U-Net checkpoint")
         opts = PredictOptions(checkpoint=run_dir, address=address, overwrite=True, batch_size=4, tile_size=256)
-        (rec,) = predict([test_urls["scene"]], storage.join(out, "predictions", "unet"), opts)
+        (rec,) = predict([test_urls["item"]], storage.join(out, "predictions", "unet"), opts)
         records["unet"] = rec
         print(f"[5/{steps}] scoring")
         unet_scores = evaluate(rec["outputs"]["cog"], test_urls["labels"])
@@ -68,8 +70,8 @@ def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: st
     if unet_scores:
         print(f"  U-Net        mIoU {unet_scores['miou']:.3f}  pixel accuracy {unet_scores['pixel_accuracy']:.3f}")
     print("outputs:")
-    print(f"  training scene  {train_urls['scene']} (+ labels.tif)")
-    print(f"  held-out scene  {test_urls['scene']} (+ labels.tif)")
+    print(f"  training scene  {train_urls['item']} (one COG per band; labels.tif)")
+    print(f"  held-out scene  {test_urls['item']} (one COG per band; labels.tif)")
     for name, r in records.items():
         print(f"  {name:<6} zarr {r['outputs']['zarr']}\n         cog  {r['outputs']['cog']}\n"
               f"         run record {r['outputs']['record']}")

@@ -60,9 +60,20 @@ class RasterInfo:
     def same_grid(self, other: "RasterInfo") -> bool:
         return (
             self.shape == other.shape
-            and self.crs == other.crs
+            and same_crs(self.crs, other.crs)
             and np.allclose(self.transform, other.transform, rtol=0, atol=1e-6)
         )
+
+
+def same_crs(a: str | None, b: str | None) -> bool:
+    """The same CRS, however its WKT is written (a VRT's and a GeoTIFF's WKT of EPSG:32633 differ in text)."""
+    if a == b:
+        return True
+    if a is None or b is None:
+        return False
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(a) == CRS.from_user_input(b)
 
 
 def open_raster(url: str):

@@ -183,19 +183,13 @@ def asset_grid(item: dict, band: BandAsset) -> Grid:
     return Grid(info.crs, info.transform, info.width, info.height)
 
 
-def _same_crs(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    from rasterio.crs import CRS
-
-    return CRS.from_user_input(a) == CRS.from_user_input(b)
-
-
 def stack_grid(grids: list[Grid], resolution: float | None, source: str) -> Grid:
     """The grid every band is put on: the finest band's, or ``resolution`` over the same extent."""
+    from geoseg.raster import same_crs
+
     finest = min(grids, key=lambda g: g.res)
     for g in grids:
-        if not _same_crs(g.crs, finest.crs):
+        if not same_crs(g.crs, finest.crs):
             raise InputError(f"{source}: the band assets are in different CRSs; geoseg stacks bands of one CRS")
         if g.transform[1] or g.transform[3]:
             raise InputError(f"{source}: a band asset has a rotated grid, which geoseg does not stack")

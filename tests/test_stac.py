@@ -141,8 +141,15 @@ def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, 
         assert cog.shape == (384, 384)  # the 10 m grid, the 20 m band resampled onto it
     from geoseg.errors import RasterError
 
-    with pytest.raises(RasterError, match=r"scene.tif: the model was trained on scaled values"):  # raw DN, 10^4 off
-        predict([str(item_dir / "scene.tif")], str(tmp_path / "p3"), PredictOptions(checkpoint=str(tmp_path / "run"),
+    raw = tmp_path / "raw.tif"  # the same bands as raw digital numbers: values 10^4 off what the model saw
+    shutil.copy(item_dir / "scene.tif", raw)
+    with rasterio.open(raw, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as dst:
+        dst.descriptions = ("blue", "green", "red", "nir08")
+    with pytest.raises(RasterError, match=r"raw.tif: the model was trained on scaled values"):
+        predict([str(raw)], str(tmp_path / "p3"), PredictOptions(checkpoint=str(tmp_path / "run"), tile_size=96,
+                                                                 halo=16))
+    with pytest.raises(InputError, match=r"scene.tif: the model reads blue, green, red, nir08.*without nir08"):
+        predict([str(item_dir / "scene.tif")], str(tmp_path / "p4"), PredictOptions(checkpoint=str(tmp_path / "run"),
                                                                                       tile_size=96, halo=16))
     del item["assets"]["B8A"]
     s3.put_object(Bucket="geoseg", Key="s2/no-b8a.json", Body=json.dumps(item).encode())

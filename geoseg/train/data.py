@@ -17,7 +17,8 @@ import numpy as np
 
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import InputError, RasterError
-from geoseg.raster import RasterInfo, check_class_map, check_image, read_decimated, read_info, tile_reader
+from geoseg.raster import (RasterInfo, check_class_map, check_image, read_decimated, read_info, same_crs,
+                           tile_reader)
 from geoseg.tiling import Window
 
 
@@ -58,7 +59,7 @@ def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = N
             what = []
             if img.shape != lab.shape:
                 what.append(f"size {img.width}x{img.height} vs {lab.width}x{lab.height}")
-            if img.crs != lab.crs:
+            if not same_crs(img.crs, lab.crs):
                 what.append("CRS")
             if not np.allclose(img.transform, lab.transform, atol=1e-6, rtol=0):
                 what.append("transform")

@@ -202,7 +202,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "band_roles": roles,
         "band_numbers": bands,
         "threads": None if cfg.gpus else max(1, cpus // cfg.workers),
-        "inputs": {**stack_options(cfg).fingerprint(), "scaled": any(p.image.scaled for p in plan.pairs)},
+        # how the bands were read, for predict to read them the same way
+        "inputs": {**stack_options(cfg).fingerprint(), "scaled": any(p.image.scaled for p in plan.pairs),
+                   "pixel_size": abs(plan.pairs[0].image.transform[0]),
+                   "scales": [plan.pairs[0].image.scales[b - 1] for b in bands] if plan.pairs[0].image.scales else None,
+                   "offsets": [plan.pairs[0].image.offsets[b - 1] for b in bands] if plan.pairs[0].image.offsets
+                   else None},
     }
     result = make_trainer(cfg, loop_config, chip_datasets(cfg, plan), cpus).fit()
     if result.error:
