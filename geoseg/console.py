@@ -63,7 +63,7 @@ class Progress:
     def _show(self, text: str) -> None:
         if text == getattr(self, "_shown_text", None):
             return
-        self._shown_text = text
+        self._shown_text, self._shown_done = text, self.done
         if self.tty:
             self.stream.write("\r\x1b[K" + text)
         else:
@@ -76,7 +76,7 @@ class Progress:
         included), and a line end on a terminal."""
         if complete:
             self.done = max(self.done, self.total)
-        if self.total or self._shown:
+        if (self.total or self._shown) and self.done != getattr(self, "_shown_done", None):
             self._show(self.line())
         if self.tty and self._shown:
             self.stream.write("\n")
