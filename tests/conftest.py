@@ -91,3 +91,27 @@ def ray_cluster():
     yield cluster, worker
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture()
+def multi_node():
+    """A factory of multi-node local Rays: ``cluster, nodes = multi_node(head_cpus, workers)`` starts a
+    ray.cluster_utils.Cluster (a head and ``workers`` one-CPU nodes) with the driver attached; torn down after."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    made = []
+
+    def make(head_cpus: float, workers: int):
+        ray.shutdown()
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+        made.append(cluster)
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
+        ray.init(address=cluster.address, logging_level="ERROR")
+        cluster.wait_for_nodes()
+        return cluster, nodes
+
+    yield make
+    ray.shutdown()
+    for cluster in made:
+        cluster.shutdown()

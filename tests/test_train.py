@@ -53,40 +53,29 @@ def test_two_workers_on_two_nodes_then_predict(ray_cluster, sample_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_lost_worker_node_resumes_from_checkpoint(sample_dir, tmp_path):
+def test_lost_worker_node_resumes_from_checkpoint(multi_node, sample_dir, tmp_path):
     """A node running a train worker dies mid-run; Ray Train restarts from the last checkpoint."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()
     # The head runs no work (as on real clusters); each worker node fits exactly one train worker.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=cluster.address, logging_level="ERROR")
-    cluster.wait_for_nodes()
+    cluster, nodes = multi_node(head_cpus=0, workers=2)
     out = tmp_path / "run"
     cfg = _cfg(sample_dir, out, arch="tinyfcn", epochs=6, chips_per_epoch=64, max_failures=3, cpus_per_worker=0.75)
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=train(cfg)), daemon=True)
-    try:
-        runner.start()
-        deadline = time.time() + 300
-        # two checkpoints on disk: the first one is surely registered with Ray Train by now
-        while time.time() < deadline and not (
-            out.exists() and sum(p.startswith("checkpoint_") and (out / p).is_dir() for p in os.listdir(out)) >= 2
-        ):
-            time.sleep(0.2)
-        cluster.remove_node(nodes[0])  # it holds one of the two train workers
-        cluster.add_node(num_cpus=1)  # the replacement an autoscaler would bring
-        runner.join(timeout=400)
-        assert not runner.is_alive()
-        assert result["summary"]["last"]["epoch"] == 5
-        latest = sorted(p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir())[-1]
-        _, last_meta = checkpoint.load(str(out / latest))
-        assert last_meta.extra["resumed_at"] is not None and last_meta.extra["resumed_at"] >= 1
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    runner.start()
+    deadline = time.time() + 300
+    # two checkpoints on disk: the first one is surely registered with Ray Train by now
+    while time.time() < deadline and not (
+        out.exists() and sum(p.startswith("checkpoint_") and (out / p).is_dir() for p in os.listdir(out)) >= 2
+    ):
+        time.sleep(0.2)
+    cluster.remove_node(nodes[0])  # it holds one of the two train workers
+    cluster.add_node(num_cpus=1)  # the replacement an autoscaler would bring
+    runner.join(timeout=400)
+    assert not runner.is_alive()
+    assert result["summary"]["last"]["epoch"] == 5
+    latest = sorted(p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir())[-1]
+    _, last_meta = checkpoint.load(str(out / latest))
+    assert last_meta.extra["resumed_at"] is not None and last_meta.extra["resumed_at"] >= 1
 
 
 def test_rerun_with_same_out_resumes(ray_local, sample_dir, tmp_path):
