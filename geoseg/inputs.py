@@ -23,31 +23,30 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
     VRT stacking its band assets (``--assets``, else the model's own bands)."""
     features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
     urls = []
-    collection_source = source
     for item in features or []:
-        source = stac.self_href(item, collection_source)  # an API's items: their own URL
+        where = stac.self_href(item, source)  # an API's items: their own URL
         assets = item.get("assets") or {}
         names = (stack.assets if stack else None) or None
         if asset is None and names is None:
             candidates = [k for k, a in assets.items() if "image/tiff" in str(a.get("type", ""))]
             if len(candidates) == 1 or not default_assets:
                 if len(candidates) != 1:
-                    raise InputError(f"{source}: item {item.get('id')!r} has assets {sorted(assets)}; choose one "
+                    raise InputError(f"{where}: item {item.get('id')!r} has assets {sorted(assets)}; choose one "
                                      "with --asset, or bands to stack with --assets")
                 asset = candidates[0]
             else:
                 names = tuple(default_assets)
         if names is not None:
             if folder is None:
-                raise InputError(f"{source}: stacking band assets needs an output folder")
-            urls.append(stac.stack_item(item, source, list(names), folder,
+                raise InputError(f"{where}: stacking band assets needs an output folder")
+            urls.append(stac.stack_item(item, where, list(names), folder,
                                         stack.resolution if stack else None, stack.resampling if stack else None))
             continue
         if asset not in assets:
-            raise InputError(f"{source}: item {item.get('id')!r} has no asset {asset!r} (has {sorted(assets)})")
+            raise InputError(f"{where}: item {item.get('id')!r} has no asset {asset!r} (has {sorted(assets)})")
         href = assets[asset]["href"]
         if not storage.is_remote(href) and not posixpath.isabs(href):
-            href = storage.join(posixpath.dirname(source) or ".", href)
+            href = storage.join(posixpath.dirname(where) or ".", href)
         urls.append(href)
     return urls
 

@@ -89,9 +89,7 @@ def check_address(address: str | None) -> None:
 
 
 def _connected() -> bool:
-    import sys as _sys
-
-    return "ray" in _sys.modules and _sys.modules["ray"].is_initialized()
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def init_ray(address: str | None = None, verbose: bool | None = None) -> None:

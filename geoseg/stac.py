@@ -163,8 +163,9 @@ def _num(v) -> float | None:
     return v
 
 
-def asset_grid(item: dict, band: BandAsset) -> Grid:
-    """The grid of one band asset: from the projection extension, else from the file's header."""
+def asset_grid(item: dict, band: BandAsset, headers: dict | None = None) -> Grid:
+    """The grid of one band asset: from the projection extension, else from the file's header
+    (read once per href into ``headers``, which :func:`stack_item` shares with the dtype lookup)."""
     asset = item["assets"][band.key]
     props = item.get("properties") or {}
     shape = asset.get("proj:shape") or props.get("proj:shape")
@@ -175,12 +176,20 @@ def asset_grid(item: dict, band: BandAsset) -> Grid:
     crs = wkt or code or (f"EPSG:{epsg}" if epsg else None)
     if shape and transform and crs and len(transform) >= 6:
         return Grid(crs, tuple(float(x) for x in transform[:6]), int(shape[1]), int(shape[0]))
-    from geoseg.raster import read_info
-
-    info = read_info(band.href)
+    info = _header(band.href, headers)
     if info.crs is None:
         raise InputError(f"{band.href}: band {band.name!r} of item {item.get('id')!r} has no CRS")
     return Grid(info.crs, info.transform, info.width, info.height)
+
+
+def _header(href: str, headers: dict | None):
+    from geoseg.raster import read_info
+
+    if headers is None:
+        return read_info(href)
+    if href not in headers:
+        headers[href] = read_info(href)
+    return headers[href]
 
 
 def stack_grid(grids: list[Grid], resolution: float | None, source: str) -> Grid:
@@ -266,16 +275,11 @@ def build_vrt(bands: list[BandAsset], grids: list[Grid], target: Grid, dtypes: l
 def stack_item(item: dict, source: str, names: list[str], folder: str, resolution: float | None = None,
                resampling: dict[str, str] | None = None) -> str:
     """Write ``folder/<item id>.vrt`` stacking the item's bands ``names``; returns its URL."""
-    from geoseg.raster import read_info
-
     bands = resolve_bands(item, source, names, resampling)
-    grids = [asset_grid(item, b) for b in bands]
+    headers: dict = {}  # each asset's header read at most once, only where the metadata lacks it
+    grids = [asset_grid(item, b, headers) for b in bands]
     target = stack_grid(grids, resolution, source)
-    dtypes = []
-    for b in bands:
-        dt = ((item["assets"][b.key].get("raster:bands") or [{}])[0].get("data_type")
-              or (item["assets"][b.key].get("bands") or [{}])[0].get("data_type"))
-        dtypes.append(dt or read_info(b.href).dtype)
+    dtypes = [_band_meta(item["assets"][b.key]).get("data_type") or _header(b.href, headers).dtype for b in bands]
     item_id = str(item.get("id") or storage.stem(source))
     url = storage.join(folder, f"{item_id}.vrt")
     meta = {ITEM_TAG: source, ITEM_ID_TAG: item_id}
