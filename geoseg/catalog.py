@@ -119,8 +119,18 @@ def scene_item(stem: str, outputs: dict, info: RasterInfo, classes: ClassScheme,
                      "type": "application/vnd+zarr", "roles": ["data"]},
             "record": {"href": _abs(outputs["record"]), "title": "geoseg run record",
                        "type": "application/json", "roles": ["metadata"]},
+            **_quicklooks(outputs),
         },
     }
+
+
+def _quicklooks(outputs: dict) -> dict:
+    """The quicklook PNGs of ``predict --quicklook`` as overview assets."""
+    titles = {"quicklook": ("input and classes side by side", ["overview"]),
+              "quicklook_rgb": ("input in true colour", ["overview"]),
+              "quicklook_classes": ("class map with legend", ["overview", "visual"])}
+    return {key: {"href": _abs(outputs[key]), "title": title, "type": "image/png", "roles": roles}
+            for key, (title, roles) in titles.items() if outputs.get(key)}
 
 
 def write_item(prefix: str, stem: str, item: dict) -> str:

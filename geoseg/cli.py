@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 
@@ -13,8 +12,6 @@ from geoseg.bands import parse_bands
 from geoseg.console import filtered_stderr
 from geoseg.demo import run_demo
 from geoseg.errors import GeosegError, InputError
-from geoseg.evaluate import evaluate
-from geoseg.metrics import format_table
 from geoseg.predict import PredictOptions, predict
 from geoseg.sample import write_sample
 from geoseg.submit import submit
@@ -80,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geoseg", description="Segment satellite imagery at scale with Ray.")
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
     sub = _Sub(p.add_subparsers(dest="command", required=True))
-    for add in (add_sample, add_predict, add_train, add_evaluate, add_demo, add_submit):
+    for add in (add_sample, add_predict, add_train, add_evaluate, add_quicklook, add_demo, add_submit):
         add(sub)
     return p
 
@@ -173,6 +170,9 @@ def add_predict(sub) -> None:
                     help="tiles whose input cannot be read (corrupt blocks) are written as nodata and listed in the "
                          "run record, instead of failing the job")
     pr.add_argument("--allow-no-crs", action="store_true", help="accept input rasters without a CRS")
+    pr.add_argument("--quicklook", action="store_true",
+                    help="small PNGs beside each output: <stem>.rgb.png (input, true colour), <stem>.classes.png "
+                         "(class map, legend), <stem>.quicklook.png (both side by side)")
     pr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     pr.set_defaults(run=cmd_predict)
 
@@ -199,6 +199,7 @@ def predict_options(a):
         address=a.address,
         skip_bad_tiles=a.skip_bad_tiles,
         allow_no_crs=a.allow_no_crs,
+        quicklook=a.quicklook,
     )
 
 
@@ -215,6 +216,7 @@ def cmd_predict(a) -> None:
             f"{t['resumed']} resumed{bad} in {rec['timings_s']['total']:.1f}s\n"
             f"  zarr:   {rec['outputs']['zarr']}\n  cog:    {rec['outputs']['cog']}\n"
             f"  record: {rec['outputs']['record']}"
+            + (f"\n  quicklook: {rec['outputs']['quicklook']}" if rec["outputs"].get("quicklook") else "")
         )
 
 
@@ -279,19 +281,48 @@ def cmd_train(a) -> None:
 
 
 def add_evaluate(sub) -> None:
-    ev = sub.add_parser("evaluate", help="compare a class map with labels")
-    ev.add_argument("prediction")
-    ev.add_argument("labels")
-    ev.add_argument("--num-classes", type=_positive("--num-classes"))
-    ev.add_argument("--json", help="also write the scores to this JSON file/URL")
+    ev = sub.add_parser("evaluate", help="score class maps against labels, many scenes in parallel on Ray")
+    ev.add_argument("predictions", nargs="+",
+                    help="class rasters or Zarr stores, globs, .txt lists, predict run records, STAC items or "
+                         "predict's output catalog / folder; PREDICTION LABELS (two rasters) is one pair")
+    ev.add_argument("--labels", action="extend", nargs="+",
+                    help="a folder of label rasters named as the predictions, or label rasters / globs / lists "
+                         "paired in order (default: the items' label asset)")
+    ev.add_argument("--label-asset", default="labels",
+                    help="STAC asset key of the labels, in the item or the input item it came from (default labels)")
+    ev.add_argument("--num-classes", type=_positive("--num-classes"),
+                    help="classes to score (default: the label raster's class names)")
+    ev.add_argument("--out", help="report folder: metrics.json, metrics.md, confusion_matrix.png, errors/<scene>.png")
+    ev.add_argument("--no-error-maps", action="store_true", help="no per-scene error map PNGs under --out")
+    ev.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     ev.set_defaults(run=cmd_evaluate)
 
 
 def cmd_evaluate(a) -> None:
-    result = evaluate(a.prediction, a.labels, a.num_classes)
-    print(format_table(result, result["class_names"]))
-    if a.json:
-        storage.write_text(a.json, json.dumps(result, indent=2))
+    from geoseg.evaluate import report, run_evaluation
+
+    rep = run_evaluation(a.predictions, a.labels, label_asset=a.label_asset, num_classes=a.num_classes, out=a.out,
+                         address=a.address, error_maps=not a.no_error_maps)
+    print(report.terminal(rep))
+    for name, url in (rep.get("outputs") or {}).items():
+        print(f"  {name + ':':<22}{url}")
+    if rep.get("outputs") and not a.no_error_maps:
+        print(f"  {'error maps:':<22}{storage.join(a.out, 'errors')}/<scene>.png")
+
+
+def add_quicklook(sub) -> None:
+    q = sub.add_parser("quicklook", help="a small PNG of a raster geoseg wrote (class map, image, run record)")
+    q.add_argument("raster", help="a class map (COG / Zarr), an image, a predict run record or output item")
+    q.add_argument("--out", help="PNG path or URL (default: beside the raster, <stem>.quicklook.png)")
+    q.add_argument("--max-side", type=_positive("--max-side"), default=1024,
+                   help="largest side of each picture, in pixels (default 1024)")
+    q.set_defaults(run=cmd_quicklook)
+
+
+def cmd_quicklook(a) -> None:
+    from geoseg.quicklook import quicklook
+
+    print(quicklook(a.raster, a.out, a.max_side))
 
 
 def add_demo(sub) -> None:

@@ -11,8 +11,7 @@ import shutil
 import time
 
 from geoseg import storage
-from geoseg.evaluate import evaluate
-from geoseg.metrics import format_table
+from geoseg.evaluate import report, run_evaluation
 from geoseg.predict import PredictOptions, predict
 from geoseg.sample import write_sample
 from geoseg.train import TrainConfig, train
@@ -27,10 +26,12 @@ def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: st
     test_urls = write_sample(holdout_dir, size=max(256, size // 2), seed=1, stac=True)
 
     print(f"[2/{steps}] segmenting the held-out scene (its STAC item) with the NDVI/NDWI index model on Ray")
-    opts = PredictOptions(model="index", address=address, overwrite=True, batch_size=16)
-    (rec,) = predict([test_urls["item"]], storage.join(out, "predictions", "index"), opts)
-    index_scores = evaluate(rec["outputs"]["cog"], test_urls["labels"])
-    print(format_table(index_scores, index_scores["class_names"]))
+    opts = PredictOptions(model="index", address=address, overwrite=True, batch_size=16, quicklook=True)
+    index_out = storage.join(out, "predictions", "index")
+    (rec,) = predict([test_urls["item"]], index_out, opts)
+    # the output catalog's item links to the input item, whose "labels" asset holds the labels
+    index_scores = run_evaluation([index_out], out=storage.join(out, "evaluation", "index"), address=address)
+    print(report.terminal(index_scores))
     records = {"index": rec}
     unet_scores = None
 
@@ -57,12 +58,14 @@ def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: st
         )
         summary = train(cfg)
         print(f"[4/{steps}] segmenting the held-out scene with the U-Net checkpoint")
-        opts = PredictOptions(checkpoint=run_dir, address=address, overwrite=True, batch_size=4, tile_size=256)
-        (rec,) = predict([test_urls["item"]], storage.join(out, "predictions", "unet"), opts)
+        opts = PredictOptions(checkpoint=run_dir, address=address, overwrite=True, batch_size=4, tile_size=256,
+                              quicklook=True)
+        unet_out = storage.join(out, "predictions", "unet")
+        (rec,) = predict([test_urls["item"]], unet_out, opts)
         records["unet"] = rec
         print(f"[5/{steps}] scoring")
-        unet_scores = evaluate(rec["outputs"]["cog"], test_urls["labels"])
-        print(format_table(unet_scores, unet_scores["class_names"]))
+        unet_scores = run_evaluation([unet_out], out=storage.join(out, "evaluation", "unet"), address=address)
+        print(report.terminal(unet_scores))
         print(f"U-Net validation mIoU during training: {summary['best'].get('val_miou', float('nan')):.3f}")
 
     print("\nheld-out scene (seed 1), never seen in training:")
@@ -74,7 +77,10 @@ def run_demo(out: str, size: int = 2048, train_minutes: float = 5.0, address: st
     print(f"  held-out scene  {test_urls['item']} (one COG per band; labels.tif)")
     for name, r in records.items():
         print(f"  {name:<6} zarr {r['outputs']['zarr']}\n         cog  {r['outputs']['cog']}\n"
-              f"         run record {r['outputs']['record']}")
+              f"         run record {r['outputs']['record']}\n         quicklook {r['outputs']['quicklook']}\n"
+              f"         evaluation {storage.join(out, 'evaluation', name)} (metrics.json, metrics.md, "
+              "confusion_matrix.png, errors/)")
     if train_minutes > 0:
-        print(f"  U-Net run       {storage.join(out, 'run')} (best/ checkpoint, run.json)")
+        print(f"  U-Net run       {storage.join(out, 'run')} (best/ checkpoint, run.json, curves.png, "
+              "val_quicklook.png)")
     print(f"demo finished in {time.perf_counter() - t0:.1f}s")

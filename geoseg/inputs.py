@@ -8,13 +8,35 @@ from __future__ import annotations
 
 import glob
 import json
-import posixpath
 
 from geoseg import stac, storage
 from geoseg.errors import InputError
 
-def _is_glob(s: str) -> bool:
+
+def is_glob(s: str) -> bool:
     return any(ch in s for ch in "*?[")
+
+
+def expand_glob(pattern: str) -> list[str]:
+    """Sorted matches of a local or object-storage glob; one line if none."""
+    if storage.is_remote(pattern):
+        fs, _ = storage.filesystem(pattern)
+        proto = pattern.split("://", 1)[0]
+        found = [f"{proto}://{p}" for p in sorted(fs.glob(pattern.split("://", 1)[1]))]
+    else:
+        found = sorted(glob.glob(pattern))
+    if not found:
+        raise InputError(f"{pattern}: no files match")
+    return found
+
+
+def read_list(url: str) -> list[str]:
+    """The paths / URLs of a ``.txt`` list, one per line (blank lines and ``#`` comments skipped)."""
+    lines = storage.read_text(url).splitlines()
+    listed = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not listed:
+        raise InputError(f"{url}: lists no inputs")
+    return listed
 
 
 def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOptions | None,
@@ -44,10 +66,7 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
             continue
         if asset not in assets:
             raise InputError(f"{where}: item {item.get('id')!r} has no asset {asset!r} (has {sorted(assets)})")
-        href = assets[asset]["href"]
-        if not storage.is_remote(href) and not posixpath.isabs(href):
-            href = storage.join(posixpath.dirname(where) or ".", href)
-        urls.append(href)
+        urls.append(stac.resolve_href(assets[asset]["href"], where))
     return urls
 
 
@@ -67,22 +86,10 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
     urls: list[str] = []
     for item in items:
         lower = item.lower()
-        if _is_glob(item):
-            if storage.is_remote(item):
-                fs, _ = storage.filesystem(item)
-                proto = item.split("://", 1)[0]
-                found = [f"{proto}://{p}" for p in sorted(fs.glob(item.split("://", 1)[1]))]
-            else:
-                found = sorted(glob.glob(item))
-            if not found:
-                raise InputError(f"{item}: no files match")
-            urls.extend(found)
+        if is_glob(item):
+            urls.extend(expand_glob(item))
         elif lower.endswith(".txt"):
-            lines = storage.read_text(item).splitlines()
-            listed = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-            if not listed:
-                raise InputError(f"{item}: lists no inputs")
-            urls.extend(expand_inputs(listed, asset, stack, default_assets, folder))
+            urls.extend(expand_inputs(read_list(item), asset, stack, default_assets, folder))
         elif lower.endswith(".json") or lower.endswith(".geojson"):
             try:
                 doc = json.loads(storage.read_text(item))

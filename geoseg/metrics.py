@@ -53,14 +53,62 @@ def scores(cm: np.ndarray) -> dict:
     }
 
 
-def format_table(result: dict, names: list[str] | tuple[str, ...]) -> str:
-    """A plain-text table of per-class scores and the means."""
-    lines = [f"{'class':<16}{'IoU':>8}{'Dice':>8}{'Prec':>8}{'Recall':>8}"]
+def _value(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+def report(cm: np.ndarray, names: list[str] | tuple[str, ...]) -> dict:
+    """The scores of a confusion matrix by class name, as geoseg reports them (JSON-ready).
+
+    ``per_class[name]``: ``iou``, ``dice`` (= F1), ``precision``, ``recall``, ``support``
+    (labelled pixels), ``predicted`` (predicted pixels), ``absent`` (in neither the labels
+    nor the prediction: its scores are ``None``, not 0, and it is left out of the means).
+    A class only predicted has IoU 0 and no recall; one only labelled has IoU 0 and no
+    precision. ``miou`` / ``mean_dice`` / ``pixel_accuracy`` are ``None`` when no pixel counts.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.shape != (len(names), len(names)):
+        raise ValueError(f"confusion matrix {cm.shape} for {len(names)} classes")
+    s = scores(cm)
+    support, predicted = cm.sum(1), cm.sum(0)
+    per_class = {}
     for i, name in enumerate(names):
-        row = [result[k][i] for k in ("iou", "dice", "precision", "recall")]
-        lines.append(f"{name:<16}" + "".join(f"{v:>8.3f}" for v in row))
-    lines.append(
-        f"{'mean':<16}{result['miou']:>8.3f}{result['mean_dice']:>8.3f}"
-        f"   pixel accuracy {result['pixel_accuracy']:.3f}"
-    )
+        per_class[str(name)] = {
+            **{k: _value(s[k][i]) for k in ("iou", "dice", "precision", "recall")},
+            "support": int(support[i]),
+            "predicted": int(predicted[i]),
+            "absent": bool(support[i] == 0 and predicted[i] == 0),
+        }
+    return {
+        "miou": _value(s["miou"]),
+        "mean_dice": _value(s["mean_dice"]),
+        "pixel_accuracy": _value(s["pixel_accuracy"]),
+        "pixels": s["pixels"],
+        "classes": [str(n) for n in names],
+        "absent": [str(n) for n in names if per_class[str(n)]["absent"]],
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+    }
+
+
+def _cell(v: float | None) -> str:
+    return f"{v:>8.3f}" if v is not None else f"{'-':>8}"
+
+
+def format_table(rep: dict) -> str:
+    """A plain-text table of a :func:`report`: per-class scores and support, then the means.
+    Absent classes say so instead of showing scores. Class areas (``label_area_ha``,
+    ``predicted_area_ha``) are columns where the report has them."""
+    areas = all(c.get("label_area_ha") is not None for c in rep["per_class"].values())
+    lines = [f"{'class':<16}{'IoU':>8}{'Dice':>8}{'Prec':>8}{'Recall':>8}{'support':>12}"
+             + (f"{'labelled ha':>14}{'predicted ha':>14}" if areas else "")]
+    for name, c in rep["per_class"].items():
+        area = f"{c['label_area_ha']:>14,.1f}{c['predicted_area_ha']:>14,.1f}" if areas else ""
+        if c["absent"]:
+            lines.append(f"{name:<16}{'absent (neither labelled nor predicted)':>44}" + area)
+            continue
+        lines.append(f"{name:<16}" + "".join(_cell(c[k]) for k in ("iou", "dice", "precision", "recall"))
+                     + f"{c['support']:>12,}" + area)
+    lines.append(f"{'mean':<16}{_cell(rep['miou'])}{_cell(rep['mean_dice'])}"
+                 f"   pixel accuracy {_cell(rep['pixel_accuracy']).strip()} over {rep['pixels']:,} pixels")
     return "\n".join(lines)

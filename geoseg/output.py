@@ -305,9 +305,13 @@ def read_softmax(out: SceneOutput, tile: int) -> np.ndarray | None:
 # --- finishing ------------------------------------------------------------
 
 
-def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block: int = 512) -> None:
-    """Copy the Zarr class map into a COG chunk by chunk (flat memory)."""
+def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block: int = 512) -> dict:
+    """Copy the Zarr class map into a COG chunk by chunk (flat memory); returns what the
+    copy counted on the way: ``{"pixels": per class, "areas_m2": per class or None}``
+    (areas from the CRS, see :mod:`geoseg.area`)."""
     import zarr
+
+    from geoseg.area import PixelArea
 
     root = zarr.open_group(storage.zarr_store(out.zarr, read_only=True), mode="r")
     arr = root["classes"]
@@ -326,8 +330,26 @@ def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block:
         resampling="MODE",
         blocksize=block,
     ) as cog:
+        k = len(classes)
+        area = PixelArea.of(info.crs, info.transform)
+        pixels, m2 = np.zeros(k, np.int64), np.zeros(k)
         for win in iter_windows(height, width, block):
-            cog.write(win, np.asarray(arr[win.slices]))
+            data = np.asarray(arr[win.slices])
+            cog.write(win, data)
+            pixels += np.bincount(data[data < k].ravel(), minlength=k)[:k]
+            if area is not None:
+                m2 += area.class_areas_m2(data, win.row_off, k)
+    return {"pixels": pixels.tolist(), "areas_m2": m2.tolist() if area is not None else None}
+
+
+def class_areas(classes: ClassScheme, counted: dict) -> dict:
+    """The run record's ``classes`` section: pixels and hectares of each class, by name."""
+    from geoseg.area import hectares
+
+    areas = counted.get("areas_m2")
+    return {name: {"pixels": int(counted["pixels"][i]),
+                   "area_ha": round(hectares(areas[i]), 4) if areas is not None else None}
+            for i, name in enumerate(classes.names)}
 
 
 def consolidate(out: SceneOutput) -> None:
@@ -370,13 +392,15 @@ def scene_record(
     tiles: dict,
     timings: dict,
     started: dt.datetime,
+    classes: dict | None = None,
+    quicklooks: dict | None = None,
 ) -> dict:
     """The run record of one finished scene: what was read, made, how and how fast."""
     return {
         "status": "complete",
         "input": url,
         **({"stac_item": item_of(info.tags)} if item_of(info.tags) else {}),  # the item a stacked VRT came from
-        "outputs": {"zarr": out.zarr, "cog": out.cog, "record": out.record},
+        "outputs": {"zarr": out.zarr, "cog": out.cog, "record": out.record, **(quicklooks or {})},
         "model": model,
         "parameters": parameters,
         "raster": {
@@ -387,6 +411,8 @@ def scene_record(
             "nodata": info.nodata,
         },
         "tiles": tiles,
+        # each class's pixels and area in hectares (None without a CRS)
+        "classes": classes or {},
         "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
         "started": started.isoformat(),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(),

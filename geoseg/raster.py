@@ -58,11 +58,19 @@ class RasterInfo:
         return Affine(*self.transform[:6])
 
     def same_grid(self, other: "RasterInfo") -> bool:
-        return (
-            self.shape == other.shape
-            and same_crs(self.crs, other.crs)
-            and np.allclose(self.transform, other.transform, rtol=0, atol=1e-6)
-        )
+        return not grid_difference(self, other)
+
+
+def grid_difference(a: RasterInfo, b: RasterInfo) -> str:
+    """What differs between two rasters' grids, for an error message (``""``: the same grid)."""
+    what = []
+    if a.shape != b.shape:
+        what.append(f"size {a.width}x{a.height} vs {b.width}x{b.height}")
+    if not same_crs(a.crs, b.crs):
+        what.append("CRS")
+    if not np.allclose(a.transform, b.transform, atol=1e-6, rtol=0):
+        what.append("transform")
+    return ", ".join(what)
 
 
 def same_crs(a: str | None, b: str | None) -> bool:

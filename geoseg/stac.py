@@ -128,7 +128,8 @@ def find_asset(item: dict, name: str, source: str) -> str:
     return matches[0]
 
 
-def _href(item_source: str, href: str) -> str:
+def resolve_href(href: str, item_source: str) -> str:
+    """An href of a STAC document at ``item_source``: absolute as is, relative from its folder."""
     if storage.is_remote(href) or href.startswith(("/", "file://")):
         return href
     return storage.join(posixpath.dirname(item_source) or ".", href)
@@ -147,7 +148,7 @@ def resolve_bands(item: dict, source: str, names: list[str], resampling: dict[st
         categorical = key.lower() in CATEGORICAL or name.lower() in CATEGORICAL or "classification:classes" in asset
         method = (resampling or {}).get(name.lower()) or ("nearest" if categorical else "bilinear")
         out.append(BandAsset(
-            name=name, key=key, href=_href(source, asset["href"]), resampling=method,
+            name=name, key=key, href=resolve_href(asset["href"], source), resampling=method,
             scale=_num(meta.get("scale")), offset=_num(meta.get("offset")), nodata=_num(meta.get("nodata")),
         ))
     return out

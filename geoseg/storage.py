@@ -190,6 +190,32 @@ def write_text(url: str, text: str) -> None:
         raise _wrap(url, exc) from exc
 
 
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a small binary object (a PNG, say) atomically, as :func:`write_text`."""
+    fs, path = filesystem(url)
+    try:
+        if is_remote(url):
+            with fs.open(path, "wb") as f:
+                f.write(data)
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+
+
+def isdir(url: str) -> bool:
+    """A folder (a local directory, or an object-storage prefix with objects under it)."""
+    fs, path = filesystem(url)
+    try:
+        return bool(fs.isdir(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+
+
 def remove(url: str, recursive: bool = False) -> None:
     fs, path = filesystem(url)
     try:

@@ -27,7 +27,7 @@ def run(*args, cwd=None):
         (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--workers", "3,1"], 2, "MIN <= MAX"),
         (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--bands", "1,2,3"], 1,
          "3 bands given, but the model reads 4"),
-        (["evaluate", "{labels}", "{tmp}/small.tif"], 1, "different grids"),
+        (["evaluate", "{labels}", "{tmp}/small.tif"], 1, "are not on the same grid"),
     ],
 )
 def test_user_errors_are_one_line(args, code, needle, sample_dir, tmp_path):

@@ -41,3 +41,41 @@ def test_workflow_entrypoints_run_the_cli(tmp_path):
     res = subprocess.run([sys.executable, "-m", "workflows.evaluate", "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert res.returncode == 0 and "prediction" in res.stdout
+
+
+def _exported_names() -> dict[str, list[str]]:
+    """The Prometheus names of geoseg's Ray metrics, from their definitions in the code
+    (Ray exports a Counter as ray_<name>_total, a Histogram as _bucket/_sum/_count)."""
+    import re
+
+    source = (ROOT / "geoseg" / "predict" / "job.py").read_text()
+    suffixes = {"Counter": ["_total"], "Gauge": [""], "Histogram": ["_bucket", "_sum", "_count"]}
+    return {name: [f"ray_{name}{s}" for s in suffixes[kind]]
+            for kind, name in re.findall(r'\b(Counter|Gauge|Histogram)\(\s*"(geoseg_[a-z_]+)"', source)}
+
+
+def test_grafana_dashboard_plots_every_geoseg_metric_and_real_ray_ones():
+    import json
+    import re
+
+    import ray
+
+    dash = json.loads((ROOT / "cluster" / "grafana" / "geoseg-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\bray_[a-z0-9_]+", e)}
+    defined = _exported_names()
+    assert len(defined) >= 6  # tiles, pixels, scenes done / failed, bad tiles, MPix/s, batch time
+    for name, exported in defined.items():
+        assert used & set(exported), f"{name} is not plotted"
+    known = {n for names in defined.values() for n in names}
+    assert {m for m in used if m.startswith("ray_geoseg_")} <= known
+    assert all("$geoseg_job" in e for e in exprs if "ray_geoseg_" in e)
+    # Ray's own metrics: names its bundled dashboards use in this Ray version
+    ray_panels = pathlib.Path(ray.__file__).parent / "dashboard" / "modules" / "metrics" / "dashboards"
+    ray_text = "".join(p.read_text() for p in ray_panels.glob("*.py"))
+    for m in used - known:
+        assert m in ray_text, f"{m}: not a metric Ray's dashboards know"
+    assert {v["name"] for v in dash["templating"]["list"]} >= {"datasource", "geoseg_job", "SessionName"}
+    titles = " ".join(p["title"] for p in dash["panels"]).lower()
+    for word in ("mpix/s", "tiles", "scenes", "batch time", "cpu", "gpu", "memory"):
+        assert word in titles

@@ -8,7 +8,7 @@ import rasterio
 import rioxarray  # noqa: F401 - registers .rio
 import xarray as xr
 
-from geoseg.classes import NODATA
+from geoseg.classes import LANDCOVER, NODATA
 from geoseg.errors import OutputExistsError
 from geoseg.models.index import IndexModel
 from geoseg.predict import PredictOptions, predict
@@ -24,7 +24,7 @@ def _whole_image_index(scene_path):
 
 def test_predict_writes_zarr_cog_and_record(ray_local, sample_dir, tmp_path):
     out = tmp_path / "pred"
-    opts = PredictOptions(model="index", tile_size=256, halo=16, batch_size=4)
+    opts = PredictOptions(model="index", tile_size=256, halo=16, batch_size=4, quicklook=True)
     (rec,) = predict([str(sample_dir / "scene.tif")], str(out), opts)
     with rasterio.open(sample_dir / "scene.tif") as src:
         crs, transform, shape = src.crs, src.transform, src.shape
@@ -55,6 +55,31 @@ def test_predict_writes_zarr_cog_and_record(ray_local, sample_dir, tmp_path):
     assert record["parameters"]["tile_size"] == 256 and record["model"]["name"] == "index"
     assert "ray" in record["versions"] and record["timings_s"]["total"] > 0
     assert not (out / ".geoseg" / "scene").exists()
+
+    # class areas: 10 m pixels are 0.01 ha
+    counts = np.bincount(classes[classes != NODATA].ravel(), minlength=4)
+    assert [record["classes"][n]["pixels"] for n in LANDCOVER.names] == counts.tolist()
+    assert [record["classes"][n]["area_ha"] for n in LANDCOVER.names] == pytest.approx((counts * 0.01).tolist())
+
+    # quicklooks: the input in true colour (transparent where the scene is nodata) and the class map
+    # in its colours; the scene is smaller than 1024 px, so every pixel is shown
+    from PIL import Image
+
+    with rasterio.open(sample_dir / "scene.tif") as src:
+        scene_nodata = np.all(src.read() == 0, axis=0)
+    with Image.open(record["outputs"]["quicklook_rgb"]) as png:
+        rgb = np.asarray(png)
+    assert rgb.shape == (*shape, 4)
+    np.testing.assert_array_equal(rgb[..., 3] == 0, scene_nodata)
+    with Image.open(record["outputs"]["quicklook_classes"]) as png:
+        panel = np.asarray(png.convert("RGB"))[24 : 24 + shape[0], 8 : 8 + shape[1]]  # below the title
+    colours = np.array(LANDCOVER.colors)
+    shown = classes != NODATA
+    np.testing.assert_array_equal(panel[shown], colours[classes[shown]])
+    with Image.open(record["outputs"]["quicklook"]) as png:
+        assert png.width > 2 * shape[1] and png.height == shape[0] + 32  # side by side, legend beside
+    item = json.loads((out / "scene.item.json").read_text())
+    assert item["assets"]["quicklook"]["type"] == "image/png"
 
 
 def test_nodata_tiles_are_skipped(ray_local, tmp_path):

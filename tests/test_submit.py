@@ -85,7 +85,7 @@ def test_submit_predict_job(ray_head, sample_dir, tmp_path):
     import requests
 
     # (the MPix/s gauge is live only: Ray drops a gauge shortly after its job stops setting it)
-    wanted = ("geoseg_tiles_written", "geoseg_pixels_written", "geoseg_scenes_done")
+    wanted = ("geoseg_tiles_written", "geoseg_pixels_written", "geoseg_scenes_done", "geoseg_model_batch_seconds")
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:
         text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
@@ -98,3 +98,7 @@ def test_submit_predict_job(ray_head, sample_dir, tmp_path):
     assert sum(float(line.rsplit(" ", 1)[1]) for line in tiles) == 4  # 640x640 in 320-px tiles
     pixels = [line for line in text.splitlines() if "geoseg_pixels_written" in line and not line.startswith("#")]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in pixels) == 640 * 640
+    # the names and the tag the Grafana dashboard (cluster/grafana) queries
+    for name in ("ray_geoseg_tiles_written_total", "ray_geoseg_pixels_written_total", "ray_geoseg_scenes_done_total",
+                 "ray_geoseg_model_batch_seconds_bucket"):
+        assert any(line.startswith(name + "{") and 'geoseg_job="' in line for line in text.splitlines()), name

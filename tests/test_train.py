@@ -84,8 +84,20 @@ def test_rerun_with_same_out_resumes(ray_local, sample_dir, tmp_path):
     summary = train(_cfg(sample_dir, out, arch="tinyfcn", epochs=2))
     assert summary["last"]["epoch"] == 1
     latest = sorted(p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir())[-1]
-    _, meta = checkpoint.load(str(out / latest))
+    _, meta, state = checkpoint.load(str(out / latest), with_state=True)
     assert meta.epoch == 1 and meta.extra["resumed_at"] == 1
+    assert [h["epoch"] for h in json.loads(state["history"])] == [0, 1]  # what curves.png plots
+    # pictures of the whole run (the history survives the resume), written into the run folder
+    from PIL import Image
+
+    assert summary["pictures"] == {"curves": str(out / "curves.png"), "val_quicklook": str(out / "val_quicklook.png")}
+    with Image.open(out / "curves.png") as png:
+        assert png.size == (1500, 420)
+    with Image.open(out / "val_quicklook.png") as png:
+        quick = np.asarray(png.convert("RGB"))
+    # four panels of one validation block (--block-size 128) side by side, then the legend
+    assert quick.shape[0] == 128 + 32 and quick.shape[1] > 4 * 128
+    assert len(np.unique(quick.reshape(-1, 3), axis=0)) > 20  # a picture, not a blank
 
 
 class _Evil:

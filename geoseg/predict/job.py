@@ -94,6 +94,7 @@ def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float) -> 
 # (model actors on GPU nodes, readers and writers wherever CPUs are) and records it.
 
 PLACEMENT = ("read", "infer", "write")
+METRIC_TAG = "geoseg_job"  # the tag of geoseg's Ray metrics: the job's id
 
 
 def _node_column(n: int) -> np.ndarray:
@@ -109,8 +110,21 @@ def _read_on_node(batch: dict, **kwargs):
 
 
 class _InferOnNode(stages.Infer):
+    """The model stage in a Ray actor: also the node it ran on, and each batch's model time
+    as the ``geoseg_model_batch_seconds`` histogram (exported by the actor's node)."""
+
+    def __init__(self, *, job: str, **kwargs):
+        from ray.util.metrics import Histogram
+
+        super().__init__(**kwargs)
+        self._tags = {METRIC_TAG: job}
+        self._batch_s = Histogram("geoseg_model_batch_seconds", description="Model time of one batch in a model actor",
+                                  boundaries=[0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30], tag_keys=(METRIC_TAG,))
+
     def __call__(self, batch: dict) -> dict:
         out = super().__call__(batch)
+        if len(out["tile"]):
+            self._batch_s.observe(float(out["model_s"].sum()), tags=self._tags)
         out["read_node"] = batch["read_node"]
         out["infer_node"] = _node_column(len(out["tile"]))
         return out
@@ -142,7 +156,7 @@ def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges
     ds = ds.map_batches(
         _InferOnNode,
         fn_constructor_kwargs={"spec": spec, "core": opts.tile_size, "probabilities": opts.probabilities,
-                               "softmax": hann},
+                               "softmax": hann, "job": job.scenes[0].out.job},
         batch_size=opts.batch_size,
         compute=layout.strategy(),
         num_cpus=layout.num_cpus,
@@ -164,19 +178,28 @@ class _Metrics:
     """geoseg's Ray metrics, exported to Prometheus and the Ray dashboard (prefixed ``ray_``).
 
     ``geoseg_tiles_written`` and ``geoseg_pixels_written`` (counters),
-    ``geoseg_scenes_done`` (counter: COG and record out) and
-    ``geoseg_mpix_per_second`` (gauge of the job so far). All counted by the driver.
+    ``geoseg_scenes_done`` (counter: COG and record out), ``geoseg_scenes_failed``
+    (counter: scenes finished with unreadable tiles, ``--skip-bad-tiles``),
+    ``geoseg_tiles_bad`` (counter) and ``geoseg_mpix_per_second`` (gauge of the job
+    so far), counted by the driver; ``geoseg_model_batch_seconds`` (histogram) is
+    observed in the model actors. Each has the tag ``geoseg_job`` (not ``job``: Prometheus
+    keeps that label for its scrape job and would rename ours). The Grafana dashboard
+    ``cluster/grafana/geoseg-dashboard.json`` plots them.
     """
 
     def __init__(self, job: str):
         from ray.util.metrics import Counter, Gauge
 
-        tags = ("job",)
-        self.tags = {"job": job}
+        tags = (METRIC_TAG,)
+        self.tags = {METRIC_TAG: job}
         self.tiles = Counter("geoseg_tiles_written", description="Tiles predicted and written", tag_keys=tags)
         self.pixels = Counter("geoseg_pixels_written", description="Pixels predicted and written", tag_keys=tags)
         self.scenes = Counter("geoseg_scenes_done", description="Scenes finished (COG and record written)",
                               tag_keys=tags)
+        self.failed = Counter("geoseg_scenes_failed", description="Scenes finished with unreadable tiles left nodata",
+                              tag_keys=tags)
+        self.bad_tiles = Counter("geoseg_tiles_bad", description="Tiles whose input could not be read",
+                                 tag_keys=tags)
         self.rate = Gauge("geoseg_mpix_per_second", description="Megapixels predicted per second (job so far)",
                           tag_keys=tags)
 
@@ -249,7 +272,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
 
     t2 = time.perf_counter()
     finish = ray.remote(num_cpus=0.5)(stages.finish_scene)
-    results = ray.get([finish.remote(p, job.classes) for p in job.todo])
+    results = ray.get([finish.remote(p, job.classes, opts.quicklook) for p in job.todo])
     timings = {"plan": t_plan, "pipeline": t_pipeline, "finish": time.perf_counter() - t2}
     records, items = [], []
     for plan, res in zip(job.todo, results):
@@ -262,6 +285,9 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         rec["outputs"]["stac_item"] = items[-1]
         output.write_record(plan.out, rec)  # last: the scene is complete
         metrics.scenes.inc(1, tags=metrics.tags)
+        if rec["tiles"]["bad"]:
+            metrics.failed.inc(1, tags=metrics.tags)
+            metrics.bad_tiles.inc(rec["tiles"]["bad"], tags=metrics.tags)
         records.append(rec)
     if items:
         catalog.update_catalog(prefix, items)
@@ -299,4 +325,6 @@ def _record(plan: ScenePlan, job: JobPlan, opts: PredictOptions, finished: dict,
         },
         timings={**timings, "cog": finished["cog_seconds"], "total": time.perf_counter() - t0},
         started=started,
+        classes=finished["classes"],
+        quicklooks=finished["quicklooks"],
     )

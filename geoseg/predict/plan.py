@@ -47,6 +47,7 @@ class PredictOptions:
     address: str | None = None
     skip_bad_tiles: bool = False  # unreadable blocks: their tiles left nodata and listed, instead of failing
     allow_no_crs: bool = False  # accept rasters without a CRS (outputs then have none either)
+    quicklook: bool = False  # small PNGs beside each output: input in true colour, classes, both side by side
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.checkpoint is None):

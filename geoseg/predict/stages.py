@@ -296,11 +296,13 @@ def _blend_tiles(batch: dict, plans: list[ScenePlan], probabilities: bool) -> di
 # --- finish --------------------------------------------------------------------
 
 
-def finish_scene(plan: ScenePlan, classes: ClassScheme) -> dict:
-    """Consolidate the Zarr metadata, build the COG, drop the progress log.
+def finish_scene(plan: ScenePlan, classes: ClassScheme, quicklook: bool = False) -> dict:
+    """Consolidate the Zarr metadata, build the COG (counting each class's pixels and area on
+    the way), write the quicklooks (``quicklook``), drop the progress log.
 
-    Returns ``{"counts": tiles by kind, "bad_tiles": [{tile, window}], "cog_seconds"}``; the run record is
-    written afterwards by the driver, last of all.
+    Returns ``{"counts": tiles by kind, "bad_tiles": [{tile, window}], "cog_seconds", "classes":
+    pixels and hectares by class, "quicklooks": PNG URLs}``; the run record is written
+    afterwards by the driver, last of all.
     """
     _, counts = output.read_done(plan.out, len(plan.grid))
     bad = []
@@ -310,6 +312,14 @@ def finish_scene(plan: ScenePlan, classes: ClassScheme) -> dict:
                                            "height": core.height, "width": core.width}})
     output.consolidate(plan.out)
     t0 = time.perf_counter()
-    output.zarr_to_cog(plan.out, plan.info, classes)
+    counted = output.zarr_to_cog(plan.out, plan.info, classes)
+    cog_s = time.perf_counter() - t0
+    pictures = {}
+    if quicklook:  # from the input's and the COG's overviews: small reads
+        from geoseg.quicklook import write_predict_quicklooks
+
+        urls = write_predict_quicklooks(plan.url, plan.out.cog, classes, storage.join(plan.out.prefix, plan.out.stem))
+        pictures = {f"quicklook_{name}" if name != "quicklook" else "quicklook": url for name, url in urls.items()}
     storage.remove(plan.out.progress, recursive=True)
-    return {"counts": counts, "bad_tiles": bad, "cog_seconds": round(time.perf_counter() - t0, 3)}
+    return {"counts": counts, "bad_tiles": bad, "cog_seconds": round(cog_s, 3),
+            "classes": output.class_areas(classes, counted), "quicklooks": pictures}

@@ -17,7 +17,7 @@ import numpy as np
 
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import InputError, RasterError
-from geoseg.raster import (RasterInfo, check_class_map, check_image, read_decimated, read_info, same_crs,
+from geoseg.raster import (RasterInfo, check_class_map, check_image, grid_difference, read_decimated, read_info,
                            tile_reader)
 from geoseg.tiling import Window
 
@@ -55,15 +55,9 @@ def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = N
         img, lab = read_info(img_url), read_info(lab_url)
         check_image(img, allow_no_crs)
         check_class_map(lab, "label raster")
-        if not img.same_grid(lab):
-            what = []
-            if img.shape != lab.shape:
-                what.append(f"size {img.width}x{img.height} vs {lab.width}x{lab.height}")
-            if not same_crs(img.crs, lab.crs):
-                what.append("CRS")
-            if not np.allclose(img.transform, lab.transform, atol=1e-6, rtol=0):
-                what.append("transform")
-            raise RasterError(f"{img_url} and {lab_url} do not share a grid ({', '.join(what)})")
+        diff = grid_difference(img, lab)
+        if diff:
+            raise RasterError(f"{img_url} and {lab_url} do not share a grid ({diff})")
         b = bands or list(range(1, img.count + 1))
         if max(b) > img.count:
             raise RasterError(f"{img_url}: band {max(b)} requested but it has {img.count} bands")

@@ -142,7 +142,7 @@ class Fitter:
         self.amp = dict(device_type="cuda", dtype=torch.bfloat16) if cuda else dict(device_type="cpu", enabled=False)
         self.channels_last = cuda  # inputs in the model's layout (the caller converts a GPU model)
         self.t_start = time.time() - self.progress.elapsed_before
-        self.scores: dict = {}  # the last epoch's validation scores, all workers combined
+        self.confusion = None  # the last epoch's validation confusion matrix, all workers combined
 
     def normalize(self, x):
         import torch
@@ -174,7 +174,8 @@ class Fitter:
         import torch
 
         totals = _all_reduce(torch.tensor(stats, dtype=torch.float64, device=self.device))
-        result = self.scores = scores(_all_reduce(cm).cpu().numpy())
+        self.confusion = _all_reduce(cm).cpu().numpy()
+        result = scores(self.confusion)
         elapsed = time.time() - self.t_start
         metrics = epoch_metrics(epoch, totals.tolist(), result, seconds, elapsed, self.classes.names)
         p = self.progress

@@ -24,7 +24,7 @@ from geoseg.bands import select_bands
 from geoseg.errors import InputError
 from geoseg.inputs import expand_inputs
 from geoseg.stac import StackOptions
-from geoseg.metrics import format_table
+from geoseg.metrics import format_table, report
 from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.raster import read_info
 from geoseg.runtime import check_address, cluster_cpus, init_ray, require_gpus, worker_print
@@ -74,7 +74,7 @@ def train_loop(config: dict) -> None:
             ckpt = None
             if rank == 0:
                 worker_print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, {metrics['chips_per_s']:.1f} chips/s\n"
-                             + format_table(fitter.scores, fitter.classes.names))
+                             + format_table(report(fitter.confusion, fitter.classes.names)))
                 fitter.save(tmp, epoch, metrics, stop)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
@@ -181,6 +181,22 @@ def make_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, cpus: int)
     )
 
 
+def write_pictures(run_dir: str, plan: TrainingPlan, latest, best_url: str, log=print) -> dict:
+    """``curves.png`` (the whole history, kept in the latest checkpoint) and ``val_quicklook.png``
+    (the best checkpoint on a validation block) in the run folder."""
+    from geoseg.train.pictures import write_curves, write_val_quicklook
+
+    with latest.as_directory() as d:
+        _, _, state = checkpoint.load(d, with_state=True)
+    history = json.loads(state.get("history") or "[]") if isinstance(state.get("history"), str) else []
+    out = {"curves": write_curves(run_dir, history, plan.classes),
+           "val_quicklook": write_val_quicklook(run_dir, plan, best_url)}
+    for name, url in out.items():
+        if url:
+            log(f"{name}: {url}")
+    return out
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Run (or resume) a training run; returns the run summary (also in ``RUN_DIR/run.json``)."""
     t0 = time.perf_counter()
@@ -220,6 +236,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     best_url = storage.join(cfg.out, "best")
     with best_ckpt.as_directory() as d:
         checkpoint.copy_folder(d, best_url)
+    pictures = write_pictures(cfg.out, plan, result.checkpoint or best_ckpt, best_url, log)
     summary = {
         "out": cfg.out,
         "best_checkpoint": best_url,
@@ -231,6 +248,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "normalization": {"mean": plan.mean, "std": plan.std},
         "split": plan.info,
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "address"},
+        "pictures": pictures,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(summary, indent=2, default=str))

@@ -1,0 +1,137 @@
+"""Class maps to read: a single-band class raster (GeoTIFF / COG) or the Zarr store of
+``geoseg predict`` (its ``classes`` array, georeferenced by ``spatial_ref``).
+
+Read window by window (:func:`open_class_map`) or decimated for pictures
+(:func:`read_overview`), never whole at full resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from geoseg import storage
+from geoseg.classes import NODATA, ClassScheme
+from geoseg.errors import RasterError, StorageError
+from geoseg.raster import RasterInfo, iter_windows, open_raster, read_info
+from geoseg.tiling import Window
+
+
+class RasterClassMap:
+    """A single-band class raster read window by window.
+
+    The dataset stays open between reads; each read runs in geoseg's GDAL settings
+    (entered and left around it, so any number of class maps can be open at once and
+    closed in any order)."""
+
+    def __init__(self, info: RasterInfo):
+        self.info = info
+        self._src = None
+
+    def __enter__(self):
+        with storage.gdal_env():
+            self._src = open_raster(self.info.url)
+        return self
+
+    def read(self, w: Window) -> np.ndarray:
+        with storage.gdal_env():
+            return self._src.read(1, window=w.to_rasterio())
+
+    def __exit__(self, *exc) -> None:
+        self._src.close()
+
+
+class ZarrClassMap:
+    """The ``classes`` array of a Zarr store written by ``geoseg predict``."""
+
+    def __init__(self, url: str):
+        import zarr
+
+        self.url = url
+        try:
+            root = zarr.open_group(storage.zarr_store(url, read_only=True), mode="r")
+            self._array = root["classes"]
+            ref = dict(root["spatial_ref"].attrs)
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise RasterError(f"{url}: not a class map written by geoseg predict (no classes array: {exc})") from None
+        if not storage.exists(self.record):
+            raise RasterError(f"{url}: incomplete (no run record {self.record}); rerun the predict command to finish it")
+        c, a, b, f, d, e = (float(v) for v in ref["GeoTransform"].split())
+        attrs = dict(self._array.attrs)
+        names = attrs.get("class_names") or []
+        tags = ClassScheme(tuple(names), tuple(tuple(x) for x in attrs["class_colors"])).to_tags() if names else {}
+        h, w = self._array.shape
+        self.info = RasterInfo(url=url, height=h, width=w, count=1, dtype=str(self._array.dtype),
+                               crs=ref.get("crs_wkt"), transform=(a, b, c, d, e, f), nodata=NODATA,
+                               descriptions=("classes",), tags=tags)
+        self.chunks = tuple(self._array.chunks)
+
+    @property
+    def record(self) -> str:
+        """The run record beside the store (``<stem>.json``)."""
+        return self.url.rstrip("/")[: -len(".zarr")] + ".json"
+
+    @property
+    def cog(self) -> str:
+        """The COG that predict writes beside the store (``<stem>.tif``), with overviews."""
+        return self.url.rstrip("/")[: -len(".zarr")] + ".tif"
+
+    def __enter__(self):
+        return self
+
+    def read(self, w: Window) -> np.ndarray:
+        rows, cols = w.slices
+        return self._array[rows, cols]
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def is_zarr(url: str) -> bool:
+    return str(url).rstrip("/").endswith(".zarr")
+
+
+def open_class_map(url: str) -> RasterClassMap | ZarrClassMap:
+    """A class map to read: a Zarr store of ``geoseg predict`` or a single-band raster."""
+    if is_zarr(url):
+        if not storage.exists(storage.join(url, "zarr.json")):
+            raise StorageError(f"{url}: not found (no zarr.json)")
+        return ZarrClassMap(url)
+    return RasterClassMap(read_info(url))
+
+
+def scheme_of(info: RasterInfo) -> ClassScheme | None:
+    """Class names and colours from a class map's tags (``CLASS_NAMES`` / ``CLASS_COLORS``)."""
+    return ClassScheme.from_tags(info.tags)
+
+
+def read_overview(url: str, max_side: int = 1024) -> tuple[np.ndarray, float]:
+    """``(classes (h, w), scale)``: a class map at most ``max_side`` pixels a side, by
+    nearest sampling (a COG's overviews, made with MODE, when it has them); ``scale`` is
+    full-resolution pixels per returned pixel. A Zarr store of ``geoseg predict`` is read
+    through the COG beside it, or else chunk by chunk, keeping every ``scale``-th pixel."""
+    from rasterio.enums import Resampling
+
+    if is_zarr(url):
+        cmap = open_class_map(url)
+        if storage.exists(cmap.cog):
+            return read_overview(cmap.cog, max_side)
+        return _strided(cmap, max_side)
+    with storage.gdal_env(), open_raster(url) as src:
+        scale = max(1.0, max(src.height, src.width) / max_side)
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        data = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+        return data, src.height / shape[0]
+
+
+def _strided(cmap: ZarrClassMap, max_side: int) -> tuple[np.ndarray, float]:
+    info = cmap.info
+    step = max(1, int(np.ceil(max(info.height, info.width) / max_side)))
+    out = np.full((-(-info.height // step), -(-info.width // step)), NODATA, dtype=np.uint8)
+    block = max(cmap.chunks[0], 512)
+    with cmap:
+        for w in iter_windows(info.height, info.width, block):  # one chunk row at a time: flat memory
+            r0, c0 = -w.row_off % step, -w.col_off % step
+            part = cmap.read(w)[r0::step, c0::step]
+            out[(w.row_off + r0) // step:(w.row_off + r0) // step + part.shape[0],
+                (w.col_off + c0) // step:(w.col_off + c0) // step + part.shape[1]] = part
+    return out, float(step)

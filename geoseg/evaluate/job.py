@@ -1,0 +1,166 @@
+"""The Ray layer of ``geoseg evaluate``: many pairs scored in parallel, chunk by chunk.
+
+    find_pairs, plan_scenes (driver, no Ray)   pairs checked, metadata only
+      -> ray.data.from_items(ranges)           ranges of global chunk numbers, never a list of chunks
+      -> map_batches(score_ranges)             CPU tasks: each reads its chunks and returns sums per scene
+      -> driver                                sums per scene and overall, the report
+      -> error maps (Ray tasks)                one small PNG per scene (decimated reads)
+
+Everything that touches pixels is :mod:`geoseg.evaluate.scene` (no Ray); the sums
+are additive, so the numbers do not depend on how the chunks were spread.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg.console import Progress
+from geoseg.errors import RasterError
+from geoseg.evaluate.pairs import Pair
+from geoseg.evaluate.scene import CHUNK, Counts, ScenePlan, plan_scene, score_chunk, score_scene
+
+
+@dataclass
+class Evaluation:
+    """Sums per scene and over all of them."""
+
+    plans: list[ScenePlan]
+    counts: list[Counts]
+    seconds: float = 0.0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.plans[0].names
+
+    @property
+    def total(self) -> Counts:
+        total = Counts.zeros(len(self.names))
+        for c in self.counts:
+            total += c
+        return total
+
+
+def plan_scenes(pairs: list[Pair], num_classes: int | None = None, chunk: int = CHUNK) -> list[ScenePlan]:
+    """Every pair checked before any pixel is read (metadata of many objects, read in threads)."""
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(pairs)))) as pool:
+        plans = list(pool.map(lambda p: plan_scene(p, num_classes, chunk), pairs))
+    first = plans[0]
+    for p in plans[1:]:
+        if p.names != first.names:
+            raise RasterError(f"{p.pair.labels} has classes {list(p.names)} but {first.pair.labels} has "
+                              f"{list(first.names)}; score them separately")
+    return plans
+
+
+def score_in_process(plans: list[ScenePlan]) -> Evaluation:
+    """Every scene in this process, one chunk after another (no Ray)."""
+    t0 = time.perf_counter()
+    return Evaluation(plans, [score_scene(p) for p in plans], time.perf_counter() - t0)
+
+
+# --- on Ray ------------------------------------------------------------------------
+
+_SOURCES: dict = {}  # per worker process: class maps kept open between chunks (few at a time)
+
+
+def score_ranges(batch: dict, plans: list[ScenePlan], offsets: np.ndarray) -> dict:
+    """Ray Data UDF: the sums of the chunks numbered ``lo..hi-1`` (all scenes' chunks
+    numbered one after another), one row per scene touched."""
+    k = plans[0].k
+    per_scene: dict[int, Counts] = {}
+    chunks: dict[int, int] = {}
+    for lo, hi in zip(batch["lo"], batch["hi"]):
+        for g in range(int(lo), int(hi)):
+            s = int(np.searchsorted(offsets, g, side="right") - 1)
+            counts = score_chunk(plans[s], plans[s].window(g - int(offsets[s])), _SOURCES)
+            if s in per_scene:
+                per_scene[s] += counts
+            else:
+                per_scene[s] = counts
+            chunks[s] = chunks.get(s, 0) + 1
+    scenes = sorted(per_scene)
+    return {
+        "scene": np.array(scenes, dtype=np.int64),
+        "confusion": np.stack([per_scene[s].confusion.ravel() for s in scenes]) if scenes
+        else np.zeros((0, k * k), np.int64),
+        "label_m2": np.stack([per_scene[s].label_m2 for s in scenes]) if scenes else np.zeros((0, k)),
+        "predicted_m2": np.stack([per_scene[s].predicted_m2 for s in scenes]) if scenes else np.zeros((0, k)),
+        "label_nodata": np.array([per_scene[s].ignored["label_nodata"] for s in scenes], dtype=np.int64),
+        "prediction_nodata": np.array([per_scene[s].ignored["prediction_nodata"] for s in scenes], dtype=np.int64),
+        "chunks": np.array([chunks[s] for s in scenes], dtype=np.int64),
+    }
+
+
+def score_on_ray(plans: list[ScenePlan], progress: Progress | None = None) -> Evaluation:
+    """Every chunk of every scene as Ray Data tasks on the cluster (Ray must be up)."""
+    import ray
+
+    from geoseg.predict.plan import tile_ranges
+    from geoseg.runtime import cluster_cpus
+
+    t0 = time.perf_counter()
+    sizes = np.array([p.n_chunks for p in plans], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    total = int(sizes.sum())
+    ranges = tile_ranges(total, 1, cluster_cpus())
+    ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
+    ds = ds.map_batches(score_ranges, fn_kwargs={"plans": plans, "offsets": offsets}, batch_size=1, num_cpus=1)
+    k = plans[0].k
+    counts = [Counts.zeros(k) for _ in plans]
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, s in enumerate(batch["scene"]):
+            counts[s] += Counts(batch["confusion"][i].reshape(k, k).astype(np.int64), batch["label_m2"][i],
+                                batch["predicted_m2"][i], {"label_nodata": int(batch["label_nodata"][i]),
+                                                           "prediction_nodata": int(batch["prediction_nodata"][i])})
+            if progress is not None:
+                n = int(batch["chunks"][i])
+                progress.update(n, n * plans[s].pixels // plans[s].n_chunks)
+    return Evaluation(plans, counts, time.perf_counter() - t0)
+
+
+def error_map_task(plan: ScenePlan, url: str) -> str:
+    """One scene's error map (decimated reads of both class maps): a Ray task."""
+    from geoseg.classmap import open_class_map, scheme_of
+    from geoseg.quicklook import write_error_map
+
+    scheme = scheme_of(plan.labels) or scheme_of(open_class_map(plan.pair.prediction).info)
+    return write_error_map(plan.pair.prediction, plan.pair.labels, plan.names, scheme, url,
+                           plan.label_nodata, plan.prediction_nodata)
+
+
+def run_evaluation(predictions: list[str], labels: list[str] | None = None, *, label_asset: str = "labels",
+                   num_classes: int | None = None, out: str | None = None, address: str | None = None,
+                   error_maps: bool = True, chunk: int = CHUNK) -> dict:
+    """``geoseg evaluate``: find and check the pairs, score them on Ray, write the report
+    (and each scene's error map) under ``out``; returns the report."""
+    import ray
+
+    from geoseg import storage
+    from geoseg.evaluate import report
+    from geoseg.evaluate.pairs import find_pairs
+    from geoseg.runtime import check_address, init_ray
+
+    check_address(address)
+    pairs = find_pairs(predictions, labels, label_asset)
+    plans = plan_scenes(pairs, num_classes, chunk)  # bad input fails here, before Ray starts
+    if out:
+        storage.check_writable(out)
+    init_ray(address)
+    progress = Progress(sum(p.n_chunks for p in plans), "chunks")
+    evaluation = score_on_ray(plans, progress)
+    progress.close(complete=True)
+    rep = report.build(plans, evaluation.counts, evaluation.seconds)
+    if out:
+        maps = {}
+        if error_maps:
+            task = ray.remote(num_cpus=1)(error_map_task)
+            names = {p.pair.name: f"errors/{p.pair.name}.png" for p in plans}
+            refs = [task.remote(p, storage.join(out, names[p.pair.name])) for p in plans]
+            ray.get(refs)
+            maps = names
+        rep["outputs"] = report.write(rep, out, maps)
+    return rep
