@@ -54,7 +54,8 @@ class ZarrClassMap:
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise RasterError(f"{url}: not a class map written by geoseg predict (no classes array: {exc})") from None
         if not storage.exists(self.record):
-            raise RasterError(f"{url}: incomplete (no run record {self.record}); rerun the predict command to finish it")
+            raise RasterError(f"{url}: incomplete (no run record {self.record}); "
+                              "rerun the predict command to finish it")
         c, a, b, f, d, e = (float(v) for v in ref["GeoTransform"].split())
         attrs = dict(self._array.attrs)
         names = attrs.get("class_names") or []

@@ -115,8 +115,8 @@ def test_charts_are_pngs_that_follow_their_data():
 
 def test_quicklook_command(sample_dir, tmp_path):
     out = tmp_path / "labels.png"
-    res = subprocess.run([sys.executable, "-m", "geoseg", "quicklook", str(sample_dir / "labels.tif"), "--out", str(out),
-                          "--max-side", "320"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "geoseg", "quicklook", str(sample_dir / "labels.tif"),
+                          "--out", str(out), "--max-side", "320"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     img = _png(out)
     assert img.shape[0] == 320 + TITLE + GAP and img.shape[1] > 320  # 640 px decimated to 320, plus legend

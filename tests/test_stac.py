@@ -114,6 +114,18 @@ def test_items_in_two_utm_zones_keep_their_own_grids(ray_local, item_dir, tmp_pa
     assert crs["zone34"][1] == crs[_item(item_dir)["id"]][1] == (384, 384)
     np.testing.assert_array_equal(crs["zone34"][2], crs[_item(item_dir)["id"]][2])
 
+    # evaluate the job's output folder: each output item leads to its input item, whose
+    # "labels" asset holds the labels (no --labels needed)
+    from geoseg.evaluate import evaluate, run_evaluation
+
+    rep = run_evaluation([str(tmp_path / "o")], out=str(tmp_path / "report"))
+    assert sorted(rep["scenes"]) == sorted(["zone34", _item(item_dir)["id"]])
+    a, b = rep["scenes"].values()
+    assert a["labels"] != b["labels"] and a["confusion"] == b["confusion"]
+    direct = evaluate(recs[0]["outputs"]["cog"], str(item_dir / "labels.tif"))
+    assert a["confusion"] == direct["confusion"] and a["miou"] == direct["miou"] > 0.3
+    assert np.array(rep["confusion"]).sum() == 2 * np.array(direct["confusion"]).sum()
+
 
 def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, tmp_path):
     """Single-band COGs at 10 and 20 m on the S3 endpoint: train on 4 named bands, then predict
