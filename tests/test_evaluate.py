@@ -2,6 +2,7 @@
 equal to one process and to a direct computation, GeoTIFF / Zarr / S3, pairing, refusals."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -158,8 +159,8 @@ def _zarr_prediction(tmp_path, pred, info):
 
 @pytest.mark.slow
 def test_many_pairs_on_a_multi_node_ray_equal_one_process(multi_node, tmp_path, s3):
-    """GeoTIFF, Zarr and S3 pairs, many small chunks spread over 3 nodes: the same sums as one
-    process, and as numpy over whole arrays."""
+    """GeoTIFF pairs (local and on S3) and a Zarr prediction on S3, many small chunks spread over
+    3 nodes: the same sums as one process, and as numpy over whole arrays."""
     from geoseg.raster import read_info
 
     cluster, _ = multi_node(head_cpus=1, workers=2)
@@ -172,7 +173,11 @@ def test_many_pairs_on_a_multi_node_ray_equal_one_process(multi_node, tmp_path, 
         preds.append(write_classes(tmp_path / "pred" / f"{name}.tif", arrays[name][1]))
         labels.append(write_classes(tmp_path / "lab" / f"{name}.tif", arrays[name][0]))
     labels.append(write_classes(tmp_path / "lab" / "z.tif", arrays["z"][0]))
-    zarr_url = _zarr_prediction(tmp_path, arrays["z"][1], read_info(labels[-1]))
+    local_zarr = _zarr_prediction(tmp_path, arrays["z"][1], read_info(labels[-1]))
+    for f in pathlib.Path(local_zarr).parent.rglob("*"):  # the Zarr store and its run record, on S3
+        if f.is_file():
+            s3.upload_file(str(f), "geoseg", f"zpred/{f.relative_to(pathlib.Path(local_zarr).parent)}")
+    zarr_url = "s3://geoseg/zpred/z.zarr"
     for kind, idx in (("pred", 1), ("lab", 0)):
         local = write_classes(tmp_path / f"{kind}-s3.tif", arrays["s3scene"][idx])
         s3.upload_file(local, "geoseg", f"{kind}/s3scene.tif")

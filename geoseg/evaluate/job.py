@@ -13,6 +13,7 @@ are additive, so the numbers do not depend on how the chunks were spread.
 from __future__ import annotations
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -65,18 +66,30 @@ def score_in_process(plans: list[ScenePlan]) -> Evaluation:
 # --- on Ray ------------------------------------------------------------------------
 
 _SOURCES: dict = {}  # per worker process: class maps kept open between chunks (few at a time)
+_SOURCES_JOB: list = [None]  # the job they were opened for: a later job may read rewritten files
 
 
-def score_ranges(batch: dict, plans: list[ScenePlan], offsets: np.ndarray) -> dict:
+def _sources(job: str) -> dict:
+    if _SOURCES_JOB[0] != job:
+        for opened in _SOURCES.values():
+            opened.__exit__(None, None, None)
+        _SOURCES.clear()
+        _SOURCES_JOB[0] = job
+    return _SOURCES
+
+
+def score_ranges(batch: dict, plans: list[ScenePlan], offsets: np.ndarray, job: str) -> dict:
     """Ray Data UDF: the sums of the chunks numbered ``lo..hi-1`` (all scenes' chunks
-    numbered one after another), one row per scene touched."""
+    numbered one after another), one row per scene touched. Class maps stay open in the
+    worker between chunks of one job (``job``: its id)."""
+    sources = _sources(job)
     k = plans[0].k
     per_scene: dict[int, Counts] = {}
     chunks: dict[int, int] = {}
     for lo, hi in zip(batch["lo"], batch["hi"]):
         for g in range(int(lo), int(hi)):
             s = int(np.searchsorted(offsets, g, side="right") - 1)
-            counts = score_chunk(plans[s], plans[s].window(g - int(offsets[s])), _SOURCES)
+            counts = score_chunk(plans[s], plans[s].window(g - int(offsets[s])), sources)
             if s in per_scene:
                 per_scene[s] += counts
             else:
@@ -108,7 +121,9 @@ def score_on_ray(plans: list[ScenePlan], progress: Progress | None = None) -> Ev
     total = int(sizes.sum())
     ranges = tile_ranges(total, 1, cluster_cpus())
     ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
-    ds = ds.map_batches(score_ranges, fn_kwargs={"plans": plans, "offsets": offsets}, batch_size=1, num_cpus=1)
+    job = uuid.uuid4().hex
+    ds = ds.map_batches(score_ranges, fn_kwargs={"plans": plans, "offsets": offsets, "job": job}, batch_size=1,
+                        num_cpus=1)
     k = plans[0].k
     counts = [Counts.zeros(k) for _ in plans]
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
