@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from predict_throughput import peak_rss  # noqa: E402
+from predict_throughput import peak_rss, print_peaks  # noqa: E402
 
 
 def write_pair(base_labels: str, folder: str, size: int) -> tuple[str, str]:
@@ -84,17 +84,7 @@ def main() -> None:
                 assert rep["confusion"] == ev.counts[0].confusion.tolist()
             for f in (pred, labels):
                 os.remove(f)
-    kinds = sorted({k for *_, p in rows for k in p}, key=lambda k: -max(r[2].get(k, 0) for r in rows))[:6]
-    print("peak private RSS (MiB, object-store shared memory excluded) of geoseg evaluate PRED LABELS --out DIR:")
-    print(f"{'process':<36}" + "".join(f"{s:>10}" for s, *_ in rows))
-    for k in kinds:
-        print(f"{k:<36}" + "".join(f"{r[2].get(k, 0) / 1024:>10.0f}" for r in rows))
-    print(f"{'max over processes':<36}" + "".join(f"{max(r[2].values()) / 1024:>10.0f}" for r in rows))
-    print(f"{'MPix':<36}" + "".join(f"{r[0] ** 2 / 1e6:>10.1f}" for r in rows))
-    print(f"{'wall s (whole command, Ray start)':<36}" + "".join(f"{r[1]:>10.1f}" for r in rows))
-    first, last = max(rows[0][2].values()), max(rows[-1][2].values())
-    print(f"ratio of max peak RSS {rows[-1][0]}^2 / {rows[0][0]}^2: {last / first:.2f} "
-          f"for {rows[-1][0] ** 2 / rows[0][0] ** 2:.0f}x the pixels")
+    print_peaks("geoseg evaluate PRED LABELS --out DIR", rows)
     mpix = max(a.sizes) ** 2 / 1e6
     print(f"\n{max(a.sizes)}^2 ({pixels / 1e6:.0f} MPix scored): one process {one:.1f} s ({mpix / one:.1f} MPix/s), "
           f"on a warm local Ray {on_ray:.1f} s ({mpix / on_ray:.1f} MPix/s): {one / on_ray:.2f}x, same numbers")

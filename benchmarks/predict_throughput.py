@@ -202,15 +202,21 @@ def memory(sizes: list[int], work: str) -> None:
         )
         rows.append((size, gen_s, secs, peaks))
         os.remove(urls["scene"])
-    kinds = sorted({k for *_, p in rows for k in p}, key=lambda k: -max(r[3].get(k, 0) for r in rows))[:8]
-    print("\npeak private RSS (MiB, object-store shared memory excluded) of geoseg predict --model index:")
+    print_peaks("geoseg predict --model index", [(size, secs, peaks) for size, _, secs, peaks in rows], 8)
+
+
+def print_peaks(what: str, rows: list[tuple[int, float, dict[str, int]]], top: int = 6) -> None:
+    """The table of peak RSS by process kind for each scene size: ``rows`` of
+    ``(side in pixels, wall seconds, {process kind: peak kB})``, and the ratio last / first."""
+    kinds = sorted({k for *_, p in rows for k in p}, key=lambda k: -max(r[2].get(k, 0) for r in rows))[:top]
+    print(f"\npeak private RSS (MiB, object-store shared memory excluded) of {what}:")
     print(f"{'process':<42}" + "".join(f"{s:>10}" for s, *_ in rows))
     for k in kinds:
-        print(f"{k:<42}" + "".join(f"{r[3].get(k, 0) / 1024:>10.0f}" for r in rows))
-    print(f"{'max over processes':<42}" + "".join(f"{max(r[3].values()) / 1024:>10.0f}" for r in rows))
+        print(f"{k:<42}" + "".join(f"{r[2].get(k, 0) / 1024:>10.0f}" for r in rows))
+    print(f"{'max over processes':<42}" + "".join(f"{max(r[2].values()) / 1024:>10.0f}" for r in rows))
     print(f"{'scene MPix':<42}" + "".join(f"{r[0] ** 2 / 1e6:>10.1f}" for r in rows))
-    print(f"{'predict wall s (incl. Ray start)':<42}" + "".join(f"{r[2]:>10.1f}" for r in rows))
-    first, last = max(rows[0][3].values()), max(rows[-1][3].values())
+    print(f"{'wall s (whole command, Ray start)':<42}" + "".join(f"{r[1]:>10.1f}" for r in rows))
+    first, last = max(rows[0][2].values()), max(rows[-1][2].values())
     print(f"ratio of max peak RSS {rows[-1][0]}^2 / {rows[0][0]}^2: {last / first:.2f} "
           f"for {rows[-1][0] ** 2 / rows[0][0] ** 2:.0f}x the pixels")
 

@@ -174,24 +174,12 @@ def read_text(url: str) -> str:
 
 
 def write_text(url: str, text: str) -> None:
-    """Write a small text object atomically (local: write + rename; S3: one PUT)."""
-    fs, path = filesystem(url)
-    try:
-        if is_remote(url):
-            with fs.open(path, "w") as f:
-                f.write(text)
-            return
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except Exception as exc:  # noqa: BLE001
-        raise _wrap(url, exc) from exc
+    """Write a small text object (UTF-8) atomically, as :func:`write_bytes`."""
+    write_bytes(url, text.encode("utf-8"))
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """Write a small binary object (a PNG, say) atomically, as :func:`write_text`."""
+    """Write a small object atomically (local: write + rename; S3: one PUT)."""
     fs, path = filesystem(url)
     try:
         if is_remote(url):
