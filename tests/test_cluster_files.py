@@ -25,7 +25,7 @@ def test_launcher_yaml():
 def test_kuberay_manifests_name_real_entrypoints():
     cluster = yaml.safe_load((ROOT / "cluster" / "kuberay" / "raycluster.yaml").read_text())
     assert cluster["kind"] == "RayCluster" and cluster["spec"]["workerGroupSpecs"]
-    for name in ("predict", "train"):
+    for name in ("predict", "train", "evaluate"):
         job = yaml.safe_load((ROOT / "cluster" / "kuberay" / f"rayjob-{name}.yaml").read_text())
         assert job["kind"] == "RayJob"
         module = _entry_module(job["spec"]["entrypoint"])
