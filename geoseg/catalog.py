@@ -119,12 +119,12 @@ def scene_item(stem: str, outputs: dict, info: RasterInfo, classes: ClassScheme,
                      "type": "application/vnd+zarr", "roles": ["data"]},
             "record": {"href": _abs(outputs["record"]), "title": "geoseg run record",
                        "type": "application/json", "roles": ["metadata"]},
-            **_quicklooks(outputs),
+            **quicklook_assets(outputs),
         },
     }
 
 
-def _quicklooks(outputs: dict) -> dict:
+def quicklook_assets(outputs: dict) -> dict:
     """The quicklook PNGs of ``predict --quicklook`` as overview assets."""
     titles = {"quicklook": ("input and classes side by side", ["overview"]),
               "quicklook_rgb": ("input in true colour", ["overview"]),

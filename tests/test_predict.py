@@ -110,6 +110,12 @@ def test_rerun_with_other_parameters_is_refused(ray_local, sample_dir, tmp_path)
     predict([scene], out, PredictOptions(model="index", tile_size=320, halo=8))
     # the same command again: already complete, nothing redone
     assert predict([scene], out, PredictOptions(model="index", tile_size=320, halo=8)) == []
+    # --quicklook later: a finished scene gets its pictures, listed in its record and item; nothing redone
+    assert predict([scene], out, PredictOptions(model="index", tile_size=320, halo=8, quicklook=True)) == []
+    record = json.loads((tmp_path / "pred" / "scene.json").read_text())
+    assert record["status"] == "complete" and (tmp_path / "pred" / "scene.quicklook.png").exists()
+    assert record["outputs"]["quicklook"].endswith("scene.quicklook.png")
+    assert "quicklook" in json.loads((tmp_path / "pred" / "scene.item.json").read_text())["assets"]
     with pytest.raises(OutputExistsError, match="tile_size"):
         predict([scene], out, PredictOptions(model="index", tile_size=256, halo=8))
     (rec,) = predict([scene], out, PredictOptions(model="index", tile_size=256, halo=8, overwrite=True))

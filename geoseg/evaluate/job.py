@@ -27,22 +27,12 @@ from geoseg.evaluate.scene import CHUNK, Counts, ScenePlan, plan_scene, score_ch
 
 @dataclass
 class Evaluation:
-    """Sums per scene and over all of them."""
+    """The sums of each scene (``counts[i]`` for ``plans[i]``); :func:`geoseg.evaluate.report.build`
+    adds them up and reports them."""
 
     plans: list[ScenePlan]
     counts: list[Counts]
     seconds: float = 0.0
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.plans[0].names
-
-    @property
-    def total(self) -> Counts:
-        total = Counts.zeros(len(self.names))
-        for c in self.counts:
-            total += c
-        return total
 
 
 def plan_scenes(pairs: list[Pair], num_classes: int | None = None, chunk: int = CHUNK) -> list[ScenePlan]:

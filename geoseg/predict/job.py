@@ -241,6 +241,8 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     for p in job.scenes:
         if p.status == "done":
             log(f"{p.url}: already complete ({p.out.record}), skipped")
+            if opts.quicklook and stages.add_quicklooks(p, job.classes):
+                log(f"{p.url}: quicklooks added ({p.out.stem}.quicklook.png)")
         elif p.status == "resume":
             log(f"{p.url}: resuming, {sum(p.previous.values())} of {len(p.grid)} tiles already done")
     metrics = _Metrics(job.scenes[0].out.job)

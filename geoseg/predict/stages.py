@@ -17,6 +17,7 @@ Every stage after the model returns ``{"scene", "model_s", "pixels"}`` per tile:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -314,12 +315,34 @@ def finish_scene(plan: ScenePlan, classes: ClassScheme, quicklook: bool = False)
     t0 = time.perf_counter()
     counted = output.zarr_to_cog(plan.out, plan.info, classes)
     cog_s = time.perf_counter() - t0
-    pictures = {}
-    if quicklook:  # from the input's and the COG's overviews: small reads
-        from geoseg.quicklook import write_predict_quicklooks
-
-        urls = write_predict_quicklooks(plan.url, plan.out.cog, classes, storage.join(plan.out.prefix, plan.out.stem))
-        pictures = {f"quicklook_{name}" if name != "quicklook" else "quicklook": url for name, url in urls.items()}
+    pictures = _quicklooks(plan, classes) if quicklook else {}
     storage.remove(plan.out.progress, recursive=True)
     return {"counts": counts, "bad_tiles": bad, "cog_seconds": round(cog_s, 3),
             "classes": output.class_areas(classes, counted), "quicklooks": pictures}
+
+
+def _quicklooks(plan: ScenePlan, classes: ClassScheme) -> dict[str, str]:
+    """The scene's quicklook PNGs (from the input's and the COG's overviews: small reads), by
+    the names the run record lists them under."""
+    from geoseg.quicklook import write_predict_quicklooks
+
+    urls = write_predict_quicklooks(plan.url, plan.out.cog, classes, storage.join(plan.out.prefix, plan.out.stem))
+    return {"quicklook" if name == "quicklook" else f"quicklook_{name}": url for name, url in urls.items()}
+
+
+def add_quicklooks(plan: ScenePlan, classes: ClassScheme) -> bool:
+    """``--quicklook`` on a scene finished earlier without them: draw them and list them in its
+    run record (rewritten whole, so it stays complete). False when it has them already."""
+    record = json.loads(storage.read_text(plan.out.record))
+    if record.get("outputs", {}).get("quicklook"):
+        return False
+    record["outputs"].update(_quicklooks(plan, classes))
+    item_url = record["outputs"].get("stac_item")
+    if item_url and storage.exists(item_url):  # and in its STAC item
+        from geoseg.catalog import quicklook_assets
+
+        item = json.loads(storage.read_text(item_url))
+        item["assets"].update(quicklook_assets(record["outputs"]))
+        storage.write_text(item_url, json.dumps(item, indent=2))
+    output.write_record(plan.out, record)
+    return True
