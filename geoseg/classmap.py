@@ -1,5 +1,6 @@
-"""Class maps to read: a single-band class raster (GeoTIFF / COG) or the Zarr store of
-``geoseg predict`` (its ``classes`` array, georeferenced by ``spatial_ref``).
+"""Class maps to read: a single-band class raster (GeoTIFF / COG), the Zarr store of
+``geoseg predict`` (its ``classes`` array, georeferenced by ``spatial_ref``) or a Zarr
+store of one class array written by xarray / rioxarray.
 
 Read window by window (:func:`open_class_map`) or decimated for pictures
 (:func:`read_overview`), never whole at full resolution.
@@ -41,7 +42,11 @@ class RasterClassMap:
 
 
 class ZarrClassMap:
-    """The ``classes`` array of a Zarr store written by ``geoseg predict``."""
+    """A class map in a Zarr store (v3 or v2): the ``classes`` array of ``geoseg predict``
+    (refused while its run record is missing, i.e. unfinished), or the one 2-D integer array
+    of a store written by xarray / rioxarray, georeferenced by its grid mapping variable
+    (``spatial_ref``: ``crs_wkt`` / ``spatial_ref`` and ``GeoTransform``, else the pixel-centre
+    ``x`` / ``y`` coordinates)."""
 
     def __init__(self, url: str):
         import zarr
@@ -49,21 +54,25 @@ class ZarrClassMap:
         self.url = url
         try:
             root = zarr.open_group(storage.zarr_store(url, read_only=True), mode="r")
-            self._array = root["classes"]
-            ref = dict(root["spatial_ref"].attrs)
-        except (KeyError, FileNotFoundError, ValueError) as exc:
-            raise RasterError(f"{url}: not a class map written by geoseg predict (no classes array: {exc})") from None
-        if not storage.exists(self.record):
+        except (FileNotFoundError, ValueError) as exc:
+            raise RasterError(f"{url}: not a Zarr group ({exc})") from None
+        self._array = root[_class_array(root, url)]
+        attrs = dict(self._array.attrs)
+        ref_name = attrs.get("grid_mapping") or "spatial_ref"
+        ref = dict(root[ref_name].attrs) if ref_name in root else {}
+        self.from_predict = "geoseg" in root.attrs
+        if self.from_predict and not storage.exists(self.record):
             raise RasterError(f"{url}: incomplete (no run record {self.record}); "
                               "rerun the predict command to finish it")
-        c, a, b, f, d, e = (float(v) for v in ref["GeoTransform"].split())
-        attrs = dict(self._array.attrs)
-        names = attrs.get("class_names") or []
-        tags = ClassScheme(tuple(names), tuple(tuple(x) for x in attrs["class_colors"])).to_tags() if names else {}
         h, w = self._array.shape
+        names = attrs.get("class_names") or []
+        colors = attrs.get("class_colors") or [[128, 128, 128]] * len(names)
+        tags = ClassScheme(tuple(names), tuple(tuple(x) for x in colors)).to_tags() if names else {}
+        nodata = attrs.get("nodata", attrs.get("_FillValue", self._array.fill_value))
         self.info = RasterInfo(url=url, height=h, width=w, count=1, dtype=str(self._array.dtype),
-                               crs=ref.get("crs_wkt"), transform=(a, b, c, d, e, f), nodata=NODATA,
-                               descriptions=("classes",), tags=tags)
+                               crs=ref.get("crs_wkt") or ref.get("spatial_ref"),
+                               transform=_zarr_transform(root, ref, url), descriptions=("classes",), tags=tags,
+                               nodata=None if nodata is None else float(nodata))
         self.chunks = tuple(self._array.chunks)
 
     @property
@@ -87,6 +96,30 @@ class ZarrClassMap:
         pass
 
 
+def _class_array(root, url: str) -> str:
+    """``classes``, else the group's one 2-D integer array."""
+    if "classes" in root:
+        return "classes"
+    found = [name for name, arr in root.arrays() if arr.ndim == 2 and np.dtype(arr.dtype).kind in "iu"]
+    if len(found) != 1:
+        raise RasterError(f"{url}: not a class map (no 'classes' array, and {len(found)} 2-D integer arrays "
+                          f"{sorted(found)} instead of one)")
+    return found[0]
+
+
+def _zarr_transform(root, ref: dict, url: str) -> tuple[float, ...]:
+    """The affine ``(a, b, c, d, e, f)`` of a Zarr class map: GDAL's ``GeoTransform`` text, or
+    the spacing of its pixel-centre coordinates."""
+    if "GeoTransform" in ref:
+        c, a, b, f, d, e = (float(v) for v in str(ref["GeoTransform"]).split())
+        return (a, b, c, d, e, f)
+    if "x" in root and "y" in root and root["x"].shape[0] > 1 and root["y"].shape[0] > 1:
+        x0, x1 = (float(v) for v in root["x"][:2])
+        y0, y1 = (float(v) for v in root["y"][:2])
+        return (x1 - x0, 0.0, x0 - (x1 - x0) / 2, 0.0, y1 - y0, y0 - (y1 - y0) / 2)
+    raise RasterError(f"{url}: no georeferencing (no spatial_ref GeoTransform, no x / y coordinates)")
+
+
 def is_zarr(url: str) -> bool:
     return str(url).rstrip("/").endswith(".zarr")
 
@@ -94,7 +127,7 @@ def is_zarr(url: str) -> bool:
 def open_class_map(url: str) -> RasterClassMap | ZarrClassMap:
     """A class map to read: a Zarr store of ``geoseg predict`` or a single-band raster."""
     if is_zarr(url):
-        if not storage.exists(storage.join(url, "zarr.json")):
+        if not (storage.exists(storage.join(url, "zarr.json")) or storage.exists(storage.join(url, ".zgroup"))):
             raise StorageError(f"{url}: not found (no zarr.json)")
         return ZarrClassMap(url)
     return RasterClassMap(read_info(url))
@@ -114,7 +147,7 @@ def read_overview(url: str, max_side: int = 1024) -> tuple[np.ndarray, float]:
 
     if is_zarr(url):
         cmap = open_class_map(url)
-        if storage.exists(cmap.cog):
+        if cmap.from_predict and storage.exists(cmap.cog):
             return read_overview(cmap.cog, max_side)
         return _strided(cmap, max_side)
     with storage.gdal_env(), open_raster(url) as src:

@@ -211,3 +211,26 @@ def test_many_pairs_on_a_multi_node_ray_equal_one_process(multi_node, tmp_path, 
 
     with Image.open(tmp_path / "report" / "confusion_matrix.png") as png:
         assert png.width > 300 and png.height > 300
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_labels_in_a_zarr_written_by_xarray(tmp_path, zarr_format):
+    """Labels that another tool wrote to Zarr (rioxarray: one 2-D class array, spatial_ref) score
+    like the same labels in a GeoTIFF; the grid is checked all the same."""
+    import rioxarray
+
+    tif = write_classes(tmp_path / "l.tif", LABELS)
+    da = rioxarray.open_rasterio(tif).squeeze("band", drop=True).rename("landcover")
+    da.attrs.pop("_FillValue", None)
+    ds = da.to_dataset()
+    ds["landcover"].encoding["_FillValue"] = 255
+    ds.to_zarr(tmp_path / "l.zarr", mode="w", zarr_format=zarr_format, consolidated=False)
+    pred = write_classes(tmp_path / "p.tif", PRED)
+    from geoseg.evaluate import evaluate
+
+    from_zarr, from_tif = evaluate(pred, str(tmp_path / "l.zarr")), evaluate(pred, tif)
+    assert from_zarr["confusion"] == from_tif["confusion"] == HAND_CM
+    assert from_zarr["ignored_pixels"] == from_tif["ignored_pixels"]
+    small = write_classes(tmp_path / "small.tif", PRED[:, :4])
+    with pytest.raises(RasterError, match="not on the same grid"):
+        evaluate(small, str(tmp_path / "l.zarr"))
