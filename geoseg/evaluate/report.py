@@ -83,8 +83,9 @@ def markdown(rep: dict, error_maps: dict[str, str] | None = None) -> str:
             row += f" {c['label_area_ha']:,.2f} | {c['predicted_area_ha']:,.2f} |"
         out.append(row)
     names = list(rep["per_class"])
-    out += ["", "Absent classes (neither labelled nor predicted) are left out of the means."
-            if rep["absent"] else "", "", "## Confusion matrix (pixels; rows: labels, columns: prediction)", "",
+    if rep["absent"]:
+        out += ["", "Absent classes (neither labelled nor predicted) are left out of the means."]
+    out += ["", "## Confusion matrix (pixels; rows: labels, columns: prediction)", "",
             "| label \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for name, row in zip(names, rep["confusion"]):
         out.append(f"| {name} | " + " | ".join(f"{v:,}" for v in row) + " |")
