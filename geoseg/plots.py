@@ -56,8 +56,9 @@ def confusion_matrix_png(cm: np.ndarray, names: list[str] | tuple[str, ...], tit
     return _png(plt, fig)
 
 
-def training_curves_png(history: list[dict], names: list[str] | tuple[str, ...]) -> bytes:
-    """Loss, validation mIoU / pixel accuracy and per-class validation IoU by epoch."""
+def training_curves_png(history: list[dict], names: list[str] | tuple[str, ...], colours=None) -> bytes:
+    """Loss, validation mIoU / pixel accuracy and per-class validation IoU by epoch (each class
+    in its map colour, ``colours`` as RGB 0-255, where given)."""
     epochs = [h["epoch"] for h in history]
     plt, (fig, axes) = _figure(1, 3, figsize=(15, 4.2))
     axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o", color="tab:red")
@@ -69,8 +70,10 @@ def training_curves_png(history: list[dict], names: list[str] | tuple[str, ...])
     axes[1].set_title("validation")
     axes[1].set_ylim(0, 1)
     axes[1].legend(loc="lower right", fontsize=8)
-    for name in names:
-        axes[2].plot(epochs, [h.get(f"val_iou_{name}", np.nan) for h in history], marker=".", label=str(name))
+    for i, name in enumerate(names):
+        colour = tuple(v / 255 for v in colours[i]) if colours and i < len(colours) else None
+        axes[2].plot(epochs, [h.get(f"val_iou_{name}", np.nan) for h in history], marker=".", label=str(name),
+                     color=colour)
     axes[2].set_title("validation IoU per class")
     axes[2].set_ylim(0, 1)
     axes[2].legend(loc="lower right", fontsize=8)

@@ -24,7 +24,7 @@ def write_curves(run_dir: str, history: list[dict], classes: ClassScheme) -> str
     if not history:
         return None
     url = storage.join(run_dir, "curves.png")
-    storage.write_bytes(url, training_curves_png(history, classes.names))
+    storage.write_bytes(url, training_curves_png(history, classes.names, classes.colors))
     return url
 
 
