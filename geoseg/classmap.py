@@ -13,7 +13,7 @@ import numpy as np
 from geoseg import storage
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import RasterError, StorageError
-from geoseg.raster import RasterInfo, iter_windows, open_raster, read_info
+from geoseg.raster import RasterInfo, iter_windows, open_raster, read_decimated, read_info
 from geoseg.tiling import Window
 
 
@@ -143,18 +143,13 @@ def read_overview(url: str, max_side: int = 1024) -> tuple[np.ndarray, float]:
     nearest sampling (a COG's overviews, made with MODE, when it has them); ``scale`` is
     full-resolution pixels per returned pixel. A Zarr store of ``geoseg predict`` is read
     through the COG beside it, or else chunk by chunk, keeping every ``scale``-th pixel."""
-    from rasterio.enums import Resampling
-
     if is_zarr(url):
         cmap = open_class_map(url)
         if cmap.from_predict and storage.exists(cmap.cog):
             return read_overview(cmap.cog, max_side)
         return _strided(cmap, max_side)
-    with storage.gdal_env(), open_raster(url) as src:
-        scale = max(1.0, max(src.height, src.width) / max_side)
-        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-        data = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-        return data, src.height / shape[0]
+    data, scale, _ = read_decimated(url, [1], max_side, "nearest")
+    return data[0], scale
 
 
 def _strided(cmap: ZarrClassMap, max_side: int) -> tuple[np.ndarray, float]:

@@ -56,26 +56,15 @@ def read_image(url: str, max_side: int = MAX_SIDE) -> tuple[np.ndarray, np.ndarr
     bands = rgb_bands(url, info.descriptions, info.count)
     data, _, nodata = read_decimated(url, bands, max_side=max_side, resampling="nearest")
     data = data.astype(np.float32)
+    # as everywhere in geoseg: a pixel is nodata when every band holds the (raw) nodata value,
+    # which read_decimated keeps unscaled there
     if nodata is None:
         valid = np.ones(data.shape[1:], bool)
     elif np.isnan(nodata):
         valid = ~np.all(np.isnan(data), axis=0)
     else:
-        valid = ~np.all(data == np.float32(nodata), axis=0) if not info.scaled else _scaled_valid(url, bands, max_side)
+        valid = ~np.all(data == np.float32(nodata), axis=0)
     return data, valid
-
-
-def _scaled_valid(url: str, bands: list[int], max_side: int) -> np.ndarray:
-    """Valid pixels of a scaled raster, judged on its raw values (nodata is a raw value)."""
-    from rasterio.enums import Resampling
-
-    from geoseg.raster import open_raster
-
-    with storage.gdal_env(), open_raster(url) as src:
-        scale = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
-        shape = (len(bands), max(1, src.height // scale), max(1, src.width // scale))
-        raw = src.read(bands, out_shape=shape, resampling=Resampling.nearest)
-        return ~np.all(raw == src.nodata, axis=0)
 
 
 # --- colouring -----------------------------------------------------------------

@@ -129,10 +129,10 @@ def score_on_ray(plans: list[ScenePlan], progress: Progress | None = None) -> Ev
 
 def error_map_task(plan: ScenePlan, url: str) -> str:
     """One scene's error map (decimated reads of both class maps): a Ray task."""
-    from geoseg.classmap import open_class_map, scheme_of
+    from geoseg.classmap import scheme_of
     from geoseg.quicklook import write_error_map
 
-    scheme = scheme_of(plan.labels) or scheme_of(open_class_map(plan.pair.prediction).info)
+    scheme = scheme_of(plan.labels) or scheme_of(plan.prediction)
     return write_error_map(plan.pair.prediction, plan.pair.labels, plan.names, scheme, url,
                            plan.label_nodata, plan.prediction_nodata)
 

@@ -23,7 +23,7 @@ from geoseg.classmap import open_class_map, scheme_of
 from geoseg.errors import RasterError
 from geoseg.evaluate.pairs import Pair
 from geoseg.metrics import confusion
-from geoseg.raster import RasterInfo, check_class_map, grid_difference, iter_windows
+from geoseg.raster import RasterInfo, check_class_map, grid_difference
 from geoseg.tiling import Window
 
 CHUNK = 2048  # side of a scoring chunk: a multiple of predict's 512-px tiles and of common block sizes
@@ -62,7 +62,7 @@ class ScenePlan:
         return Window(r, c, min(self.chunk, self.labels.height - r), min(self.chunk, self.labels.width - c))
 
     def windows(self) -> list[Window]:
-        return list(iter_windows(self.labels.height, self.labels.width, self.chunk))
+        return [self.window(i) for i in range(self.n_chunks)]
 
 
 @dataclass

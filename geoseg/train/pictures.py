@@ -63,10 +63,8 @@ def write_val_quicklook(run_dir: str, plan, best_checkpoint: str) -> str | None:
     pred[~valid] = NODATA
     k = len(plan.classes)
     colours = quicklook.colours_of(plan.classes, k)
-    roles = [r.lower() for r in (plan.band_roles or [])]
-    rgb = [roles.index(r) for r in ("red", "green", "blue") if r in roles]
-    bands = image[rgb] if len(rgb) == 3 else image[:3] if len(image) >= 3 else image[:1]
-    shown = quicklook.true_colour(bands.astype(np.float32), valid)
+    rgb = quicklook.rgb_bands(pair.image.url, tuple(plan.band_roles or ()), len(image))  # of the model's bands
+    shown = quicklook.true_colour(image[[b - 1 for b in rgb]].astype(np.float32), valid)
     panels = [("input (true colour)", shown),
               ("labels", quicklook.class_colours(labels, colours)),
               ("best checkpoint", quicklook.class_colours(pred, colours)),
