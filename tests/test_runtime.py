@@ -173,3 +173,21 @@ def test_sigkill_mid_train_then_rerun_finishes_from_checkpoint(sample_dir, tmp_p
     assert "RayTrainWorker" not in out + err  # geoseg's lines, without Ray's prefixes
     summary = json.loads((run_dir / "run.json").read_text())
     assert summary["last"]["epoch"] == 3
+    from geoseg import checkpoint
+
+    latest = sorted(p for p in os.listdir(run_dir) if p.startswith("checkpoint_") and (run_dir / p).is_dir())[-1]
+    _, meta, state = checkpoint.load(str(run_dir / latest), with_state=True)
+    assert meta.epoch == 3 and meta.extra["resumed_at"] >= 1
+    assert [h["epoch"] for h in json.loads(state["history"])] == [0, 1, 2, 3]  # what curves.png plots
+    # pictures of the whole run (the history survives the resume), written into the run folder
+    from PIL import Image
+
+    assert summary["pictures"] == {"curves": str(run_dir / "curves.png"),
+                                   "val_quicklook": str(run_dir / "val_quicklook.png")}
+    with Image.open(run_dir / "curves.png") as png:
+        assert png.size == (1500, 420)
+    with Image.open(run_dir / "val_quicklook.png") as png:
+        quick = np.asarray(png.convert("RGB"))
+    # four panels of one validation block (--block-size 128) side by side, then the legend
+    assert quick.shape[0] == 128 + 32 and quick.shape[1] > 4 * 128
+    assert len(np.unique(quick.reshape(-1, 3), axis=0)) > 20  # a picture, not a blank

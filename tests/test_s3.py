@@ -51,22 +51,6 @@ def test_missing_key_bucket_and_denied_access_name_the_url(s3, tmp_path):
     assert res.returncode == 1 and "s3://no-such-bucket/scene.tif" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_train_checkpoints_on_s3(ray_local, s3, sample_dir):
-    from geoseg import checkpoint
-    from geoseg.train import TrainConfig, train
-
-    image = _upload(s3, sample_dir / "scene.tif", "train/scene.tif")
-    labels = _upload(s3, sample_dir / "labels.tif", "train/labels.tif")
-    summary = train(TrainConfig(images=[image], labels=[labels], out="s3://geoseg/runs/tiny", arch="tinyfcn",
-                                epochs=1, chip_size=64, block_size=128, chips_per_epoch=32, batch_size=8, workers=2))
-    assert summary["best_checkpoint"] == "s3://geoseg/runs/tiny/best"
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="geoseg", Prefix="runs/tiny/")["Contents"]}
-    assert "runs/tiny/best/model.safetensors" in keys and "runs/tiny/run.json" in keys
-    assert any(k.startswith("runs/tiny/checkpoint_") for k in keys)
-    model, meta = checkpoint.load("s3://geoseg/runs/tiny")
-    assert meta.model.arch == "tinyfcn"
-
-
 def test_denied_access_names_the_url(s3, _moto_server, sample_dir, tmp_path):
     """A real IAM refusal: a user allowed only to list the bucket reads a scene."""
     import os

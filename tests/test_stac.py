@@ -139,15 +139,19 @@ def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, 
         asset["href"] = f"s3://geoseg/s2/{key}.tif"
     s3.put_object(Bucket="geoseg", Key="s2/item.json", Body=json.dumps(item).encode())
     url = "s3://geoseg/s2/item.json"
-    cfg = TrainConfig(images=[url], labels=["s3://geoseg/s2/labels.tif"], out=str(tmp_path / "run"), arch="tinyfcn",
+    run = "s3://geoseg/runs/s2"  # checkpoints in object storage too
+    cfg = TrainConfig(images=[url], labels=["s3://geoseg/s2/labels.tif"], out=run, arch="tinyfcn",
                       assets=["blue", "green", "red", "nir08"], epochs=1, chip_size=64, block_size=128,
                       chips_per_epoch=16, batch_size=8, workers=1)
-    train(cfg)
-    _, meta = checkpoint.load(str(tmp_path / "run"))
-    assert meta.band_roles == ["blue", "green", "red", "nir08"]
+    summary = train(cfg)
+    assert summary["best_checkpoint"] == f"{run}/best"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="geoseg", Prefix="runs/s2/")["Contents"]}
+    assert {"runs/s2/best/model.safetensors", "runs/s2/run.json", "runs/s2/curves.png"} <= keys
+    assert any(k.startswith("runs/s2/checkpoint_") for k in keys)
+    _, meta = checkpoint.load(run)
+    assert meta.model.arch == "tinyfcn" and meta.band_roles == ["blue", "green", "red", "nir08"]
     assert meta.extra["inputs"]["assets"] == ["blue", "green", "red", "nir08"] and meta.extra["inputs"]["scaled"]
-    (rec,) = predict([url], str(tmp_path / "pred"), PredictOptions(checkpoint=str(tmp_path / "run"), tile_size=96,
-                                                                     halo=16))
+    (rec,) = predict([url], str(tmp_path / "pred"), PredictOptions(checkpoint=run, tile_size=96, halo=16))
     assert rec["tiles"]["predicted"] > 0
     with rasterio.open(rec["outputs"]["cog"]) as cog:
         assert cog.shape == (384, 384)  # the 10 m grid, the 20 m band resampled onto it
@@ -158,16 +162,15 @@ def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, 
     with rasterio.open(raw, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as dst:
         dst.descriptions = ("blue", "green", "red", "nir08")
     with pytest.raises(RasterError, match=r"raw.tif: the model was trained on scaled values"):
-        predict([str(raw)], str(tmp_path / "p3"), PredictOptions(checkpoint=str(tmp_path / "run"), tile_size=96,
-                                                                 halo=16))
+        predict([str(raw)], str(tmp_path / "p3"), PredictOptions(checkpoint=run, tile_size=96, halo=16))
     with pytest.raises(InputError, match=r"scene.tif: the model reads blue, green, red, nir08.*without nir08"):
-        predict([str(item_dir / "scene.tif")], str(tmp_path / "p4"), PredictOptions(checkpoint=str(tmp_path / "run"),
-                                                                                      tile_size=96, halo=16))
+        predict([str(item_dir / "scene.tif")], str(tmp_path / "p4"), PredictOptions(checkpoint=run, tile_size=96,
+                                                                                      halo=16))
     del item["assets"]["B8A"]
     s3.put_object(Bucket="geoseg", Key="s2/no-b8a.json", Body=json.dumps(item).encode())
     with pytest.raises(InputError, match=r"no-b8a.json: item .* has no band 'nir08'"):
-        predict(["s3://geoseg/s2/no-b8a.json"], str(tmp_path / "p2"), PredictOptions(checkpoint=str(tmp_path / "run"),
-                                                                                       tile_size=96, halo=16))
+        predict(["s3://geoseg/s2/no-b8a.json"], str(tmp_path / "p2"), PredictOptions(checkpoint=run, tile_size=96,
+                                                                                       halo=16))
 
 
 def test_stack_options_change_the_fingerprint():

@@ -58,7 +58,7 @@ def test_lost_worker_node_resumes_from_checkpoint(multi_node, sample_dir, tmp_pa
     # The head runs no work (as on real clusters); each worker node fits exactly one train worker.
     cluster, nodes = multi_node(head_cpus=0, workers=2)
     out = tmp_path / "run"
-    cfg = _cfg(sample_dir, out, arch="tinyfcn", epochs=6, chips_per_epoch=64, max_failures=3, cpus_per_worker=0.75)
+    cfg = _cfg(sample_dir, out, arch="tinyfcn", epochs=4, max_failures=3, cpus_per_worker=0.75)
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=train(cfg)), daemon=True)
     runner.start()
@@ -72,32 +72,10 @@ def test_lost_worker_node_resumes_from_checkpoint(multi_node, sample_dir, tmp_pa
     cluster.add_node(num_cpus=1)  # the replacement an autoscaler would bring
     runner.join(timeout=400)
     assert not runner.is_alive()
-    assert result["summary"]["last"]["epoch"] == 5
+    assert result["summary"]["last"]["epoch"] == 3
     latest = sorted(p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir())[-1]
     _, last_meta = checkpoint.load(str(out / latest))
     assert last_meta.extra["resumed_at"] is not None and last_meta.extra["resumed_at"] >= 1
-
-
-def test_rerun_with_same_out_resumes(ray_local, sample_dir, tmp_path):
-    out = tmp_path / "run"
-    train(_cfg(sample_dir, out, arch="tinyfcn", epochs=1))
-    summary = train(_cfg(sample_dir, out, arch="tinyfcn", epochs=2))
-    assert summary["last"]["epoch"] == 1
-    latest = sorted(p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir())[-1]
-    _, meta, state = checkpoint.load(str(out / latest), with_state=True)
-    assert meta.epoch == 1 and meta.extra["resumed_at"] == 1
-    assert [h["epoch"] for h in json.loads(state["history"])] == [0, 1]  # what curves.png plots
-    # pictures of the whole run (the history survives the resume), written into the run folder
-    from PIL import Image
-
-    assert summary["pictures"] == {"curves": str(out / "curves.png"), "val_quicklook": str(out / "val_quicklook.png")}
-    with Image.open(out / "curves.png") as png:
-        assert png.size == (1500, 420)
-    with Image.open(out / "val_quicklook.png") as png:
-        quick = np.asarray(png.convert("RGB"))
-    # four panels of one validation block (--block-size 128) side by side, then the legend
-    assert quick.shape[0] == 128 + 32 and quick.shape[1] > 4 * 128
-    assert len(np.unique(quick.reshape(-1, 3), axis=0)) > 20  # a picture, not a blank
 
 
 class _Evil:
