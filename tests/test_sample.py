@@ -66,7 +66,8 @@ def _peak(tmp_path, size: int) -> int:
 
 def test_generation_streams_in_windows(tmp_path):
     """Peak numpy memory does not grow with the raster: 16x the pixels, same peak."""
-    small, big = _peak(tmp_path, 512), _peak(tmp_path, 2048)
-    raster_bytes = 2048 * 2048 * (4 * 2 + 1)
-    assert big < 1.3 * small, (small, big)
-    assert big < raster_bytes / 2
+    write_sample(str(tmp_path / "warm"), size=128, seed=1, block=128)  # one-off allocations (imports, GDAL)
+    small, big = _peak(tmp_path, 256), _peak(tmp_path, 1024)
+    raster_bytes = 1024 * 1024 * (4 * 2 + 1)
+    assert big < 1.15 * small, (small, big)
+    assert big < raster_bytes * 0.7, (big, raster_bytes)
