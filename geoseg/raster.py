@@ -177,14 +177,15 @@ class TileReader:
     One reader per worker process and raster: opening a COG on object storage
     costs round trips. Reads are planned along the raster's internal blocks:
     the raster is read in *cells* of whole blocks (one block of a tiled COG), each
-    decoded once and kept in a small cache, and every window is assembled from
-    cells. Tiles overlap by their halos, so without this a block would be decoded
+    decoded once and kept in a small cache, and every tile is copied from cells
+    straight into its batch (:meth:`read_tiles`). Tiles overlap by their halos, so without this a block would be decoded
     once for each tile (and each tile row) whose window reaches into it: up to
     3x the work for 512-px cores with a 32-px halo on 512-px blocks. (GDAL's own
     block cache does not help: its multi-block reads bypass it.) The cache holds
     about two rows of cells (cells that only held a tile row's upper halo are
-    dropped once read), at most ``GEOSEG_READ_CACHE_MB`` (128): memory grows with
-    the raster's width up to that bound, never with its height.
+    dropped once read), at most ``GEOSEG_READ_CACHE_MB`` (256; two rows of a
+    10980-px wide 4-band uint16 scene in 1024-px blocks): memory grows with the
+    raster's width up to that bound, never with its height.
 
     ``threads``: GDAL threads decoding the blocks of one read
     (``GEOSEG_READ_THREADS``, default 1: readers already run in parallel).
@@ -211,67 +212,88 @@ class TileReader:
         itemsize = self.dtype.itemsize
         cell_bytes = self.cell[0] * self.cell[1] * (len(self.bands) * itemsize + 1)
         per_row = -(-self._src.width // self.cell[1])
-        budget = int(float(os.environ.get("GEOSEG_READ_CACHE_MB", "128")) * 2**20)
+        budget = int(float(os.environ.get("GEOSEG_READ_CACHE_MB", "256")) * 2**20)
         self._cells: OrderedDict = OrderedDict()  # (row, col) of a cell -> (data, valid)
         self._capacity = max(4, min(3 * per_row + 2, budget // cell_bytes))
+        self.decoded = 0  # cells decoded so far (each once, when tiles come in row order)
 
     def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """``(image (bands, T, T), valid (core_h, core_w) bool)`` for one tile."""
-        return self.read_tiles([tile])[0]
+        images, valids = self.read_tiles([tile])
+        return images[0], valids[0]
 
-    def read_tiles(self, tiles: list[Tile]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`read` for each tile; each run of consecutive tiles in one tile row is
-        read as the union of their read windows, once, and cut in memory."""
-        out: list = [None] * len(tiles)
-        for run in _row_runs(tiles):
-            first, last = tiles[run[0]].read, tiles[run[-1]].read
-            union = Window(first.row_off, first.col_off, first.height, last.col_off + last.width - first.col_off)
-            block, valid_block = self.read_window(union)
-            for i in run:
-                tile = tiles[i]
-                c = tile.read.col_off - union.col_off
-                r0, c0 = tile.core.row_off - union.row_off, tile.core.col_off - union.col_off
-                valid = valid_block[r0 : r0 + tile.core.height, c0 : c0 + tile.core.width]
-                out[i] = (pad_tile(block[:, :, c : c + tile.read.width], tile), valid)
-        return out
+    def read_tiles(self, tiles: list[Tile], dtype=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``(images (N, bands, T, T), [valid (core_h, core_w) bool, ...])`` for tiles of one grid,
+        in row order as read tasks take them.
+
+        Each tile is copied from the cached cells straight into its place in the
+        batch (cast to ``dtype`` on the way, default :attr:`dtype`): one copy of
+        each pixel between the decoder and the model's input, none for the
+        windows in between. Only tiles of rasters smaller than a tile are padded.
+        """
+        if not tiles:
+            return np.empty((0, len(self.bands), 0, 0), dtype or self.dtype), []
+        t0 = tiles[0]
+        size = (t0.read.height + t0.pad[0] + t0.pad[1], t0.read.width + t0.pad[2] + t0.pad[3])
+        images = np.empty((len(tiles), len(self.bands), *size), dtype=dtype or self.dtype)
+        valids = []
+        for image, tile in zip(images, tiles):
+            valids.append(self._visit(tile.core, valid=np.empty((tile.core.height, tile.core.width), bool)))
+            if any(tile.pad):
+                data, _ = self.read_window(tile.read)
+                image[...] = pad_tile(data, tile)
+            else:
+                self._visit(tile.read, data=image)
+            self._evict(tile.read, tile.core)
+        return images, valids
 
     def read_window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """``(data (bands, h, w), valid (h, w) bool)`` for a window inside the raster,
-        assembled from cached cells of whole blocks."""
+        assembled from cached cells of whole blocks (a view where it lies in one cell)."""
+        ch, cw = self.cell
+        r0, c0 = window.row_off // ch, window.col_off // cw
+        if (r0, c0) == ((window.row_off + window.height - 1) // ch, (window.col_off + window.width - 1) // cw):
+            data, valid = self._cell(r0, c0)
+            rs, cs = window.row_off - r0 * ch, window.col_off - c0 * cw
+            data, valid = (data[:, rs : rs + window.height, cs : cs + window.width],
+                           valid[rs : rs + window.height, cs : cs + window.width])
+        else:
+            data = np.empty((len(self.bands), window.height, window.width), dtype=self.dtype)
+            valid = np.empty((window.height, window.width), dtype=bool)
+            self._visit(window, data, valid)
+        self._evict(window)
+        return data, valid
+
+    def _visit(self, window: Window, data: np.ndarray | None = None, valid: np.ndarray | None = None):
+        """Copy the window's pixels (into ``data`` (bands, h, w)) and validity (into ``valid``
+        (h, w)) from the cells it covers, decoding the cells not yet cached; returns ``valid``."""
         ch, cw = self.cell
         r0, c0 = window.row_off // ch, window.col_off // cw
         r1, c1 = (window.row_off + window.height - 1) // ch, (window.col_off + window.width - 1) // cw
-        for key in [k for k in self._cells if k[0] < r0]:  # rows above: never needed again in row order
-            del self._cells[key]
-        try:
-            return self._assemble(window, r0, c0, r1, c1)
-        finally:
-            if r1 > r0 and window.row_off > r0 * ch:
-                # the window's top cells only held its upper halo: the next tile row starts below
-                # them, and only the last column can serve the next window's left halo
-                for c in range(c0, c1):
-                    self._cells.pop((r0, c), None)
-
-    def _assemble(self, window: Window, r0: int, c0: int, r1: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
-        ch, cw = self.cell
-        if (r0, c0) == (r1, c1):  # inside one cell: a view, no copy
-            data, valid = self._cell(r0, c0)
-            rs, cs = window.row_off - r0 * ch, window.col_off - c0 * cw
-            return (data[:, rs : rs + window.height, cs : cs + window.width],
-                    valid[rs : rs + window.height, cs : cs + window.width])
-        out = np.empty((len(self.bands), window.height, window.width), dtype=self.dtype)
-        ok = np.empty((window.height, window.width), dtype=bool)
         for r in range(r0, r1 + 1):
             for c in range(c0, c1 + 1):
-                data, valid = self._cell(r, c)
+                cell_data, cell_valid = self._cell(r, c)
                 # the part of cell (r, c) inside the window, in window and in cell coordinates
                 y0, y1 = max(window.row_off, r * ch), min(window.row_off + window.height, (r + 1) * ch)
                 x0, x1 = max(window.col_off, c * cw), min(window.col_off + window.width, (c + 1) * cw)
                 dst = (slice(y0 - window.row_off, y1 - window.row_off), slice(x0 - window.col_off, x1 - window.col_off))
                 src = (slice(y0 - r * ch, y1 - r * ch), slice(x0 - c * cw, x1 - c * cw))
-                out[(slice(None), *dst)] = data[(slice(None), *src)]
-                ok[dst] = valid[src]
-        return out, ok
+                if data is not None:
+                    data[(slice(None), *dst)] = cell_data[(slice(None), *src)]
+                if valid is not None:
+                    valid[dst] = cell_valid[src]
+        return valid
+
+    def _evict(self, window: Window, core: Window | None = None) -> None:
+        """Drop the cells no later window needs, windows coming in row order (tile rows top
+        to bottom, each left to right): rows above the window; and, when the window's top
+        cell row only holds the upper halo of a tile (its ``core`` starts below it, so the
+        next tile row does too), the cells of that row left of the window."""
+        ch, cw = self.cell
+        r0, c0 = window.row_off // ch, window.col_off // cw
+        for key in [k for k in self._cells if k[0] < r0 or (core is not None and k[0] == r0 and k[1] < c0
+                                                              and core.row_off >= (r0 + 1) * ch)]:
+            del self._cells[key]
 
     def _cell(self, r: int, c: int) -> tuple[np.ndarray, np.ndarray]:
         key = (r, c)
@@ -290,6 +312,7 @@ class TileReader:
                             f"cols {win.col_off}:{win.col_off + win.width}: corrupt or truncated file "
                             f"({_root_message(exc)})") from exc
         self._cells[key] = (data, valid)
+        self.decoded += 1
         while len(self._cells) > self._capacity:
             self._cells.popitem(last=False)
         return self._cells[key]
@@ -326,18 +349,6 @@ def _root_message(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
-def _row_runs(tiles: list[Tile]) -> list[list[int]]:
-    """Indices of ``tiles`` in runs of horizontal neighbours (same tile row, next column)."""
-    runs: list[list[int]] = []
-    for i, t in enumerate(tiles):
-        prev = tiles[runs[-1][-1]] if runs else None
-        if prev is not None and prev.iy == t.iy and t.ix == prev.ix + 1 and t.read.row_off == prev.read.row_off:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
 
 
 _READERS: dict[tuple[str, tuple[int, ...] | None], TileReader] = {}

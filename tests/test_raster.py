@@ -34,13 +34,20 @@ def test_tiles_from_cells_equal_direct_reads(tmp_path, tiled):
     tiles = list(grid)
     got = []
     for i in range(0, len(tiles), 5):  # batches that split tile rows, as read tasks do
-        got += reader.read_tiles(tiles[i : i + 5])
+        images, valids = reader.read_tiles(tiles[i : i + 5])
+        assert images.shape == (len(valids), 2, grid.input_size, grid.input_size) and images.dtype == np.uint16
+        got += zip(images, valids)
     for tile, (image, valid) in zip(tiles, got):
         r = tile.read
         np.testing.assert_array_equal(image[:, : r.height, : r.width], data[[2, 0]][(slice(None), *r.slices)])
         assert image.shape[-2:] == (grid.input_size, grid.input_size)
         np.testing.assert_array_equal(valid, (data[:, tile.core.slices[0], tile.core.slices[1]] != 0).any(0))
     assert len(reader._cells) <= reader._capacity  # bounded cache
+    ch, cw = reader.cell
+    assert reader.decoded == -(-height // ch) * -(-width // cw)  # every cell decoded exactly once
+    as_float, _ = TileReader(str(tmp_path / "r.tif"), [3, 1]).read_tiles(tiles[:3], "float32")
+    assert as_float.dtype == np.float32
+    np.testing.assert_array_equal(as_float, np.stack([g[0] for g in got[:3]]).astype(np.float32))
     # a single tile read agrees with the batched one
     image, valid = TileReader(str(tmp_path / "r.tif"), [3, 1]).read(tiles[7])
     np.testing.assert_array_equal(image, got[7][0])

@@ -111,21 +111,27 @@ def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str, batch_size: int 
             yield out
 
 
-def _read_scene_tiles(plan: ScenePlan, tiles: list, skip_bad: bool) -> list:
-    """``(image, valid)`` of each tile, or None for a tile with an unreadable block (``skip_bad``)."""
+def _read_scene_tiles(plan: ScenePlan, tiles: list, dtype: str, skip_bad: bool) -> tuple[np.ndarray, list]:
+    """``(images (N, bands, T, T), [valid or None, ...])``: None for a tile with an unreadable
+    block (``skip_bad``; its image is left empty)."""
     reader = tile_reader(plan.url, plan.bands)
     try:
-        return reader.read_tiles(tiles)
+        images, valids = reader.read_tiles(tiles, dtype)
+        return images, list(valids)
     except ReadError:
         if not skip_bad:
             raise
-    reads = []
-    for tile in tiles:  # one by one: only the tiles that need the bad block are lost
+    size, nb = plan.grid.input_size, len(plan.bands)
+    images, valids = np.zeros((len(tiles), nb, size, size), dtype), []
+    for i, tile in enumerate(tiles):  # one by one: only the tiles that need the bad block are lost
         try:
-            reads.append(reader.read(tile))
+            image, valid = reader.read(tile)
         except ReadError:
-            reads.append(None)
-    return reads
+            valid = None
+        else:
+            images[i] = image
+        valids.append(valid)
+    return images, valids
 
 
 def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str, skip_bad: bool = False) -> dict:
@@ -135,7 +141,8 @@ def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str, skip_bad: b
     input validity of each core; ``crop``: ``(N, 4)`` the core's place in its
     input. Tiles already finished (or whose softmax is stored) are dropped; tiles
     without a single valid pixel are dropped and logged as ``nodata``. Each
-    scene's tiles are read together (:meth:`geoseg.raster.TileReader.read_tiles`).
+    scene's tiles are read together (:meth:`geoseg.raster.TileReader.read_tiles`),
+    straight into the batch.
     """
     wanted: dict[int, list[tuple[int, object]]] = {}
     for s, plan, t in _locate(ids, plans):
@@ -144,30 +151,31 @@ def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str, skip_bad: b
     scenes, tiles, images, valids, crops = [], [], [], [], []
     core = plans[0].grid.core
     for s, todo in wanted.items():
-        plan, empty, bad = plans[s], [], []
-        reads = _read_scene_tiles(plan, [tile for _, tile in todo], skip_bad)
-        for (t, tile), read in zip(todo, reads):
-            if read is None:
+        plan, empty, bad, keep = plans[s], [], [], []
+        read, read_valid = _read_scene_tiles(plan, [tile for _, tile in todo], dtype, skip_bad)
+        for i, ((t, tile), valid) in enumerate(zip(todo, read_valid)):
+            if valid is None:
                 bad.append(t)
                 continue
-            image, valid = read
             if not valid.any():
                 empty.append(t)
                 continue
             full = np.zeros((core, core), dtype=bool)
             full[: valid.shape[0], : valid.shape[1]] = valid
+            keep.append(i)
             scenes.append(s)
             tiles.append(t)
-            images.append(image)
             valids.append(full)
             crops.append((tile.crop.row_off, tile.crop.col_off, tile.crop.height, tile.crop.width))
+        images.append(read if len(keep) == len(todo) else read[keep])  # a copy only where tiles were dropped
         output.log_done(plan.out, np.asarray(empty, dtype=np.int64), kind="nodata")
         output.log_done(plan.out, np.asarray(bad, dtype=np.int64), kind="bad")
     size, nb = plans[0].grid.input_size, len(plans[0].bands)
     return {
         "scene": np.asarray(scenes, dtype=np.int32),
         "tile": np.asarray(tiles, dtype=np.int64),
-        "image": np.stack(images).astype(dtype, copy=False) if images else np.empty((0, nb, size, size), dtype),
+        "image": (images[0] if len(images) == 1 else np.concatenate(images)) if images
+        else np.empty((0, nb, size, size), dtype),
         "valid": np.stack(valids) if valids else np.empty((0, core, core), bool),
         "crop": np.asarray(crops, dtype=np.int32).reshape(-1, 4),
     }
