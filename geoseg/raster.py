@@ -178,11 +178,11 @@ class TileReader:
     costs round trips. Reads are planned along the raster's internal blocks:
     the raster is read in *cells* of whole blocks (one block of a tiled COG), each
     decoded once and kept in a small cache, and every tile is copied from cells
-    straight into its batch (:meth:`read_tiles`). Tiles overlap by their halos, so without this a block would be decoded
-    once for each tile (and each tile row) whose window reaches into it: up to
-    3x the work for 512-px cores with a 32-px halo on 512-px blocks. (GDAL's own
-    block cache does not help: its multi-block reads bypass it.) The cache holds
-    about two rows of cells (cells that only held a tile row's upper halo are
+    straight into its batch (:meth:`read_tiles`). Tiles overlap by their halos,
+    so without this a block would be decoded once for each tile (and each tile
+    row) whose window reaches into it: up to 3x the work for 512-px cores with a
+    32-px halo on 512-px blocks. (GDAL's own block cache does not help: its
+    multi-block reads bypass it.) The cache holds about two rows of cells (cells that only held a tile row's upper halo are
     dropped once read), at most ``GEOSEG_READ_CACHE_MB`` (256; two rows of a
     10980-px wide 4-band uint16 scene in 1024-px blocks): memory grows with the
     raster's width up to that bound, never with its height.

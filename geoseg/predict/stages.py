@@ -116,8 +116,7 @@ def _read_scene_tiles(plan: ScenePlan, tiles: list, dtype: str, skip_bad: bool) 
     block (``skip_bad``; its image is left empty)."""
     reader = tile_reader(plan.url, plan.bands)
     try:
-        images, valids = reader.read_tiles(tiles, dtype)
-        return images, list(valids)
+        return reader.read_tiles(tiles, dtype)
     except ReadError:
         if not skip_bad:
             raise
