@@ -182,10 +182,11 @@ class TileReader:
     so without this a block would be decoded once for each tile (and each tile
     row) whose window reaches into it: up to 3x the work for 512-px cores with a
     32-px halo on 512-px blocks. (GDAL's own block cache does not help: its
-    multi-block reads bypass it.) The cache holds about two rows of cells (cells that only held a tile row's upper halo are
-    dropped once read), at most ``GEOSEG_READ_CACHE_MB`` (256; two rows of a
-    10980-px wide 4-band uint16 scene in 1024-px blocks): memory grows with the
-    raster's width up to that bound, never with its height.
+    multi-block reads bypass it.) The cache holds about two rows of cells (cells
+    that only held a tile row's upper halo are dropped once read), at most
+    ``GEOSEG_READ_CACHE_MB`` (256; two rows of a 10980-px wide 4-band uint16
+    scene in 1024-px blocks): memory grows with the raster's width up to that
+    bound, never with its height.
 
     ``threads``: GDAL threads decoding the blocks of one read
     (``GEOSEG_READ_THREADS``, default 1: readers already run in parallel).
