@@ -11,9 +11,9 @@ and, with the index model, the peak RSS of every process of ``geoseg predict``
 
     python benchmarks/predict_throughput.py [--size 2048] [--tile 512] [--mem-sizes 2048 8192 16384]
 
-Scenes above 2048^2 are tiled from a 2048^2 sample. Ray's workers are warmed
-on a small scene first; the model actors start anew in the timed run, as in
-every job.
+Scenes above 2048^2 are tiled from a 2048^2 sample. The in-process runs use
+the local Ray that ``predict`` starts (as a library user gets it), warmed on a
+small scene first; the model actors start anew in the timed run, as in every job.
 """
 
 from __future__ import annotations
@@ -96,10 +96,9 @@ def peak_rss(cmd: list[str]) -> tuple[float, dict[str, int]]:
 
 
 def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: str, work: str) -> None:
-    import ray
     import torch
 
-    from geoseg import checkpoint
+    from geoseg import checkpoint, runtime
     from geoseg.checkpoint import CheckpointMeta
     from geoseg.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model
@@ -141,14 +140,14 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
                            "--checkpoint", ckpt, "--tile-size", str(tile), "--halo", str(halo),
                            "--batch-size", str(batch)])
 
-    ray.init(num_cpus=threads, include_dashboard=False, logging_level="ERROR")
     opts = PredictOptions(checkpoint=ckpt, tile_size=tile, halo=halo, batch_size=batch, overwrite=True)
     small = write_sample(os.path.join(work, "small"), size=512, seed=5)["scene"]
-    predict([small], os.path.join(work, "warm"), opts, log=lambda *_: None)  # warm Ray workers (actors start anew)
+    # the first call starts geoseg's own local Ray and warms its workers (model actors start anew in every job)
+    predict([small], os.path.join(work, "warm"), opts, log=lambda *_: None)
     t0 = time.perf_counter()
     (rec,) = predict([urls["scene"]], os.path.join(work, "out"), opts, log=lambda *_: None)
     e2e_s = time.perf_counter() - t0
-    ray.shutdown()
+    runtime.shutdown()
     print(f"model {arch}/{encoder}, scene {size}x{size}, tile {tile}+{halo} halo, batch {batch}, "
           f"{threads} torch threads, torch {torch.__version__}")
     print(f"  bare predictor (tiles in memory): {px / bare_s / 1e6:8.3f} MPix/s  ({bare_s:.1f}s)")

@@ -1,5 +1,4 @@
-import sys
+from geoseg.cli import run
 
-from geoseg.cli import main
-
-sys.exit(main())
+if __name__ == "__main__":
+    run()

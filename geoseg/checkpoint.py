@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 
 from geoseg import storage
 from geoseg.classes import ClassScheme
-from geoseg.errors import CheckpointError
+from geoseg.errors import CheckpointError, GeosegError
 from geoseg.models.weights import load_plain, load_weights
 from geoseg.models.zoo import ModelConfig, build_model
 
@@ -146,16 +148,30 @@ def _safetensors_shapes(url: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
 
-def verify(path: str) -> CheckpointMeta:
-    """The checkpoint's description, once its weights are known to fit the model it
-    describes (tensor names and shapes, read from the weights' header): a checkpoint
-    of another architecture fails here, in one line, before any worker starts."""
+def describe(path: str) -> CheckpointMeta:
+    """The checkpoint's description, once its weights file is there and its header
+    readable: every check that needs no torch (milliseconds)."""
+    return _described(path)[1]
+
+
+def _described(path: str) -> tuple[str, CheckpointMeta, dict[str, tuple[int, ...]]]:
+    """``(folder, description, tensor shapes of the weights)``."""
     folder = locate(path)
     meta = read_meta(folder)
     weights = storage.join(folder, WEIGHTS)
     if not storage.exists(weights):
         raise CheckpointError(f"{folder}: has no {WEIGHTS}")
-    got = _safetensors_shapes(weights)
+    return folder, meta, _safetensors_shapes(weights)
+
+
+def verify(path: str) -> CheckpointMeta:
+    """The checkpoint's description, once its weights are known to fit the model it
+    describes (tensor names and shapes, read from the weights' header): a checkpoint
+    of another architecture fails here, in one line, before any output is written.
+
+    It builds the model, so it imports torch and the architecture library (seconds
+    on a small machine): ``geoseg predict`` runs it while Ray starts."""
+    folder, meta, got = _described(path)
     want = {k: tuple(v.shape) for k, v in build_model(meta.model).state_dict().items()}
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
@@ -167,6 +183,33 @@ def verify(path: str) -> CheckpointMeta:
         raise CheckpointError(f"{folder}: weights do not fit {meta.model.arch}/{meta.model.encoder}, "
                               f"the model its {META} describes: {what} tensors")
     return meta
+
+
+class BackgroundCheck:
+    """:func:`verify` run in a separate Python process, started at once; :meth:`result`
+    waits for it and raises its error (one line).
+
+    A process, not a thread: the check imports torch and builds the model, seconds
+    of CPU in the interpreter's lock, which a thread would take from the driver's
+    own start-up work (starting Ray, say); the driver never imports torch at all.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._proc = subprocess.Popen([sys.executable, "-m", "geoseg.checkpoint", path],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def result(self) -> None:
+        _, err = self._proc.communicate()
+        if self._proc.returncode:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise CheckpointError(lines[-1] if lines else
+                                  f"{self.path}: checking its weights failed (exit {self._proc.returncode})")
+
+    def cancel(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.communicate()
 
 
 def load(path: str, with_state: bool = False):
@@ -197,3 +240,17 @@ def copy_folder(src: str, dst: str) -> None:
         storage.put_file(os.path.join(src, name), storage.join(dst, name))
     if not storage.is_remote(dst):
         shutil.copystat(src, storage.local_path(dst), follow_symlinks=True)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m geoseg.checkpoint PATH``: :func:`verify`; a failure is one line on stderr."""
+    try:
+        verify(argv[0])
+    except GeosegError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -179,18 +179,14 @@ def read_fingerprint(out: SceneOutput) -> dict | None:
 
 
 def check_existing(out: SceneOutput, fingerprint: dict, overwrite: bool) -> str:
-    """Decide what to do with an existing output: ``"new"``, ``"resume"`` or ``"done"``.
+    """Decide what to do with an existing output: ``"new"``, ``"resume"`` or ``"done"``
+    (only reads: with ``overwrite``, :func:`remove_outputs` deletes it later).
 
     Raises :class:`OutputExistsError` when the output was made by another model or
     with other parameters and ``overwrite`` is false.
     """
     existing = read_fingerprint(out)
     if existing is None or overwrite:
-        if overwrite:
-            for url in (out.record, out.cog):
-                storage.remove(url)
-            storage.remove(out.zarr, recursive=True)
-            storage.remove(out.progress, recursive=True)
         return "new"
     if existing != fingerprint:
         diff = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
@@ -199,6 +195,15 @@ def check_existing(out: SceneOutput, fingerprint: dict, overwrite: bool) -> str:
             "use another --out or pass --overwrite"
         )
     return "done" if storage.exists(out.record) else "resume"
+
+
+def remove_outputs(out: SceneOutput) -> None:
+    """Delete a scene's outputs (``--overwrite``): run record first, so that nothing left
+    looks complete, then the COG, the Zarr and the progress log."""
+    for url in (out.record, out.cog):
+        storage.remove(url)
+    storage.remove(out.zarr, recursive=True)
+    storage.remove(out.progress, recursive=True)
 
 
 # --- progress log ---------------------------------------------------------

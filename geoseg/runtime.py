@@ -84,19 +84,28 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 def check_address(address: str | None) -> None:
     """Before any work: a cluster asked for (``--address`` / ``RAY_ADDRESS``) must be reachable."""
     target = requested_address(address)
-    if target and not _connected():
+    if target and not ray_connected():
         check_reachable(target)
 
 
-def _connected() -> bool:
+def ray_connected() -> bool:
+    """True once this process has started or joined Ray."""
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
-def init_ray(address: str | None = None, verbose: bool | None = None) -> None:
+def init_ray(address: str | None = None, verbose: bool | None = None, preload: tuple[str, ...] = ()) -> None:
     """Join ``address`` / ``RAY_ADDRESS``, or start a local Ray that geoseg owns.
 
-    Storage settings (S3 endpoint, credentials from the environment) reach the
-    workers through the job's ``runtime_env``.
+    On a cluster, storage settings (S3 endpoint, credentials from the environment)
+    reach the workers through the job's ``runtime_env``. A local Ray's processes
+    inherit this process's environment instead: with no ``runtime_env``, the
+    workers that Ray starts while it starts up serve the job (a model actor starts
+    on one at once), where a ``runtime_env`` would have Ray start new ones. Ray's
+    dashboard is started with a local Ray only when asked (``--dashboard``): it
+    costs seconds of start-up and CPU while the job runs. A local Ray's workers
+    import the modules ``preload`` names as they start (Ray's
+    ``preload_python_modules``), while Ray's start leaves the CPUs idle, instead of
+    when the job's first task or actor lands on them.
     """
     import ray
 
@@ -104,18 +113,20 @@ def init_ray(address: str | None = None, verbose: bool | None = None) -> None:
         return
     verbose = is_verbose() if verbose is None else verbose
     target = requested_address(address)
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray job: its runtime_env is already set
-    worker_env = {**storage.worker_env(), **({} if verbose else QUIET_WORKER_ENV),
-                  **{k: os.environ[k] for k in ("GEOSEG_PROGRESS_S",) if k in os.environ}}
-    env = {"env_vars": worker_env} if worker_env and not in_job else None
     quiet_ray(verbose)
-    kwargs = dict(runtime_env=env, logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=True)
+    kwargs = dict(logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=True)
     if target:
         check_reachable(target)
-    if target:
-        ray.init(address=target, **kwargs)
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray job: its runtime_env is already set
+        worker_env = {**storage.worker_env(), **({} if verbose else QUIET_WORKER_ENV),
+                      **{k: os.environ[k] for k in ("GEOSEG_PROGRESS_S",) if k in os.environ}}
+        env = {"env_vars": worker_env} if worker_env and not in_job else None
+        ray.init(address=target, runtime_env=env, **kwargs)
     else:
-        ray.init(address="local", **kwargs)
+        for k, v in ({} if verbose else QUIET_WORKER_ENV).items():
+            os.environ.setdefault(k, v)
+        ray.init(address="local", include_dashboard=wants_dashboard(),
+                 _system_config={"preload_python_modules": list(preload)} if preload else None, **kwargs)
         _state["owned"] = True
         _state["reaper"] = _start_reaper()
     quiet_ray(verbose)  # again: importing Ray Data configured its console handler
@@ -153,6 +164,11 @@ def shutdown() -> None:
 
 def is_verbose() -> bool:
     return os.environ.get("GEOSEG_VERBOSE", "") not in ("", "0")
+
+
+def wants_dashboard() -> bool:
+    """``--dashboard`` / ``GEOSEG_DASHBOARD=1``: a local Ray also starts Ray's dashboard."""
+    return os.environ.get("GEOSEG_DASHBOARD", "") not in ("", "0")
 
 
 def quiet_ray(verbose: bool) -> None:

@@ -164,23 +164,36 @@ def test_label_values_missed_at_planning_are_refused_when_read(sample_dir, bad):
         read_chip(pair, 290, 290, 64, k=4)
 
 
-def test_checkpoint_of_another_architecture_is_refused_at_planning(sample_dir, tmp_path):
+def test_checkpoint_of_another_architecture_is_refused_before_any_output_is_touched(sample_dir, tmp_path, ray_local):
     from geoseg import checkpoint
     from geoseg.classes import LANDCOVER
     from geoseg.errors import CheckpointError
     from geoseg.models.zoo import ModelConfig, build_model
+    from geoseg.predict import predict
     from geoseg.predict.plan import PredictOptions, plan_job
 
     cfg = ModelConfig("tinyfcn", "resnet18", 4, 4)
     meta = checkpoint.CheckpointMeta(cfg, LANDCOVER, [0.0] * 4, [1.0] * 4)
-    checkpoint.save(str(tmp_path / "ck"), build_model(cfg), meta)
-    plan_job([str(sample_dir / "scene.tif")], str(tmp_path / "ok"), PredictOptions(checkpoint=str(tmp_path / "ck")))
+    ck, scene, out = str(tmp_path / "ck"), str(sample_dir / "scene.tif"), tmp_path / "o"
+    checkpoint.save(ck, build_model(cfg), meta)
+    job = plan_job([scene], str(out), PredictOptions(checkpoint=ck))  # planning writes nothing
+    assert job.scenes[0].status == "new" and not (out / "scene.zarr").exists()
+    checkpoint.verify(ck)
     doc = json.loads((tmp_path / "ck" / "geoseg.json").read_text())
     doc["model"]["arch"] = "fpn"
     (tmp_path / "ck" / "geoseg.json").write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match=r"ck: weights do not fit fpn/resnet18.*missing"):
-        plan_job([str(sample_dir / "scene.tif")], str(tmp_path / "o"), PredictOptions(checkpoint=str(tmp_path / "ck")))
-    assert not (tmp_path / "o" / "scene.zarr").exists()
+    misfit = r"ck: weights do not fit fpn/resnet18, the model its geoseg.json describes: \d+ missing"
+    with pytest.raises(CheckpointError, match=misfit):
+        checkpoint.verify(ck)
+    # the check that runs beside Ray's start, in its own process: the same one line
+    with pytest.raises(CheckpointError, match=misfit):
+        checkpoint.BackgroundCheck(ck).result()
+    # an earlier run's outputs are not deleted by --overwrite when the new checkpoint is refused
+    (out / "scene.zarr").mkdir(parents=True)
+    (out / "scene.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=misfit):
+        predict([scene], str(out), PredictOptions(checkpoint=ck, overwrite=True), log=lambda *_: None)
+    assert (out / "scene.json").read_text() == "{}" and (out / "scene.zarr").is_dir()
 
 
 def test_truncated_file_fails_naming_file_and_window(bad, tmp_path):

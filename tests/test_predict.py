@@ -133,7 +133,7 @@ def test_otsu_model_fits_per_scene_thresholds(ray_local, sample_dir, tmp_path):
 @pytest.mark.parametrize("how", ["crop", "hann"])
 def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_path, how):
     """Part of the tiles written, then the job dies: a rerun does only the rest, bit for bit."""
-    from geoseg.predict.plan import plan_job
+    from geoseg.predict.plan import plan_job, prepare_outputs
     from geoseg.predict.stages import Infer, blend_tiles, read_tiles, write_softmax, write_tiles
 
     scene = str(sample_dir / "scene.tif")
@@ -142,6 +142,8 @@ def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_
 
     # an interrupted job: the stages ran for the first 11 tiles only, nothing was finished
     job = plan_job([scene], str(tmp_path / "resumed"), opts)
+    assert not (tmp_path / "resumed" / "scene.zarr").exists()  # planning writes nothing
+    prepare_outputs(job, opts)
     plans = job.scenes
     infer = Infer(job.spec, opts.tile_size, probabilities=opts.probabilities, softmax=how == "hann")
     batches = list(read_tiles({"lo": np.array([0]), "hi": np.array([11])}, plans, "uint16", batch_size=4))

@@ -2,7 +2,7 @@
 
 Read top to bottom:
 
-    plan.py    no Ray   PredictOptions, ScenePlan / JobPlan (plan_job), tile_ranges
+    plan.py    no Ray   PredictOptions, ScenePlan / JobPlan (plan_job, prepare_outputs), tile_ranges
     stages.py  no Ray   read_tiles -> Infer -> write_tiles | write_softmax -> blend_tiles -> finish_scene
     job.py     Ray      actor layout, the Ray Data graph, the driver loop, metrics, run records
 

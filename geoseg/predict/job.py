@@ -1,6 +1,8 @@
 """The Ray layer of ``geoseg predict``: actor resources, the Ray Data graph, the driver loop.
 
-    plan_job (driver, no Ray)            scenes, tile grids, outputs created or resumed
+    plan_job (driver, no Ray)            scenes, tile grids, outputs checked (nothing written)
+      start_ray                          Ray starts; meanwhile the checkpoint's weights are checked
+      prepare_outputs                    outputs created, or kept to resume
       -> ray.data.from_items(ranges)     a few ranges of tile numbers, never a list of tiles
       -> map_batches(read_tiles)         CPU tasks
       -> map_batches(Infer)              actor pool: the model is built once per actor
@@ -16,21 +18,24 @@ metrics are counted here, in the driver, from what the stages return.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from geoseg import catalog, output
+from geoseg import catalog, checkpoint, output
 from geoseg.console import Progress
 from geoseg.stac import item_of
 from geoseg.predict import stages
-from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, tile_ranges
-from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, init_ray, require_gpus
+from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, prepare_outputs, tile_ranges
+from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, init_ray, ray_connected, require_gpus
 
 CPU_CALLS_PER_ACTOR = 8  # on CPU: single-threaded calls sharing one model in one actor
 GPU_CALLS_PER_ACTOR = 1  # on GPU: one call at a time (two at once measured slower: 0.62x against 0.76x
 # the model alone on an H100, bf16; the host side is the bottleneck), the next batch queued (in flight)
+# What the workers of every stage import: a local Ray's workers import it as they start, while Ray starts
+PRELOAD = ("ray.data", "geoseg.predict.job")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class ActorLayout:
     num_gpus: float
     calls: int = 1  # batches each actor works on at once (threads sharing one model)
     threads: int | None = None  # torch / OpenMP threads of each call on CPU
+    readers: int | None = None  # read tasks at once (None: as many as the CPUs allow)
+
+    def read_strategy(self):
+        import ray
+
+        return ray.data.TaskPoolStrategy(size=self.readers)
 
     def strategy(self):
         import ray
@@ -83,8 +94,12 @@ def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float) -> 
     lo, hi = opts.worker_range or (max(1, -(-cores // CPU_CALLS_PER_ACTOR)),) * 2
     calls = max(1, cores // hi)
     # Logical CPUs only: leave one CPU to the readers and writers, or they never get
-    # scheduled (each call's torch threads are set to 1).
-    return ActorLayout(lo, hi, min(float(calls), max(0.1, (cpus - 1) / hi)), 0.0, calls=calls, threads=1)
+    # scheduled (each call's torch threads are set to 1). One read task per model
+    # actor: a reader decodes tiles tens of times faster than a CPU model runs them,
+    # and each more reader is one more Ray worker to start (seconds of imports)
+    # while the model actor starts on the same CPUs.
+    return ActorLayout(lo, hi, min(float(calls), max(0.1, (cpus - 1) / hi)), 0.0, calls=calls, threads=1,
+                       readers=hi)
 
 
 # --- where each stage ran -------------------------------------------------------
@@ -152,7 +167,7 @@ def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges
     # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
     ds = ds.map_batches(_read_on_node, fn_kwargs={"plans": plans, "dtype": job.dtype, "batch_size": opts.batch_size,
                                                   "skip_bad": opts.skip_bad_tiles},
-                        batch_size=1, num_cpus=0.25)
+                        batch_size=1, num_cpus=0.25, compute=layout.read_strategy())
     ds = ds.map_batches(
         _InferOnNode,
         fn_constructor_kwargs={"spec": spec, "core": opts.tile_size, "probabilities": opts.probabilities,
@@ -228,6 +243,31 @@ def run_passes(passes: list, n_scenes: int, metrics: _Metrics, progress: Progres
     return model_s, {stage: sorted(ids) for stage, ids in nodes.items()}
 
 
+def start_ray(opts: PredictOptions) -> None:
+    """Start (or join) Ray while the checkpoint's weights are checked against its
+    architecture (:func:`geoseg.checkpoint.verify`; a misfit fails here, in one line,
+    before any output is written).
+
+    The check imports torch and builds the model: seconds of CPU. Ray's own start
+    leaves the CPUs half idle, waiting on its processes, so the check runs beside it,
+    in its own process (:class:`~geoseg.checkpoint.BackgroundCheck`), instead of
+    before it. Where Ray is up already, or torch imported, it runs here.
+    """
+    check = None
+    if opts.checkpoint and not (ray_connected() or "torch" in sys.modules):
+        check = checkpoint.BackgroundCheck(opts.checkpoint)
+    try:
+        init_ray(opts.address or None, preload=PRELOAD)
+    except BaseException:
+        if check is not None:
+            check.cancel()
+        raise
+    if check is not None:
+        check.result()
+    elif opts.checkpoint:
+        checkpoint.verify(opts.checkpoint)
+
+
 def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> list[dict]:
     """Run a prediction job; returns the run record of every scene it finished."""
     import ray
@@ -236,7 +276,8 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     t0 = time.perf_counter()
     check_address(opts.address)
     job = plan_job(inputs, prefix, opts)  # bad input fails here, before Ray starts
-    init_ray(opts.address or None)
+    start_ray(opts)
+    prepare_outputs(job, opts)
     t_plan = time.perf_counter() - t0
     for p in job.scenes:
         if p.status == "done":

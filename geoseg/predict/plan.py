@@ -1,8 +1,9 @@
 """Planning a predict job, without Ray: options, one :class:`ScenePlan` per input, tile ranges.
 
 Planning reads metadata only (and, for ``index-otsu``, a decimated read per
-scene); it creates each scene's Zarr (or finds it to resume) before any worker
-starts, so a bad input fails here, before Ray is started.
+scene) and writes nothing, so a bad input fails here, before Ray is started and
+before any output is touched; :func:`prepare_outputs` then creates each scene's
+Zarr (or keeps it, to resume).
 """
 
 from __future__ import annotations
@@ -129,10 +130,13 @@ class JobPlan:
 
 
 def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
-    """Plan every scene; creates (or checks, to resume) each scene's outputs."""
+    """Plan every scene: every check of the inputs, the model's description and the
+    outputs (to resume them), but nothing written to the outputs yet
+    (:func:`prepare_outputs`). The checkpoint's weights are checked against its
+    architecture separately (:func:`geoseg.checkpoint.verify`: it imports torch)."""
     classes, meta = LANDCOVER, None
     if opts.checkpoint:
-        meta = checkpoint.verify(opts.checkpoint)  # weights that fit the model it describes
+        meta = checkpoint.describe(opts.checkpoint)
         classes = meta.classes
         _check_stride(opts, meta.model)
     storage.check_writable(prefix)
@@ -155,7 +159,7 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
             raise InputError(f"{url} and {stems[stem]} would both write {stem}.*; rename one of them")
         stems[stem] = url
         start = scenes[-1].start + len(scenes[-1].grid) if scenes else 0
-        plan = plan_scene(i, url, start, SceneOutput(prefix, stem, job), opts, meta, classes)
+        plan = plan_scene(i, url, start, SceneOutput(prefix, stem, job), opts, meta)
         if opts.model == "index-otsu" and plan.status != "done":
             scene_params[i] = fit_otsu(url, plan.bands).to_dict()
         scenes.append(plan)
@@ -174,9 +178,9 @@ def _check_stride(opts: PredictOptions, model) -> None:
         )
 
 
-def plan_scene(index: int, url: str, start: int, out: SceneOutput, opts: PredictOptions, meta,
-               classes: ClassScheme) -> ScenePlan:
-    """Read one scene's metadata, choose its bands and grid, and create or check its outputs."""
+def plan_scene(index: int, url: str, start: int, out: SceneOutput, opts: PredictOptions, meta) -> ScenePlan:
+    """Read one scene's metadata, choose its bands and grid, and check its outputs (what a
+    rerun resumes); writes nothing."""
     info = read_info(url)
     check_image(info, opts.allow_no_crs)
     if meta is None:
@@ -196,17 +200,25 @@ def plan_scene(index: int, url: str, start: int, out: SceneOutput, opts: Predict
     fp = opts.fingerprint(bands)
     status = output.check_existing(out, fp, opts.overwrite)
     done = softmax = previous = None
-    if status == "new":
-        output.create_zarr(out, info, grid, classes, fp, opts.probabilities)
-    elif status == "resume":
+    if status == "resume":
         done, previous = output.read_done(out, len(grid))
-    if status != "done":
         output.check_alignment(out, grid)  # one writer per chunk, or no plan
         if opts.stitch == "hann":
-            output.create_scratch(out, grid, len(classes))
-            if status == "resume":
-                softmax, _ = output.read_done(out, len(grid), kinds=("softmax",))
+            softmax, _ = output.read_done(out, len(grid), kinds=("softmax",))
     return ScenePlan(index, url, info, grid, out, bands, fp, start, status, done, softmax, previous or {})
+
+
+def prepare_outputs(job: JobPlan, opts: PredictOptions) -> None:
+    """Create the outputs of the scenes to predict (deleting old ones first with
+    ``--overwrite``); outputs being resumed are kept as they are."""
+    for plan in job.todo:
+        if plan.status == "new":
+            if opts.overwrite:
+                output.remove_outputs(plan.out)
+            output.create_zarr(plan.out, plan.info, plan.grid, job.classes, plan.fingerprint, opts.probabilities)
+            output.check_alignment(plan.out, plan.grid)
+        if opts.stitch == "hann":  # kept if it exists: a rerun resumes
+            output.create_scratch(plan.out, plan.grid, len(job.classes))
 
 
 def tile_ranges(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> list[dict]:
