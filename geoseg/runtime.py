@@ -123,8 +123,7 @@ def init_ray(address: str | None = None, verbose: bool | None = None, preload: t
         env = {"env_vars": worker_env} if worker_env and not in_job else None
         ray.init(address=target, runtime_env=env, **kwargs)
     else:
-        for k, v in ({} if verbose else QUIET_WORKER_ENV).items():
-            os.environ.setdefault(k, v)
+        # its workers inherit this environment: quiet_ray's settings included
         ray.init(address="local", include_dashboard=wants_dashboard(),
                  _system_config={"preload_python_modules": list(preload)} if preload else None, **kwargs)
         _state["owned"] = True
