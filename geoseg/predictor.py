@@ -9,6 +9,7 @@ each model actor; ``benchmarks/`` time them bare.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -75,8 +76,11 @@ class TorchPredictor:
     ``precision``: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (``"auto"``: bf16 on
     GPUs that support it, fp32 on CPU). ``channels_last`` (default on: oneDNN's
     CPU convolutions are faster in it too, 12-27% for a U-Net here) and
-    ``compile`` (``torch.compile``; sub-batches are padded to one fixed shape, so
-    it compiles once) are speed options. ``batch_size``: tiles per forward call
+    ``compile`` (``torch.compile``: True for its default backend, or a backend; every
+    forward call gets one fixed shape, so it compiles once: sub-batches, and on a GPU
+    batches smaller than the largest one so far, are padded up to it; where compiling
+    fails, say for want of a compiler on the node, the model runs eagerly, with one
+    warning line) are speed options. ``batch_size``: tiles per forward call
     (``None``: the whole batch on a GPU; on CPU about 256k pixels, i.e. one 512-px
     tile, which keeps activations in cache: 25% faster per tile than 8 at once
     here). ``tta`` averages the softmax over horizontal/vertical flips.
@@ -91,7 +95,7 @@ class TorchPredictor:
         device: str = "auto",
         precision: str = "auto",
         channels_last: bool | None = None,
-        compile: bool = False,
+        compile=False,
         tta: bool = False,
         batch_size: int | None = None,
         threads: int | None = None,
@@ -110,14 +114,18 @@ class TorchPredictor:
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.channels_last = True if channels_last is None else channels_last
         self.tta = tta
-        self.compiled = compile
+        self.compiled = bool(compile)
         self.batch_size = batch_size
+        self._largest = 0  # compiled on a GPU: the largest batch so far, the one shape of every call
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1).clamp_min(1e-6)
         model = model.eval().to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model, dynamic=False) if compile else model
+        self._eager = model
+        self._lock = threading.Lock()
+        backend = "inductor" if compile is True else compile
+        self.model = torch.compile(model, dynamic=False, backend=backend) if compile else model
         self.num_classes = None
         self._pinned_buffers: dict = {}  # reusable pinned host buffers (CUDA), one per calling thread
         self._copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
@@ -154,7 +162,32 @@ class TorchPredictor:
 
         with torch.autocast(device_type="cuda" if self.cuda else "cpu", dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            return self.model(x)
+            try:
+                return self.model(x)
+            except Exception as exc:
+                if not self._compile_failed(exc):
+                    raise
+                return self.model(x)
+
+    def _compile_failed(self, exc: Exception) -> bool:
+        """True where ``exc`` is torch.compile failing to compile (no working compiler or
+        Triton on this node, say): the model then runs eagerly from here on, with one line
+        saying so. Errors of the model itself are not caught."""
+        if "torch._dynamo" not in sys.modules:  # never compiled: not a compiler's error
+            return False
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        if not isinstance(exc, BackendCompilerFailed):  # the compiler, not the model (which eager would repeat)
+            return False
+        with self._lock:  # calls running at once may all fail to compile: one line
+            if self.compiled:
+                from geoseg.runtime import worker_print
+
+                self.model, self.compiled = self._eager, False
+                cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # the backend's own error
+                reason = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
+                worker_print(f"--compile: torch.compile failed ({reason[:200]}); the model runs eagerly")
+        return True
 
     def _softmax(self, x):
         prob = self._logits(x).float().softmax(1)
@@ -171,7 +204,12 @@ class TorchPredictor:
         saves); on CPU about ``CPU_PIXELS_PER_CALL`` pixels."""
         if self.batch_size:
             return self.batch_size
-        return n if self.cuda else max(1, CPU_PIXELS_PER_CALL // (side * side))
+        if not self.cuda:
+            return max(1, CPU_PIXELS_PER_CALL // (side * side))
+        if self.compiled:  # one shape (a new one would compile again): smaller batches are padded up
+            self._largest = max(self._largest, n)
+            return self._largest
+        return n
 
     def _run(self, tiles: np.ndarray, head) -> np.ndarray:
         """``head`` (a function of normalised device tensors) over every sub-batch; numpy out."""
@@ -185,8 +223,10 @@ class TorchPredictor:
         with torch.inference_mode():
             for i, x in self._device_batches(tiles, step):
                 k = min(step, n - i)
-                if self.compiled and len(x) < step:  # one fixed shape: torch.compile compiles once
+                if self.compiled and len(x) < step:  # one fixed shape (and layout): torch.compile compiles once
                     x = torch.cat([x, x.new_zeros((step - len(x), *x.shape[1:]))])
+                    if self.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
                 outs.append(head(x)[:k])
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
             return self._to_host(out)

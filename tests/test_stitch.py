@@ -90,20 +90,3 @@ def test_blend_mixes_neighbours_at_seams_only_and_masks_nodata():
     probs, valid = stitch.blend_core(grid, grid[1, 1], lambda iy, ix: None if (iy, ix) != (1, 1) else softmax[1, 1])
     np.testing.assert_array_equal(probs[(1 + 2) % k], 1.0)
     assert valid.all()
-
-
-def test_predictor_argmax_of_logits_equals_the_softmax_path():
-    """The fast path (tiles in their dtype, argmax of the logits) gives the softmax path's classes."""
-    torch.manual_seed(1)
-    model = build_model(ModelConfig("tinyfcn", in_channels=4, num_classes=5))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
-    tiles = np.random.default_rng(2).integers(0, 9000, size=(5, 4, 40, 56), dtype=np.uint16)
-    pred = TorchPredictor(model, [3000.0] * 4, [2000.0] * 4, batch_size=2)  # sub-batches of 2: 2 + 2 + 1
-    classes = pred.predict(tiles)
-    assert classes.dtype == np.uint8 and classes.shape == (5, 40, 56)
-    np.testing.assert_array_equal(classes, pred.predict_proba(tiles).argmax(1))
-    assert len(np.unique(classes)) > 1
-    # the same with float input: only the dtype in which tiles travel differs
-    np.testing.assert_array_equal(pred.predict(tiles.astype(np.float32)), classes)
