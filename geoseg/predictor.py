@@ -13,6 +13,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -95,7 +96,7 @@ class TorchPredictor:
         device: str = "auto",
         precision: str = "auto",
         channels_last: bool | None = None,
-        compile=False,
+        compile: bool | str | Callable = False,
         tta: bool = False,
         batch_size: int | None = None,
         threads: int | None = None,
