@@ -24,7 +24,7 @@ from geoseg import storage
 from geoseg.classes import ClassScheme
 from geoseg.errors import CheckpointError, GeosegError
 from geoseg.models.weights import load_plain, load_weights
-from geoseg.models.zoo import ModelConfig, build_model
+from geoseg.models.zoo import ModelConfig, build_model, known_state_shapes, remember_state_shapes, state_shapes
 
 FORMAT = "geoseg-checkpoint/1"
 META = "geoseg.json"
@@ -85,6 +85,7 @@ def save(folder: str, model, meta: CheckpointMeta, train_state: dict | None = No
     module = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, os.path.join(folder, WEIGHTS))
+    remember_state_shapes(meta.model, {k: tuple(v.shape) for k, v in state.items()})
     if train_state is not None:
         torch.save(train_state, os.path.join(folder, STATE))
     with open(os.path.join(folder, META), "w") as f:
@@ -164,15 +165,20 @@ def _described(path: str) -> tuple[str, CheckpointMeta, dict[str, tuple[int, ...
     return folder, meta, _safetensors_shapes(weights)
 
 
-def verify(path: str) -> CheckpointMeta:
+def verify(path: str, build: bool = True) -> CheckpointMeta | None:
     """The checkpoint's description, once its weights are known to fit the model it
     describes (tensor names and shapes, read from the weights' header): a checkpoint
     of another architecture fails here, in one line, before any output is written.
 
-    It builds the model, so it imports torch and the architecture library (seconds
-    on a small machine): ``geoseg predict`` runs it while Ray starts."""
+    The model's own shapes come from geoseg's cache where this architecture was built
+    on this machine before, with the same libraries (milliseconds, no torch); else it
+    builds the model, which imports torch and the architecture library (seconds on a
+    small machine; ``geoseg predict`` then runs it while Ray starts), or with ``build``
+    False returns None."""
     folder, meta, got = _described(path)
-    want = {k: tuple(v.shape) for k, v in build_model(meta.model).state_dict().items()}
+    want = state_shapes(meta.model) if build else known_state_shapes(meta.model)
+    if want is None:
+        return None
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     shapes = sorted(k for k in set(want) & set(got) if want[k] != got[k])
@@ -225,6 +231,7 @@ def load(path: str, with_state: bool = False):
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {meta.model.arch} ({str(exc).splitlines()[0]})") from None
+    remember_state_shapes(meta.model, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     if not with_state:
         return model, meta
     train_state = None

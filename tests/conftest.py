@@ -10,6 +10,9 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("RAY_ADDRESS", None)
+# geoseg's cache (known model shapes) in a folder of this test session, inherited by Ray's
+# workers: tests start cold and leave the user's ~/.cache alone
+os.environ["GEOSEG_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="geoseg-test-cache-")
 
 
 def _free_port() -> int:

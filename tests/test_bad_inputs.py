@@ -185,6 +185,9 @@ def test_checkpoint_of_another_architecture_is_refused_before_any_output_is_touc
     misfit = r"ck: weights do not fit fpn/resnet18, the model its geoseg.json describes: \d+ missing"
     with pytest.raises(CheckpointError, match=misfit):
         checkpoint.verify(ck)
+    # fpn's shapes are known now (it was built): the same check without building it
+    with pytest.raises(CheckpointError, match=misfit):
+        checkpoint.verify(ck, build=False)
     # the check that runs beside Ray's start, in its own process: the same one line
     with pytest.raises(CheckpointError, match=misfit):
         checkpoint.BackgroundCheck(ck).result()

@@ -135,3 +135,85 @@ def TinyFCN(in_channels: int, num_classes: int, width: int = 16):
         nn.ReLU(),
         nn.Conv2d(width, num_classes, 1),
     )
+
+
+# --- the tensor shapes of an architecture, known without torch -------------------
+#
+# Checking a checkpoint's weights against the model its description names (before a
+# prediction writes anything) needs the names and shapes of that model's tensors:
+# building it imports torch and the architecture library, seconds of CPU. They depend
+# only on the config and the libraries' versions, so once a model is built here they
+# are kept in a small file and later checks read them instead.
+
+SHAPE_LIBRARIES = ("torch", "torchvision", "timm", "segmentation-models-pytorch")
+
+
+def state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors of the model ``cfg`` describes: kept ones
+    (:func:`known_state_shapes`), else the built model's, which are then kept."""
+    known = known_state_shapes(cfg)
+    if known is not None:
+        return known
+    shapes = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    remember_state_shapes(cfg, shapes)
+    return shapes
+
+
+def known_state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]] | None:
+    """The shapes kept for ``cfg`` with the installed libraries, or None (never built
+    here, another version, an unreadable file): no torch import."""
+    import json
+
+    try:
+        with open(_shapes_file(cfg)) as f:
+            kept = json.load(f)
+        return {str(k): tuple(int(n) for n in v) for k, v in kept["shapes"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def remember_state_shapes(cfg: ModelConfig, shapes: dict) -> None:
+    """Keep ``shapes`` (of a model built from ``cfg``) for later checks; a cache that
+    cannot be written (a read-only home, say) is skipped."""
+    import json
+    import os
+    import tempfile
+
+    path = _shapes_file(cfg)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"config": cfg.to_dict(), "shapes": {k: list(v) for k, v in shapes.items()}}, f)
+        os.replace(tmp, path)  # whole or not at all, with other processes writing the same file
+    except OSError:
+        pass
+
+
+def cache_dir() -> str:
+    """geoseg's cache folder: ``GEOSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/geoseg`` (``~/.cache/geoseg``)."""
+    import os
+
+    if os.environ.get("GEOSEG_CACHE_DIR"):
+        return os.environ["GEOSEG_CACHE_DIR"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "geoseg")
+
+
+def _shapes_file(cfg: ModelConfig) -> str:
+    """The file of ``cfg``'s shapes: named by the config, the libraries' versions and this
+    module's source (which defines geoseg's own architectures)."""
+    import hashlib
+    import json
+    import os
+    from importlib import metadata
+
+    versions = {}
+    for name in SHAPE_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    with open(__file__, "rb") as f:
+        source = hashlib.sha256(f.read()).hexdigest()
+    key = json.dumps({"config": cfg.to_dict(), "versions": versions, "zoo": source}, sort_keys=True)
+    return os.path.join(cache_dir(), "state-shapes", hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")

@@ -248,14 +248,18 @@ def start_ray(opts: PredictOptions) -> None:
     architecture (:func:`geoseg.checkpoint.verify`; a misfit fails here, in one line,
     before any output is written).
 
-    The check imports torch and builds the model: seconds of CPU. Ray's own start
-    leaves the CPUs half idle, waiting on its processes, so the check runs beside it,
-    in its own process (:class:`~geoseg.checkpoint.BackgroundCheck`), instead of
-    before it. Where Ray is up already, or torch imported, it runs here.
+    Where this architecture was built on this machine before, the model's shapes
+    are known and the check takes milliseconds. Else it imports torch and builds
+    the model: seconds of CPU. Ray's own start leaves the CPUs half idle, waiting on
+    its processes, so that check runs beside it, in its own process
+    (:class:`~geoseg.checkpoint.BackgroundCheck`), instead of before it. Where Ray is
+    up already, or torch imported, it runs here.
     """
-    check = None
+    check, verified = None, False
     if opts.checkpoint and not (ray_connected() or "torch" in sys.modules):
-        check = checkpoint.BackgroundCheck(opts.checkpoint)
+        verified = checkpoint.verify(opts.checkpoint, build=False) is not None
+        if not verified:
+            check = checkpoint.BackgroundCheck(opts.checkpoint)
     try:
         init_ray(opts.address or None, preload=PRELOAD)
     except BaseException:
@@ -264,7 +268,7 @@ def start_ray(opts: PredictOptions) -> None:
         raise
     if check is not None:
         check.result()
-    elif opts.checkpoint:
+    elif opts.checkpoint and not verified:
         checkpoint.verify(opts.checkpoint)
 
 
