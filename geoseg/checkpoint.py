@@ -85,7 +85,6 @@ def save(folder: str, model, meta: CheckpointMeta, train_state: dict | None = No
     module = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, os.path.join(folder, WEIGHTS))
-    remember_state_shapes(meta.model, {k: tuple(v.shape) for k, v in state.items()})
     if train_state is not None:
         torch.save(train_state, os.path.join(folder, STATE))
     with open(os.path.join(folder, META), "w") as f:
@@ -231,6 +230,8 @@ def load(path: str, with_state: bool = False):
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {meta.model.arch} ({str(exc).splitlines()[0]})") from None
+    # the model meta.model describes, as built here: its shapes are kept for later checks (not at
+    # save, whose caller may pair a model with another description)
     remember_state_shapes(meta.model, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     if not with_state:
         return model, meta

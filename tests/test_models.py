@@ -48,12 +48,20 @@ def test_known_shapes_are_read_without_importing_torch(cache):
 
 
 def test_checkpoint_check_from_kept_shapes(cache, tmp_path):
-    """A saved checkpoint's architecture is known at once; a description naming an
+    """A loaded checkpoint's architecture is known (saving alone does not vouch for it:
+    its caller may pair a model with another description); a description naming an
     architecture never built here needs a build (None without one), after which a
     misfit is refused from the kept shapes alone."""
     cfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
     ck = tmp_path / "ck"
+    other = ModelConfig("tinyfcn", in_channels=4, num_classes=9)  # saved with cfg's description
+    checkpoint.save(str(ck), build_model(other), checkpoint.CheckpointMeta(cfg, LANDCOVER, [0.0] * 4, [1.0] * 4))
+    assert known_state_shapes(cfg) is None
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        checkpoint.load(str(ck))
+    assert known_state_shapes(cfg) is None  # a load that failed keeps nothing
     checkpoint.save(str(ck), build_model(cfg), checkpoint.CheckpointMeta(cfg, LANDCOVER, [0.0] * 4, [1.0] * 4))
+    checkpoint.load(str(ck))
     assert checkpoint.verify(str(ck), build=False).model == cfg
     doc = json.loads((ck / "geoseg.json").read_text())
     doc["model"]["num_classes"] = 5  # the description now names a model the weights do not fit
