@@ -6,7 +6,12 @@ file is given (``encoder_weights=PATH``), for transfer learning.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass
+from importlib import metadata
 
 from geoseg.errors import CheckpointError, InputError
 from geoseg.models.weights import load_weights
@@ -162,8 +167,6 @@ def state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 def known_state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]] | None:
     """The shapes kept for ``cfg`` with the installed libraries, or None (never built
     here, another version, an unreadable file): no torch import."""
-    import json
-
     try:
         with open(_shapes_file(cfg)) as f:
             kept = json.load(f)
@@ -174,11 +177,10 @@ def known_state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]] | None:
 
 def remember_state_shapes(cfg: ModelConfig, shapes: dict) -> None:
     """Keep ``shapes`` (of a model built from ``cfg``) for later checks; a cache that
-    cannot be written (a read-only home, say) is skipped."""
-    import json
-    import os
-    import tempfile
-
+    cannot be written (a read-only home, say) is skipped, as is one that holds them already."""
+    shapes = {k: tuple(v) for k, v in shapes.items()}
+    if known_state_shapes(cfg) == shapes:  # each load in each job: a read, not a write
+        return
     path = _shapes_file(cfg)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -192,8 +194,6 @@ def remember_state_shapes(cfg: ModelConfig, shapes: dict) -> None:
 
 def cache_dir() -> str:
     """geoseg's cache folder: ``GEOSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/geoseg`` (``~/.cache/geoseg``)."""
-    import os
-
     if os.environ.get("GEOSEG_CACHE_DIR"):
         return os.environ["GEOSEG_CACHE_DIR"]
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "geoseg")
@@ -202,11 +202,6 @@ def cache_dir() -> str:
 def _shapes_file(cfg: ModelConfig) -> str:
     """The file of ``cfg``'s shapes: named by the config, the libraries' versions and this
     module's source (which defines geoseg's own architectures)."""
-    import hashlib
-    import json
-    import os
-    from importlib import metadata
-
     versions = {}
     for name in SHAPE_LIBRARIES:
         try:
