@@ -13,7 +13,9 @@ and, with the index model, the peak RSS of every process of ``geoseg predict``
 
 Scenes above 2048^2 are tiled from a 2048^2 sample. The in-process runs use
 the local Ray that ``predict`` starts (as a library user gets it), warmed on a
-small scene first; the model actors start anew in the timed run, as in every job.
+small scene first. On that Ray, with the model on CPU, the driver runs the model
+(no model actor); ``--workers N`` times the model actors instead (each starts anew
+in the timed run, as in every job).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def peak_rss(cmd: list[str]) -> tuple[float, dict[str, int]]:
     return time.perf_counter() - t0, by_kind
 
 
-def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: str, work: str) -> None:
+def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: str, work: str,
+               workers: int | None = None) -> None:
     import torch
 
     from geoseg import checkpoint, runtime
@@ -138,9 +141,10 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
                              os.path.join(work, "plain.tif"), "--tile", str(tile), "--halo", str(halo)])
     cli_s = timed_process([sys.executable, "-m", "geoseg", "predict", urls["scene"], "--out", os.path.join(work, "cli"),
                            "--checkpoint", ckpt, "--tile-size", str(tile), "--halo", str(halo),
-                           "--batch-size", str(batch)])
+                           "--batch-size", str(batch), *(["--workers", str(workers)] if workers else [])])
 
-    opts = PredictOptions(checkpoint=ckpt, tile_size=tile, halo=halo, batch_size=batch, overwrite=True)
+    opts = PredictOptions(checkpoint=ckpt, tile_size=tile, halo=halo, batch_size=batch, overwrite=True,
+                          workers=workers)
     small = write_sample(os.path.join(work, "small"), size=512, seed=5)["scene"]
     # the first call starts geoseg's own local Ray and warms its workers (model actors start anew in every job)
     predict([small], os.path.join(work, "warm"), opts, log=lambda *_: None)
@@ -152,7 +156,8 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
           f"{threads} torch threads, torch {torch.__version__}")
     print(f"  bare predictor (tiles in memory): {px / bare_s / 1e6:8.3f} MPix/s  ({bare_s:.1f}s)")
     print(f"  geoseg predict end to end:        {px / e2e_s / 1e6:8.3f} MPix/s  ({e2e_s:.1f}s, "
-          f"pipeline {rec['timings_s']['pipeline']:.1f}s, COG {rec['timings_s']['finish']:.1f}s)")
+          f"pipeline {rec['timings_s']['pipeline']:.1f}s, COG {rec['timings_s']['finish']:.1f}s, "
+          f"model in: {rec['placement']['model']})")
     print(f"  ratio end-to-end / bare:          {bare_s / e2e_s:8.3f}")
     print("whole processes (start-up, imports, Ray start included):")
     print(f"  plain rasterio->torch loop:       {px / plain_s / 1e6:8.3f} MPix/s  ({plain_s:.1f}s)")
@@ -229,11 +234,13 @@ def main() -> None:
     ap.add_argument("--arch", default="unet")
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--mem-sizes", type=int, nargs="*", default=[2048, 8192, 16384])
+    ap.add_argument("--workers", type=int, help="model actors for the in-process and command-line runs "
+                    "(default: none, the driver runs the model)")
     ap.add_argument("--skip-throughput", action="store_true")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as work:
         if not a.skip_throughput:
-            throughput(a.size, a.tile, a.halo, a.batch, a.arch, a.encoder, work)
+            throughput(a.size, a.tile, a.halo, a.batch, a.arch, a.encoder, work, a.workers)
         if a.mem_sizes:
             memory(a.mem_sizes, work)
 

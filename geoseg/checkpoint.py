@@ -178,6 +178,13 @@ def verify(path: str, build: bool = True) -> CheckpointMeta | None:
     want = state_shapes(meta.model) if build else known_state_shapes(meta.model)
     if want is None:
         return None
+    _check_fit(folder, meta, want, got)
+    return meta
+
+
+def _check_fit(folder: str, meta: CheckpointMeta, want: dict, got: dict) -> None:
+    """One line naming the checkpoint, its model and the first misfit, where the weights'
+    tensor shapes ``got`` are not the model's ``want``."""
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     shapes = sorted(k for k in set(want) & set(got) if want[k] != got[k])
@@ -187,7 +194,6 @@ def verify(path: str, build: bool = True) -> CheckpointMeta | None:
                 f"{len(shapes)} of other shapes (e.g. {shapes[0]}: {got[shapes[0]]} vs {want[shapes[0]]})")
         raise CheckpointError(f"{folder}: weights do not fit {meta.model.arch}/{meta.model.encoder}, "
                               f"the model its {META} describes: {what} tensors")
-    return meta
 
 
 class BackgroundCheck:
@@ -226,6 +232,8 @@ def load(path: str, with_state: bool = False):
     if not os.path.exists(weights):
         raise CheckpointError(f"{path}: has no {WEIGHTS}")
     state = load_weights(weights)
+    _check_fit(path, meta, {k: tuple(v.shape) for k, v in model.state_dict().items()},
+               {k: tuple(v.shape) for k, v in state.items()})  # the same line as verify's
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -152,7 +152,8 @@ def add_predict(sub) -> None:
     pr.add_argument("--bands", help=BANDS_HELP)
     pr.add_argument("--workers", type=_workers,
                     help="model actors, N or MIN,MAX for a pool that grows and shrinks with the work "
-                         "(default: one per GPU; on CPU one per 8 cores, each running one single-threaded call per core)")
+                         "(default: one per GPU; on CPU one per 8 cores, each running one single-threaded call per "
+                         "core; on geoseg's own local Ray without a GPU, none: the driver runs the model)")
     pr.add_argument("--gpus-per-worker", type=float, default=0.0)
     pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     pr.add_argument("--tta", action="store_true", help="average predictions over flips")

@@ -54,8 +54,10 @@ def main(driver: int) -> None:
         ready, _, _ = select.select([sys.stdin], [], [], 1.0)
         if ready and not os.read(sys.stdin.fileno(), 4096):
             break  # EOF: the driver is done with Ray, or gone
+    closed = time.time()
     time.sleep(0.5)  # a normal shutdown is finishing: let it
-    known.update({p: c for p, c in _descendants(driver).items() if p not in known})
+    # and the driver may go on to start another Ray: its processes are not ours
+    known.update({p: c for p, c in _descendants(driver).items() if p not in known and c <= closed})
     known.pop(os.getpid(), None)
     _stop(known)
 

@@ -36,10 +36,20 @@ WORKER_MARK = "[geoseg] "
 
 
 def worker_print(text: str) -> None:
-    """Print from a Ray worker to the user's console (each line marked, flushed at once)."""
-    print("\n".join(WORKER_MARK + line for line in str(text).splitlines()), flush=True)
+    """Print from a Ray worker to the user's console (each line marked, flushed at once;
+    in the driver, where no one reads the mark, as it is)."""
+    mark = WORKER_MARK if _in_ray_worker() else ""
+    print("\n".join(mark + line for line in str(text).splitlines()), flush=True)
 
-_state: dict = {"owned": False, "reaper": None}
+
+def _in_ray_worker() -> bool:
+    ray = sys.modules.get("ray")
+    try:
+        return ray is not None and ray._private.worker.global_worker.mode == ray.WORKER_MODE
+    except AttributeError:
+        return False
+
+_state: dict = {"owned": None, "reaper": None}  # owned: the GCS address of the local Ray geoseg started
 
 
 class Terminated(KeyboardInterrupt):
@@ -126,7 +136,7 @@ def init_ray(address: str | None = None, verbose: bool | None = None, preload: t
         # its workers inherit this environment: quiet_ray's settings included
         ray.init(address="local", include_dashboard=wants_dashboard(),
                  _system_config={"preload_python_modules": list(preload)} if preload else None, **kwargs)
-        _state["owned"] = True
+        _state["owned"] = ray.get_runtime_context().gcs_address
         _state["reaper"] = _start_reaper()
     quiet_ray(verbose)  # again: importing Ray Data configured its console handler
     _filter_worker_lines(verbose)
@@ -134,8 +144,11 @@ def init_ray(address: str | None = None, verbose: bool | None = None, preload: t
 
 
 def owns_ray() -> bool:
-    """True when geoseg started the Ray it runs on (a local one: no autoscaler will add nodes)."""
-    return bool(_state["owned"])
+    """True when geoseg started the Ray it runs on (a local one: no autoscaler will add nodes);
+    False on any other, a cluster joined after geoseg's own was shut down by others included."""
+    if not (_state["owned"] and ray_connected()):
+        return False
+    return sys.modules["ray"].get_runtime_context().gcs_address == _state["owned"]
 
 
 def require_gpus(asked: float, what: str) -> None:
@@ -158,7 +171,7 @@ def shutdown() -> None:
         except OSError:
             pass
         _state["reaper"] = None
-    _state["owned"] = False
+    _state["owned"] = None
 
 
 def is_verbose() -> bool:

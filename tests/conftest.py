@@ -72,12 +72,23 @@ def sample_dir(tmp_path_factory):
 
 @pytest.fixture()
 def ray_local():
-    """A real local Ray (2 CPUs), shared by the tests that need one."""
+    """A real local Ray, started by geoseg as for a library user (never a stray cluster), shared by
+    the tests that need one: a job's model runs in the driver on it unless actors are asked for."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")  # never a stray cluster
+    from geoseg import runtime
+    from geoseg.predict.job import PRELOAD
+
+    if not runtime.owns_ray():
+        runtime.shutdown()
+        runtime.init_ray(None, preload=PRELOAD)
     yield ray
+
+
+def _shutdown_ray() -> None:
+    from geoseg import runtime
+
+    runtime.shutdown()  # geoseg's own local Ray too (its watchdog with it)
 
 
 @pytest.fixture()
@@ -86,7 +97,7 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    ray.shutdown()
+    _shutdown_ray()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, logging_level="ERROR")
@@ -106,7 +117,7 @@ def multi_node():
     made = []
 
     def make(head_cpus: float, workers: int):
-        ray.shutdown()
+        _shutdown_ray()
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
         made.append(cluster)
         nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]

@@ -19,7 +19,9 @@ def gpu_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    ray.shutdown()
+    from geoseg import runtime
+
+    runtime.shutdown()  # geoseg's own local Ray too
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
     cpu_node = cluster.add_node(num_cpus=2)

@@ -15,8 +15,10 @@ from geoseg.predictor import TorchPredictor
 from geoseg.tiling import TileGrid
 
 
+@pytest.mark.parametrize("where", ["driver", "actors"])
 @pytest.mark.parametrize("how", ["crop", "hann"])
-def test_tiled_fcn_equals_whole_image(ray_local, sample_dir, tmp_path, how):
+def test_tiled_fcn_equals_whole_image(ray_local, sample_dir, tmp_path, how, where):
+    """On geoseg's own local Ray the model runs in the driver; --workers asks for model actors."""
     torch.manual_seed(0)
     cfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
     model = build_model(cfg)
@@ -26,8 +28,12 @@ def test_tiled_fcn_equals_whole_image(ray_local, sample_dir, tmp_path, how):
     ckpt = tmp_path / "ckpt"
     checkpoint.save(str(ckpt), model, CheckpointMeta(cfg, LANDCOVER, [900.0, 1000.0, 900.0, 2500.0], [400.0] * 4))
     halo = 8  # TinyFCN sees 4 px on each side
+    threads = torch.get_num_threads()
     (rec,) = predict([str(sample_dir / "scene.tif")], str(tmp_path / "out"),
-                     PredictOptions(checkpoint=str(ckpt), tile_size=96, halo=halo, batch_size=5, stitch=how))
+                     PredictOptions(checkpoint=str(ckpt), tile_size=96, halo=halo, batch_size=5, stitch=how,
+                                    workers=1 if where == "actors" else None))
+    assert rec["placement"]["model"] == where
+    assert torch.get_num_threads() == threads  # the driver's single-threaded calls left torch as it was
     with rasterio.open(tmp_path / "out" / "scene.tif") as cog:
         stitched = cog.read(1)
     with rasterio.open(sample_dir / "scene.tif") as src:

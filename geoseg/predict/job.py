@@ -8,6 +8,8 @@
       -> map_batches(Infer)              actor pool: the model is built once per actor
       -> map_batches(write_tiles)        CPU tasks (hann: write_softmax, then a
                                          second pass of blend_tiles tasks)
+         (on geoseg's own local Ray with the model on CPU, DriverModel runs Infer
+          and the writes in the driver instead: no model actor to start)
       -> finish_scene (Ray tasks)        COG from the Zarr
       -> run records (driver)            written last
 
@@ -18,9 +20,12 @@ metrics are counted here, in the driver, from what the stages return.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -29,7 +34,8 @@ from geoseg.console import Progress
 from geoseg.stac import item_of
 from geoseg.predict import stages
 from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, prepare_outputs, tile_ranges
-from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, init_ray, ray_connected, require_gpus
+from geoseg.runtime import (check_address, cluster_cpus, cluster_gpus, init_ray, owns_ray, ray_connected,
+                            require_gpus, requested_address)
 
 CPU_CALLS_PER_ACTOR = 8  # on CPU: single-threaded calls sharing one model in one actor
 GPU_CALLS_PER_ACTOR = 1  # on GPU: one call at a time (two at once measured slower: 0.62x against 0.76x
@@ -55,6 +61,7 @@ class ActorLayout:
     calls: int = 1  # batches each actor works on at once (threads sharing one model)
     threads: int | None = None  # torch / OpenMP threads of each call on CPU
     readers: int | None = None  # read tasks at once (None: as many as the CPUs allow)
+    driver: bool = False  # no actors: the driver process runs the model (DriverModel)
 
     def read_strategy(self):
         import ray
@@ -73,7 +80,7 @@ class ActorLayout:
         )
 
 
-def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float) -> ActorLayout:
+def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float, local: bool = False) -> ActorLayout:
     """The model actor pool for a cluster of ``cpus`` / ``gpus`` (``deep``: a torch model).
 
     GPU: one actor per GPU, one call at a time with the next batch already sent to
@@ -81,17 +88,24 @@ def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float) -> 
     running that many single-threaded calls at once: single-threaded inference has
     no intra-op barriers for a reader to stall (measured faster than one call on
     all cores), and one actor per node imports torch and builds the model once.
+
+    ``local`` (geoseg's own local Ray: one machine, no autoscaler) with the model on
+    CPU and no ``--workers``: no actors, the driver runs the model (:class:`DriverModel`),
+    one single-threaded call per core.
     """
     use_gpu = opts.gpus_per_worker > 0 or (deep and gpus > 0)
     if use_gpu:
         gpw = opts.gpus_per_worker or 1.0
         lo, hi = opts.worker_range or (max(1, int(gpus // gpw)),) * 2
         return ActorLayout(lo, hi, 1.0, gpw, calls=GPU_CALLS_PER_ACTOR)
+    driver = local and opts.worker_range is None
+    cores = max(1, int(cpus))
     if not deep:
         lo, hi = opts.worker_range or (1, 1)
-        return ActorLayout(lo, hi, 1.0, 0.0)
-    cores = max(1, int(cpus))
+        return ActorLayout(lo, hi, 0.0 if driver else 1.0, 0.0, driver=driver)
     lo, hi = opts.worker_range or (max(1, -(-cores // CPU_CALLS_PER_ACTOR)),) * 2
+    if driver:  # the readers as for actors: one per CPU_CALLS_PER_ACTOR cores
+        return ActorLayout(1, 1, 0.0, 0.0, calls=cores, threads=1, readers=hi, driver=True)
     calls = max(1, cores // hi)
     # Logical CPUs only: leave one CPU to the readers and writers, or they never get
     # scheduled (each call's torch threads are set to 1). One read task per model
@@ -154,8 +168,106 @@ def _write_on_node(batch: dict, stage, **kwargs) -> dict:
     return out
 
 
-def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges: list[dict]) -> list:
-    """The Ray Data datasets to run, in order: the model pass (and, for hann, the blend pass)."""
+class DriverModel:
+    """The model stage in the driver process: a local job's model on CPU, no model actor.
+
+    On geoseg's own local Ray (one machine, the driver on it) a model actor is one
+    more process to start in every job, which imports torch and
+    segmentation-models-pytorch and builds the model before its first tile: 11-12 s
+    on the 2-core benchmark box, as long as a third of the model's work on a 4096²
+    scene. The driver is a process on that machine already: it builds the model on
+    a thread while Ray starts (:meth:`start`), takes the read tasks' batches from
+    Ray Data (``iter_batches``), runs ``calls`` of them at once on threads sharing
+    the model (single-threaded each, as in a CPU model actor), and writes each
+    result (``write_tiles`` / ``write_softmax``, the same stages as the actor path)
+    on its low-priority I/O thread. On a machine with a CUDA device, the model goes
+    to a GPU actor as before (:meth:`start` builds nothing).
+    """
+
+    def __init__(self, job: JobPlan, opts: PredictOptions):
+        self.kwargs = {"core": opts.tile_size, "probabilities": opts.probabilities, "softmax": opts.stitch == "hann"}
+        self.job_id = job.scenes[0].out.job
+        # the whole model on this process's CPUs: one single-threaded call per core
+        self.spec = job.spec if job.spec.name != "checkpoint" else replace(
+            job.spec, options={**job.spec.options, "device": "cpu", "threads": 1})
+        self._building: Future | None = None
+        self._predictor = None
+        self._threads: int | None = None  # torch's threads before, restored by close()
+
+    @staticmethod
+    def expected(opts: PredictOptions) -> bool:
+        """Whether the model will run in the driver, as far as is known before Ray starts:
+        geoseg's own local Ray (starting it, or started), no ``--workers``, no GPUs asked for."""
+        local = requested_address(opts.address) is None and (owns_ray() or not ray_connected())
+        return local and opts.worker_range is None and opts.gpus_per_worker == 0
+
+    def start(self) -> "DriverModel":
+        """Build the model on a thread: torch's imports are seconds of CPU, which run
+        while Ray starts and the first tiles are read. Loading the checkpoint checks it."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="geoseg-model-build")
+        self._building = pool.submit(self._build, True)
+        pool.shutdown(wait=False)
+        return self
+
+    def _build(self, only_without_gpu: bool = False):
+        if self.spec.name != "checkpoint":
+            return self.spec.build()
+        import torch
+
+        if only_without_gpu and torch.cuda.is_available():
+            return None  # a GPU machine: the model goes to a GPU actor
+        if self._threads is None:
+            self._threads = torch.get_num_threads()
+        return self.spec.build()
+
+    def ready(self) -> bool:
+        """Wait for :meth:`start`'s build; True when it built the model (False: not started,
+        or a GPU machine). A checkpoint that does not fit its architecture fails here, in one line."""
+        if self._building is not None:
+            building, self._building = self._building, None
+            self._predictor = building.result()
+        return self._predictor is not None
+
+    def predictor(self):
+        """The model: the one :meth:`start` built, else built now."""
+        if not self.ready():
+            self._predictor = self._build()
+        return self._predictor
+
+    def close(self) -> None:
+        """torch's thread count as it was (a library caller's process goes on using it)."""
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
+            self._threads = None
+
+    def run(self, reads, writer, plans: list[ScenePlan], calls: int) -> Iterator[dict]:
+        """What the model pass's writes return, batch by batch (``reads``: the read tasks' dataset)."""
+        batches = iter(reads.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=calls))
+        first = next(batches, None)  # the reads start, while the model may still be building
+        if first is None:
+            return
+        infer = _InferOnNode(job=self.job_id, spec=self.spec, predictor=self.predictor(), **self.kwargs)
+        pool = ThreadPoolExecutor(calls, thread_name_prefix="geoseg-model")
+        running: set[Future] = set()
+        try:
+            for batch in itertools.chain([first], batches):
+                running.add(pool.submit(infer, batch))
+                while len(running) >= calls:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    yield from (_write_on_node(f.result(), writer, plans=plans) for f in done)
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                yield from (_write_on_node(f.result(), writer, plans=plans) for f in done)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges: list[dict],
+                 model: DriverModel | None = None) -> list[Iterable[dict]]:
+    """The passes to run, in order, each an iterable of what its writes return: the model
+    pass (and, for hann, the blend pass). ``model``: the driver runs the model (``layout.driver``)."""
     import ray
 
     spec = job.spec
@@ -163,30 +275,38 @@ def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges
         spec = replace(spec, options={**spec.options, "threads": layout.threads})
     hann = opts.stitch == "hann"
     plans = job.scenes
+    writer = stages.write_softmax if hann else stages.write_tiles
     ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
     # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
     ds = ds.map_batches(_read_on_node, fn_kwargs={"plans": plans, "dtype": job.dtype, "batch_size": opts.batch_size,
                                                   "skip_bad": opts.skip_bad_tiles},
                         batch_size=1, num_cpus=0.25, compute=layout.read_strategy())
-    ds = ds.map_batches(
-        _InferOnNode,
-        fn_constructor_kwargs={"spec": spec, "core": opts.tile_size, "probabilities": opts.probabilities,
-                               "softmax": hann, "job": job.scenes[0].out.job},
-        batch_size=opts.batch_size,
-        compute=layout.strategy(),
-        num_cpus=layout.num_cpus,
-        num_gpus=layout.num_gpus,
-    )
-    writer = stages.write_softmax if hann else stages.write_tiles
-    passes = [ds.map_batches(_write_on_node, fn_kwargs={"stage": writer, "plans": plans}, batch_size=None,
-                             num_cpus=0.25)]
+    if model is not None:
+        passes = [model.run(ds, writer, plans, layout.calls)]
+    else:
+        ds = ds.map_batches(
+            _InferOnNode,
+            fn_constructor_kwargs={"spec": spec, "core": opts.tile_size, "probabilities": opts.probabilities,
+                                   "softmax": hann, "job": job.scenes[0].out.job},
+            batch_size=opts.batch_size,
+            compute=layout.strategy(),
+            num_cpus=layout.num_cpus,
+            num_gpus=layout.num_gpus,
+        )
+        passes = [_batches(ds.map_batches(_write_on_node, fn_kwargs={"stage": writer, "plans": plans},
+                                          batch_size=None, num_cpus=0.25))]
     if hann:  # second pass, after every softmax is stored: blend each chunk from its neighbours
         blend = ray.data.from_items(ranges, override_num_blocks=len(ranges))
-        passes.append(blend.map_batches(
+        passes.append(_batches(blend.map_batches(
             _write_on_node, fn_kwargs={"stage": stages.blend_tiles, "plans": plans,
                                        "probabilities": opts.probabilities},
-            batch_size=1, num_cpus=0.25))
+            batch_size=1, num_cpus=0.25)))
     return passes
+
+
+def _batches(ds) -> Iterator[dict]:
+    """A dataset's batches as they come (lazy: it runs when the driver loop gets to it)."""
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
 class _Metrics:
@@ -219,15 +339,15 @@ class _Metrics:
                           tag_keys=tags)
 
 
-def run_passes(passes: list, n_scenes: int, metrics: _Metrics, progress: Progress | None = None
+def run_passes(passes: list[Iterable[dict]], n_scenes: int, metrics: _Metrics, progress: Progress | None = None
                ) -> tuple[np.ndarray, dict]:
-    """Drive the datasets to the end; returns model seconds per scene and the nodes
+    """Drive the passes to the end; returns model seconds per scene and the nodes
     that ran each stage (``{"read": [...], "infer": [...], "write": [...]}``)."""
     model_s = np.zeros(n_scenes)
     nodes: dict[str, set] = {stage: set() for stage in PLACEMENT}
     t0, done_px = time.perf_counter(), 0
-    for ds in passes:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batches in passes:
+        for batch in batches:
             np.add.at(model_s, batch["scene"], batch["model_s"])
             for stage in PLACEMENT:
                 nodes[stage].update(str(n) for n in np.unique(batch.get(f"{stage}_node", [])))
@@ -243,7 +363,7 @@ def run_passes(passes: list, n_scenes: int, metrics: _Metrics, progress: Progres
     return model_s, {stage: sorted(ids) for stage, ids in nodes.items()}
 
 
-def start_ray(opts: PredictOptions) -> None:
+def start_ray(opts: PredictOptions, model: DriverModel | None = None) -> None:
     """Start (or join) Ray while the checkpoint's weights are checked against its
     architecture (:func:`geoseg.checkpoint.verify`; a misfit fails here, in one line,
     before any output is written).
@@ -252,13 +372,14 @@ def start_ray(opts: PredictOptions) -> None:
     are known and the check takes milliseconds. Else it imports torch and builds
     the model: seconds of CPU. Ray's own start leaves the CPUs half idle, waiting on
     its processes, so that check runs beside it, in its own process
-    (:class:`~geoseg.checkpoint.BackgroundCheck`), instead of before it. Where Ray is
-    up already, or torch imported, it runs here.
+    (:class:`~geoseg.checkpoint.BackgroundCheck`), instead of before it; where the
+    driver builds the model anyway (``model``, started), that build is the check.
+    Where Ray is up already, or torch imported, it runs here.
     """
     check, verified = None, False
     if opts.checkpoint and not (ray_connected() or "torch" in sys.modules):
         verified = checkpoint.verify(opts.checkpoint, build=False) is not None
-        if not verified:
+        if not verified and model is None:
             check = checkpoint.BackgroundCheck(opts.checkpoint)
     try:
         init_ray(opts.address or None, preload=PRELOAD)
@@ -268,19 +389,29 @@ def start_ray(opts: PredictOptions) -> None:
         raise
     if check is not None:
         check.result()
-    elif opts.checkpoint and not verified:
-        checkpoint.verify(opts.checkpoint)
+    elif opts.checkpoint and not verified and not (model is not None and model.ready()):
+        checkpoint.verify(opts.checkpoint)  # (where the driver built no model: a GPU machine)
 
 
 def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> list[dict]:
     """Run a prediction job; returns the run record of every scene it finished."""
-    import ray
-
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     check_address(opts.address)
     job = plan_job(inputs, prefix, opts)  # bad input fails here, before Ray starts
-    start_ray(opts)
+    model = DriverModel(job, opts).start() if job.todo and DriverModel.expected(opts) else None
+    try:
+        return _predict(job, prefix, opts, model, log, started, t0)
+    finally:
+        if model is not None:
+            model.close()
+
+
+def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel | None, log, started,
+             t0: float) -> list[dict]:
+    import ray
+
+    start_ray(opts, model)
     prepare_outputs(job, opts)
     t_plan = time.perf_counter() - t0
     for p in job.scenes:
@@ -296,7 +427,11 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     model_s, placement = np.zeros(len(job.scenes)), {}
     if job.todo:
         cpus = cluster_cpus()
-        layout = actor_layout(opts, job.spec.name == "checkpoint", cpus, cluster_gpus())
+        layout = actor_layout(opts, job.spec.name == "checkpoint", cpus, cluster_gpus(), local=owns_ray())
+        if not layout.driver:
+            model = None
+        elif model is None:  # (not expected before Ray started)
+            model = DriverModel(job, opts)
         require_gpus(layout.num_gpus if opts.gpus_per_worker else 0, "--gpus-per-worker")
         # Blocks of about one batch of tiles: Ray Data buffers a task's output up to a
         # block (128 MiB by default) in the worker's own memory, and a block of a
@@ -308,13 +443,16 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         todo = sum(len(p.grid) - sum(p.previous.values()) for p in job.todo)
         progress = Progress(todo * (2 if opts.stitch == "hann" else 1), "tiles")
         try:
-            passes = build_passes(job, opts, layout, tile_ranges(job.total_tiles, opts.batch_size, cpus))
+            passes = build_passes(job, opts, layout, tile_ranges(job.total_tiles, opts.batch_size, cpus), model)
             model_s, nodes = run_passes(passes, len(job.scenes), metrics, progress)
             progress.close(complete=True)
-            placement = {"nodes": nodes, "actors": [layout.min_workers, layout.max_workers],
+            placement = {"nodes": nodes, "model": "driver" if layout.driver else "actors",
+                         "actors": [] if layout.driver else [layout.min_workers, layout.max_workers],
                          "gpus_per_actor": layout.num_gpus}
         finally:
             ctx.target_max_block_size = saved_block_size
+            if model is not None:
+                model.close()
     t_pipeline = time.perf_counter() - t1
 
     t2 = time.perf_counter()

@@ -186,10 +186,12 @@ def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str, skip_bad: b
 class Infer:
     """The model stage: holds one model (built once) and turns image tiles into class
     cores (and probabilities), or with ``softmax`` into whole-tile softmax for blending.
-    Ray runs it as an actor pool; it is a plain callable class."""
+    Ray runs it as an actor pool, or the driver calls it (a local job's model on CPU);
+    it is a plain callable class. ``predictor``: one built already (else ``spec`` builds it)."""
 
-    def __init__(self, spec: ModelSpec, core: int, probabilities: bool = False, softmax: bool = False):
-        self.predictor = spec.build()
+    def __init__(self, spec: ModelSpec, core: int, probabilities: bool = False, softmax: bool = False,
+                 predictor=None):
+        self.predictor = predictor if predictor is not None else spec.build()
         self.core, self.probabilities, self.softmax = core, probabilities, softmax
         self.k = self.predictor.num_classes or 1
 
