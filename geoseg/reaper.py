@@ -28,6 +28,13 @@ def _descendants(pid: int) -> dict[int, float]:
         return {}
 
 
+def _created(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 def _stop(procs: dict[int, float]) -> None:
     alive = []
     for pid, created in procs.items():
@@ -54,10 +61,12 @@ def main(driver: int) -> None:
         ready, _, _ = select.select([sys.stdin], [], [], 1.0)
         if ready and not os.read(sys.stdin.fileno(), 4096):
             break  # EOF: the driver is done with Ray, or gone
-    closed = time.time()
     time.sleep(0.5)  # a normal shutdown is finishing: let it
-    # and the driver may go on to start another Ray: its processes are not ours
-    known.update({p: c for p, c in _descendants(driver).items() if p not in known and c <= closed})
+    # what Ray's processes started last (workers); not the driver's new children: it may
+    # go on to start another Ray, whose processes are not ours
+    for pid, created in list(known.items()):
+        if _created(pid) == created:  # (not a reused pid)
+            known.update({p: c for p, c in _descendants(pid).items() if p not in known})
     known.pop(os.getpid(), None)
     _stop(known)
 
