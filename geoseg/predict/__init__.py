@@ -4,7 +4,8 @@ Read top to bottom:
 
     plan.py    no Ray   PredictOptions, ScenePlan / JobPlan (plan_job, prepare_outputs), tile_ranges
     stages.py  no Ray   read_tiles -> Infer -> write_tiles | write_softmax -> blend_tiles -> finish_scene
-    job.py     Ray      actor layout, the Ray Data graph, the driver loop, metrics, run records
+    job.py     Ray      actor layout (or the model in the driver), the Ray Data graph, the driver loop,
+                        metrics, run records
 
 The compute behind the stages lives in Ray-free modules too: :mod:`geoseg.raster`
 (reads), :mod:`geoseg.tiling`, :mod:`geoseg.predictor` (the model),
