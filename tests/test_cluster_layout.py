@@ -64,6 +64,13 @@ def test_actor_layout_and_worker_range():
     assert (cpu.min_workers, cpu.calls, cpu.threads, cpu.num_gpus, cpu.num_cpus) == (1, 2, 1, 0.0, 1.0)
     big = actor_layout(deep, True, cpus=32, gpus=0)
     assert (big.max_workers, big.calls) == (4, 8) and big.num_cpus == 31 / 4
+    # geoseg's own local Ray, model on CPU: no actors, the driver runs the model
+    here = actor_layout(deep, True, cpus=2, gpus=0, local=True)
+    assert (here.driver, here.calls, here.threads, here.readers, here.num_cpus) == (True, 2, 1, 1, 0.0)
+    index = actor_layout(PredictOptions(model="index"), False, cpus=16, gpus=0, local=True)
+    assert (index.driver, index.readers) == (True, 15)
+    assert not actor_layout(PredictOptions(checkpoint="x", workers=1), True, cpus=2, gpus=0, local=True).driver
+    assert not actor_layout(deep, True, cpus=16, gpus=1, local=True).driver  # a GPU: a GPU actor
     with pytest.raises(Exception, match="MIN <= MAX"):
         PredictOptions(model="index", workers=(3, 1))
 
