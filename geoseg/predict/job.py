@@ -238,7 +238,13 @@ class DriverModel:
         return self._predictor
 
     def close(self) -> None:
-        """torch's thread count as it was (a library caller's process goes on using it)."""
+        """torch's thread count as it was (a library caller's process goes on using it), once
+        the build is over (a job that failed before it needed the model may not have waited)."""
+        if self._building is not None:
+            try:
+                self.ready()
+            except Exception:  # noqa: BLE001 - the job's own error is what the caller gets
+                pass
         if self._threads is not None:
             import torch
 
