@@ -254,13 +254,13 @@ class DriverModel:
     def run(self, reads, writer, plans: list[ScenePlan], calls: int) -> Iterator[dict]:
         """What the model pass's writes return, batch by batch (``reads``: the read tasks' dataset)."""
         batches = iter(reads.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=calls))
-        first = next(batches, None)  # the reads start, while the model may still be building
-        if first is None:
-            return
-        infer = _InferOnNode(job=self.job_id, spec=self.spec, predictor=self.predictor(), **self.kwargs)
         pool = ThreadPoolExecutor(calls, thread_name_prefix="geoseg-model")
         running: set[Future] = set()
         try:
+            first = next(batches, None)  # the reads start, while the model may still be building
+            if first is None:
+                return
+            infer = _InferOnNode(job=self.job_id, spec=self.spec, predictor=self.predictor(), **self.kwargs)
             for batch in itertools.chain([first], batches):
                 running.add(pool.submit(infer, batch))
                 while len(running) >= calls:
@@ -271,6 +271,9 @@ class DriverModel:
                 yield from (_write_on_node(f.result(), writer, plans=plans) for f in done)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            # Ray Data's iteration stops now (its executor and prefetch threads), not when collected:
+            # on Ctrl-C / SIGTERM, Ray is shut down next, under their feet
+            batches.close()
 
 
 def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges: list[dict],
