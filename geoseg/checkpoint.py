@@ -232,15 +232,15 @@ def load(path: str, with_state: bool = False):
     if not os.path.exists(weights):
         raise CheckpointError(f"{path}: has no {WEIGHTS}")
     state = load_weights(weights)
-    _check_fit(path, meta, {k: tuple(v.shape) for k, v in model.state_dict().items()},
-               {k: tuple(v.shape) for k, v in state.items()})  # the same line as verify's
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _check_fit(path, meta, shapes, {k: tuple(v.shape) for k, v in state.items()})  # the same line as verify's
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {meta.model.arch} ({str(exc).splitlines()[0]})") from None
     # the model meta.model describes, as built here: its shapes are kept for later checks (not at
     # save, whose caller may pair a model with another description)
-    remember_state_shapes(meta.model, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    remember_state_shapes(meta.model, shapes)
     if not with_state:
         return model, meta
     train_state = None

@@ -49,6 +49,7 @@ def _in_ray_worker() -> bool:
     except AttributeError:
         return False
 
+
 _state: dict = {"owned": None, "reaper": None}  # owned: the GCS address of the local Ray geoseg started
 
 

@@ -6,6 +6,7 @@ file is given (``encoder_weights=PATH``), for transfer learning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -202,6 +203,14 @@ def cache_dir() -> str:
 def _shapes_file(cfg: ModelConfig) -> str:
     """The file of ``cfg``'s shapes: named by the config, the libraries' versions and this
     module's source (which defines geoseg's own architectures)."""
+    key = json.dumps({"config": cfg.to_dict(), **_code_identity()}, sort_keys=True)
+    return os.path.join(cache_dir(), "state-shapes", hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+
+@functools.lru_cache(maxsize=1)
+def _code_identity() -> dict:
+    """The installed libraries' versions and a hash of this module's source: read once per
+    process (each check and each load names the shapes file)."""
     versions = {}
     for name in SHAPE_LIBRARIES:
         try:
@@ -210,5 +219,4 @@ def _shapes_file(cfg: ModelConfig) -> str:
             versions[name] = None
     with open(__file__, "rb") as f:
         source = hashlib.sha256(f.read()).hexdigest()
-    key = json.dumps({"config": cfg.to_dict(), "versions": versions, "zoo": source}, sort_keys=True)
-    return os.path.join(cache_dir(), "state-shapes", hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+    return {"versions": versions, "zoo": source}
