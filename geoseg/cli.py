@@ -11,7 +11,7 @@ from geoseg import __version__, runtime, storage
 from geoseg.bands import parse_bands
 from geoseg.console import filtered_stderr
 from geoseg.demo import run_demo
-from geoseg.errors import GeosegError, InputError
+from geoseg.errors import GeosegError, InputError, one_line
 from geoseg.predict import PredictOptions, predict
 from geoseg.sample import write_sample
 from geoseg.submit import submit
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         err = _user_error(exc)
         if err is None or a.debug:
             raise
-        print(f"geoseg: error: {_one_line(err)}", file=sys.stderr)
+        print(f"geoseg: error: {one_line(err)}", file=sys.stderr)
         return 1
     return int(code or 0)
 
@@ -410,10 +410,6 @@ def run() -> None:
         except (OSError, ValueError):
             pass
     os._exit(code)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split("\n")[0].split()) or type(err).__name__
 
 
 def _stop_quietly() -> None:

@@ -45,6 +45,10 @@ class Progress:
         self._last = -1e9
         self._shown = False
 
+    def extend(self, tiles: int) -> None:
+        """More tiles to do (a job's scenes are planned, so counted, while it runs)."""
+        self.total += int(tiles)
+
     def update(self, tiles: int, pixels: int = 0) -> None:
         self.done += int(tiles)
         self.pixels += int(pixels)

@@ -34,3 +34,12 @@ class CheckpointError(GeosegError, ValueError):
 
 class OutputExistsError(GeosegError, FileExistsError):
     """An output exists from a different run and ``--overwrite`` was not given."""
+
+
+class ScenesFailedError(GeosegError, RuntimeError):
+    """Scenes of a job failed (each listed with its error in the job summary); the others finished."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error's first line, its whitespace folded: what a job summary and the CLI show."""
+    return " ".join(str(err).split("\n")[0].split()) or type(err).__name__

@@ -13,6 +13,10 @@ from geoseg import stac, storage
 from geoseg.errors import InputError
 
 
+def _key(source) -> str:
+    return source if isinstance(source, str) else source.url
+
+
 def is_glob(s: str) -> bool:
     return any(ch in s for ch in "*?[")
 
@@ -40,9 +44,10 @@ def read_list(url: str) -> list[str]:
 
 
 def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOptions | None,
-                 default_assets: tuple[str, ...] | None, folder: str | None) -> list[str]:
+                 default_assets: tuple[str, ...] | None, folder: str | None, defer: bool = False) -> list:
     """One raster URL per item: the ``--asset`` given, the item's one GeoTIFF asset, or a
-    VRT stacking its band assets (``--assets``, else the model's own bands)."""
+    VRT stacking its band assets (``--assets``, else the model's own bands; with ``defer``
+    a :class:`~geoseg.stac.Stack` to build later, in a planning task)."""
     features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
     urls = []
     for item in features or []:
@@ -61,8 +66,9 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
         if names is not None:
             if folder is None:
                 raise InputError(f"{where}: stacking band assets needs an output folder")
-            urls.append(stac.stack_item(item, where, list(names), folder,
-                                        stack.resolution if stack else None, stack.resampling if stack else None))
+            request = stac.Stack.of(item, where, list(names), folder, stack.resolution if stack else None,
+                                    stack.resampling if stack else None)
+            urls.append(request if defer else request.build())
             continue
         if asset not in assets:
             raise InputError(f"{where}: item {item.get('id')!r} has no asset {asset!r} (has {sorted(assets)})")
@@ -71,25 +77,28 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
 
 
 def searched_inputs(search: stac.Search, asset: str | None = None, stack: stac.StackOptions | None = None,
-                    default_assets: tuple[str, ...] | None = None, folder: str | None = None) -> list[str]:
+                    default_assets: tuple[str, ...] | None = None, folder: str | None = None,
+                    defer: bool = False) -> list:
     """Raster URLs of the items a STAC API search finds (one per item, as for item files)."""
     doc = {"type": "FeatureCollection", "features": search.items()}
-    return _stac_assets(doc, search.url, asset, stack, default_assets, folder)
+    return _stac_assets(doc, search.url, asset, stack, default_assets, folder, defer)
 
 
 def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackOptions | None = None,
-                  default_assets: tuple[str, ...] | None = None, folder: str | None = None) -> list[str]:
+                  default_assets: tuple[str, ...] | None = None, folder: str | None = None,
+                  defer: bool = False) -> list:
     """Expand inputs into raster URLs, in order, without duplicates.
 
     STAC items with one asset per band become VRTs written under ``folder``
-    (see :mod:`geoseg.stac`): ``stack.assets``, else ``default_assets`` (the model's bands)."""
-    urls: list[str] = []
+    (see :mod:`geoseg.stac`): ``stack.assets``, else ``default_assets`` (the model's bands);
+    with ``defer``, :class:`~geoseg.stac.Stack` requests that a planning task builds."""
+    urls: list = []
     for item in items:
         lower = item.lower()
         if is_glob(item):
             urls.extend(expand_glob(item))
         elif lower.endswith(".txt"):
-            urls.extend(expand_inputs(read_list(item), asset, stack, default_assets, folder))
+            urls.extend(expand_inputs(read_list(item), asset, stack, default_assets, folder, defer))
         elif lower.endswith(".json") or lower.endswith(".geojson"):
             try:
                 doc = json.loads(storage.read_text(item))
@@ -97,11 +106,11 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
                 raise InputError(f"{item}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
             if doc.get("type") not in ("Feature", "FeatureCollection"):
                 raise InputError(f"{item}: not a STAC Item or ItemCollection")
-            urls.extend(_stac_assets(doc, item, asset, stack, default_assets, folder))
+            urls.extend(_stac_assets(doc, item, asset, stack, default_assets, folder, defer))
         else:
             urls.append(item)
-    seen: set[str] = set()
-    unique = [u for u in urls if not (u in seen or seen.add(u))]
+    seen: set = set()
+    unique = [u for u in urls if not (_key(u) in seen or seen.add(_key(u)))]
     if not unique:
         raise InputError("no inputs given")
     return unique

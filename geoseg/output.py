@@ -430,7 +430,20 @@ def write_record(out: SceneOutput, record: dict) -> None:
     storage.write_text(out.record, json.dumps(record, indent=2, default=str))
 
 
-def write_job_summary(prefix: str, scenes: list[dict], pixels: int, seconds: float) -> None:
-    """``PREFIX/_job.json`` for jobs of several scenes."""
-    summary = {"scenes": scenes, "pixels": int(pixels), "seconds": round(seconds, 3)}
-    storage.write_text(storage.join(prefix, "_job.json"), json.dumps(summary, indent=2))
+JOB_SUMMARY = "_job.json"
+
+
+def write_job_summary(prefix: str, summary: dict) -> None:
+    """``PREFIX/_job.json``: every scene of the job with its status (``complete``: finished by this
+    run, ``done``: complete before, ``failed``: with its error), the job's fingerprint (a rerun
+    trusts the scenes it lists complete without opening them), counts and timings."""
+    storage.write_text(storage.join(prefix, JOB_SUMMARY), json.dumps(summary, indent=1, default=str))
+
+
+def read_job_summary(prefix: str) -> dict | None:
+    """The prefix's job summary, or None (none yet, or torn)."""
+    url = storage.join(prefix, JOB_SUMMARY)
+    try:
+        return json.loads(storage.read_text(url)) if storage.exists(url) else None
+    except (json.JSONDecodeError, OSError):
+        return None

@@ -30,6 +30,10 @@ class IndexPredictor:
         self.default = IndexModel()
         self.num_classes = self.default.num_classes
 
+    def set_scene(self, scene: int, thresholds: dict) -> None:
+        """Scene ``scene``'s own thresholds (a job's scenes are planned while it runs)."""
+        self.models[int(scene)] = IndexModel(IndexThresholds(**thresholds))
+
     def _groups(self, scenes: np.ndarray | None):
         if scenes is None or not self.models:
             yield self.default, slice(None)

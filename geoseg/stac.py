@@ -276,24 +276,75 @@ def build_vrt(bands: list[BandAsset], grids: list[Grid], target: Grid, dtypes: l
 def stack_item(item: dict, source: str, names: list[str], folder: str, resolution: float | None = None,
                resampling: dict[str, str] | None = None) -> str:
     """Write ``folder/<item id>.vrt`` stacking the item's bands ``names``; returns its URL."""
-    bands = resolve_bands(item, source, names, resampling)
-    headers: dict = {}  # each asset's header read at most once, only where the metadata lacks it
-    grids = [asset_grid(item, b, headers) for b in bands]
-    target = stack_grid(grids, resolution, source)
-    dtypes = [_band_meta(item["assets"][b.key]).get("data_type") or _header(b.href, headers).dtype for b in bands]
-    item_id = str(item.get("id") or storage.stem(source))
-    url = storage.join(folder, f"{item_id}.vrt")
-    meta = {ITEM_TAG: source, ITEM_ID_TAG: item_id}
-    storage.write_text(url, build_vrt(bands, grids, target, dtypes, metadata=meta))
-    return url
+    return Stack.of(item, source, names, folder, resolution, resampling).build()
 
 
-ITEM_TAG, ITEM_ID_TAG = "GEOSEG_STAC_ITEM", "GEOSEG_STAC_ITEM_ID"  # a stacked VRT's tags: the item it came from
+@dataclass(frozen=True)
+class Stack:
+    """An item's bands to stack into a VRT, checked (the bands exist) but not built yet.
+
+    Building reads asset headers where the item's metadata lacks their grid and
+    writes the VRT: I/O that a job of thousands of items does in its planning
+    tasks, in parallel, not in the driver. Only what the VRT needs is kept of
+    the item (its band assets and projection properties), so a job holds a few
+    hundred bytes per item, not the whole item.
+    """
+
+    item: dict  # the item, slimmed to its id, datetime, projection properties and the band assets
+    source: str  # where the item lives (its self link, or the file it came from)
+    names: tuple[str, ...]
+    folder: str
+    resolution: float | None = None
+    resampling: tuple[tuple[str, str], ...] | None = None
+
+    @classmethod
+    def of(cls, item: dict, source: str, names: list[str], folder: str, resolution: float | None = None,
+           resampling: dict[str, str] | None = None) -> "Stack":
+        bands = resolve_bands(item, source, list(names), resampling)  # a missing band fails here, in one line
+        props = item.get("properties") or {}
+        slim = {"id": item.get("id"),
+                "properties": {k: v for k, v in props.items() if k.startswith("proj:") or k == "datetime"},
+                "assets": {b.key: item["assets"][b.key] for b in bands}}
+        return cls(slim, source, tuple(names), folder, resolution,
+                   tuple(sorted(resampling.items())) if resampling else None)
+
+    @property
+    def stem(self) -> str:
+        return str(self.item.get("id") or storage.stem(self.source))
+
+    @property
+    def url(self) -> str:
+        """Where the VRT is (or will be) written."""
+        return storage.join(self.folder, f"{self.stem}.vrt")
+
+    def build(self) -> str:
+        """Write the VRT; returns its URL."""
+        item, source = self.item, self.source
+        bands = resolve_bands(item, source, list(self.names), dict(self.resampling or ()))
+        headers: dict = {}  # each asset's header read at most once, only where the metadata lacks it
+        grids = [asset_grid(item, b, headers) for b in bands]
+        target = stack_grid(grids, self.resolution, source)
+        dtypes = [_band_meta(item["assets"][b.key]).get("data_type") or _header(b.href, headers).dtype
+                  for b in bands]
+        meta = {ITEM_TAG: source, ITEM_ID_TAG: self.stem}
+        if (item.get("properties") or {}).get("datetime"):
+            meta[ITEM_DATETIME_TAG] = str(item["properties"]["datetime"])
+        storage.write_text(self.url, build_vrt(bands, grids, target, dtypes, metadata=meta))
+        return self.url
+
+
+# a stacked VRT's tags: the item it came from (and its acquisition time)
+ITEM_TAG, ITEM_ID_TAG, ITEM_DATETIME_TAG = "GEOSEG_STAC_ITEM", "GEOSEG_STAC_ITEM_ID", "GEOSEG_STAC_DATETIME"
 
 
 def item_of(tags: dict[str, str]) -> dict | None:
-    """``{"href", "id"}`` of the STAC item a raster (a stacked VRT) was made from, or None."""
-    return {"href": tags[ITEM_TAG], "id": tags.get(ITEM_ID_TAG)} if ITEM_TAG in tags else None
+    """``{"href", "id"[, "datetime"]}`` of the STAC item a raster (a stacked VRT) was made from, or None."""
+    if ITEM_TAG not in tags:
+        return None
+    out = {"href": tags[ITEM_TAG], "id": tags.get(ITEM_ID_TAG)}
+    if tags.get(ITEM_DATETIME_TAG):
+        out["datetime"] = tags[ITEM_DATETIME_TAG]
+    return out
 
 
 # --- searching a STAC API ------------------------------------------------------

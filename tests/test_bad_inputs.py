@@ -177,7 +177,7 @@ def test_checkpoint_of_another_architecture_is_refused_before_any_output_is_touc
     ck, scene, out = str(tmp_path / "ck"), str(sample_dir / "scene.tif"), tmp_path / "o"
     checkpoint.save(ck, build_model(cfg), meta)
     job = plan_job([scene], str(out), PredictOptions(checkpoint=ck))  # planning writes nothing
-    assert job.scenes[0].status == "new" and not (out / "scene.zarr").exists()
+    assert job.first.status == "new" and not (out / "scene.zarr").exists()
     checkpoint.verify(ck)
     doc = json.loads((tmp_path / "ck" / "geoseg.json").read_text())
     doc["model"]["arch"] = "fpn"

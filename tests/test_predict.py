@@ -133,8 +133,8 @@ def test_otsu_model_fits_per_scene_thresholds(ray_local, sample_dir, tmp_path):
 @pytest.mark.parametrize("how", ["crop", "hann"])
 def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_path, how):
     """Part of the tiles written, then the job dies: a rerun does only the rest, bit for bit."""
-    from geoseg.predict.plan import plan_job, prepare_outputs
-    from geoseg.predict.stages import Infer, blend_tiles, read_tiles, write_softmax, write_tiles
+    from geoseg.predict.plan import plan_job, prepare_scene
+    from geoseg.predict.stages import Infer, blend_tiles, planned_rows, read_tiles, write_softmax, write_tiles
 
     scene = str(sample_dir / "scene.tif")
     opts = PredictOptions(model="index", tile_size=128, halo=16, stitch=how, probabilities=how == "hann")
@@ -143,18 +143,22 @@ def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_
     # an interrupted job: the stages ran for the first 11 tiles only, nothing was finished
     job = plan_job([scene], str(tmp_path / "resumed"), opts)
     assert not (tmp_path / "resumed" / "scene.zarr").exists()  # planning writes nothing
-    prepare_outputs(job, opts)
-    plans = job.scenes
+    prepare_scene(job.first, job.classes, opts)
     infer = Infer(job.spec, opts.tile_size, probabilities=opts.probabilities, softmax=how == "hann")
-    batches = list(read_tiles({"lo": np.array([0]), "hi": np.array([11])}, plans, "uint16", batch_size=4))
+    (row,) = planned_rows(job.first, batch_size=64, cpus=1)  # one range: the scene's 25 tiles
+    assert (row["lo"], row["hi"]) == (0, 25)
+    rng = {k: np.array([v], dtype=object if k in ("plan", "error") else None) for k, v in row.items()}
+    rng["hi"] = np.array([11])
+    batches = list(read_tiles(rng, "uint16", (4, 160, 128), batch_size=4))
     assert [len(b["tile"]) for b in batches] == [4, 4, 3]  # a task's memory is bounded by the batch size
+    assert sum(int(b["accounted"].sum()) for b in batches) == 11  # every tile of the range accounted for
     for batch in batches:
         if how == "crop":
-            write_tiles(infer(batch), plans)
+            write_tiles(infer(batch))
         else:  # hann: 11 softmax tiles stored, then the 5 chunks of the first row blended from them
-            write_softmax(infer(batch), plans)
+            write_softmax(infer(batch))
     if how == "hann":
-        assert len(blend_tiles({"lo": np.array([0]), "hi": np.array([5])}, plans, True)["pixels"]) == 5
+        assert blend_tiles(job.first, 0, 5, True)["tiles"] == 5
     assert not (tmp_path / "resumed" / "scene.json").exists()
 
     (rec,) = predict([scene], str(tmp_path / "resumed"), opts)

@@ -1,17 +1,20 @@
-"""The Ray layer of ``geoseg predict``: actor resources, the Ray Data graph, the driver loop.
+"""The Ray layer of ``geoseg predict``: actor resources, the Ray Data pipeline, the driver loop.
 
-    plan_job (driver, no Ray)            scenes, tile grids, outputs checked (nothing written)
+    plan_job (driver, no Ray)            inputs, model, stems; scenes complete already (one listing);
+                                         the first scene planned
       start_ray                          Ray starts; meanwhile the checkpoint's weights are checked
-      prepare_outputs                    outputs created, or kept to resume
-      -> ray.data.from_items(ranges)     a few ranges of tile numbers, never a list of tiles
+      -> ray.data.from_items(scenes)     one row per scene to plan, never a list of tiles
+      -> map_batches(plan_scenes)        planning tasks: header, VRT, parameters, outputs created;
+                                         a few tile ranges per scene, its plan with them
       -> map_batches(read_tiles)         CPU tasks
       -> map_batches(Infer)              actor pool: the model is built once per actor
-      -> map_batches(write_tiles)        CPU tasks (hann: write_softmax, then a
-                                         second pass of blend_tiles tasks)
+      -> map_batches(write_tiles)        CPU tasks (hann: write_softmax)
          (on geoseg's own local Ray with the model on CPU, DriverModel runs Infer
           and the writes in the driver instead: no model actor to start)
-      -> finish_scene (Ray tasks)        COG from the Zarr
-      -> run records (driver)            written last
+      SceneTracker (driver)              a scene whose tiles are all through the model:
+         -> blend_tiles (Ray tasks)      (hann) its chunks blended
+         -> complete_scene (Ray task)    COG, STAC item, run record (last)
+      -> job summary (driver)            every scene's status, failures with their errors
 
 Every stage is a Ray-free function of :mod:`geoseg.predict.stages`; geoseg's Ray
 metrics are counted here, in the driver, from what the stages return.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import pickle
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,11 +33,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from geoseg import catalog, checkpoint, output
+from geoseg import catalog, checkpoint, output, storage
 from geoseg.console import Progress
-from geoseg.stac import item_of
+from geoseg.errors import ScenesFailedError, one_line
+from geoseg.models.index import BAND_ROLES
 from geoseg.predict import stages
-from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, plan_job, prepare_outputs, tile_ranges
+from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, SceneSource, is_scene_error, plan_job, tile_ranges
 from geoseg.runtime import (check_address, cluster_cpus, cluster_gpus, init_ray, owns_ray, ray_connected,
                             require_gpus, requested_address)
 
@@ -162,8 +167,8 @@ class _InferOnNode(stages.Infer):
         return out
 
 
-def _write_on_node(batch: dict, stage, **kwargs) -> dict:
-    out = stage(batch, **kwargs)
+def _write_on_node(batch: dict, stage) -> dict:
+    out = stage(batch)
     for name in ("read_node", "infer_node"):
         if name in batch:
             out[name] = batch[name]
@@ -189,7 +194,7 @@ class DriverModel:
 
     def __init__(self, job: JobPlan, opts: PredictOptions):
         self.kwargs = {"core": opts.tile_size, "probabilities": opts.probabilities, "softmax": opts.stitch == "hann"}
-        self.job_id = job.scenes[0].out.job
+        self.job_id = job.job
         # the whole model on this process's CPUs: one single-threaded call per core
         self.spec = job.spec if job.spec.name != "checkpoint" else replace(
             job.spec, options={**job.spec.options, "device": "cpu", "threads": 1})
@@ -251,7 +256,7 @@ class DriverModel:
             torch.set_num_threads(self._threads)
             self._threads = None
 
-    def run(self, reads, writer, plans: list[ScenePlan], calls: int) -> Iterator[dict]:
+    def run(self, reads, writer, calls: int) -> Iterator[dict]:
         """What the model pass's writes return, batch by batch (``reads``: the read tasks' dataset)."""
         batches = iter(reads.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=calls))
         pool = ThreadPoolExecutor(calls, thread_name_prefix="geoseg-model")
@@ -265,10 +270,10 @@ class DriverModel:
                 running.add(pool.submit(infer, batch))
                 while len(running) >= calls:
                     done, running = wait(running, return_when=FIRST_COMPLETED)
-                    yield from (_write_on_node(f.result(), writer, plans=plans) for f in done)
+                    yield from (_write_on_node(f.result(), writer) for f in done)
             while running:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
-                yield from (_write_on_node(f.result(), writer, plans=plans) for f in done)
+                yield from (_write_on_node(f.result(), writer) for f in done)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             # Ray Data's iteration stops now (its executor and prefetch threads), not when collected:
@@ -276,44 +281,54 @@ class DriverModel:
             batches.close()
 
 
-def build_passes(job: JobPlan, opts: PredictOptions, layout: ActorLayout, ranges: list[dict],
-                 model: DriverModel | None = None) -> list[Iterable[dict]]:
-    """The passes to run, in order, each an iterable of what its writes return: the model
-    pass (and, for hann, the blend pass). ``model``: the driver runs the model (``layout.driver``)."""
+def build_pipeline(job: JobPlan, opts: PredictOptions, layout: ActorLayout, cpus: float,
+                   model: DriverModel | None = None) -> Iterator[dict]:
+    """The job's one Ray Data pipeline, across all its scenes, as what its writes return:
+    planning tasks (each scene's header, VRT, parameters, outputs) -> read tasks -> the model
+    (actors, or ``model``: the driver, ``layout.driver``) -> write tasks. Scenes are planned
+    while the first ones are read, and the model never drains between scenes."""
     import ray
 
     spec = job.spec
     if layout.threads:
         spec = replace(spec, options={**spec.options, "threads": layout.threads})
     hann = opts.stitch == "hann"
-    plans = job.scenes
     writer = stages.write_softmax if hann else stages.write_tiles
-    ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
+    todo = [s for s in job.todo if not (job.first_error and s.index == job.todo[0].index)]
+    rows = stages.source_rows(todo)
+    if job.first is not None:  # planned in the driver already
+        rows[0]["source"] = stages.pack(job.first)
+    slim = replace(job, sources=[], done=frozenset())  # what a planning task needs of the job
+    blocks = max(1, min(len(rows), int(8 * cpus)))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    # Planning waits on storage (headers, VRTs) more than it computes: a tenth of a CPU each.
+    ds = ds.map_batches(stages.plan_scenes, fn_kwargs={"job": slim, "opts": opts, "batch_size": opts.batch_size,
+                                                       "cpus": cpus},
+                        batch_size=1, num_cpus=0.1,
+                        compute=ray.data.TaskPoolStrategy(size=min(blocks, max(2, int(cpus)))))
     # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
-    ds = ds.map_batches(_read_on_node, fn_kwargs={"plans": plans, "dtype": job.dtype, "batch_size": opts.batch_size,
-                                                  "skip_bad": opts.skip_bad_tiles},
+    ds = ds.map_batches(_read_on_node, fn_kwargs={"dtype": job.dtype, "shape": tile_shape(job, opts),
+                                                  "batch_size": opts.batch_size, "skip_bad": opts.skip_bad_tiles,
+                                                  "fail_fast": opts.fail_fast},
                         batch_size=1, num_cpus=0.25, compute=layout.read_strategy())
     if model is not None:
-        passes = [model.run(ds, writer, plans, layout.calls)]
-    else:
-        ds = ds.map_batches(
-            _InferOnNode,
-            fn_constructor_kwargs={"spec": spec, "core": opts.tile_size, "probabilities": opts.probabilities,
-                                   "softmax": hann, "job": job.scenes[0].out.job},
-            batch_size=opts.batch_size,
-            compute=layout.strategy(),
-            num_cpus=layout.num_cpus,
-            num_gpus=layout.num_gpus,
-        )
-        passes = [_batches(ds.map_batches(_write_on_node, fn_kwargs={"stage": writer, "plans": plans},
-                                          batch_size=None, num_cpus=0.25))]
-    if hann:  # second pass, after every softmax is stored: blend each chunk from its neighbours
-        blend = ray.data.from_items(ranges, override_num_blocks=len(ranges))
-        passes.append(_batches(blend.map_batches(
-            _write_on_node, fn_kwargs={"stage": stages.blend_tiles, "plans": plans,
-                                       "probabilities": opts.probabilities},
-            batch_size=1, num_cpus=0.25)))
-    return passes
+        return model.run(ds, writer, layout.calls)
+    ds = ds.map_batches(
+        _InferOnNode,
+        fn_constructor_kwargs={"spec": spec, "core": opts.tile_size, "probabilities": opts.probabilities,
+                               "softmax": hann, "job": job.job},
+        batch_size=opts.batch_size,
+        compute=layout.strategy(),
+        num_cpus=layout.num_cpus,
+        num_gpus=layout.num_gpus,
+    )
+    return _batches(ds.map_batches(_write_on_node, fn_kwargs={"stage": writer}, batch_size=None, num_cpus=0.25))
+
+
+def tile_shape(job: JobPlan, opts: PredictOptions) -> tuple[int, int, int]:
+    """``(bands, input size, core)`` of every tile of the job."""
+    nb = len(job.first.bands) if job.first else (job.meta.model.in_channels if job.meta else len(BAND_ROLES))
+    return nb, opts.tile_size + 2 * opts.halo, opts.tile_size
 
 
 def _batches(ds) -> Iterator[dict]:
@@ -326,7 +341,7 @@ class _Metrics:
 
     ``geoseg_tiles_written`` and ``geoseg_pixels_written`` (counters),
     ``geoseg_scenes_done`` (counter: COG and record out), ``geoseg_scenes_failed``
-    (counter: scenes finished with unreadable tiles, ``--skip-bad-tiles``),
+    (counter: scenes that failed, and scenes finished with unreadable tiles, ``--skip-bad-tiles``),
     ``geoseg_tiles_bad`` (counter) and ``geoseg_mpix_per_second`` (gauge of the job
     so far), counted by the driver; ``geoseg_model_batch_seconds`` (histogram) is
     observed in the model actors. Each has the tag ``geoseg_job`` (not ``job``: Prometheus
@@ -343,7 +358,8 @@ class _Metrics:
         self.pixels = Counter("geoseg_pixels_written", description="Pixels predicted and written", tag_keys=tags)
         self.scenes = Counter("geoseg_scenes_done", description="Scenes finished (COG and record written)",
                               tag_keys=tags)
-        self.failed = Counter("geoseg_scenes_failed", description="Scenes finished with unreadable tiles left nodata",
+        self.failed = Counter("geoseg_scenes_failed",
+                              description="Scenes that failed, or finished with unreadable tiles left nodata",
                               tag_keys=tags)
         self.bad_tiles = Counter("geoseg_tiles_bad", description="Tiles whose input could not be read",
                                  tag_keys=tags)
@@ -351,28 +367,193 @@ class _Metrics:
                           tag_keys=tags)
 
 
-def run_passes(passes: list[Iterable[dict]], n_scenes: int, metrics: _Metrics, progress: Progress | None = None
-               ) -> tuple[np.ndarray, dict]:
-    """Drive the passes to the end; returns model seconds per scene and the nodes
-    that ran each stage (``{"read": [...], "infer": [...], "write": [...]}``)."""
-    model_s = np.zeros(n_scenes)
-    nodes: dict[str, set] = {stage: set() for stage in PLACEMENT}
-    t0, done_px = time.perf_counter(), 0
-    for batches in passes:
-        for batch in batches:
-            np.add.at(model_s, batch["scene"], batch["model_s"])
-            for stage in PLACEMENT:
-                nodes[stage].update(str(n) for n in np.unique(batch.get(f"{stage}_node", [])))
-            written = batch["pixels"] > 0
-            if progress is not None:
-                progress.update(len(batch["scene"]), int(batch["pixels"].sum()))
-            if written.any():
-                px = int(batch["pixels"].sum())
-                done_px += px
-                metrics.tiles.inc(int(written.sum()), tags=metrics.tags)
-                metrics.pixels.inc(px, tags=metrics.tags)
-            metrics.rate.set(done_px / 1e6 / max(time.perf_counter() - t0, 1e-9), tags=metrics.tags)
-    return model_s, {stage: sorted(ids) for stage, ids in nodes.items()}
+def _blend_on_node(plan: ScenePlan, lo: int, hi: int, probabilities: bool) -> dict:
+    return {**stages.blend_tiles(plan, lo, hi, probabilities), "node": _node_column(1)[0]}
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """A Ray task error's own exception (the worker's), else the error itself."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+class SceneTracker:
+    """The driver's view of a job's scenes as its pipeline runs.
+
+    It adds up, per scene, the tiles the rows out of the writes account for; at
+    the scene's tile count the scene is through the model, and its completion is
+    sent off as Ray tasks (``--stitch hann``: its blend tasks first), while the
+    pipeline goes on with the other scenes: a continent's scenes are complete one
+    by one, each with its COG and run record, not all at the end. A scene that
+    failed (planning, reading, finishing) is listed with its error; only the
+    plans of the scenes in flight are held.
+    """
+
+    def __init__(self, job: JobPlan, opts: PredictOptions, cpus: float, metrics: "_Metrics", progress: Progress,
+                 started, t0: float, log=print, placement: dict | None = None):
+        import ray
+
+        self.job, self.opts, self.cpus, self.metrics, self.progress = job, opts, cpus, metrics, progress
+        self.started, self.t0, self.log = started, t0, log
+        self.slim = replace(job, sources=[], done=frozenset())
+        self.placement = placement or {}
+        self.live: dict[int, dict] = {}  # scene index -> {"plan", "accounted", "model_s", "error", "blends"}
+        self.pending: dict = {}  # ObjectRef -> (what, scene index)
+        self.status: dict[int, str] = {}  # scene index -> complete / done / failed
+        self.errors: dict[int, str] = {}
+        self.records: list[dict] = []
+        self.items: list[str] = []
+        self.nodes: dict[str, set] = {stage: set() for stage in PLACEMENT}
+        self.pixels = 0  # of the scenes planned
+        self.t_first: float | None = None  # when the first tile came through
+        self.verbose = len(job.sources) <= 20  # a line per scene skipped or resumed
+        self._blend = ray.remote(num_cpus=0.25)(_blend_on_node)
+        self._complete = ray.remote(num_cpus=0.5)(stages.complete_scene)
+
+    # --- what the pipeline returns ---
+
+    def add(self, batch: dict) -> None:
+        """One batch out of the writes."""
+        for stage in PLACEMENT:
+            self.nodes[stage].update(str(n) for n in np.unique(batch.get(f"{stage}_node", [])))
+        pixels = batch["pixels"]
+        written = pixels > 0
+        if written.any():
+            if self.t_first is None:
+                self.t_first = time.perf_counter() - self.t0
+            self.metrics.tiles.inc(int(written.sum()), tags=self.metrics.tags)
+            self.metrics.pixels.inc(int(pixels.sum()), tags=self.metrics.tags)
+        scenes = np.asarray(batch["scene"])
+        for s in np.unique(scenes).tolist():
+            sel = np.flatnonzero(scenes == s)
+            state = self.live.get(s)
+            if state is None:
+                state = self._arrive(s, pickle.loads(batch["plan"][sel[0]]), batch["error"][sel[0]])
+                if state is None:
+                    continue
+            state["accounted"] += int(batch["accounted"][sel].sum())
+            state["model_s"] += float(batch["model_s"][sel].sum())
+            if not state["error"]:
+                state["error"] = next((e for e in batch["error"][sel] if e), "")
+            if state["accounted"] >= len(state["plan"].grid):
+                self._through_model(s)
+        self.progress.update(int(batch["accounted"].sum()), int(pixels.sum()))
+        self.poll()
+
+    def _arrive(self, s: int, planned, error: str) -> dict | None:
+        """A scene's first rows: its plan (or the source of a scene that could not be planned)."""
+        if isinstance(planned, SceneSource):
+            self.fail(s, planned.url, error)
+            return None
+        if planned.status == "done":
+            self.status[s] = "done"
+            if self.verbose:
+                self.log(f"{planned.url}: already complete ({planned.out.record}), skipped")
+            self._quicklooks(planned.url, planned.out)
+            return None
+        if planned.status == "resume" and self.verbose:
+            self.log(f"{planned.url}: resuming, {sum(planned.previous.values())} of {len(planned.grid)} tiles "
+                     "already done")
+        self.pixels += planned.info.height * planned.info.width
+        self.progress.extend(len(planned.grid) * (2 if self.opts.stitch == "hann" else 1))
+        self.live[s] = {"plan": planned, "accounted": 0, "model_s": 0.0, "error": "", "blends": 0}
+        return self.live[s]
+
+    def _through_model(self, s: int) -> None:
+        state = self.live[s]
+        plan = state["plan"]
+        if state["error"]:
+            del self.live[s]
+            self.fail(s, plan.url, state["error"])
+            return
+        if self.opts.stitch == "hann":
+            for r in tile_ranges(len(plan.grid), self.opts.batch_size, self.cpus):
+                self.pending[self._blend.remote(plan, r["lo"], r["hi"], self.opts.probabilities)] = ("blend", s)
+                state["blends"] += 1
+        else:
+            self._finish(s)
+
+    def _finish(self, s: int) -> None:
+        state = self.live[s]
+        now = time.perf_counter() - self.t0
+        timings = {"plan": self.placement.get("t_plan", 0.0), "pipeline": now, "model": state["model_s"],
+                   "total": now}
+        placement = {**{k: v for k, v in self.placement.items() if k != "t_plan"},
+                     "nodes": {stage: sorted(ids) for stage, ids in self.nodes.items()}}
+        ref = self._complete.remote(state["plan"], self.slim, self.opts, timings, placement, self.started)
+        self.pending[ref] = ("complete", s)
+
+    def fail(self, s: int, url: str, error: str) -> None:
+        if self.opts.fail_fast:
+            raise ScenesFailedError(error)
+        self.status[s], self.errors[s] = "failed", error
+        self.metrics.failed.inc(1, tags=self.metrics.tags)
+        self.log(f"{url}: FAILED: {error}")
+
+    # --- the scenes' completion tasks ---
+
+    def poll(self, block: bool = False) -> None:
+        """Take in the completion tasks that are done (``block``: wait for one at least)."""
+        import ray
+
+        if not self.pending:
+            return
+        ready, _ = ray.wait(list(self.pending), num_returns=1 if block else len(self.pending),
+                            timeout=None if block else 0)
+        for ref in ready:
+            what, s = self.pending.pop(ref)
+            state = self.live[s]
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a scene's own error fails the scene only
+                err = _cause(exc)
+                if not is_scene_error(err) or self.opts.fail_fast:
+                    raise
+                state["blends"] = 0
+                if s in self.live:
+                    del self.live[s]
+                    self.fail(s, state["plan"].url, one_line(err))
+                continue
+            if s not in self.live:  # failed meanwhile (another blend task)
+                continue
+            if what == "blend":
+                self.nodes["write"].add(str(result["node"]))
+                self.progress.update(result["tiles"], result["pixels"])
+                state["blends"] -= 1
+                if state["blends"] == 0:
+                    self._finish(s)
+                continue
+            del self.live[s]
+            self.status[s] = "complete"
+            self.records.append(result)
+            self.items.append(result["outputs"]["stac_item"])
+            self.metrics.scenes.inc(1, tags=self.metrics.tags)
+            if result["tiles"]["bad"]:
+                self.metrics.failed.inc(1, tags=self.metrics.tags)
+                self.metrics.bad_tiles.inc(result["tiles"]["bad"], tags=self.metrics.tags)
+
+    def drain(self) -> None:
+        while self.pending:
+            self.poll(block=True)
+
+    def _quicklooks(self, url: str, out) -> None:
+        if self.opts.quicklook and stages.add_quicklooks(url, out, self.job.classes):
+            self.log(f"{url}: quicklooks added ({out.stem}.quicklook.png)")
+
+    def summary(self, seconds: float) -> dict:
+        scenes = []
+        for src in self.job.sources:
+            status = "done" if src.index in self.job.done else self.status.get(src.index, "unfinished")
+            entry = {"stem": src.stem, "input": src.url, "status": status,
+                     "record": self.job.output(src.stem).record}
+            if src.index in self.errors:
+                entry["error"] = self.errors[src.index]
+            scenes.append(entry)
+        counts = {k: sum(1 for e in scenes if e["status"] == k) for k in ("complete", "done", "failed", "unfinished")}
+        return {"status": "failed" if counts["failed"] else "complete", "fingerprint": self.job.fingerprint,
+                "counts": {"scenes": len(scenes), **counts}, "pixels": int(self.pixels),
+                "seconds": round(seconds, 3),
+                "first_tile_s": None if self.t_first is None else round(self.t_first, 3), "scenes": scenes}
 
 
 def start_ray(opts: PredictOptions, model: DriverModel | None = None) -> None:
@@ -406,17 +587,26 @@ def start_ray(opts: PredictOptions, model: DriverModel | None = None) -> None:
 
 
 def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> list[dict]:
-    """Run a prediction job; returns the run record of every scene it finished."""
+    """Run a prediction job; returns the run record of every scene it finished.
+
+    Scenes that fail are listed (with their errors) in ``PREFIX/_job.json`` and
+    skipped; the job finishes the others and then raises
+    :class:`~geoseg.errors.ScenesFailedError` (``--fail-fast``: the first failure stops it)."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     check_address(opts.address)
-    job = plan_job(inputs, prefix, opts)  # bad input fails here, before Ray starts
-    model = DriverModel(job, opts).start() if job.todo and DriverModel.expected(opts) else None
+    job = plan_job(inputs, prefix, opts)  # bad input of a one-scene job fails here, before Ray starts
+    model = DriverModel(job, opts).start() if job.first is not None and DriverModel.expected(opts) else None
     try:
-        return _predict(job, prefix, opts, model, log, started, t0)
+        records = _predict(job, prefix, opts, model, log, started, t0)
     finally:
         if model is not None:
             model.close()
+    if opts.mosaic:
+        from geoseg.mosaic.job import mosaic
+
+        mosaic(prefix, opts.mosaic, log=log)
+    return records
 
 
 def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel | None, log, started,
@@ -424,104 +614,58 @@ def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel
     import ray
 
     start_ray(opts, model)
-    prepare_outputs(job, opts)
     t_plan = time.perf_counter() - t0
-    for p in job.scenes:
-        if p.status == "done":
-            log(f"{p.url}: already complete ({p.out.record}), skipped")
-            if opts.quicklook and stages.add_quicklooks(p, job.classes):
-                log(f"{p.url}: quicklooks added ({p.out.stem}.quicklook.png)")
-        elif p.status == "resume":
-            log(f"{p.url}: resuming, {sum(p.previous.values())} of {len(p.grid)} tiles already done")
-    metrics = _Metrics(job.scenes[0].out.job)
-
-    t1 = time.perf_counter()
-    model_s, placement = np.zeros(len(job.scenes)), {}
-    if job.todo:
-        cpus = cluster_cpus()
+    done = [s for s in job.sources if s.index in job.done]
+    if len(done) > 20:
+        log(f"{len(done)} of {len(job.sources)} scenes already complete, skipped")
+    else:
+        for s in done:
+            log(f"{s.url}: already complete ({job.output(s.stem).record}), skipped")
+    metrics = _Metrics(job.job)
+    cpus = cluster_cpus()
+    progress = Progress(0, "tiles")
+    tracker = SceneTracker(job, opts, cpus, metrics, progress, started, t0, log)
+    for s in done:
+        tracker._quicklooks(s.url, job.output(s.stem))
+    if job.first_error:
+        tracker.fail(job.todo[0].index, job.todo[0].url, job.first_error)
+    if any(s.index != job.todo[0].index or not job.first_error for s in job.todo):
         layout = actor_layout(opts, job.spec.name == "checkpoint", cpus, cluster_gpus(), local=owns_ray())
         if not layout.driver:
             model = None
         elif model is None:  # (not expected before Ray started)
             model = DriverModel(job, opts)
         require_gpus(layout.num_gpus if opts.gpus_per_worker else 0, "--gpus-per-worker")
+        tracker.placement = {"model": "driver" if layout.driver else "actors",
+                             "actors": [] if layout.driver else [layout.min_workers, layout.max_workers],
+                             "gpus_per_actor": layout.num_gpus, "t_plan": t_plan}
         # Blocks of about one batch of tiles: Ray Data buffers a task's output up to a
         # block (128 MiB by default) in the worker's own memory, and a block of a
         # longer range would make every process grow with the job.
         ctx = ray.data.DataContext.get_current()
         saved_block_size = ctx.target_max_block_size
-        nb, size = max(len(p.bands) for p in job.scenes), job.scenes[0].grid.input_size
+        nb, size, _ = tile_shape(job, opts)
         ctx.target_max_block_size = max(1 << 22, opts.batch_size * nb * size * size * np.dtype(job.dtype).itemsize)
-        todo = sum(len(p.grid) - sum(p.previous.values()) for p in job.todo)
-        progress = Progress(todo * (2 if opts.stitch == "hann" else 1), "tiles")
         try:
-            passes = build_passes(job, opts, layout, tile_ranges(job.total_tiles, opts.batch_size, cpus), model)
-            model_s, nodes = run_passes(passes, len(job.scenes), metrics, progress)
+            for batch in build_pipeline(job, opts, layout, cpus, model):
+                tracker.add(batch)
+            tracker.drain()
             progress.close(complete=True)
-            placement = {"nodes": nodes, "model": "driver" if layout.driver else "actors",
-                         "actors": [] if layout.driver else [layout.min_workers, layout.max_workers],
-                         "gpus_per_actor": layout.num_gpus}
         finally:
             ctx.target_max_block_size = saved_block_size
             if model is not None:
                 model.close()
-    t_pipeline = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    finish = ray.remote(num_cpus=0.5)(stages.finish_scene)
-    results = ray.get([finish.remote(p, job.classes, opts.quicklook) for p in job.todo])
-    timings = {"plan": t_plan, "pipeline": t_pipeline, "finish": time.perf_counter() - t2}
-    records, items = [], []
-    for plan, res in zip(job.todo, results):
-        rec = _record(plan, job, opts, res, {**timings, "model": model_s[plan.index]}, t0, started)
-        rec["placement"] = placement  # which nodes ran each stage (node ids)
-        model = {**rec["model"], "bands": [plan.info.descriptions[b - 1] or f"band{b}" for b in plan.bands],
-                 "arch": job.meta.model.arch if job.meta else None}
-        items.append(catalog.write_item(plan.out.prefix, plan.out.stem, catalog.scene_item(
-            plan.out.stem, rec["outputs"], plan.info, job.classes, rec, model, rec.get("stac_item"))))
-        rec["outputs"]["stac_item"] = items[-1]
-        output.write_record(plan.out, rec)  # last: the scene is complete
-        metrics.scenes.inc(1, tags=metrics.tags)
-        if rec["tiles"]["bad"]:
-            metrics.failed.inc(1, tags=metrics.tags)
-            metrics.bad_tiles.inc(rec["tiles"]["bad"], tags=metrics.tags)
-        records.append(rec)
-    if items:
-        catalog.update_catalog(prefix, items)
-    if len(job.scenes) > 1 or opts.search:
-        scenes = [{"input": p.url, "record": p.out.record, "status": p.status,
-                   **({"stac_item": item_of(p.info.tags)} if item_of(p.info.tags) else {})} for p in job.scenes]
-        pixels = sum(p.info.height * p.info.width for p in job.scenes)
-        output.write_job_summary(prefix, scenes, pixels, time.perf_counter() - t0)
-    return records
-
-
-def _record(plan: ScenePlan, job: JobPlan, opts: PredictOptions, finished: dict, timings: dict,
-            t0: float, started) -> dict:
-    counts, previous = finished["counts"], plan.previous
-    return output.scene_record(
-        plan.out,
-        url=plan.url,
-        info=plan.info,
-        model={
-            "name": job.spec.name,
-            "checkpoint": opts.checkpoint,
-            "classes": job.classes.to_dict(),
-            "thresholds": job.spec.scene_params.get(plan.index),
-        },
-        parameters={**plan.fingerprint, "batch_size": opts.batch_size, "precision": opts.precision},
-        tiles={
-            "total": len(plan.grid),
-            # this run only; tiles finished by an interrupted earlier run count as resumed
-            "predicted": counts.get("done", 0) - previous.get("done", 0),
-            "nodata_skipped": counts.get("nodata", 0) - previous.get("nodata", 0),
-            "resumed": sum(previous.values()),
-            # unreadable input (--skip-bad-tiles): left nodata; each with its core window
-            "bad": counts.get("bad", 0),
-            "bad_tiles": finished["bad_tiles"],
-        },
-        timings={**timings, "cog": finished["cog_seconds"], "total": time.perf_counter() - t0},
-        started=started,
-        classes=finished["classes"],
-        quicklooks=finished["quicklooks"],
-    )
+    if tracker.items:
+        catalog.update_catalog(prefix, tracker.items)
+    summary = tracker.summary(time.perf_counter() - t0)
+    output.write_job_summary(prefix, summary)
+    failed = [(s, tracker.errors[s.index]) for s in job.sources if s.index in tracker.errors]
+    if failed:
+        (src, error), n = failed[0], len(failed)
+        if len(job.sources) == 1:
+            raise ScenesFailedError(error)
+        raise ScenesFailedError(
+            f"{n} of {len(job.sources)} scenes failed (the first: {error}); all are listed in "
+            f"{storage.join(prefix, output.JOB_SUMMARY)}; rerun the same command to retry them"
+            + ("; no mosaic was made" if opts.mosaic else ""))
+    return tracker.records

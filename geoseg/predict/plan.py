@@ -1,28 +1,32 @@
-"""Planning a predict job, without Ray: options, one :class:`ScenePlan` per input, tile ranges.
+"""Planning a predict job, without Ray: options, the job's scenes, one :class:`ScenePlan` per scene, tile ranges.
 
-Planning reads metadata only (and, for ``index-otsu``, a decimated read per
-scene) and writes nothing, so a bad input fails here, before Ray is started and
-before any output is touched; :func:`prepare_outputs` then creates each scene's
-Zarr (or keeps it, to resume).
+:func:`plan_job` (the driver, before Ray starts) expands the inputs, checks the
+model and the stems, finds the scenes complete already with one listing, and
+plans the first scene to predict, so that a one-scene job's bad input fails
+before Ray starts. :func:`plan_scene` plans every other scene in the job's
+planning tasks (:func:`geoseg.predict.stages.plan_scenes`): metadata reads (and,
+for ``index-otsu``, a decimated read per scene) and the VRT of an item's bands,
+nothing else written; :func:`prepare_scene` then creates its Zarr (or keeps it,
+to resume).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from geoseg import checkpoint, output, storage
 from geoseg.bands import Selection, select_bands
 from geoseg.classes import LANDCOVER, ClassScheme
-from geoseg.errors import InputError, RasterError
+from geoseg.errors import GeosegError, InputError, OutputExistsError, RasterError, one_line
 from geoseg.inputs import expand_inputs, searched_inputs
 from geoseg.models.index import BAND_ROLES, INDEX_MODELS, fit_otsu
 from geoseg.output import SceneOutput
 from geoseg.predictor import ModelSpec
 from geoseg.raster import RasterInfo, check_image, read_info
-from geoseg.stac import Search, StackOptions
+from geoseg.stac import Search, Stack, StackOptions
 from geoseg.tiling import TileGrid
 
 
@@ -49,6 +53,8 @@ class PredictOptions:
     skip_bad_tiles: bool = False  # unreadable blocks: their tiles left nodata and listed, instead of failing
     allow_no_crs: bool = False  # accept rasters without a CRS (outputs then have none either)
     quicklook: bool = False  # small PNGs beside each output: input in true colour, classes, both side by side
+    fail_fast: bool = False  # the first scene that fails stops the job (else it is listed and skipped)
+    mosaic: str | None = None  # --mosaic GRID: every scene into one Zarr on that grid, once they are done
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.checkpoint is None):
@@ -66,6 +72,10 @@ class PredictOptions:
             raise InputError(f"--stitch must be crop or hann, got {self.stitch!r}")
         if self.gpus_per_worker < 0:
             raise InputError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.mosaic is not None:
+            from geoseg.mosaic.grid import parse_grid
+
+            parse_grid(self.mosaic)  # a bad grid is refused before any work
 
     @property
     def worker_range(self) -> tuple[int, int] | None:
@@ -88,6 +98,26 @@ class PredictOptions:
             **({"stack": self.stack.fingerprint()} if self.stack and self.stack.fingerprint() else {}),
         }
 
+    def job_fingerprint(self) -> dict:
+        """What determines the outputs of every scene of a job (the bands as asked for; each
+        scene's own fingerprint has the band numbers chosen for it)."""
+        fp = self.fingerprint([])
+        fp["bands"] = self.bands if self.bands is None else repr(self.bands)
+        return fp
+
+
+@dataclass(frozen=True)
+class SceneSource:
+    """One scene of a job before it is planned: its place in the job, what to read, its outputs' stem."""
+
+    index: int
+    source: str | Stack  # a raster URL, or an item's bands to stack (a VRT built when planned)
+    stem: str
+
+    @property
+    def url(self) -> str:
+        return self.source if isinstance(self.source, str) else self.source.url
+
 
 @dataclass(frozen=True)
 class ScenePlan:
@@ -100,40 +130,51 @@ class ScenePlan:
     out: SceneOutput
     bands: list[int]
     fingerprint: dict
-    start: int  # global number of this scene's first tile
     status: str  # new / resume / done
     done: np.ndarray | None = None  # packed bitmap of finished tiles (resume)
     softmax: np.ndarray | None = None  # packed bitmap of tiles whose softmax is stored (hann, resume)
     previous: dict = field(default_factory=dict)  # tile counts by kind of an interrupted earlier run
+    params: dict | None = None  # the scene's own model parameters (index-otsu thresholds)
 
 
 @dataclass(frozen=True)
 class JobPlan:
-    scenes: list[ScenePlan]
+    """A job before any scene but the first is planned: every scene's source, the model, the
+    scenes found complete by one listing, and the first scene to predict, planned in the driver
+    (its bad input fails a one-scene job before Ray starts; its pixel type is the job's)."""
+
+    sources: list[SceneSource]
     spec: ModelSpec
     classes: ClassScheme
+    prefix: str
+    job: str  # the job's id
+    fingerprint: dict  # what determines every scene's outputs, as the job summary stores it
     meta: checkpoint.CheckpointMeta | None = None  # the checkpoint's description (None: an index model)
+    done: frozenset = frozenset()  # indexes of scenes complete already (their record listed, vouched for)
+    first: ScenePlan | None = None  # the first scene to predict, planned here
+    first_error: str | None = None  # ... or why it could not be planned (a job of several scenes goes on)
+    dtype: str = "float32"  # tiles travel in it: the first scene's pixel type
 
     @property
-    def todo(self) -> list[ScenePlan]:
-        return [p for p in self.scenes if p.status != "done"]
+    def todo(self) -> list[SceneSource]:
+        return [s for s in self.sources if s.index not in self.done]
 
-    @property
-    def total_tiles(self) -> int:
-        last = self.scenes[-1]
-        return last.start + len(last.grid)
+    def output(self, stem: str) -> SceneOutput:
+        return SceneOutput(self.prefix, stem, self.job)
 
-    @property
-    def dtype(self) -> str:
-        """Tiles travel in the rasters' own dtype (uint16 is half of float32)."""
-        return np.result_type(*[np.dtype(p.info.pixel_dtype) for p in self.scenes]).name
+
+# Errors of one scene (its file, its bands, its outputs' state); any other error stops the job.
+def is_scene_error(exc: BaseException) -> bool:
+    return isinstance(exc, GeosegError) and not isinstance(exc, OutputExistsError)
 
 
 def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
-    """Plan every scene: every check of the inputs, the model's description and the
-    outputs (to resume them), but nothing written to the outputs yet
-    (:func:`prepare_outputs`). The checkpoint's weights are checked against its
-    architecture separately (:func:`geoseg.checkpoint.verify`: it imports torch)."""
+    """Plan the job: the model's description, the inputs (expanded, stems checked), the scenes
+    complete already and the first scene to predict, but nothing written to the outputs yet.
+
+    Every other scene is planned by :func:`plan_scene` in the job's planning tasks, while the
+    first ones are read. The checkpoint's weights are checked against its architecture
+    separately (:func:`geoseg.checkpoint.verify`: it imports torch)."""
     classes, meta = LANDCOVER, None
     if opts.checkpoint:
         meta = checkpoint.describe(opts.checkpoint)
@@ -144,29 +185,50 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
     model_bands = BAND_ROLES if meta is None else (
         tuple(meta.extra.get("inputs", {}).get("assets") or meta.band_roles or ()) or None)
     folder = storage.join(prefix, ".geoseg", "_inputs")
-    urls = expand_inputs(inputs, opts.asset, opts.stack, model_bands, folder) if inputs else []
+    found = expand_inputs(inputs, opts.asset, opts.stack, model_bands, folder, defer=True) if inputs else []
     if opts.search:
-        urls += searched_inputs(opts.search, opts.asset, opts.stack, model_bands, folder)
-    if not urls:
+        found += searched_inputs(opts.search, opts.asset, opts.stack, model_bands, folder, defer=True)
+    if not found:
         raise InputError("no inputs given: name rasters or STAC items, or search with --stac-api")
-    job = uuid.uuid4().hex
+    sources: list[SceneSource] = []
     stems: dict[str, str] = {}
-    scenes: list[ScenePlan] = []
-    scene_params: dict[int, dict] = {}
-    for i, url in enumerate(urls):
-        stem = storage.stem(url)
+    for i, src in enumerate(found):
+        stem = storage.stem(src) if isinstance(src, str) else src.stem
+        url = src if isinstance(src, str) else src.url
         if stem in stems:
             raise InputError(f"{url} and {stems[stem]} would both write {stem}.*; rename one of them")
         stems[stem] = url
-        start = scenes[-1].start + len(scenes[-1].grid) if scenes else 0
-        plan = plan_scene(i, url, start, SceneOutput(prefix, stem, job), opts, meta)
-        if opts.model == "index-otsu" and plan.status != "done":
-            scene_params[i] = fit_otsu(url, plan.bands).to_dict()
-        scenes.append(plan)
+        sources.append(SceneSource(i, src, stem))
+    del stems
     options = {"precision": opts.precision, "compile": opts.compile, "tta": opts.tta} if opts.checkpoint else {}
-    spec = ModelSpec(name=opts.model or "checkpoint", checkpoint=opts.checkpoint,
-                     scene_params=scene_params, options=options)
-    return JobPlan(scenes, spec, classes, meta)
+    spec = ModelSpec(name=opts.model or "checkpoint", checkpoint=opts.checkpoint, options=options)
+    fingerprint = opts.job_fingerprint()
+    job = JobPlan(sources, spec, classes, prefix, uuid.uuid4().hex, fingerprint, meta,
+                  frozenset(finished_scenes(prefix, sources, fingerprint, opts.overwrite)))
+    todo = job.todo
+    if not todo:
+        return job
+    try:
+        first = plan_scene(todo[0], job, opts)
+    except Exception as exc:
+        if len(job.sources) == 1 or opts.fail_fast or not is_scene_error(exc):
+            raise
+        return replace(job, first_error=one_line(exc))
+    return replace(job, first=first, dtype=first.info.pixel_dtype)
+
+
+def finished_scenes(prefix: str, sources: list[SceneSource], fingerprint: dict, overwrite: bool) -> set[int]:
+    """The scenes a rerun need not open: those the prefix's job summary lists as complete with
+    this job's fingerprint and whose run record is still there. One read and one listing,
+    however many scenes (other scenes are checked one by one when planned)."""
+    if overwrite:
+        return set()
+    summary = output.read_job_summary(prefix)
+    if not summary or summary.get("fingerprint") != fingerprint:
+        return set()
+    vouched = {s.get("stem") for s in summary.get("scenes", []) if s.get("status") in ("complete", "done")}
+    names = set(storage.listdir(prefix))
+    return {s.index for s in sources if s.stem in vouched and f"{s.stem}.json" in names}
 
 
 def _check_stride(opts: PredictOptions, model) -> None:
@@ -178,11 +240,18 @@ def _check_stride(opts: PredictOptions, model) -> None:
         )
 
 
-def plan_scene(index: int, url: str, start: int, out: SceneOutput, opts: PredictOptions, meta) -> ScenePlan:
-    """Read one scene's metadata, choose its bands and grid, and check its outputs (what a
-    rerun resumes); writes nothing."""
+def plan_scene(src: SceneSource, job: JobPlan, opts: PredictOptions, dtype: str | None = None) -> ScenePlan:
+    """Read one scene's metadata (building its VRT first, for an item's bands), choose its bands
+    and grid, check its outputs (what a rerun resumes) and fit its own model parameters
+    (``index-otsu``); writes nothing but the VRT. ``dtype``: the job's tile type, which the
+    scene's pixels must fit."""
+    url = src.source if isinstance(src.source, str) else src.source.build()
+    meta = job.meta
     info = read_info(url)
     check_image(info, opts.allow_no_crs)
+    if dtype is not None and not np.can_cast(info.pixel_dtype, dtype):
+        raise RasterError(f"{url}: pixels of type {info.pixel_dtype} do not fit the job's {dtype} tiles "
+                          "(those of its first scene); predict it in a job of its own")
     if meta is None:
         bands, _ = select_bands(url, info.descriptions, roles=BAND_ROLES, override=opts.bands)
     else:
@@ -198,6 +267,7 @@ def plan_scene(index: int, url: str, start: int, out: SceneOutput, opts: Predict
                 "give it inputs read the same way")
     grid = TileGrid(info.height, info.width, opts.tile_size, opts.halo)
     fp = opts.fingerprint(bands)
+    out = job.output(src.stem)
     status = output.check_existing(out, fp, opts.overwrite)
     done = softmax = previous = None
     if status == "resume":
@@ -205,20 +275,20 @@ def plan_scene(index: int, url: str, start: int, out: SceneOutput, opts: Predict
         output.check_alignment(out, grid)  # one writer per chunk, or no plan
         if opts.stitch == "hann":
             softmax, _ = output.read_done(out, len(grid), kinds=("softmax",))
-    return ScenePlan(index, url, info, grid, out, bands, fp, start, status, done, softmax, previous or {})
+    params = fit_otsu(url, bands).to_dict() if opts.model == "index-otsu" and status != "done" else None
+    return ScenePlan(src.index, url, info, grid, out, bands, fp, status, done, softmax, previous or {}, params)
 
 
-def prepare_outputs(job: JobPlan, opts: PredictOptions) -> None:
-    """Create the outputs of the scenes to predict (deleting old ones first with
-    ``--overwrite``); outputs being resumed are kept as they are."""
-    for plan in job.todo:
-        if plan.status == "new":
-            if opts.overwrite:
-                output.remove_outputs(plan.out)
-            output.create_zarr(plan.out, plan.info, plan.grid, job.classes, plan.fingerprint, opts.probabilities)
-            output.check_alignment(plan.out, plan.grid)
-        if opts.stitch == "hann":  # kept if it exists: a rerun resumes
-            output.create_scratch(plan.out, plan.grid, len(job.classes))
+def prepare_scene(plan: ScenePlan, classes: ClassScheme, opts: PredictOptions) -> None:
+    """Create the outputs of a scene to predict (deleting old ones first with ``--overwrite``);
+    outputs being resumed are kept as they are."""
+    if plan.status == "new":
+        if opts.overwrite:
+            output.remove_outputs(plan.out)
+        output.create_zarr(plan.out, plan.info, plan.grid, classes, plan.fingerprint, opts.probabilities)
+        output.check_alignment(plan.out, plan.grid)
+    if opts.stitch == "hann" and plan.status != "done":  # kept if it exists: a rerun resumes
+        output.create_scratch(plan.out, plan.grid, len(classes))
 
 
 def tile_ranges(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> list[dict]:

@@ -1,17 +1,26 @@
 """The stages of a predict job, without Ray: each a plain function (or class) over a batch.
 
 A batch is a dict of numpy arrays, as Ray Data hands them over; the Ray layer
-(:mod:`geoseg.predict.job`) only wires these into a dataset and counts what the
-driver receives. In order::
+(:mod:`geoseg.predict.job`) only wires these into one dataset and follows, in the
+driver, which scenes are finished. In order::
 
-    read_tiles     {lo, hi} tile-number ranges -> image tiles, validity, core crops
+    plan_scenes    scene sources -> tile ranges of each scene, its plan with them  (planning tasks)
+    read_tiles     tile ranges -> image tiles, validity, core crops
     Infer          image tiles -> class cores (+ probabilities), or whole-tile softmax (hann)
     write_tiles    class cores -> one Zarr chunk each, progress log        (crop)
     write_softmax  whole-tile softmax -> scratch array, progress log       (hann, pass 1)
-    blend_tiles    {lo, hi} ranges -> blended class cores -> Zarr chunks   (hann, pass 2)
+    blend_tiles    a scene's tile range -> blended class cores -> chunks   (hann, pass 2, per scene)
     finish_scene   Zarr -> consolidated metadata and COG; progress log removed
+    complete_scene finish_scene, then the STAC item and the run record, last
 
-Every stage after the model returns ``{"scene", "model_s", "pixels"}`` per tile:
+Every row after planning carries its scene's plan (``plan``, pickled: a few kB,
+so a job's scenes are planned while it runs and no process holds every plan),
+``accounted`` (how many of the scene's tiles the row stands for: itself and the
+tiles dropped before it, done, nodata or unreadable) and ``error`` (why the
+scene failed, or ""). Rows with ``tile`` -1 are markers: they carry the count
+and the error only. The driver adds ``accounted`` up per scene: at the scene's
+tile count, the scene is through the model. Every stage after the model returns
+``{"scene", "model_s", "pixels"}`` per row (with the carried columns):
 ``pixels`` is the number of output pixels the row wrote (0 for a stored softmax).
 """
 
@@ -19,20 +28,25 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
-from geoseg import output, stitch, storage
+from geoseg import catalog, output, stitch, storage
 from geoseg.classes import NODATA, ClassScheme
-from geoseg.errors import ReadError
-from geoseg.predict.plan import ScenePlan
+from geoseg.errors import ReadError, one_line
+from geoseg.predict.plan import (JobPlan, PredictOptions, SceneSource, ScenePlan, is_scene_error, plan_scene,
+                                 prepare_scene, tile_ranges)
 from geoseg.predictor import ModelSpec
 from geoseg.raster import tile_reader
+
+CARRY = ("plan", "accounted", "error")  # the columns every row carries from planning to the driver
 
 # --- helpers -------------------------------------------------------------------
 
@@ -63,52 +77,132 @@ def _lower_this_thread() -> None:
             pass
 
 
-def tile_ids(batch: dict) -> np.ndarray:
-    """Global tile numbers of a batch of ``{lo, hi}`` ranges."""
-    return np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(batch["lo"], batch["hi"])])
+def pack(plan) -> bytes:
+    return pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _locate(ids: np.ndarray, plans: list[ScenePlan]):
-    """``(scene index, scene plan, tile number in its scene)`` of each global tile number."""
-    starts = np.array([p.start for p in plans], dtype=np.int64)
-    for gid, s in zip(ids, np.searchsorted(starts, ids, side="right") - 1):
-        yield int(s), plans[s], int(gid - plans[s].start)
+def plans_of(batch: dict) -> dict[int, ScenePlan]:
+    """The plans of a batch's scenes by scene index (one unpickled per scene)."""
+    scenes = np.asarray(batch["scene"])
+    if len(scenes) == 0:
+        return {}
+    _, first = np.unique(scenes, return_index=True)
+    return {int(scenes[i]): pickle.loads(batch["plan"][i]) for i in first}
 
 
 def _is_set(bitmap: np.ndarray | None, t: int) -> bool:
     return bitmap is not None and bool((bitmap[t >> 3] >> (7 - (t & 7))) & 1)
 
 
-def _counts(scenes, model_s, pixels) -> dict:
+def _counts(scenes, model_s, pixels, batch: dict) -> dict:
     return {
         "scene": np.asarray(scenes, dtype=np.int32),
         "model_s": np.asarray(model_s, dtype=np.float64),
         "pixels": np.asarray(pixels, dtype=np.int64),
+        **{k: batch[k] for k in CARRY},
     }
 
 
-def _log_by_scene(plans: list[ScenePlan], scenes: np.ndarray, tiles: np.ndarray, kind: str = "done") -> None:
+def _log_by_scene(plans: dict[int, ScenePlan], scenes: np.ndarray, tiles: np.ndarray, kind: str = "done") -> None:
     for s in np.unique(scenes):
-        output.log_done(plans[s].out, tiles[scenes == s], kind=kind)
+        sel = (scenes == s) & (tiles >= 0)
+        if sel.any():
+            output.log_done(plans[int(s)].out, tiles[sel], kind=kind)
+
+
+# --- plan ----------------------------------------------------------------------
+
+
+def source_rows(sources: list[SceneSource]) -> list[dict]:
+    """The planning tasks' input: one row per scene to plan."""
+    return [{"scene": s.index, "source": pack(s)} for s in sources]
+
+
+def planned_rows(plan: ScenePlan, batch_size: int, cpus: float) -> list[dict]:
+    """A planned scene's rows for the readers: its tile ranges, each with the plan; one empty
+    range for a scene complete already."""
+    packed = pack(plan)
+    ranges = tile_ranges(len(plan.grid), batch_size, cpus) if plan.status != "done" else [{"lo": 0, "hi": 0}]
+    return [{"scene": plan.index, "plan": packed, "lo": r["lo"], "hi": r["hi"], "error": ""} for r in ranges]
+
+
+def plan_scenes(batch: dict, job: JobPlan, opts: PredictOptions, batch_size: int, cpus: float):
+    """Scene sources -> the rows of each scene's tile ranges, as each scene is planned (its VRT
+    built, its header read, its outputs created or kept to resume). A scene that cannot be
+    planned becomes one row with its error (``--fail-fast``: the job stops)."""
+    for i in range(len(batch["scene"])):
+        packed = batch["source"][i]
+        src = pickle.loads(packed)
+        if isinstance(src, ScenePlan):  # planned in the driver (the job's first scene)
+            plan = src
+        else:
+            try:
+                plan = plan_scene(src, job, opts, job.dtype)
+            except Exception as exc:
+                if opts.fail_fast or not is_scene_error(exc):
+                    raise
+                yield _rows([{"scene": src.index, "plan": packed, "lo": 0, "hi": 0, "error": one_line(exc)}])
+                continue
+        if plan.status != "done":
+            prepare_scene(plan, job.classes, opts)
+        yield _rows(planned_rows(plan, batch_size, cpus))
+
+
+def _rows(rows: list[dict]) -> dict:
+    return {"scene": np.array([r["scene"] for r in rows], np.int32),
+            "plan": np.array([r["plan"] for r in rows], dtype=object),
+            "lo": np.array([r["lo"] for r in rows], np.int64), "hi": np.array([r["hi"] for r in rows], np.int64),
+            "error": np.array([r["error"] for r in rows], dtype=object)}
 
 
 # --- read ----------------------------------------------------------------------
 
 
-def read_tiles(batch: dict, plans: list[ScenePlan], dtype: str, batch_size: int = 8, skip_bad: bool = False):
-    """Tile-number ranges -> image tiles, yielded ``batch_size`` tiles at a time.
+def read_tiles(batch: dict, dtype: str, shape: tuple[int, int, int], batch_size: int = 8, skip_bad: bool = False,
+               fail_fast: bool = False):
+    """Tile ranges (with their scenes' plans) -> image tiles, yielded ``batch_size`` tiles at a time.
 
-    A task's memory thus does not grow with the length of its range (ranges get
-    longer as jobs grow; see :func:`geoseg.predict.plan.tile_ranges`). An
-    unreadable block fails the job naming the file and window
-    (:class:`~geoseg.errors.ReadError`), or with ``skip_bad`` the tiles that
-    need it are logged as ``bad`` (left nodata, listed in the run record).
+    A task's memory thus does not grow with the length of its range. ``shape``:
+    ``(bands, input size, core)`` of the job's tiles (for markers). An unreadable
+    block fails its scene (one marker row with the error, naming the file and
+    window: the scene's other tiles are not predicted), or with ``skip_bad`` the
+    tiles that need it are logged as ``bad`` (left nodata, listed in the run
+    record); ``fail_fast``: the job stops.
     """
-    ids = tile_ids(batch)
-    for i in range(0, len(ids), batch_size):
-        out = _low_priority(_read_tiles, ids[i : i + batch_size], plans, dtype, skip_bad)
-        if len(out["tile"]):  # nothing to predict (done, nodata or bad): nothing to send on
-            yield out
+    for i in range(len(batch["lo"])):
+        lo, hi, packed = int(batch["lo"][i]), int(batch["hi"][i]), batch["plan"][i]
+        scene, error = int(batch["scene"][i]), batch["error"][i]
+        if error or hi <= lo:  # a scene that failed, or was complete already: a marker says so
+            yield marker(scene, packed, 0, error, dtype, shape)
+            continue
+        plan, pending = pickle.loads(packed), 0
+        ids = np.arange(lo, hi, dtype=np.int64)
+        for j in range(0, len(ids), batch_size):
+            try:
+                out, dropped = _low_priority(_read_tiles, ids[j : j + batch_size], plan, dtype, skip_bad)
+            except ReadError as exc:
+                if fail_fast:
+                    raise
+                yield marker(scene, packed, pending + len(ids) - j, one_line(exc), dtype, shape)
+                break
+            pending += dropped
+            if len(out["tile"]):  # the tiles dropped so far are accounted for by the first row
+                out["accounted"][0] += pending
+                out["plan"][:] = [packed] * len(out["tile"])
+                pending = 0
+                yield out
+        else:
+            if pending:
+                yield marker(scene, packed, pending, "", dtype, shape)
+
+
+def marker(scene: int, packed: bytes, accounted: int, error: str, dtype: str, shape: tuple[int, int, int]) -> dict:
+    """A row standing for tiles with nothing to predict (and for a scene's error)."""
+    nb, size, core = shape
+    return {"scene": np.array([scene], np.int32), "tile": np.array([-1], np.int64),
+            "image": np.zeros((1, nb, size, size), dtype), "valid": np.zeros((1, core, core), bool),
+            "crop": np.zeros((1, 4), np.int32), "plan": np.array([packed], dtype=object),
+            "accounted": np.array([accounted], np.int32), "error": np.array([error], dtype=object)}
 
 
 def _read_scene_tiles(plan: ScenePlan, tiles: list, dtype: str, skip_bad: bool) -> tuple[np.ndarray, list]:
@@ -133,25 +227,23 @@ def _read_scene_tiles(plan: ScenePlan, tiles: list, dtype: str, skip_bad: bool) 
     return images, valids
 
 
-def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str, skip_bad: bool = False) -> dict:
-    """Tile numbers -> ``{scene, tile, image, valid, crop}``.
+def _read_tiles(ids: np.ndarray, plan: ScenePlan, dtype: str, skip_bad: bool = False) -> tuple[dict, int]:
+    """Tile numbers of one scene -> ``({scene, tile, image, valid, crop, plan, accounted, error}, dropped)``.
 
     ``image``: ``(N, bands, T, T)`` model inputs; ``valid``: ``(N, core, core)``
     input validity of each core; ``crop``: ``(N, 4)`` the core's place in its
     input. Tiles already finished (or whose softmax is stored) are dropped; tiles
-    without a single valid pixel are dropped and logged as ``nodata``. Each
-    scene's tiles are read together (:meth:`geoseg.raster.TileReader.read_tiles`),
-    straight into the batch.
+    without a single valid pixel are dropped and logged as ``nodata``; ``dropped``
+    counts them. The tiles are read together
+    (:meth:`geoseg.raster.TileReader.read_tiles`), straight into the batch.
     """
-    wanted: dict[int, list[tuple[int, object]]] = {}
-    for s, plan, t in _locate(ids, plans):
-        if not (_is_set(plan.done, t) or _is_set(plan.softmax, t)):
-            wanted.setdefault(s, []).append((t, plan.grid[plan.grid.index(t)]))
-    scenes, tiles, images, valids, crops = [], [], [], [], []
-    core = plans[0].grid.core
-    for s, todo in wanted.items():
-        plan, empty, bad, keep = plans[s], [], [], []
-        read, read_valid = _read_scene_tiles(plan, [tile for _, tile in todo], dtype, skip_bad)
+    todo = [(int(t), plan.grid[plan.grid.index(int(t))]) for t in ids
+            if not (_is_set(plan.done, int(t)) or _is_set(plan.softmax, int(t)))]
+    core, size, nb = plan.grid.core, plan.grid.input_size, len(plan.bands)
+    tiles, valids, crops, empty, bad, keep = [], [], [], [], [], []
+    images = np.empty((0, nb, size, size), dtype)
+    if todo:
+        images, read_valid = _read_scene_tiles(plan, [tile for _, tile in todo], dtype, skip_bad)
         for i, ((t, tile), valid) in enumerate(zip(todo, read_valid)):
             if valid is None:
                 bad.append(t)
@@ -162,22 +254,24 @@ def _read_tiles(ids: np.ndarray, plans: list[ScenePlan], dtype: str, skip_bad: b
             full = np.zeros((core, core), dtype=bool)
             full[: valid.shape[0], : valid.shape[1]] = valid
             keep.append(i)
-            scenes.append(s)
             tiles.append(t)
             valids.append(full)
             crops.append((tile.crop.row_off, tile.crop.col_off, tile.crop.height, tile.crop.width))
-        images.append(read if len(keep) == len(todo) else read[keep])  # a copy only where tiles were dropped
+        if len(keep) != len(todo):
+            images = images[keep]  # a copy only where tiles were dropped
         output.log_done(plan.out, np.asarray(empty, dtype=np.int64), kind="nodata")
         output.log_done(plan.out, np.asarray(bad, dtype=np.int64), kind="bad")
-    size, nb = plans[0].grid.input_size, len(plans[0].bands)
+    n = len(tiles)
     return {
-        "scene": np.asarray(scenes, dtype=np.int32),
+        "scene": np.full(n, plan.index, dtype=np.int32),
         "tile": np.asarray(tiles, dtype=np.int64),
-        "image": (images[0] if len(images) == 1 else np.concatenate(images)) if images
-        else np.empty((0, nb, size, size), dtype),
+        "image": images,
         "valid": np.stack(valids) if valids else np.empty((0, core, core), bool),
         "crop": np.asarray(crops, dtype=np.int32).reshape(-1, 4),
-    }
+        "plan": np.empty(n, dtype=object),
+        "accounted": np.ones(n, dtype=np.int32),
+        "error": np.full(n, "", dtype=object),
+    }, len(ids) - n
 
 
 # --- infer ---------------------------------------------------------------------
@@ -187,24 +281,44 @@ class Infer:
     """The model stage: holds one model (built once) and turns image tiles into class
     cores (and probabilities), or with ``softmax`` into whole-tile softmax for blending.
     Ray runs it as an actor pool, or the driver calls it (a local job's model on CPU);
-    it is a plain callable class. ``predictor``: one built already (else ``spec`` builds it)."""
+    it is a plain callable class. ``predictor``: one built already (else ``spec`` builds it).
+    Marker rows (``tile`` -1) pass through without reaching the model."""
 
     def __init__(self, spec: ModelSpec, core: int, probabilities: bool = False, softmax: bool = False,
                  predictor=None):
         self.predictor = predictor if predictor is not None else spec.build()
         self.core, self.probabilities, self.softmax = core, probabilities, softmax
         self.k = self.predictor.num_classes or 1
+        self._scenes: set[int] = set()  # scenes whose own parameters the model has
 
     def __call__(self, batch: dict) -> dict:
-        images, scenes = batch["image"], batch["scene"]
-        out = {"scene": scenes, "tile": batch["tile"]}
+        scenes, tiles = np.asarray(batch["scene"]), np.asarray(batch["tile"])
+        real = tiles >= 0
+        if not real.all():  # markers: the model sees only real tiles; markers get empty outputs
+            sub = self({k: v[real] for k, v in batch.items()})
+            out = {k: _scatter(v, real, len(tiles)) for k, v in sub.items() if k not in CARRY and k != "tile"}
+            return {**out, "scene": scenes, "tile": tiles, **{k: batch[k] for k in CARRY}}
+        self._learn_scenes(batch)
+        out = {"scene": scenes, "tile": tiles}
         t0 = time.perf_counter()
         if self.softmax:
             out["softmax"] = self._softmax(batch)
         else:
             out.update(self._classes(batch))
-        out["model_s"] = np.full(len(images), (time.perf_counter() - t0) / max(1, len(images)))
+        out["model_s"] = np.full(len(tiles), (time.perf_counter() - t0) / max(1, len(tiles)))
+        out.update({k: batch[k] for k in CARRY})
         return out
+
+    def _learn_scenes(self, batch: dict) -> None:
+        """A scene's own model parameters (``index-otsu`` thresholds), from its plan, once."""
+        if not hasattr(self.predictor, "set_scene"):
+            return
+        new = set(np.unique(batch["scene"]).tolist()) - self._scenes
+        if new:
+            for s, plan in plans_of(batch).items():
+                if s in new and plan.params:
+                    self.predictor.set_scene(s, plan.params)
+            self._scenes |= new
 
     def _softmax(self, batch: dict) -> np.ndarray:
         images = batch["image"]
@@ -231,76 +345,88 @@ class Infer:
         return out
 
 
+def _scatter(values: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
+    """``values`` of the rows ``where`` into ``n`` rows, zeros elsewhere."""
+    full = np.zeros((n, *values.shape[1:]), values.dtype)
+    full[where] = values
+    return full
+
+
 # --- write ---------------------------------------------------------------------
 
 
-def write_tiles(batch: dict, plans: list[ScenePlan]) -> dict:
+def write_tiles(batch: dict) -> dict:
     """Write each tile's core into its own Zarr chunk, then log the tiles as done."""
-    return _low_priority(_write_tiles, batch, plans)
+    return _low_priority(_write_tiles, batch)
 
 
-def _write_tiles(batch: dict, plans: list[ScenePlan]) -> dict:
+def _write_tiles(batch: dict) -> dict:
     scenes, tiles = np.asarray(batch["scene"]), np.asarray(batch["tile"])
+    plans = plans_of(batch)
     proba = batch.get("proba")
     pixels = np.zeros(len(tiles), dtype=np.int64)
     for i, (s, t) in enumerate(zip(scenes, tiles)):
-        plan = plans[s]
+        if t < 0:
+            continue
+        plan = plans[int(s)]
         core = plan.grid[plan.grid.index(int(t))].core
         output.write_tile(plan.out, core, batch["classes"][i], None if proba is None else proba[i])
         pixels[i] = core.size
     _log_by_scene(plans, scenes, tiles)
-    return _counts(scenes, batch["model_s"], pixels)
+    return _counts(scenes, batch["model_s"], pixels, batch)
 
 
-def write_softmax(batch: dict, plans: list[ScenePlan]) -> dict:
+def write_softmax(batch: dict) -> dict:
     """``--stitch hann``, pass 1: store each tile's softmax, log it as ``softmax``."""
-    return _low_priority(_write_softmax, batch, plans)
+    return _low_priority(_write_softmax, batch)
 
 
-def _write_softmax(batch: dict, plans: list[ScenePlan]) -> dict:
+def _write_softmax(batch: dict) -> dict:
     scenes, tiles = np.asarray(batch["scene"]), np.asarray(batch["tile"])
+    plans = plans_of(batch)
     for i, (s, t) in enumerate(zip(scenes, tiles)):
-        output.write_softmax(plans[s].out, int(t), batch["softmax"][i])
+        if t >= 0:
+            output.write_softmax(plans[int(s)].out, int(t), batch["softmax"][i])
     _log_by_scene(plans, scenes, tiles, kind="softmax")
-    return _counts(scenes, batch["model_s"], np.zeros(len(tiles)))
+    return _counts(scenes, batch["model_s"], np.zeros(len(tiles)), batch)
 
 
 # --- blend (hann, pass 2) ------------------------------------------------------
 
 
-def blend_tiles(batch: dict, plans: list[ScenePlan], probabilities: bool) -> dict:
-    """``--stitch hann``, pass 2: blend, finish and write each tile's chunk from the
-    stored softmax of the tiles that cover it."""
-    return _low_priority(_blend_tiles, batch, plans, probabilities)
+def blend_tiles(plan: ScenePlan, lo: int, hi: int, probabilities: bool) -> dict:
+    """``--stitch hann``, pass 2, once a scene's softmax is stored: blend, finish and write the
+    chunks of its tiles ``lo`` to ``hi`` from the stored softmax of the tiles that cover them.
+    Returns ``{"tiles": blended, "pixels": written}``."""
+    return _low_priority(_blend_tiles, plan, lo, hi, probabilities)
 
 
-def _blend_tiles(batch: dict, plans: list[ScenePlan], probabilities: bool) -> dict:
+def _blend_tiles(plan: ScenePlan, lo: int, hi: int, probabilities: bool) -> dict:
     cache: OrderedDict = OrderedDict()  # neighbouring tiles share inputs; a few are enough
 
-    def fetch(plan: ScenePlan, iy: int, ix: int):
-        key = (plan.index, iy, ix)
+    def fetch(iy: int, ix: int):
+        key = (iy, ix)
         if key not in cache:
             cache[key] = output.read_softmax(plan.out, iy * plan.grid.shape[1] + ix)
             if len(cache) > 12:
                 cache.popitem(last=False)
         return cache[key]
 
-    scenes, tiles, pixels = [], [], []
-    for s, plan, t in _locate(tile_ids(batch), plans):
+    tiles, pixels = [], 0
+    for t in range(lo, hi):
         if _is_set(plan.done, t):
             continue
         tile = plan.grid[plan.grid.index(t)]
-        probs, valid = stitch.blend_core(plan.grid, tile, lambda iy, ix: fetch(plan, iy, ix))
+        probs, valid = stitch.blend_core(plan.grid, tile, fetch)
         if not valid.any():
             continue  # no softmax stored: logged as nodata by the model pass
         classes = probs.argmax(0).astype(np.uint8)
         classes[~valid] = NODATA
         output.write_tile(plan.out, tile.core, classes, stitch.to_uint8(probs) if probabilities else None)
-        scenes.append(s)
         tiles.append(t)
-        pixels.append(tile.core.size)
-    _log_by_scene(plans, np.asarray(scenes, dtype=np.int32), np.asarray(tiles, dtype=np.int64))
-    return _counts(scenes, np.zeros(len(tiles)), pixels)
+        pixels += tile.core.size
+    output.log_done(plan.out, np.asarray(tiles, dtype=np.int64))
+    return {"tiles": len(tiles), "pixels": pixels}
 
 
 # --- finish --------------------------------------------------------------------
@@ -312,9 +438,14 @@ def finish_scene(plan: ScenePlan, classes: ClassScheme, quicklook: bool = False)
 
     Returns ``{"counts": tiles by kind, "bad_tiles": [{tile, window}], "cog_seconds", "classes":
     pixels and hectares by class, "quicklooks": PNG URLs}``; the run record is written
-    afterwards by the driver, last of all.
+    afterwards, last of all (:func:`complete_scene`). A scene whose progress log does not
+    account for every tile is refused (it stays incomplete; a rerun resumes it).
     """
     _, counts = output.read_done(plan.out, len(plan.grid))
+    missing = len(plan.grid) - sum(counts.values())
+    if missing > 0:
+        raise ReadError(f"{plan.url}: {missing} of {len(plan.grid)} tiles were not written; "
+                        "rerun the same command to finish the scene")
     bad = []
     for t in output.logged_tiles(plan.out, "bad"):
         core = plan.grid[plan.grid.index(t)].core
@@ -324,28 +455,71 @@ def finish_scene(plan: ScenePlan, classes: ClassScheme, quicklook: bool = False)
     t0 = time.perf_counter()
     counted = output.zarr_to_cog(plan.out, plan.info, classes)
     cog_s = time.perf_counter() - t0
-    pictures = _quicklooks(plan, classes) if quicklook else {}
+    pictures = _quicklooks(plan.url, plan.out, classes) if quicklook else {}
     storage.remove(plan.out.progress, recursive=True)
     return {"counts": counts, "bad_tiles": bad, "cog_seconds": round(cog_s, 3),
             "classes": output.class_areas(classes, counted), "quicklooks": pictures}
 
 
-def _quicklooks(plan: ScenePlan, classes: ClassScheme) -> dict[str, str]:
+def complete_scene(plan: ScenePlan, job: JobPlan, opts: PredictOptions, timings: dict, placement: dict,
+                   started) -> dict:
+    """Finish a scene whose tiles are all written (:func:`finish_scene`), then write its STAC
+    item and, last, its run record: the scene is complete. Returns the record."""
+    t0 = time.perf_counter()
+    finished = finish_scene(plan, job.classes, opts.quicklook)
+    counts, previous = finished["counts"], plan.previous
+    rec = output.scene_record(
+        plan.out,
+        url=plan.url,
+        info=plan.info,
+        model={
+            "name": job.spec.name,
+            "checkpoint": opts.checkpoint,
+            "classes": job.classes.to_dict(),
+            "thresholds": plan.params,
+        },
+        parameters={**plan.fingerprint, "batch_size": opts.batch_size, "precision": opts.precision},
+        tiles={
+            "total": len(plan.grid),
+            # this run only; tiles finished by an interrupted earlier run count as resumed
+            "predicted": counts.get("done", 0) - previous.get("done", 0),
+            "nodata_skipped": counts.get("nodata", 0) - previous.get("nodata", 0),
+            "resumed": sum(previous.values()),
+            # unreadable input (--skip-bad-tiles): left nodata; each with its core window
+            "bad": counts.get("bad", 0),
+            "bad_tiles": finished["bad_tiles"],
+        },
+        timings={**timings, "finish": time.perf_counter() - t0, "cog": finished["cog_seconds"],
+                 "total": timings.get("total", 0.0) + time.perf_counter() - t0},
+        started=started,
+        classes=finished["classes"],
+        quicklooks=finished["quicklooks"],
+    )
+    rec["placement"] = placement  # which nodes ran each stage (node ids), so far in the job
+    model = {**rec["model"], "bands": [plan.info.descriptions[b - 1] or f"band{b}" for b in plan.bands],
+             "arch": job.meta.model.arch if job.meta else None}
+    rec["outputs"]["stac_item"] = catalog.write_item(plan.out.prefix, plan.out.stem, catalog.scene_item(
+        plan.out.stem, rec["outputs"], plan.info, job.classes, rec, model, rec.get("stac_item")))
+    output.write_record(plan.out, rec)  # last: the scene is complete
+    return rec
+
+
+def _quicklooks(url: str, out: output.SceneOutput, classes: ClassScheme) -> dict[str, str]:
     """The scene's quicklook PNGs (from the input's and the COG's overviews: small reads), by
     the names the run record lists them under."""
     from geoseg.quicklook import write_predict_quicklooks
 
-    urls = write_predict_quicklooks(plan.url, plan.out.cog, classes, storage.join(plan.out.prefix, plan.out.stem))
+    urls = write_predict_quicklooks(url, out.cog, classes, storage.join(out.prefix, out.stem))
     return {"quicklook" if name == "quicklook" else f"quicklook_{name}": url for name, url in urls.items()}
 
 
-def add_quicklooks(plan: ScenePlan, classes: ClassScheme) -> bool:
+def add_quicklooks(url: str, out: output.SceneOutput, classes: ClassScheme) -> bool:
     """``--quicklook`` on a scene finished earlier without them: draw them and list them in its
     run record (rewritten whole, so it stays complete). False when it has them already."""
-    record = json.loads(storage.read_text(plan.out.record))
+    record = json.loads(storage.read_text(out.record))
     if record.get("outputs", {}).get("quicklook"):
         return False
-    record["outputs"].update(_quicklooks(plan, classes))
+    record["outputs"].update(_quicklooks(url, out, classes))
     item_url = record["outputs"].get("stac_item")
     if item_url and storage.exists(item_url):  # and in its STAC item
         from geoseg.catalog import quicklook_assets
@@ -353,5 +527,5 @@ def add_quicklooks(plan: ScenePlan, classes: ClassScheme) -> bool:
         item = json.loads(storage.read_text(item_url))
         item["assets"].update(quicklook_assets(record["outputs"]))
         storage.write_text(item_url, json.dumps(item, indent=2))
-    output.write_record(plan.out, record)
+    output.write_record(out, record)
     return True
