@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geoseg", description="Segment satellite imagery at scale with Ray.")
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
     sub = _Sub(p.add_subparsers(dest="command", required=True))
-    for add in (add_sample, add_predict, add_train, add_evaluate, add_quicklook, add_demo, add_submit):
+    for add in (add_sample, add_predict, add_mosaic, add_train, add_evaluate, add_quicklook, add_demo, add_submit):
         add(sub)
     return p
 
@@ -177,8 +177,40 @@ def add_predict(sub) -> None:
     pr.add_argument("--quicklook", action="store_true",
                     help="small PNGs beside each output: <stem>.rgb.png (input, true colour), <stem>.classes.png "
                          "(class map, legend), <stem>.quicklook.png (both side by side)")
+    pr.add_argument("--fail-fast", action="store_true",
+                    help="stop the job at the first scene that fails (default: list it in PREFIX/_job.json, "
+                         "finish the others, exit 1; a rerun retries it)")
+    pr.add_argument("--mosaic", metavar="GRID",
+                    help="once every scene is done, mosaic them into PREFIX/mosaic.zarr on GRID: CRS:RESOLUTION "
+                         "(EPSG:6933:10, EPSG:4326:0.0001) or utm:RESOLUTION (a store per UTM zone); "
+                         "see geoseg mosaic")
     pr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     pr.set_defaults(run=cmd_predict)
+
+
+def add_mosaic(sub) -> None:
+    mo = sub.add_parser("mosaic", help="mosaic a finished predict job's scenes into one Zarr on a common grid")
+    mo.add_argument("prefix", help="the predict job's output prefix (folder or s3:// URL)")
+    mo.add_argument("--grid", required=True,
+                    help="CRS:RESOLUTION, e.g. EPSG:6933:10 (equal-area, metres), EPSG:4326:0.0001 (degrees); "
+                         "or utm:RESOLUTION for one store per UTM zone")
+    mo.add_argument("--out", help="where the store(s) go (default: the prefix)")
+    mo.add_argument("--name", default="mosaic", help="store name: NAME.zarr, NAME.json, NAME.collection.json")
+    mo.add_argument("--chunk", type=_int("--chunk", 64), default=1024, help="chunk side in pixels (default 1024)")
+    mo.add_argument("--merge", choices=["auto", "confidence", "latest"], default="auto",
+                    help="overlapping scenes: confidence (the most confident prediction, needs --probabilities), "
+                         "latest (the latest scene's valid pixel), auto (confidence where every scene has "
+                         "probabilities, else latest; default)")
+    mo.add_argument("--overwrite", action="store_true", help="replace a mosaic made with other settings or scenes")
+    mo.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    mo.set_defaults(run=cmd_mosaic)
+
+
+def cmd_mosaic(a) -> None:
+    from geoseg.mosaic.job import mosaic
+
+    mosaic(a.prefix, a.grid, out=a.out, name=a.name, chunk=a.chunk, rule=a.merge, overwrite=a.overwrite,
+           address=a.address)
 
 
 def predict_options(a):
@@ -204,6 +236,8 @@ def predict_options(a):
         skip_bad_tiles=a.skip_bad_tiles,
         allow_no_crs=a.allow_no_crs,
         quicklook=a.quicklook,
+        fail_fast=a.fail_fast,
+        mosaic=a.mosaic,
     )
 
 
@@ -212,6 +246,11 @@ def cmd_predict(a) -> None:
     if not a.inputs and not opts.search:
         raise InputError("give rasters or STAC items to predict, or search a STAC API with --stac-api URL")
     records = predict(a.inputs, a.out, opts)
+    if len(records) > 20:  # a line per scene is the job summary's
+        tiles = sum(r["tiles"]["predicted"] for r in records)
+        print(f"{len(records)} scenes predicted ({tiles} tiles); every scene in "
+              f"{storage.join(a.out, '_job.json')}, STAC catalog {storage.join(a.out, 'catalog.json')}")
+        return
     for rec in records:
         t = rec["tiles"]
         bad = f", {t['bad']} UNREADABLE (left nodata, listed in the record)" if t.get("bad") else ""

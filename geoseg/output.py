@@ -71,7 +71,20 @@ def create_zarr(
     fingerprint: dict,
     probabilities: bool = False,
 ) -> None:
-    """Create the Zarr group and its metadata (no class data is written here).
+    """Create a scene's Zarr group and its metadata (no class data is written here)."""
+    create_class_map(out.zarr, info, grid.core, classes, {"geoseg": fingerprint}, probabilities)
+
+
+def create_class_map(
+    url: str,
+    info: RasterInfo,
+    chunk: int,
+    classes: ClassScheme,
+    attrs: dict,
+    probabilities: bool = False,
+) -> None:
+    """Create a Zarr v3 group of a class map ``info.height`` x ``info.width`` in ``chunk``-square
+    chunks, with its georeferencing (no class data is written here).
 
     Georeferencing follows the CF / GDAL conventions that rioxarray reads:
     a ``spatial_ref`` variable with ``crs_wkt`` and ``GeoTransform``, pixel-centre
@@ -79,9 +92,10 @@ def create_zarr(
     """
     import zarr
 
-    store = storage.zarr_store(out.zarr)
+    store = storage.zarr_store(url)
     root = zarr.open_group(store, mode="w", zarr_format=3)
-    root.attrs.update({"geoseg": fingerprint})
+    root.attrs.update(attrs)
+    grid = TileGrid(info.height, info.width, chunk, 0)
     a, b, c, d, e, f = info.transform
     data_attrs = {
         "grid_mapping": "spatial_ref",
@@ -405,6 +419,7 @@ def scene_record(
         "status": "complete",
         "input": url,
         **({"stac_item": item_of(info.tags)} if item_of(info.tags) else {}),  # the item a stacked VRT came from
+        "acquired": acquired(info),  # when the scene was taken, where known (a mosaic's "latest")
         "outputs": {"zarr": out.zarr, "cog": out.cog, "record": out.record, **(quicklooks or {})},
         "model": model,
         "parameters": parameters,
@@ -423,6 +438,21 @@ def scene_record(
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
         "versions": versions(),
     }
+
+
+def acquired(info: RasterInfo) -> str | None:
+    """The scene's acquisition time (ISO 8601): its STAC item's datetime, else the raster's
+    ``TIFFTAG_DATETIME``, else None."""
+    item = item_of(info.tags) or {}
+    if item.get("datetime"):
+        return str(item["datetime"])
+    stamp = info.tags.get("TIFFTAG_DATETIME")
+    if stamp:
+        try:
+            return dt.datetime.strptime(stamp.strip(), "%Y:%m:%d %H:%M:%S").isoformat()
+        except ValueError:
+            return None
+    return None
 
 
 def write_record(out: SceneOutput, record: dict) -> None:

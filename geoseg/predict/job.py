@@ -546,6 +546,8 @@ class SceneTracker:
             status = "done" if src.index in self.job.done else self.status.get(src.index, "unfinished")
             entry = {"stem": src.stem, "input": src.url, "status": status,
                      "record": self.job.output(src.stem).record}
+            if not isinstance(src.source, str):  # an item's bands, stacked
+                entry["stac_item"] = {"href": src.source.source, "id": src.stem}
             if src.index in self.errors:
                 entry["error"] = self.errors[src.index]
             scenes.append(entry)

@@ -295,9 +295,14 @@ class Infer:
         scenes, tiles = np.asarray(batch["scene"]), np.asarray(batch["tile"])
         real = tiles >= 0
         if not real.all():  # markers: the model sees only real tiles; markers get empty outputs
-            sub = self({k: v[real] for k, v in batch.items()})
+            # (not self(...): Ray's single-threaded actor wrapper would wait on itself)
+            sub = self._run({k: v[real] for k, v in batch.items()})
             out = {k: _scatter(v, real, len(tiles)) for k, v in sub.items() if k not in CARRY and k != "tile"}
             return {**out, "scene": scenes, "tile": tiles, **{k: batch[k] for k in CARRY}}
+        return self._run(batch)
+
+    def _run(self, batch: dict) -> dict:
+        scenes, tiles = np.asarray(batch["scene"]), np.asarray(batch["tile"])
         self._learn_scenes(batch)
         out = {"scene": scenes, "tile": tiles}
         t0 = time.perf_counter()

@@ -1,0 +1,14 @@
+"""``geoseg mosaic``: every finished scene of a job into one Zarr v3 map on a common grid.
+
+Read top to bottom:
+
+    grid.py    no Ray   MosaicGrid (--grid CRS:RESOLUTION or utm:RESOLUTION), zones, snapped extents
+    plan.py    no Ray   MosaicScene (from a run record), MosaicPlan (one store per zone), the fingerprint
+    stages.py  no Ray   mosaic_chunks (warp each covering scene into a chunk, merge), build_level (mode
+                        overviews), finish (record, STAC Collection)
+    job.py     Ray      record reads and chunk ranges as Ray tasks, resume, the driver loop
+"""
+
+from geoseg.mosaic.grid import MosaicGrid, parse_grid
+
+__all__ = ["MosaicGrid", "parse_grid"]

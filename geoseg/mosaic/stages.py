@@ -1,0 +1,264 @@
+"""The stages of a mosaic, without Ray: chunks of the full resolution, overview levels, the record.
+
+    mosaic_chunks   chunk numbers -> each chunk warped from the scenes that cover it, merged, written
+    build_level     chunk numbers of an overview level -> 2x2 mode of the level below, written
+    finish          consolidated metadata, the record (last) and the STAC Collection
+
+Warping is GDAL's (``rasterio.warp.reproject``, nearest neighbour, exact
+transforms), chunk by chunk: only the window of a scene that a chunk covers is
+read, never a whole scene. Overlaps are merged by a rule (:data:`RULES`):
+``confidence`` keeps the pixel of the scene whose top class probability is the
+highest (ties: the later scene); ``latest`` keeps the valid pixel of the latest
+scene (by acquisition time where known, else the job's order). Nodata where no
+scene covers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import numpy as np
+
+from geoseg import __version__, output, storage
+from geoseg.classes import NODATA, ClassScheme
+from geoseg.mosaic.plan import MosaicPlan, MosaicScene, kind
+from geoseg.tiling import Window
+
+RULES = {
+    "confidence": "the pixel of the scene whose top class probability is highest (ties: the later scene)",
+    "latest": "the valid pixel of the latest scene (acquisition time where known, else the job's order)",
+}
+
+
+def _is_set(bitmap, i: int) -> bool:
+    return bitmap is not None and bool((bitmap[i >> 3] >> (7 - (i & 7))) & 1)
+
+
+def chunk_transform(plan: MosaicPlan, win: Window, level: int = 0):
+    from affine import Affine
+
+    a, b, c, d, e, f = plan.level_transform(level)
+    return Affine(a, b, c + a * win.col_off, d, e, f + e * win.row_off)
+
+
+def _source_window(scene: MosaicScene, crs: str, bounds: tuple[float, float, float, float]) -> Window | None:
+    """The window of ``scene`` that covers ``bounds`` (in ``crs``), two pixels wider; None if none."""
+    from affine import Affine
+    from rasterio.warp import transform_bounds
+
+    w, s, e, n = transform_bounds(crs, scene.crs, *bounds, densify_pts=21)
+    inv = ~Affine(*scene.transform)
+    cols, rows = zip(*(inv * (x, y) for x in (w, e) for y in (s, n)))
+    r0, r1 = max(0, int(np.floor(min(rows))) - 2), min(scene.height, int(np.ceil(max(rows))) + 2)
+    c0, c1 = max(0, int(np.floor(min(cols))) - 2), min(scene.width, int(np.ceil(max(cols))) + 2)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    return Window(r0, c0, r1 - r0, c1 - c0)
+
+
+def warp_scene(scene: MosaicScene, plan: MosaicPlan, win: Window, confidence: bool
+               ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(classes, top probability or None)`` of ``scene`` on the chunk ``win`` (nearest
+    neighbour), NODATA / 0 outside it; None where the scene does not reach the chunk."""
+    import rasterio
+    from affine import Affine
+    from rasterio.warp import Resampling, reproject
+
+    dst_t = chunk_transform(plan, win)
+    bounds = (dst_t.c, dst_t.f + dst_t.e * win.height, dst_t.c + dst_t.a * win.width, dst_t.f)
+    src_win = _source_window(scene, plan.crs, bounds)
+    if src_win is None:
+        return None
+    with storage.gdal_env():
+        with rasterio.open(scene.cog) as src:
+            classes = src.read(1, window=src_win.to_rasterio())
+    a, b, c, d, e, f = scene.transform
+    src_t = Affine(a, b, c + a * src_win.col_off, d, e, f + e * src_win.row_off)
+    kw = dict(src_transform=src_t, src_crs=scene.crs, dst_transform=dst_t, dst_crs=plan.crs,
+              resampling=Resampling.nearest, tolerance=0)
+    out = np.full((win.height, win.width), NODATA, np.uint8)
+    reproject(classes, out, src_nodata=NODATA, dst_nodata=NODATA, **kw)
+    conf = None
+    if confidence:
+        import zarr
+
+        proba = zarr.open_array(storage.zarr_store(scene.zarr, read_only=True), path="probabilities", mode="r")
+        rows, cols = src_win.slices
+        top = np.asarray(proba[:, rows, cols]).max(axis=0)
+        top[classes == NODATA] = 0
+        conf = np.zeros((win.height, win.width), np.uint8)
+        reproject(top, conf, src_nodata=None, dst_nodata=0, init_dest_nodata=True, **kw)
+    return out, conf
+
+
+def merge(best: np.ndarray, best_conf: np.ndarray | None, classes: np.ndarray, conf: np.ndarray | None) -> None:
+    """Merge one scene's warped ``classes`` into ``best`` in place, later scenes after earlier ones."""
+    valid = classes != NODATA
+    if best_conf is None:  # latest: the later scene's valid pixel
+        best[valid] = classes[valid]
+        return
+    take = valid & ((best == NODATA) | (conf >= best_conf))
+    best[take] = classes[take]
+    best_conf[take] = conf[take]
+
+
+def mosaic_chunk(plan: MosaicPlan, i: int) -> np.ndarray:
+    """Chunk ``i`` of the full resolution: every scene that reaches it, warped and merged in order."""
+    win = plan.window(i)
+    t = chunk_transform(plan, win)
+    west, north = t.c, t.f
+    east, south = west + t.a * win.width, north + t.e * win.height
+    b = plan.bounds
+    hit = np.flatnonzero((b[:, 0] < east) & (b[:, 2] > west) & (b[:, 1] < north) & (b[:, 3] > south))
+    confidence = plan.rule == "confidence"
+    best = np.full((win.height, win.width), NODATA, np.uint8)
+    best_conf = np.zeros_like(best) if confidence else None
+    for k in sorted(hit, key=lambda k: plan.scenes[k].order):
+        warped = warp_scene(plan.scenes[k], plan, win, confidence)
+        if warped is not None:
+            merge(best, best_conf, *warped)
+    return best
+
+
+def _array(url: str, level: int, mode: str = "r+"):
+    import zarr
+
+    path = url if level == 0 else storage.join(url, "overviews", str(level))
+    return zarr.open_array(storage.zarr_store(path, read_only=mode == "r"), path="classes", mode=mode)
+
+
+def mosaic_chunks(plan: MosaicPlan, lo: int, hi: int) -> dict:
+    """Write chunks ``lo`` to ``hi`` of the full resolution (those not logged done), each once, then
+    log them done. Returns ``{"chunks", "pixels", "seconds"}``."""
+    t0 = time.perf_counter()
+    arr = _array(plan.url, 0)
+    done, pixels, todo = plan.done.get(0), 0, []
+    for i in range(lo, hi):
+        if _is_set(done, i):
+            continue
+        win = plan.window(i)
+        block = mosaic_chunk(plan, i)
+        if (block != NODATA).any():  # a chunk no scene reaches stays the fill value (nodata)
+            arr[win.slices] = block
+        pixels += win.size
+        todo.append(i)
+    output.log_done(plan.log, np.asarray(todo, np.int64), kind=kind(0))
+    return {"chunks": len(todo), "pixels": pixels, "seconds": time.perf_counter() - t0}
+
+
+def mode2x2(block: np.ndarray) -> np.ndarray:
+    """Halve a class map: each output pixel the most frequent class of its 2x2 input pixels
+    (nodata ignored; ties: the smaller class number; nodata where all four are)."""
+    h, w = block.shape
+    padded = np.full((h + h % 2, w + w % 2), NODATA, np.uint8)
+    padded[:h, :w] = block
+    quads = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).transpose(0, 2, 1, 3).reshape(
+        padded.shape[0] // 2, padded.shape[1] // 2, 4)
+    out = np.full(quads.shape[:2], NODATA, np.uint8)
+    best = np.zeros(quads.shape[:2], np.uint8)
+    for c in np.unique(quads):
+        if c == NODATA:
+            continue
+        n = (quads == c).sum(axis=-1, dtype=np.uint8)
+        more = n > best
+        out[more], best[more] = c, n[more]
+    return out
+
+
+def build_level(plan: MosaicPlan, level: int, lo: int, hi: int) -> dict:
+    """Write chunks ``lo`` to ``hi`` of overview ``level`` from the level below (2x2 mode)."""
+    t0 = time.perf_counter()
+    below, arr = _array(plan.url, level - 1, "r"), _array(plan.url, level)
+    h, w = plan.shape(level - 1)
+    done, todo = plan.done.get(level), []
+    for i in range(lo, hi):
+        if _is_set(done, i):
+            continue
+        win = plan.window(i, level)
+        r0, c0 = 2 * win.row_off, 2 * win.col_off
+        src = np.asarray(below[r0 : min(h, r0 + 2 * win.height), c0 : min(w, c0 + 2 * win.width)])
+        block = mode2x2(src)[: win.height, : win.width]
+        if (block != NODATA).any():
+            arr[win.slices] = block
+        todo.append(i)
+    output.log_done(plan.log, np.asarray(todo, np.int64), kind=kind(level))
+    return {"chunks": len(todo), "seconds": time.perf_counter() - t0}
+
+
+def finish(plan: MosaicPlan, classes: ClassScheme, timings: dict, extra: dict | None = None) -> dict:
+    """Consolidate the store's metadata, drop its progress log, write its record (last: a store
+    without it is incomplete). Returns the record."""
+    import warnings
+
+    import zarr
+
+    from rasterio.warp import transform_bounds
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(storage.zarr_store(plan.url))
+    storage.remove(plan.log.progress, recursive=True)
+    a, _, c, _, e, f = plan.transform
+    west, east = sorted((c, c + a * plan.width))
+    south, north = sorted((f, f + e * plan.height))
+    times = sorted(s.acquired for s in plan.scenes if s.acquired)
+    record = {
+        "status": "complete",
+        "zarr": plan.url,
+        "crs": plan.crs,
+        "transform": list(plan.transform),
+        "shape": [plan.height, plan.width],
+        "chunk": plan.chunk,
+        "levels": [{"level": lvl, "shape": list(plan.shape(lvl)),
+                    "path": "." if lvl == 0 else f"overviews/{lvl}"} for lvl in range(plan.levels + 1)],
+        "merge": {"rule": plan.rule, "meaning": RULES[plan.rule]},
+        "scenes": [{"stem": s.stem, "cog": s.cog, "order": s.order, "acquired": s.acquired} for s in plan.scenes],
+        "bbox_4326": list(transform_bounds(plan.crs, "EPSG:4326", west, south, east, north, densify_pts=21)),
+        "interval": [times[0], times[-1]] if times else None,
+        "fingerprint": plan.fingerprint,
+        "classes": classes.to_dict(),
+        "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
+        **(extra or {}),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "versions": {"geoseg": __version__},
+    }
+    storage.write_text(plan.record, json.dumps(record, indent=1))
+    return record
+
+
+def write_collection(prefix: str, name: str, records: list[dict], classes: ClassScheme) -> str:
+    """``PREFIX/<name>.collection.json``: a STAC Collection of the mosaic, one Zarr asset per store."""
+    from geoseg.catalog import _abs, _classes
+
+    boxes = np.asarray([r["bbox_4326"] for r in records])
+    times = sorted(t for r in records if r["interval"] for t in r["interval"])
+    assets = {}
+    for r in records:
+        key = storage.stem(r["zarr"])
+        assets[key] = {"href": _abs(r["zarr"]), "type": "application/vnd+zarr", "roles": ["data"],
+                       "title": f"class map on {r['crs']} ({r['merge']['rule']} merge)",
+                       "proj:code": r["crs"] if r["crs"].startswith(("EPSG:", "ESRI:")) else None,
+                       "proj:shape": r["shape"], "proj:transform": r["transform"][:6],
+                       "classification:classes": _classes(classes)}
+        assets[f"{key}-record"] = {"href": _abs(storage.join(prefix, f"{key}.json")), "type": "application/json",
+                                   "roles": ["metadata"]}
+    url = storage.join(prefix, f"{name}.collection.json")
+    doc = {
+        "type": "Collection", "stac_version": "1.1.0", "id": name,
+        "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+                            "https://stac-extensions.github.io/classification/v2.0.0/schema.json"],
+        "description": f"geoseg mosaic of {sum(len(r['scenes']) for r in records)} scenes",
+        "license": "other",
+        "extent": {"spatial": {"bbox": [[float(boxes[:, 0].min()), float(boxes[:, 1].min()),
+                                         float(boxes[:, 2].max()), float(boxes[:, 3].max())]]},
+                   "temporal": {"interval": [[times[0], times[-1]] if times else [None, None]]}},
+        "summaries": {"classification:classes": _classes(classes)},
+        "assets": assets,
+        "links": [{"rel": "self", "href": _abs(url), "type": "application/json"},
+                  *[{"rel": "derived_from", "href": _abs(storage.join(prefix, f"{s['stem']}.item.json")),
+                     "type": "application/geo+json"} for r in records for s in r["scenes"][:1000]]],
+    }
+    storage.write_text(url, json.dumps(doc, indent=1))
+    return url

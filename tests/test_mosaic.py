@@ -1,0 +1,188 @@
+"""Mosaics: scenes in two UTM zones with overlapping footprints into one Zarr on a common grid,
+equal to warping each scene's whole class map and merging by the rule; chunk-level resume;
+a failing scene among good ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401 - the .rio accessor
+import xarray as xr
+from affine import Affine
+from rasterio.warp import Resampling, reproject, transform
+
+from geoseg.classes import NODATA
+from geoseg.predict import PredictOptions, predict
+
+ZONE_EDGE = 12.0  # degrees east: UTM zones 32 and 33 meet here
+
+
+def _write_scene(path, data, desc, epsg, lon, lat, res=10.0, tag_time=None):
+    """A 4-band scene whose upper-left corner is at (lon, lat), in UTM zone ``epsg``."""
+    (x,), (y,) = transform("EPSG:4326", f"EPSG:{epsg}", [lon], [lat])
+    prof = dict(driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0], dtype=data.dtype,
+                crs=f"EPSG:{epsg}", transform=Affine(res, 0, round(x), 0, -res, round(y)), tiled=True,
+                blockxsize=256, blockysize=256, compress="deflate")
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+        dst.descriptions = desc
+        if tag_time:
+            dst.update_tags(TIFFTAG_DATETIME=tag_time)
+
+
+@pytest.fixture(scope="module")
+def zone_scenes(sample_dir, tmp_path_factory):
+    """Three scenes: two in zone 32 and one in zone 33, the zone-33 one and one zone-32 one
+    overlapping across the zone edge, taken at different times (asymmetric: 640 x 512 px)."""
+    d = tmp_path_factory.mktemp("zones")
+    with rasterio.open(sample_dir / "scene.tif") as src:
+        data, desc = src.read(), src.descriptions
+    data = data[:, :512, :]  # 512 rows x 640 cols
+    _write_scene(d / "a32.tif", data, desc, 32632, ZONE_EDGE - 0.05, 45.0, tag_time="2025:06:01 10:00:00")
+    _write_scene(d / "b33.tif", data[:, :, ::-1].copy(), desc, 32633, ZONE_EDGE - 0.03, 44.99,
+                 tag_time="2025:06:11 10:00:00")
+    _write_scene(d / "c32.tif", data[:, ::-1, :].copy(), desc, 32632, ZONE_EDGE - 0.2, 44.95)
+    return d
+
+
+def _direct(cogs_in_order, out_shape, dst_transform, dst_crs, confidences=None):
+    """The mosaic computed directly: each whole class map warped (nearest), later ones over earlier."""
+    best = np.full(out_shape, NODATA, np.uint8)
+    best_conf = np.zeros(out_shape, np.uint8)
+    for k, cog in enumerate(cogs_in_order):
+        with rasterio.open(cog) as src:
+            classes = src.read(1)
+            warped = np.full(out_shape, NODATA, np.uint8)
+            reproject(classes, warped, src_transform=src.transform, src_crs=src.crs, dst_transform=dst_transform,
+                      dst_crs=dst_crs, resampling=Resampling.nearest, src_nodata=NODATA, dst_nodata=NODATA,
+                      tolerance=0)
+            valid = warped != NODATA
+            if confidences is None:
+                best[valid] = warped[valid]
+                continue
+            top = confidences[k].copy()
+            top[classes == NODATA] = 0
+            conf = np.zeros(out_shape, np.uint8)
+            reproject(top, conf, src_transform=src.transform, src_crs=src.crs, dst_transform=dst_transform,
+                      dst_crs=dst_crs, resampling=Resampling.nearest, dst_nodata=0, tolerance=0)
+            take = valid & ((best == NODATA) | (conf >= best_conf))
+            best[take], best_conf[take] = warped[take], conf[take]
+    return best
+
+
+def test_mosaic_of_two_zones_equals_direct_warp_and_merge(ray_local, zone_scenes, tmp_path):
+    from geoseg.mosaic.job import mosaic
+
+    scenes = [str(zone_scenes / n) for n in ("b33.tif", "a32.tif", "c32.tif")]
+    prefix = tmp_path / "o"
+    predict(scenes, str(prefix), PredictOptions(model="index", tile_size=128, halo=16, probabilities=True),
+            log=lambda *_: None)
+    (rec,) = mosaic(str(prefix), "EPSG:4326:0.0001", chunk=256, log=lambda *_: None)
+    assert rec["merge"]["rule"] == "confidence"  # every scene has probabilities
+    assert [s["stem"] for s in sorted(rec["scenes"], key=lambda s: s["order"])] == ["c32", "a32", "b33"]  # by time
+    ds = xr.open_zarr(prefix / "mosaic.zarr")
+    assert ds.rio.crs.to_epsg() == 4326
+    got = ds["classes"].values
+    assert got.shape == tuple(rec["shape"]) and got.shape[0] != got.shape[1]
+    t = Affine(*rec["transform"])
+    assert np.isclose(float(ds.x[0]), t.c + t.a / 2) and np.isclose(float(ds.y[0]), t.f + t.e / 2)
+    cogs = [prefix / f"{s['stem']}.tif" for s in sorted(rec["scenes"], key=lambda s: s["order"])]
+    confs = [xr.open_zarr(str(c).replace(".tif", ".zarr"))["probabilities"].values.max(axis=0) for c in cogs]
+    want = _direct(cogs, got.shape, t, "EPSG:4326", confs)
+    np.testing.assert_array_equal(got, want)
+    assert (got != NODATA).mean() > 0.3 and (got == NODATA).any()  # covered, and nodata where nothing is
+    # multiscale levels by mode, each readable with its CRS
+    assert len(rec["levels"]) >= 2
+    lvl = xr.open_zarr(prefix / "mosaic.zarr", group="overviews/1")
+    assert lvl["classes"].shape == tuple(rec["levels"][1]["shape"]) and lvl.rio.crs.to_epsg() == 4326
+    from geoseg.mosaic.stages import mode2x2
+    np.testing.assert_array_equal(lvl["classes"].values, mode2x2(got))
+    coll = json.loads((prefix / "mosaic.collection.json").read_text())
+    assert coll["type"] == "Collection" and "mosaic" in coll["assets"]
+    # latest-valid merge: equal to warping in time order, later over earlier
+    (late,) = mosaic(str(prefix), "EPSG:4326:0.0001", name="latest", chunk=256, rule="latest", log=lambda *_: None)
+    np.testing.assert_array_equal(xr.open_zarr(prefix / "latest.zarr")["classes"].values,
+                                  _direct(cogs, got.shape, t, "EPSG:4326"))
+    # one store per UTM zone
+    zones = mosaic(str(prefix), "utm:10", name="z", chunk=256, rule="latest", log=lambda *_: None)
+    assert sorted(r["crs"] for r in zones) == ["EPSG:32632", "EPSG:32633"]
+    for r in zones:
+        z = xr.open_zarr(r["zarr"])
+        assert z.rio.crs.to_epsg() == int(r["crs"].split(":")[1])
+        zc = [prefix / f"{s['stem']}.tif" for s in sorted(r["scenes"], key=lambda s: s["order"])]
+        np.testing.assert_array_equal(z["classes"].values,
+                                      _direct(zc, z["classes"].shape, Affine(*r["transform"]), r["crs"]))
+
+
+def test_half_written_mosaic_resumes_identical(ray_local, zone_scenes, tmp_path):
+    from geoseg.mosaic.grid import parse_grid
+    from geoseg.mosaic.job import mosaic
+    from geoseg.mosaic.plan import order_scenes, plan_mosaic, prepare, read_scene, scene_records
+    from geoseg.mosaic.stages import mosaic_chunks
+
+    prefix = tmp_path / "o"
+    predict([str(zone_scenes / "a32.tif"), str(zone_scenes / "b33.tif")], str(prefix),
+            PredictOptions(model="index", tile_size=128, halo=16), log=lambda *_: None)
+    (clean,) = mosaic(str(prefix), "EPSG:3035:20", name="clean", chunk=128, log=lambda *_: None)
+    # a mosaic that died after its first chunks: a few written and logged, no record
+    urls, basis = scene_records(str(prefix))
+    (plan,) = plan_mosaic(order_scenes([read_scene(u) for u in urls]), parse_grid("EPSG:3035:20"), str(prefix),
+                          "half", 128, "auto", basis)
+    from geoseg.classes import LANDCOVER
+    prepare(plan, LANDCOVER)
+    assert mosaic_chunks(plan, 0, 3)["chunks"] == 3
+    assert not (prefix / "half.json").exists()
+    logs = []
+    (resumed,) = mosaic(str(prefix), "EPSG:3035:20", name="half", chunk=128, log=logs.append)
+    assert resumed["shape"] == clean["shape"]
+    np.testing.assert_array_equal(xr.open_zarr(prefix / "half.zarr")["classes"].values,
+                                  xr.open_zarr(prefix / "clean.zarr")["classes"].values)
+    # done: a rerun skips it; another grid over the same name is refused in one line
+    again = []
+    mosaic(str(prefix), "EPSG:3035:20", name="half", chunk=128, log=again.append)
+    assert any("already complete" in line for line in again)
+    from geoseg.errors import OutputExistsError
+    with pytest.raises(OutputExistsError, match="half.zarr: exists with different"):
+        mosaic(str(prefix), "EPSG:3035:30", name="half", chunk=128, log=lambda *_: None)
+
+
+def test_a_failing_scene_is_listed_and_the_job_goes_on(ray_local, zone_scenes, tmp_path):
+    """An unreadable header and a truncated file among good scenes: the job finishes the good
+    ones, lists the bad ones in its summary, fails with a count; the rerun retries just them."""
+    from geoseg.errors import ScenesFailedError
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for n in ("a32.tif", "b33.tif"):
+        shutil.copy(zone_scenes / n, d / n)
+    (d / "broken.tif").write_bytes(b"not a tiff at all")
+    shutil.copy(zone_scenes / "c32.tif", d / "short.tif")
+    with open(d / "short.tif", "r+b") as f:
+        f.truncate((d / "short.tif").stat().st_size * 6 // 10)
+    inputs = [str(d / n) for n in ("broken.tif", "a32.tif", "short.tif", "b33.tif")]
+    prefix = tmp_path / "o"
+    opts = PredictOptions(model="index", tile_size=128, halo=16, mosaic="EPSG:4326:0.0002")
+    with pytest.raises(ScenesFailedError, match=r"2 of 4 scenes failed .*broken.tif.*_job.json.*no mosaic"):
+        predict(inputs, str(prefix), opts, log=lambda *_: None)
+    summary = json.loads((prefix / "_job.json").read_text())
+    status = {s["stem"]: s["status"] for s in summary["scenes"]}
+    assert status == {"broken": "failed", "a32": "complete", "short": "failed", "b33": "complete"}
+    errors = {s["stem"]: s["error"] for s in summary["scenes"] if "error" in s}
+    assert "broken.tif" in errors["broken"] and "short.tif: cannot read window" in errors["short"]
+    assert (prefix / "a32.json").exists() and (prefix / "b33.json").exists()
+    assert not (prefix / "short.json").exists() and not (prefix / "mosaic.zarr").exists()
+    # fixed inputs: the rerun retries just the failed scenes (the others are vouched for by the summary)
+    shutil.copy(zone_scenes / "c32.tif", d / "short.tif")
+    shutil.copy(zone_scenes / "a32.tif", d / "broken.tif")
+    a32_before = (prefix / "a32.json").read_text()
+    logs = []
+    records = predict(inputs, str(prefix), opts, log=logs.append)
+    assert sorted(r["input"] for r in records) == sorted([str(d / "broken.tif"), str(d / "short.tif")])
+    assert (prefix / "a32.json").read_text() == a32_before
+    assert (prefix / "mosaic.zarr").is_dir() and json.loads((prefix / "mosaic.json").read_text())["status"] == "complete"
+    summary = json.loads((prefix / "_job.json").read_text())
+    assert sorted(s["status"] for s in summary["scenes"]) == ["complete", "complete", "done", "done"]
