@@ -246,6 +246,10 @@ def prepare(plan: MosaicPlan, classes: ClassScheme) -> None:
     attrs = {"geoseg_mosaic": plan.fingerprint,
              "multiscales": {"resampling": "mode", "levels": levels}}
     output.create_class_map(plan.url, plan.info(0), plan.chunk, classes, attrs)
+    if plan.levels:  # an explicit group, so that consolidated metadata finds the levels in it
+        import zarr
+
+        zarr.open_group(storage.zarr_store(storage.join(plan.url, "overviews")), mode="w", zarr_format=3)
     for lvl in range(1, plan.levels + 1):
         output.create_class_map(storage.join(plan.url, "overviews", str(lvl)), plan.info(lvl), plan.chunk, classes,
                                 {"geoseg_mosaic_level": lvl})

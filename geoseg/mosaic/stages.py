@@ -4,9 +4,10 @@
     build_level     chunk numbers of an overview level -> 2x2 mode of the level below, written
     finish          consolidated metadata, the record (last) and the STAC Collection
 
-Warping is GDAL's (``rasterio.warp.reproject``, nearest neighbour, exact
-transforms), chunk by chunk: only the window of a scene that a chunk covers is
-read, never a whole scene. Overlaps are merged by a rule (:data:`RULES`):
+Warping is nearest neighbour with exact PROJ transforms of every pixel centre
+(:func:`source_pixels`, through GDAL's ``rasterio.warp.transform``), chunk by
+chunk: only the window of a scene that a chunk covers is read, never a whole
+scene, and a pixel is the same whichever chunk computes it. Overlaps are merged by a rule (:data:`RULES`):
 ``confidence`` keeps the pixel of the scene whose top class probability is the
 highest (ties: the later scene); ``latest`` keeps the valid pixel of the latest
 scene (by acquisition time where known, else the job's order). Nodata where no
@@ -43,43 +44,49 @@ def chunk_transform(plan: MosaicPlan, win: Window, level: int = 0):
     return Affine(a, b, c + a * win.col_off, d, e, f + e * win.row_off)
 
 
-def _source_window(scene: MosaicScene, crs: str, bounds: tuple[float, float, float, float]) -> Window | None:
-    """The window of ``scene`` that covers ``bounds`` (in ``crs``), two pixels wider; None if none."""
+def source_pixels(scene: MosaicScene, crs: str, dst_t, height: int, width: int, box=None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest-neighbour warp: for each pixel centre of a ``height`` x ``width`` grid with
+    transform ``dst_t`` in ``crs``, the ``(row, col)`` of the ``scene`` pixel that holds it
+    (exact PROJ transforms of every centre, the scene's own geotransform: the same pixel
+    whichever chunk asks) and whether it is inside the scene. ``box``: the scene's bounds in
+    ``crs``; only centres inside it are transformed."""
     from affine import Affine
-    from rasterio.warp import transform_bounds
+    from rasterio.warp import transform
 
-    w, s, e, n = transform_bounds(crs, scene.crs, *bounds, densify_pts=21)
-    inv = ~Affine(*scene.transform)
-    cols, rows = zip(*(inv * (x, y) for x in (w, e) for y in (s, n)))
-    r0, r1 = max(0, int(np.floor(min(rows))) - 2), min(scene.height, int(np.ceil(max(rows))) + 2)
-    c0, c1 = max(0, int(np.floor(min(cols))) - 2), min(scene.width, int(np.ceil(max(cols))) + 2)
-    if r1 <= r0 or c1 <= c0:
-        return None
-    return Window(r0, c0, r1 - r0, c1 - c0)
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    xs, ys = dst_t.c + dst_t.a * cols + dst_t.b * rows, dst_t.f + dst_t.d * cols + dst_t.e * rows
+    inside = np.ones((height, width), bool) if box is None else (
+        (xs >= box[0]) & (xs <= box[2]) & (ys >= box[1]) & (ys <= box[3]))
+    r = np.full((height, width), -1, np.int64)
+    c = np.full((height, width), -1, np.int64)
+    if inside.any():
+        sx, sy = (np.asarray(v) for v in transform(crs, scene.crs, xs[inside], ys[inside]))
+        inv = ~Affine(*scene.transform)
+        fc, fr = inv.c + inv.a * sx + inv.b * sy, inv.f + inv.d * sx + inv.e * sy
+        c[inside], r[inside] = np.floor(fc).astype(np.int64), np.floor(fr).astype(np.int64)
+    ok = (r >= 0) & (r < scene.height) & (c >= 0) & (c < scene.width)
+    return r, c, ok
 
 
-def warp_scene(scene: MosaicScene, plan: MosaicPlan, win: Window, confidence: bool
+def warp_scene(scene: MosaicScene, plan: MosaicPlan, win: Window, confidence: bool, box=None
                ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """``(classes, top probability or None)`` of ``scene`` on the chunk ``win`` (nearest
-    neighbour), NODATA / 0 outside it; None where the scene does not reach the chunk."""
+    neighbour, :func:`source_pixels`), NODATA / 0 outside it; None where the scene does not
+    reach the chunk. Only the window of the scene the chunk needs is read."""
     import rasterio
-    from affine import Affine
-    from rasterio.warp import Resampling, reproject
 
-    dst_t = chunk_transform(plan, win)
-    bounds = (dst_t.c, dst_t.f + dst_t.e * win.height, dst_t.c + dst_t.a * win.width, dst_t.f)
-    src_win = _source_window(scene, plan.crs, bounds)
-    if src_win is None:
+    r, c, ok = source_pixels(scene, plan.crs, chunk_transform(plan, win), win.height, win.width, box)
+    if not ok.any():
         return None
+    r0, r1, c0, c1 = r[ok].min(), r[ok].max() + 1, c[ok].min(), c[ok].max() + 1
+    src_win = Window(int(r0), int(c0), int(r1 - r0), int(c1 - c0))
     with storage.gdal_env():
         with rasterio.open(scene.cog) as src:
             classes = src.read(1, window=src_win.to_rasterio())
-    a, b, c, d, e, f = scene.transform
-    src_t = Affine(a, b, c + a * src_win.col_off, d, e, f + e * src_win.row_off)
-    kw = dict(src_transform=src_t, src_crs=scene.crs, dst_transform=dst_t, dst_crs=plan.crs,
-              resampling=Resampling.nearest, tolerance=0)
     out = np.full((win.height, win.width), NODATA, np.uint8)
-    reproject(classes, out, src_nodata=NODATA, dst_nodata=NODATA, **kw)
+    rr, cc = r[ok] - r0, c[ok] - c0
+    out[ok] = classes[rr, cc]
     conf = None
     if confidence:
         import zarr
@@ -87,9 +94,9 @@ def warp_scene(scene: MosaicScene, plan: MosaicPlan, win: Window, confidence: bo
         proba = zarr.open_array(storage.zarr_store(scene.zarr, read_only=True), path="probabilities", mode="r")
         rows, cols = src_win.slices
         top = np.asarray(proba[:, rows, cols]).max(axis=0)
-        top[classes == NODATA] = 0
         conf = np.zeros((win.height, win.width), np.uint8)
-        reproject(top, conf, src_nodata=None, dst_nodata=0, init_dest_nodata=True, **kw)
+        conf[ok] = top[rr, cc]
+        conf[out == NODATA] = 0
     return out, conf
 
 
@@ -116,7 +123,7 @@ def mosaic_chunk(plan: MosaicPlan, i: int) -> np.ndarray:
     best = np.full((win.height, win.width), NODATA, np.uint8)
     best_conf = np.zeros_like(best) if confidence else None
     for k in sorted(hit, key=lambda k: plan.scenes[k].order):
-        warped = warp_scene(plan.scenes[k], plan, win, confidence)
+        warped = warp_scene(plan.scenes[k], plan, win, confidence, b[k])
         if warped is not None:
             merge(best, best_conf, *warped)
     return best

@@ -306,6 +306,9 @@ def build_pipeline(job: JobPlan, opts: PredictOptions, layout: ActorLayout, cpus
                                                        "cpus": cpus},
                         batch_size=1, num_cpus=0.1,
                         compute=ray.data.TaskPoolStrategy(size=min(blocks, max(2, int(cpus)))))
+    # A planned scene is a few rows (tile ranges), one per read task: one block each, or a
+    # single task would read the whole scene (streaming repartition, no shuffle).
+    ds = ds.repartition(target_num_rows_per_block=1)
     # Readers are CPU tasks that scale apart from the model actors (different resources: not fused).
     ds = ds.map_batches(_read_on_node, fn_kwargs={"dtype": job.dtype, "shape": tile_shape(job, opts),
                                                   "batch_size": opts.batch_size, "skip_bad": opts.skip_bad_tiles,
