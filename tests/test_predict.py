@@ -198,3 +198,50 @@ def test_tiles_must_fit_the_model_stride(sample_dir, tmp_path):
         predict([str(sample_dir / "scene.tif")], str(tmp_path / "o"),
                 PredictOptions(checkpoint=str(tmp_path / "ck"), tile_size=100, halo=10))
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def _small_scene(path, seed: int, crs: str = "EPSG:32631") -> None:
+    """A small asymmetric 4-band scene of its own content (x/y swaps show)."""
+    from affine import Affine
+
+    rng = np.random.default_rng(seed)
+    h, w = 72 + seed % 5 * 8, 120 + seed % 3 * 16
+    data = rng.integers(200, 3000, (4, h, w), dtype=np.uint16)
+    data[3, : h // 2] += rng.integers(1500, 4000, dtype=np.uint16)  # vegetation in the north only
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=4, dtype="uint16", nodata=0, crs=crs,
+                       transform=Affine(10, 0, 500000 + seed * 640, 0, -10, 4000000)) as dst:
+        dst.write(data)
+
+
+def test_many_scenes_planned_on_a_multi_node_ray_and_a_finished_job_reruns_on_one_listing(multi_node, tmp_path):
+    """Thirty scenes are planned by Ray tasks on a head and two workers while the first are read;
+    each output equals whole-image inference; the job summary lists them all. A rerun of the
+    finished job opens no input (they are garbage by then): the summary and one listing vouch."""
+    multi_node(head_cpus=1, workers=2)
+    d = tmp_path / "in"
+    d.mkdir()
+    inputs = []
+    for i in range(30):
+        _small_scene(d / f"s{i:02d}.tif", i)
+        inputs.append(str(d / f"s{i:02d}.tif"))
+    expected = {f"s{i:02d}": _whole_image_index(p) for i, p in enumerate(inputs)}
+    opts = PredictOptions(model="index", tile_size=32, halo=8, batch_size=4, workers=2)
+    lines: list[str] = []
+    records = predict(inputs, str(tmp_path / "o"), opts, log=lines.append)
+    assert sorted(r["input"] for r in records) == sorted(inputs)
+    for stem, want in expected.items():
+        with rasterio.open(tmp_path / "o" / f"{stem}.tif") as cog:
+            np.testing.assert_array_equal(cog.read(1), want, err_msg=stem)
+    summary = json.loads((tmp_path / "o" / "_job.json").read_text())
+    assert summary["status"] == "complete" and summary["counts"]["complete"] == 30
+    assert 0 < summary["first_tile_s"] < summary["seconds"]
+    assert {s["stem"] for s in summary["scenes"]} == set(expected)
+    assert not (tmp_path / "o" / ".geoseg").exists() or not any((tmp_path / "o" / ".geoseg").iterdir())
+
+    for p in inputs:  # a rerun that opened any input would fail on it now
+        with open(p, "wb") as f:
+            f.write(b"not a raster")
+    lines.clear()
+    assert predict(inputs, str(tmp_path / "o"), opts, log=lines.append) == []
+    assert "30 of 30 scenes already complete, skipped" in lines
+    assert json.loads((tmp_path / "o" / "_job.json").read_text())["counts"]["done"] == 30

@@ -404,7 +404,7 @@ class SceneTracker:
         self.pending: dict = {}  # ObjectRef -> (what, scene index)
         self.status: dict[int, str] = {}  # scene index -> complete / done / failed
         self.errors: dict[int, str] = {}
-        self.records: list[dict] = []
+        self.records: dict[int, dict] = {}  # scene index -> its run record
         self.items: list[str] = []
         self.nodes: dict[str, set] = {stage: set() for stage in PLACEMENT}
         self.pixels = 0  # of the scenes planned
@@ -528,7 +528,7 @@ class SceneTracker:
                 continue
             del self.live[s]
             self.status[s] = "complete"
-            self.records.append(result)
+            self.records[s] = result
             self.items.append(result["outputs"]["stac_item"])
             self.metrics.scenes.inc(1, tags=self.metrics.tags)
             if result["tiles"]["bad"]:
@@ -592,7 +592,8 @@ def start_ray(opts: PredictOptions, model: DriverModel | None = None) -> None:
 
 
 def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> list[dict]:
-    """Run a prediction job; returns the run record of every scene it finished.
+    """Run a prediction job; returns the run record of every scene it finished, in
+    the order of the inputs.
 
     Scenes that fail are listed (with their errors) in ``PREFIX/_job.json`` and
     skipped; the job finishes the others and then raises
@@ -673,4 +674,4 @@ def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel
             f"{n} of {len(job.sources)} scenes failed (the first: {error}); all are listed in "
             f"{storage.join(prefix, output.JOB_SUMMARY)}; rerun the same command to retry them"
             + ("; no mosaic was made" if opts.mosaic else ""))
-    return tracker.records
+    return [tracker.records[s] for s in sorted(tracker.records)]  # in the order of the inputs
