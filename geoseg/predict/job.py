@@ -130,7 +130,7 @@ def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float, loc
 # carry the upstream stages' ids along, so the driver learns the job's placement
 # (model actors on GPU nodes, readers and writers wherever CPUs are) and records it.
 
-PLACEMENT = ("read", "infer", "write")
+PLACEMENT = ("plan", "read", "infer", "write")
 METRIC_TAG = "geoseg_job"  # the tag of geoseg's Ray metrics: the job's id
 
 
@@ -140,8 +140,15 @@ def _node_column(n: int) -> np.ndarray:
     return np.full(n, ray.get_runtime_context().get_node_id())
 
 
+def _plan_on_node(batch: dict, **kwargs):
+    for out in stages.plan_scenes(batch, **kwargs):
+        out["plan_node"] = _node_column(len(out["scene"]))
+        yield out
+
+
 def _read_on_node(batch: dict, **kwargs):
     for out in stages.read_tiles(batch, **kwargs):
+        out["plan_node"] = np.full(len(out["tile"]), batch["plan_node"][0])  # (one tile range a batch)
         out["read_node"] = _node_column(len(out["tile"]))
         yield out
 
@@ -162,14 +169,14 @@ class _InferOnNode(stages.Infer):
         out = super().__call__(batch)
         if len(out["tile"]):
             self._batch_s.observe(float(out["model_s"].sum()), tags=self._tags)
-        out["read_node"] = batch["read_node"]
+        out["plan_node"], out["read_node"] = batch["plan_node"], batch["read_node"]
         out["infer_node"] = _node_column(len(out["tile"]))
         return out
 
 
 def _write_on_node(batch: dict, stage) -> dict:
     out = stage(batch)
-    for name in ("read_node", "infer_node"):
+    for name in ("plan_node", "read_node", "infer_node"):
         if name in batch:
             out[name] = batch[name]
     out["write_node"] = _node_column(len(out["scene"]))
@@ -302,7 +309,7 @@ def build_pipeline(job: JobPlan, opts: PredictOptions, layout: ActorLayout, cpus
     blocks = max(1, min(len(rows), int(8 * cpus)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     # Planning waits on storage (headers, VRTs) more than it computes: a tenth of a CPU each.
-    ds = ds.map_batches(stages.plan_scenes, fn_kwargs={"job": slim, "opts": opts, "batch_size": opts.batch_size,
+    ds = ds.map_batches(_plan_on_node, fn_kwargs={"job": slim, "opts": opts, "batch_size": opts.batch_size,
                                                        "cpus": cpus},
                         batch_size=1, num_cpus=0.1,
                         compute=ray.data.TaskPoolStrategy(size=min(blocks, max(2, int(cpus)))))
