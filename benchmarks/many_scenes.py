@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predict_throughput import mosaic as tile_scene  # noqa: E402
 from predict_throughput import peak_rss  # noqa: E402
 
-PREDICT = ["--model", "index", "--batch-size", "8", "--tile-size", "512", "--halo", "16"]
+PREDICT = ["--model", "index", "--batch-size", "8", "--halo", "16"]  # tiles of a scene's side: see job_row
 
 
 def write_scenes(base: str, d: str, n: int, side: int) -> list[str]:
@@ -53,7 +53,7 @@ def write_scenes(base: str, d: str, n: int, side: int) -> list[str]:
     for i in range(n):
         url = os.path.join(d, f"s{i:05d}.tif")
         shutil.copyfile(base, url)
-        with rasterio.open(url, "r+") as dst:
+        with rasterio.open(url, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as dst:
             dst.transform = Affine(t.a, 0, t.c + (i % k) * side * t.a, 0, t.e, t.f + (i // k) * side * t.e)
         urls.append(url)
     return urls
@@ -78,7 +78,8 @@ def job_row(n: int, side: int, base: str, work: str) -> dict:
     urls = write_scenes(base, os.path.join(d, "in"), n, side)
     plan = planning_s(urls, d)
     out = os.path.join(d, "out")
-    cmd = [sys.executable, "-m", "geoseg", "predict", os.path.join(d, "in"), "--out", out, *PREDICT]
+    cmd = [sys.executable, "-m", "geoseg", "predict", os.path.join(d, "in", "*.tif"), "--out", out, *PREDICT,
+           "--tile-size", str(side)]  # one tile a scene, none of it padding; the big scene in the same tiles
     wall, peaks = peak_rss(cmd)
     summary = json.load(open(os.path.join(out, "_job.json")))
     assert summary["counts"]["complete"] == n, summary["counts"]
@@ -89,7 +90,7 @@ def job_row(n: int, side: int, base: str, work: str) -> dict:
     tile_scene(base, big, int(round(side * math.sqrt(n))))
     shutil.rmtree(os.path.join(d, "in"))
     big_wall, _ = peak_rss([sys.executable, "-m", "geoseg", "predict", big, "--out", os.path.join(d, "bigout"),
-                            *PREDICT])
+                            *PREDICT, "--tile-size", str(side)])
     one = json.load(open(os.path.join(d, "bigout", "_job.json")))
     rate = summary["pixels"] / summary["seconds"] / 1e6
     big_rate = one["pixels"] / one["seconds"] / 1e6
@@ -103,7 +104,8 @@ def mosaic_row(m: int, side: int, base: str, work: str) -> dict:
     d = os.path.join(work, f"m{m}")
     write_scenes(base, os.path.join(d, "in"), m, side)
     prefix = os.path.join(d, "out")
-    peak_rss([sys.executable, "-m", "geoseg", "predict", os.path.join(d, "in"), "--out", prefix, *PREDICT])
+    peak_rss([sys.executable, "-m", "geoseg", "predict", os.path.join(d, "in", "*.tif"), "--out", prefix, *PREDICT,
+              "--tile-size", str(side)])
     wall, peaks = peak_rss([sys.executable, "-m", "geoseg", "mosaic", prefix, "--grid", "EPSG:32633:10"])
     (record,) = [p for p in glob.glob(os.path.join(prefix, "*.json"))
                  if json.load(open(p)).get("mpix_per_s") is not None]

@@ -18,6 +18,7 @@ two writers in one shard would lose data).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.metadata as md
 import json
 import platform
@@ -384,8 +385,8 @@ def consolidate(out: SceneOutput) -> None:
 # --- run record -------------------------------------------------------------
 
 
-def versions() -> dict:
-    """Versions of geoseg and of the libraries that shape its outputs."""
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple:
     out = {"geoseg": __version__, "python": platform.python_version()}
     for pkg in ("ray", "torch", "rasterio", "zarr", "numpy", "segmentation-models-pytorch"):
         try:
@@ -398,7 +399,12 @@ def versions() -> dict:
         out["gdal"] = rasterio.__gdal_version__
     except ImportError:
         pass
-    return out
+    return tuple(out.items())
+
+
+def versions() -> dict:
+    """Versions of geoseg and of the libraries that shape its outputs (looked up once per process)."""
+    return dict(_versions())
 
 
 def scene_record(

@@ -626,7 +626,8 @@ def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel
              t0: float) -> list[dict]:
     import ray
 
-    start_ray(opts, model)
+    if job.todo:  # (a finished job's rerun: its summary and one listing said so, no Ray needed)
+        start_ray(opts, model)
     t_plan = time.perf_counter() - t0
     done = [s for s in job.sources if s.index in job.done]
     if len(done) > 20:
@@ -635,7 +636,7 @@ def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel
         for s in done:
             log(f"{s.url}: already complete ({job.output(s.stem).record}), skipped")
     metrics = _Metrics(job.job)
-    cpus = cluster_cpus()
+    cpus = cluster_cpus() if job.todo else 1.0
     progress = Progress(0, "tiles")
     tracker = SceneTracker(job, opts, cpus, metrics, progress, started, t0, log)
     for s in done:
