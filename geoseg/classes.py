@@ -45,8 +45,19 @@ class ClassScheme:
     def from_tags(cls, tags: dict[str, str]) -> "ClassScheme | None":
         if "CLASS_NAMES" not in tags:
             return None
-        names = json.loads(tags["CLASS_NAMES"])
-        colors = json.loads(tags.get("CLASS_COLORS", "null")) or [[128, 128, 128]] * len(names)
+        raw = tags["CLASS_NAMES"]
+        try:  # a JSON list of names (what geoseg writes), else names separated by commas
+            names = json.loads(raw)
+        except ValueError:
+            names = [n.strip() for n in raw.split(",") if n.strip()]
+        if isinstance(names, str):
+            names = [names]
+        try:
+            colors = json.loads(tags.get("CLASS_COLORS", "null"))
+        except ValueError:
+            colors = None  # unreadable colours: grey, as with none
+        if not isinstance(colors, list) or len(colors) < len(names):
+            colors = [[128, 128, 128]] * len(names)
         return cls(tuple(names), tuple(tuple(c) for c in colors))
 
 

@@ -20,6 +20,7 @@ from geoseg.errors import InputError, RasterError
 from geoseg.raster import (RasterInfo, check_class_map, check_image, grid_difference, read_decimated, read_info,
                            tile_reader)
 from geoseg.tiling import Window
+from geoseg.train.labels import scan_labels
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,12 @@ def plan_training(
     balanced: bool = False,
     band_roles: list[str] | None = None,
     max_val_chips: int = 2048,
+    label_hists: list[np.ndarray] | None = None,
 ) -> TrainingPlan:
-    """Split blocks, compute normalisation and class statistics, list validation chips."""
+    """Split blocks, compute normalisation and class statistics, list validation chips.
+
+    ``label_hists``: each label raster's class histogram from its whole scan
+    (:mod:`geoseg.train.labels`, the Ray layer's tasks); None: scanned here."""
     if chip < 16:
         raise InputError(f"--chip-size must be >= 16, got {chip}")
     if not 0 < val_fraction < 1:
@@ -93,12 +98,14 @@ def plan_training(
     block = block or chip * 4
     if block < chip:
         raise InputError(f"--block-size ({block}) must be >= --chip-size ({chip})")
+    if label_hists is None:
+        k, source = declared_classes(pairs[0].label, num_classes)
+        label_hists = scan_labels([p.label for p in pairs], k, source)
+    hist_total = np.sum(label_hists, axis=0)  # every label pixel, at full resolution
     stats = _BandStats()
-    hist_total = np.zeros(NODATA, dtype=np.int64)
     blocks, weights_hist, val_blocks = [], [], []
     for p_i, pair in enumerate(pairs):
         lab, ignore, lscale = _decimated_scene(pair, stats)
-        hist_total += np.bincount(lab[~ignore].ravel(), minlength=NODATA)[:NODATA]
         for rec, hist in _labelled_blocks(p_i, pair, lab, ignore, lscale, block, chip):
             if _block_hash(seed, p_i, rec[1] // block, rec[2] // block) < val_fraction:
                 val_blocks.append(rec)
@@ -121,7 +128,8 @@ def plan_training(
         train_weights=_block_weights(np.array(weights_hist, dtype=np.float64)[:, :k], freq, balanced),
         val_chips=_val_chips(val_blocks, chip, max_val_chips, seed),
         band_roles=band_roles,
-        info={"block": block, "val_fraction": val_fraction, "seed": seed, "balanced": balanced},
+        info={"block": block, "val_fraction": val_fraction, "seed": seed, "balanced": balanced,
+              "class_pixels": {name: int(n) for name, n in zip(classes.names, hist_total[:k])}},
     )
 
 
@@ -194,6 +202,16 @@ def _ensure_both_sides(blocks: list, weights_hist: list, val_blocks: list, block
     else:
         blocks.append(val_blocks.pop())
         weights_hist.append(np.ones(NODATA, dtype=np.int64))
+
+
+def declared_classes(label: RasterInfo, num_classes: int | None) -> tuple[int | None, str]:
+    """The number of classes known before the labels are read (``--num-classes``, else the
+    names of the label's CLASS_NAMES tag; None: the labels' own largest value decides),
+    and what declares it (for errors)."""
+    if num_classes:
+        return num_classes, f"{num_classes} classes (--num-classes)"
+    scheme = ClassScheme.from_tags(label.tags)
+    return (len(scheme), "the classes named in its CLASS_NAMES tag") if scheme else (None, "")
 
 
 def _class_scheme(label: RasterInfo, hist_total: np.ndarray, num_classes: int | None) -> ClassScheme:

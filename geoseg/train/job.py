@@ -1,6 +1,8 @@
 """The Ray layer of ``geoseg train``: Ray Train's TorchTrainer (DDP) around :class:`Fitter`.
 
-    plan_run (driver, no Ray)          bands, scene pairs, spatial split, normalisation
+    plan_run (driver)                  bands, scene pairs (metadata: before Ray starts), every
+                                       label scanned whole (Ray tasks, chunked: scan_labels_on_ray),
+                                       spatial split, normalisation, class histogram
       -> ray.data datasets             training chips drawn afresh each epoch, validation chips
       -> TorchTrainer(train_loop)      one Fitter per worker; DDP via ray.train.torch
       -> ray.train.report              metrics and (rank 0) a checkpoint every epoch
@@ -29,7 +31,8 @@ from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.raster import read_info
 from geoseg.runtime import check_address, cluster_cpus, init_ray, require_gpus, worker_print
 from geoseg.train.config import TrainConfig
-from geoseg.train.data import TrainingPlan, open_pairs, plan_training, read_val_chips, sample_train_chips
+from geoseg.train.data import (TrainingPlan, declared_classes, open_pairs, plan_training, read_val_chips,
+                               sample_train_chips)
 from geoseg.train.fit import Fitter
 
 
@@ -101,8 +104,28 @@ def _epoch_progress(epoch: int, cfg: TrainConfig, world: int):
 # --- the driver ------------------------------------------------------------------
 
 
-def plan_run(cfg: TrainConfig) -> tuple[TrainingPlan, ModelConfig, list[int], list[str] | None]:
-    """``(training plan, model config, band numbers, band roles)``: metadata and decimated reads only."""
+def scan_labels_on_ray(pairs, num_classes: int | None, address: str | None) -> list:
+    """Every label raster scanned whole (:mod:`geoseg.train.labels`): a Ray task per chunk of
+    each, all at once (a tenth of a CPU each: they mostly wait on storage); Ray is started
+    here. Returns each raster's class histogram; refusals name the file, value and window."""
+    import ray
+
+    from geoseg.train import labels
+
+    init_ray(address)
+    k, source = declared_classes(pairs[0].label, num_classes)
+    scan = ray.remote(num_cpus=0.1)(labels.scan_chunk)
+    refs = [[scan.remote(p.label.url, w, k) for w in labels.label_chunks(p.label)] for p in pairs]
+    try:
+        return [labels.merge_scans(p.label, ray.get(r), k, source) for p, r in zip(pairs, refs)]
+    except ray.exceptions.RayTaskError as exc:  # a worker's own error (e.g. an unreadable block), as itself
+        raise exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
+
+
+def plan_run(cfg: TrainConfig, scan=None) -> tuple[TrainingPlan, ModelConfig, list[int], list[str] | None]:
+    """``(training plan, model config, band numbers, band roles)``: metadata, then each label's whole
+    scan (``scan(pairs)``: the class histograms, e.g. :func:`scan_labels_on_ray`; None: scanned
+    here), then decimated reads."""
     storage.check_writable(cfg.out)
     images = [_image_url(url, cfg) for url in cfg.images]
     first = read_info(images[0])
@@ -112,7 +135,8 @@ def plan_run(cfg: TrainConfig) -> tuple[TrainingPlan, ModelConfig, list[int], li
         bands, roles = select_bands(images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
     pairs = open_pairs(images, cfg.labels, bands, cfg.allow_no_crs)
     plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
-                         seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles)
+                         seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles,
+                         label_hists=scan(pairs) if scan is not None else None)
     return plan, ModelConfig(cfg.arch, cfg.encoder, len(bands), len(plan.classes)), bands, roles
 
 
@@ -201,8 +225,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     """Run (or resume) a training run; returns the run summary (also in ``RUN_DIR/run.json``)."""
     t0 = time.perf_counter()
     check_address(cfg.address)
-    plan, mcfg, bands, roles = plan_run(cfg)  # bad input fails here, before Ray starts
-    init_ray(cfg.address)
+    # bad metadata fails before Ray starts; the labels' scan is Ray's first work
+    plan, mcfg, bands, roles = plan_run(cfg, lambda pairs: scan_labels_on_ray(pairs, cfg.num_classes, cfg.address))
     log(
         f"training {cfg.arch}/{cfg.encoder} on {len(plan.pairs)} scene(s): {len(plan.train_blocks)} train blocks, "
         f"{len(plan.val_chips)} validation chips, classes {list(plan.classes.names)}"
