@@ -73,14 +73,16 @@ def merge_scans(info: RasterInfo, scans: list[dict], k: int | None, source: str 
     if outside:
         v = min(outside)
         r, c, h, w = outside[v]
-        more = f" (and {len(outside) - 1} other value(s): {', '.join(str(x) for x in sorted(outside)[1:6])})" \
-            if len(outside) > 1 else ""
-        where = f"e.g. in window rows {r}:{r + h}, cols {c}:{c + w}{more}"
+        bad = sorted(outside)
+        shown = ", ".join(str(x) for x in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        what = f"label value {v} is" if len(bad) == 1 else f"label values {shown} are"
+        where = f"{v} e.g. in window rows {r}:{r + h}, cols {c}:{c + w}"
         if k is None or max(outside) >= NODATA or min(outside) < 0:
-            raise RasterError(f"{info.url}: label value {v} is not a class number (0..{NODATA - 1}; {NODATA} is "
-                              f"ignored), {where}")
-        raise RasterError(f"{info.url}: label value {v} is outside {source or f'{k} classes'} (0..{k - 1}), "
-                          f"{where}; pass --num-classes {max(outside) + 1} to train on it")
+            raise RasterError(f"{info.url}: {what} not {'a class number' if len(bad) == 1 else 'class numbers'} "
+                              f"(0..{NODATA - 1}; {NODATA} is ignored), "
+                              f"{where}")
+        raise RasterError(f"{info.url}: {what} outside {source or f'{k} classes'} (0..{k - 1}), {where}; "
+                          f"pass --num-classes {max(outside) + 1} to train on {'it' if len(bad) == 1 else 'them'}")
     if not hist.any():
         raise RasterError(f"{info.url}: no labelled pixel (every pixel is the ignore value {NODATA}"
                           + (f" or the raster's nodata {info.nodata:g}" if info.nodata is not None else "")
