@@ -230,7 +230,7 @@ def train_rows(encoder: str, device: str, sizes: list[tuple[int, int]], steps: i
         train_epoch(model, batches[:2], **kw)
         _sync(device)
         t0 = time.perf_counter()
-        chips, _, _ = train_epoch(model, batches, **kw)
+        chips, *_ = train_epoch(model, batches, **kw)
         _sync(device)
         rate = chips / (time.perf_counter() - t0)
         rows.append((f"train step U-Net/{encoder}, {chip}^2 chips, batch {batch}", rate * chip * chip / 1e6,

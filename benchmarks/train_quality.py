@@ -46,10 +46,10 @@ def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: floa
     def batches():  # random training chips until the budget is spent
         while time.perf_counter() - t0 < minutes * 60:
             b = sample_train_chips({"id": np.arange(batch)}, plan)
-            yield {"image": torch.from_numpy(b["image"]), "label": torch.from_numpy(b["label"].astype(np.int64))}
+            yield {"image": torch.from_numpy(b["image"].astype(np.float32)), "label": torch.from_numpy(b["label"])}
 
     t0 = time.perf_counter()
-    chips, _, _ = train_epoch(model, batches(), opt=opt, loss_fn=make_loss("ce+dice"), augment=Augment(),
+    chips, *_ = train_epoch(model, batches(), opt=opt, loss_fn=make_loss("ce+dice"), augment=Augment(),
                               normalize=lambda x: (x - mean) / std, amp={"device_type": "cpu", "enabled": False})
     folder = os.path.join(work, "plain")
     checkpoint.save(folder, model, CheckpointMeta(cfg, plan.classes, plan.mean, plan.std, ["blue", "green", "red", "nir"], [1, 2, 3, 4]))

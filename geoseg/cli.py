@@ -267,7 +267,7 @@ TRAIN_FLAGS = (
     "images", "labels", "out", "arch", "encoder", "encoder_weights", "freeze_encoder", "bands",
     "num_classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
     "max_minutes", "batch_size", "lr", "loss", "workers", "gpus", "cpus_per_worker", "num_to_keep",
-    "max_failures", "seed", "address", "allow_no_crs", "resolution",
+    "max_failures", "seed", "address", "allow_no_crs", "resolution", "chip_cache", "prefetch_batches",
 )
 
 
@@ -302,6 +302,10 @@ def add_train(sub) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--address", help="Ray cluster address")
     t.add_argument("--allow-no-crs", action="store_true", default=None, help="accept rasters without a CRS")
+    t.add_argument("--chip-cache", metavar="URL|off",
+                   help="where each block of the split is decoded once, for every epoch to cut chips from "
+                        "(default RUN_DIR/chips; off: read every chip from the rasters)")
+    t.add_argument("--prefetch-batches", type=int, help="batches read ahead of each step (default 4 on a GPU, 2 on CPU)")
     add_stack_flags(t)
     t.set_defaults(run=cmd_train)
 

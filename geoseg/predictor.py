@@ -270,7 +270,7 @@ class TorchPredictor:
     def _normalize(self, x):
         import torch
 
-        x = (_as_float(x) - self.mean) / self.std
+        x = (as_float(x) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _pinned(self, key, like: np.ndarray):
@@ -314,7 +314,7 @@ def _torch_dtype(dtype: np.dtype):
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
-def _as_float(x):
+def as_float(x):
     """A device tensor of any raster dtype as float32 (uint16 through int32 where a
     backend lacks the direct conversion)."""
     import torch

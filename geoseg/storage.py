@@ -195,6 +195,24 @@ def write_bytes(url: str, data: bytes) -> None:
         raise _wrap(url, exc) from exc
 
 
+def signature(url: str) -> str:
+    """What tells a file's versions apart without reading it: size and modification time (an
+    object's ETag on object storage); a small text file (a VRT) by its content's hash, as
+    geoseg rewrites VRTs with the same content."""
+    import hashlib
+
+    fs, path = filesystem(url)
+    try:
+        if str(url).lower().endswith(".vrt"):
+            with fs.open(path, "rb") as f:
+                return "sha1:" + hashlib.sha1(f.read()).hexdigest()
+        info = fs.info(path)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+    stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+    return f"{info.get('size')}:{str(stamp).strip(chr(34))}"
+
+
 def isdir(url: str) -> bool:
     """A folder (a local directory, or an object-storage prefix with objects under it)."""
     fs, path = filesystem(url)
@@ -247,6 +265,18 @@ def listdir(url: str) -> list[str]:
         if not fs.exists(path):
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(url, exc) from exc
+
+
+def sizes(url: str) -> dict[str, int]:
+    """``{name: bytes}`` of the files directly under a folder URL (one listing); empty if none."""
+    fs, path = filesystem(url)
+    try:
+        if not fs.exists(path):
+            return {}
+        return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
+                for e in fs.ls(path, detail=True) if e.get("type") != "directory"}
     except Exception as exc:  # noqa: BLE001
         raise _wrap(url, exc) from exc
 

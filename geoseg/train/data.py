@@ -5,8 +5,12 @@ training or validation, so validation pixels are never next to (or inside)
 training chips of the same block. Training chips are drawn at random inside
 training blocks (optionally weighted towards rare classes); validation chips
 lie on a grid inside validation blocks. Normalisation statistics and class
-frequencies come from decimated reads (overviews), so planning never reads a
-full raster. Chips are read window by window by Ray Data tasks.
+frequencies come from decimated reads (overviews), and the class histogram from the
+labels' whole scan (:mod:`geoseg.train.labels`). Chips are cut by Ray Data tasks out of
+the chip cache (:mod:`geoseg.train.cache`: each block decoded once per run), or read
+window by window from the rasters (``--chip-cache off``). Chips keep the image's pixel
+type (the raster's dtype, float32 where bands declare a scale) until the training
+step converts them on its device; labels are uint8.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class TrainingPlan:
     train_blocks: np.ndarray  # (n, 4): pair, row_off, col_off, size
     train_weights: np.ndarray  # sampling weight of each train block
     val_chips: np.ndarray  # (m, 3): pair, row_off, col_off
+    val_blocks: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # (k, 4) like train_blocks
     band_roles: list[str] | None = None
     info: dict = field(default_factory=dict)
 
@@ -127,6 +132,7 @@ def plan_training(
         train_blocks=np.array(blocks, dtype=np.int64),
         train_weights=_block_weights(np.array(weights_hist, dtype=np.float64)[:, :k], freq, balanced),
         val_chips=_val_chips(val_blocks, chip, max_val_chips, seed),
+        val_blocks=np.array(val_blocks, dtype=np.int64).reshape(-1, 4),
         band_roles=band_roles,
         info={"block": block, "val_fraction": val_fraction, "seed": seed, "balanced": balanced,
               "class_pixels": {name: int(n) for name, n in zip(classes.names, hist_total[:k])}},
@@ -271,9 +277,8 @@ def _val_chips(val_blocks: list, chip: int, max_val_chips: int, seed: int) -> np
 
 
 def read_chip(pair: Pair, row: int, col: int, chip: int, k: int = NODATA) -> tuple[np.ndarray, np.ndarray]:
-    """``(image (C, chip, chip) float32, label (chip, chip) uint8)``; nodata -> ignore.
-
-    Label values ``>= k`` (missed by the decimated planning reads) are refused here."""
+    """``(image (C, chip, chip) in the reader's dtype, label (chip, chip) uint8)`` read from the
+    rasters; nodata -> ignore. Label values ``>= k`` are refused here too."""
     win = Window(row, col, chip, chip)
     reader = tile_reader(pair.image.url, pair.bands)
     image, valid = reader.read_window(win)
@@ -284,34 +289,44 @@ def read_chip(pair: Pair, row: int, col: int, chip: int, k: int = NODATA) -> tup
         labels = np.where(labels == lab_nodata, NODATA, labels)
     labels = np.where(valid, labels, NODATA)  # no image, no label
     outside_values(pair.label.url, labels, k, where=f" (window rows {row}:{row + chip}, cols {col}:{col + chip})")
-    labels = labels.astype(np.uint8)
-    return image.astype(np.float32), labels
+    return image, labels.astype(np.uint8)
 
 
-def sample_train_chips(batch: dict, plan: TrainingPlan) -> dict:
-    """Ray Data UDF: one random training chip per input row (fresh randomness each epoch)."""
+def _read_chips(plan: TrainingPlan, picks: list[tuple[int, int, int, int, int, int]], cache=None) -> dict:
+    """The chips at ``(pair, block row, block col, block size, row, col)``: cut from the chip
+    cache (:class:`geoseg.train.cache.ChipCache`), else read from the rasters."""
+    if cache is not None:
+        return cache.crops(picks, plan.chip)
+    dtype = np.result_type(*[np.dtype(p.image.pixel_dtype) for p in plan.pairs])
+    images = np.empty((len(picks), len(plan.pairs[0].bands), plan.chip, plan.chip), dtype)
+    labels = np.empty((len(picks), plan.chip, plan.chip), np.uint8)
+    for i, (p_i, _, _, _, r, c) in enumerate(picks):
+        images[i], labels[i] = read_chip(plan.pairs[p_i], r, c, plan.chip, len(plan.classes))
+    return {"image": images, "label": labels}
+
+
+def sample_train_chips(batch: dict, plan: TrainingPlan, cache=None) -> dict:
+    """Ray Data UDF: one random training chip per input row (fresh randomness each epoch): a
+    block drawn by its weight, a uniform offset inside it."""
     n = len(batch["id"])
     rng = np.random.default_rng()
-    picks = rng.choice(len(plan.train_blocks), size=n, p=plan.train_weights)
-    images, labels = [], []
-    for b in picks:
-        p_i, r0, c0, size = (int(v) for v in plan.train_blocks[b])
+    blocks = plan.train_blocks[rng.choice(len(plan.train_blocks), size=n, p=plan.train_weights)]
+    picks = []
+    for p_i, r0, c0, size in blocks.tolist():
         pair = plan.pairs[p_i]
         h = min(size, pair.image.height - r0)
         w = min(size, pair.image.width - c0)
-        r = r0 + int(rng.integers(0, h - plan.chip + 1))
-        c = c0 + int(rng.integers(0, w - plan.chip + 1))
-        img, lab = read_chip(pair, r, c, plan.chip, len(plan.classes))
-        images.append(img)
-        labels.append(lab)
-    return {"image": np.stack(images), "label": np.stack(labels)}
+        picks.append((p_i, r0, c0, size, r0 + int(rng.integers(0, h - plan.chip + 1)),
+                      c0 + int(rng.integers(0, w - plan.chip + 1))))
+    return _read_chips(plan, picks, cache)
 
 
-def read_val_chips(batch: dict, plan: TrainingPlan) -> dict:
+def read_val_chips(batch: dict, plan: TrainingPlan, cache=None) -> dict:
     """Ray Data UDF: validation chips at the grid positions given in the rows."""
-    images, labels = [], []
-    for p_i, r, c in zip(batch["pair"], batch["row"], batch["col"]):
-        img, lab = read_chip(plan.pairs[int(p_i)], int(r), int(c), plan.chip, len(plan.classes))
-        images.append(img)
-        labels.append(lab)
-    return {"image": np.stack(images), "label": np.stack(labels)}
+    b = plan.info.get("block") or 1
+    sizes = {(int(p), int(r), int(c)): int(s) for p, r, c, s in plan.val_blocks}
+    picks = []
+    for p_i, r, c in zip(batch["pair"].tolist(), batch["row"].tolist(), batch["col"].tolist()):
+        r0, c0 = r // b * b, c // b * b
+        picks.append((p_i, r0, c0, sizes.get((p_i, r0, c0), b), r, c))
+    return _read_chips(plan, picks, cache)

@@ -24,6 +24,7 @@ from geoseg.classes import NODATA, ClassScheme
 from geoseg.losses import make_loss
 from geoseg.metrics import scores
 from geoseg.models.zoo import ModelConfig
+from geoseg.predictor import as_float
 from geoseg.train.config import TrainConfig
 
 
@@ -75,15 +76,23 @@ class Progress:
 
 
 def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, sched=None,
-                on_batch=None) -> tuple[int, float, int]:
-    """One pass over ``batches``; returns ``(chips, summed loss, batches)``.
-    ``on_batch(chips, mean loss)`` is called after each batch (progress display)."""
+                on_batch=None) -> tuple[int, float, int, float]:
+    """One pass over ``batches``; returns ``(chips, summed loss, batches, seconds waiting for data)``.
+    Images may come in their raster's dtype and labels as uint8: ``normalize`` converts the
+    images on their device, labels are widened there. ``on_batch(chips, mean loss)`` is called
+    after each batch (progress display)."""
     import torch
 
     model.train()
-    n_chips, loss_sum, n_batches = 0, 0.0, 0
-    for batch in batches:
-        x, y = augment(normalize(batch["image"]), batch["label"])
+    n_chips, loss_sum, n_batches, waited = 0, 0.0, 0, 0.0
+    it = iter(batches)
+    while True:
+        t_wait = time.perf_counter()
+        batch = next(it, None)
+        waited += time.perf_counter() - t_wait  # the step is synchronised below (float(loss))
+        if batch is None:
+            break
+        x, y = augment(normalize(batch["image"]), batch["label"].long())
         with torch.autocast(**amp):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
@@ -97,7 +106,7 @@ def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, 
         n_batches += 1
         if on_batch is not None:
             on_batch(n_chips, loss_sum / n_batches)
-    return n_chips, loss_sum, n_batches
+    return n_chips, loss_sum, n_batches, waited
 
 
 def _all_reduce(t, op: str = "sum"):
@@ -147,7 +156,7 @@ class Fitter:
     def normalize(self, x):
         import torch
 
-        x = (x - self.mean) / self.std
+        x = (as_float(x) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_epoch(self, batches, on_batch=None) -> tuple[int, float, int]:
@@ -165,7 +174,7 @@ class Fitter:
             for batch in batches:
                 with torch.autocast(**self.amp):
                     pred = self.model(self.normalize(batch["image"])).argmax(1)
-                cm += confusion_torch(pred, batch["label"], k, NODATA)
+                cm += confusion_torch(pred, batch["label"].long(), k, NODATA)
         return cm
 
     def end_epoch(self, epoch: int, stats: tuple, cm, seconds: float, t_epoch: float) -> tuple[dict, bool]:
@@ -177,7 +186,7 @@ class Fitter:
         self.confusion = _all_reduce(cm).cpu().numpy()
         result = scores(self.confusion)
         elapsed = time.time() - self.t_start
-        metrics = epoch_metrics(epoch, totals.tolist(), result, seconds, elapsed, self.classes.names)
+        metrics = epoch_metrics(epoch, totals.tolist(), result, seconds, elapsed, self.classes.names, self.world)
         p = self.progress
         p.best = max(p.best, metrics["val_miou"])
         p.history.append(metrics)
@@ -218,9 +227,12 @@ class Fitter:
         checkpoint.save(folder, self.model, meta, state)
 
 
-def epoch_metrics(epoch: int, totals: list, result: dict, seconds: float, elapsed: float, names) -> dict:
-    """What each epoch reports: loss, validation mIoU / accuracy / Dice, per-class IoU, chips/s."""
-    chips, loss_sum, n_batches = totals
+def epoch_metrics(epoch: int, totals: list, result: dict, seconds: float, elapsed: float, names,
+                  world: int = 1) -> dict:
+    """What each epoch reports: loss, validation mIoU / accuracy / Dice, per-class IoU, chips/s and
+    the share of the training time the workers spent waiting for chips (``data_wait``)."""
+    chips, loss_sum, n_batches = totals[:3]
+    waited = totals[3] if len(totals) > 3 else 0.0
     metrics = {
         "epoch": epoch,
         "train_loss": float(loss_sum / max(n_batches, 1)),
@@ -228,6 +240,7 @@ def epoch_metrics(epoch: int, totals: list, result: dict, seconds: float, elapse
         "val_pixel_accuracy": float(np.nan_to_num(result["pixel_accuracy"])),
         "val_mean_dice": float(np.nan_to_num(result["mean_dice"])),
         "chips_per_s": float(chips / max(seconds, 1e-9)),
+        "data_wait": float(min(1.0, waited / max(seconds * world, 1e-9))),
         "elapsed_s": elapsed,
     }
     for i, name in enumerate(names):
