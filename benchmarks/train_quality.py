@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--skip-plain", action="store_true")
     a = ap.parse_args()
 
-    import ray
+    from geoseg.runtime import init_ray, shutdown
 
     from geoseg.evaluate import evaluate
     from geoseg.metrics import format_table
@@ -95,7 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as work:
         train_urls = write_sample(os.path.join(work, "train"), size=a.size, seed=0)
         test_urls = write_sample(os.path.join(work, "test"), size=a.size // 2, seed=1)
-        ray.init(include_dashboard=False, logging_level="ERROR")
+        init_ray(None)  # geoseg's own local Ray, never a cluster the machine's address file names
 
         def score(pred_args: dict, name: str) -> dict:
             (rec,) = predict([test_urls["scene"]], os.path.join(work, name),
@@ -112,19 +112,22 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         unet = score({"checkpoint": os.path.join(work, "run")}, "unet")
         agreement = stitch_agreement(os.path.join(work, "run"), test_urls["scene"], os.path.join(work, "stitch"))
-        ray.shutdown()
+        shutdown()
         plain = plain_rate = None
         if not a.skip_plain:
             folder, plain_rate = plain_loop(train_urls, a.minutes, a.chip, a.batch, a.lr, work)
-            ray.init(include_dashboard=False, logging_level="ERROR")
+            init_ray(None)  # geoseg's own local Ray, never a cluster the machine's address file names
             plain = score({"checkpoint": folder}, "plain")
-            ray.shutdown()
+            shutdown()
 
         names = unet["class_names"]
         print(f"held-out scene: sample seed 1, {a.size // 2}x{a.size // 2}; training scene seed 0, {a.size}x{a.size}")
         print(f"\nU-Net (geoseg train, {a.workers} Ray Train workers, {a.minutes:g} min budget, "
               f"{train_s:.0f}s wall incl. start-up, {summary['last']['epoch'] + 1} epochs, "
-              f"{summary['last']['chips_per_s']:.1f} chips/s of {a.chip}^2):")
+              f"{summary['last']['chips_per_s']:.1f} chips/s of {a.chip}^2, "
+              f"{100 * summary['last'].get('data_wait', 0):.0f}% of the last epoch waiting for chips"
+              + (f", chip cache built in {cache['seconds']:.1f}s" if (cache := (summary.get("input") or {})
+                                                                      .get("chip_cache")) else "") + "):")
         print(format_table(unet, names))
         print("\nindex model (NDVI/NDWI thresholds):")
         print(format_table(index, names))

@@ -182,11 +182,15 @@ class TileReader:
     so without this a block would be decoded once for each tile (and each tile
     row) whose window reaches into it: up to 3x the work for 512-px cores with a
     32-px halo on 512-px blocks. (GDAL's own block cache does not help: its
-    multi-block reads bypass it.) The cache holds about two rows of cells (cells
-    that only held a tile row's upper halo are dropped once read), at most
-    ``GEOSEG_READ_CACHE_MB`` (256; two rows of a 10980-px wide 4-band uint16
-    scene in 1024-px blocks): memory grows with the raster's width up to that
-    bound, never with its height.
+    multi-block reads bypass it.)
+
+    The cache holds only what the tiles still to come need. Given the tile grid,
+    a cell that the current tile row has passed keeps only the rows from the top
+    of the next tile row's read windows down (the next row's upper halo: 32 rows of
+    a 512-row cell), and is dropped when no later row needs it; so, tiles coming in
+    row order, the cache holds about one row of whole cells (the rows the next tile
+    row reads as its cores) plus halo strips, at most ``GEOSEG_READ_CACHE_MB`` (256)
+    in all. A window that needs rows already trimmed decodes its cell again.
 
     ``threads``: GDAL threads decoding the blocks of one read
     (``GEOSEG_READ_THREADS``, default 1: readers already run in parallel).
@@ -210,12 +214,11 @@ class TileReader:
         raw = self._src.dtypes[0] if self._src.count else "uint8"
         # what reads return: the raster's dtype, or float32 where bands declare a scale / offset
         self.dtype = np.dtype(apply_scale(np.zeros((len(self.bands), 1, 1), raw), self._src, self.bands).dtype)
-        itemsize = self.dtype.itemsize
-        cell_bytes = self.cell[0] * self.cell[1] * (len(self.bands) * itemsize + 1)
-        per_row = -(-self._src.width // self.cell[1])
-        budget = int(float(os.environ.get("GEOSEG_READ_CACHE_MB", "256")) * 2**20)
-        self._cells: OrderedDict = OrderedDict()  # (row, col) of a cell -> (data, valid)
-        self._capacity = max(4, min(3 * per_row + 2, budget // cell_bytes))
+        # (row, col) of a cell -> (data (bands, h, w), valid (h, w), first cell row kept): rows above it trimmed
+        self._cells: OrderedDict = OrderedDict()
+        self._budget = int(float(os.environ.get("GEOSEG_READ_CACHE_MB", "256")) * 2**20)
+        self.cached_bytes = 0  # what the cells hold now
+        self.peak_bytes = 0  # the most they held
         self.decoded = 0  # cells decoded so far (each once, when tiles come in row order)
 
     def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +226,7 @@ class TileReader:
         images, valids = self.read_tiles([tile])
         return images[0], valids[0]
 
-    def read_tiles(self, tiles: list[Tile], dtype=None) -> tuple[np.ndarray, list[np.ndarray]]:
+    def read_tiles(self, tiles: list[Tile], dtype=None, order=None) -> tuple[np.ndarray, list[np.ndarray]]:
         """``(images (N, bands, T, T), [valid (core_h, core_w) bool, ...])`` for tiles of one grid,
         in row order as read tasks take them.
 
@@ -231,6 +234,9 @@ class TileReader:
         batch (cast to ``dtype`` on the way, default :attr:`dtype`): one copy of
         each pixel between the decoder and the model's input, none for the
         windows in between. Only tiles of rasters smaller than a tile are padded.
+        ``order``: the :class:`~geoseg.tiling.ReadOrder` the tiles come in; with it, cells are
+        trimmed to what the next tile row of the strip needs as soon as the current row has
+        passed them, and cells outside the strip are dropped.
         """
         if not tiles:
             return np.empty((0, len(self.bands), 0, 0), dtype or self.dtype), []
@@ -245,7 +251,11 @@ class TileReader:
                 image[...] = pad_tile(data, tile)
             else:
                 self._visit(tile.read, data=image)
-            self._evict(tile.read, tile.core)
+            if order is not None:
+                self._evict(tile.read, tile.core, order.next_row_top(tile), order.row_done(tile),
+                            order.strip_columns(tile))
+            else:
+                self._evict(tile.read, tile.core)
         return images, valids
 
     def read_window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -254,8 +264,8 @@ class TileReader:
         ch, cw = self.cell
         r0, c0 = window.row_off // ch, window.col_off // cw
         if (r0, c0) == ((window.row_off + window.height - 1) // ch, (window.col_off + window.width - 1) // cw):
-            data, valid = self._cell(r0, c0)
-            rs, cs = window.row_off - r0 * ch, window.col_off - c0 * cw
+            data, valid, top = self._cell(r0, c0, window.row_off - r0 * ch)
+            rs, cs = window.row_off - r0 * ch - top, window.col_off - c0 * cw
             data, valid = (data[:, rs : rs + window.height, cs : cs + window.width],
                            valid[rs : rs + window.height, cs : cs + window.width])
         else:
@@ -272,35 +282,64 @@ class TileReader:
         r0, c0 = window.row_off // ch, window.col_off // cw
         r1, c1 = (window.row_off + window.height - 1) // ch, (window.col_off + window.width - 1) // cw
         for r in range(r0, r1 + 1):
+            # the rows of cell row r inside the window, in window and in cell coordinates
+            y0, y1 = max(window.row_off, r * ch), min(window.row_off + window.height, (r + 1) * ch)
             for c in range(c0, c1 + 1):
-                cell_data, cell_valid = self._cell(r, c)
-                # the part of cell (r, c) inside the window, in window and in cell coordinates
-                y0, y1 = max(window.row_off, r * ch), min(window.row_off + window.height, (r + 1) * ch)
+                cell_data, cell_valid, top = self._cell(r, c, y0 - r * ch)
                 x0, x1 = max(window.col_off, c * cw), min(window.col_off + window.width, (c + 1) * cw)
                 dst = (slice(y0 - window.row_off, y1 - window.row_off), slice(x0 - window.col_off, x1 - window.col_off))
-                src = (slice(y0 - r * ch, y1 - r * ch), slice(x0 - c * cw, x1 - c * cw))
+                src = (slice(y0 - r * ch - top, y1 - r * ch - top), slice(x0 - c * cw, x1 - c * cw))
                 if data is not None:
                     data[(slice(None), *dst)] = cell_data[(slice(None), *src)]
                 if valid is not None:
                     valid[dst] = cell_valid[src]
         return valid
 
-    def _evict(self, window: Window, core: Window | None = None) -> None:
-        """Drop the cells no later window needs, windows coming in row order (tile rows top
-        to bottom, each left to right): rows above the window; and, when the window's top
-        cell row only holds the upper halo of a tile (its ``core`` starts below it, so the
-        next tile row does too), the cells of that row left of the window."""
+    def _evict(self, window: Window, core: Window | None = None, next_top: int | None = None,
+               row_done: bool = False, columns: tuple[int, int] | None = None) -> None:
+        """Drop or trim the cells no later window needs, windows coming in row order (tile rows
+        top to bottom, each left to right): cell rows above the window are dropped; the cells
+        left of the window, which the current tile row has passed, keep only the rows from
+        ``next_top`` (the first row the next tile row reads) down, or (without it) when the
+        window's top cell row only holds the upper halo of a tile (its ``core`` starts below
+        it, so the next tile row does too), are dropped from that row. ``row_done``: the tile row
+        has ended, every cell has been passed. ``columns``: the raster columns the tiles of the
+        strip read (:class:`~geoseg.tiling.ReadOrder`); cells outside them are dropped."""
         ch, cw = self.cell
         r0, c0 = window.row_off // ch, window.col_off // cw
-        for key in [k for k in self._cells if k[0] < r0 or (core is not None and k[0] == r0 and k[1] < c0
-                                                              and core.row_off >= (r0 + 1) * ch)]:
-            del self._cells[key]
+        first, end = (columns[0] // cw, (columns[1] - 1) // cw) if columns else (0, 1 << 62)
+        for key in list(self._cells):
+            r, c = key
+            if r < r0 or not first <= c <= end:
+                self._drop(key)
+            elif (c < c0 or row_done) and next_top is not None:
+                keep = next_top - r * ch  # first row of this cell that the next tile row reads
+                data, valid, top = self._cells[key]
+                if keep >= top + data.shape[1]:
+                    self._drop(key)
+                elif keep > top:  # a copy: the whole cell's memory is freed
+                    self.cached_bytes -= data.nbytes + valid.nbytes
+                    data, valid = data[:, keep - top :].copy(), valid[keep - top :].copy()
+                    self._cells[key] = (data, valid, keep)
+                    self.cached_bytes += data.nbytes + valid.nbytes
+            elif core is not None and r == r0 and c < c0 and core.row_off >= (r0 + 1) * ch:
+                self._drop(key)
 
-    def _cell(self, r: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    def _drop(self, key) -> None:
+        data, valid, _ = self._cells.pop(key)
+        self.cached_bytes -= data.nbytes + valid.nbytes
+
+    def _cell(self, r: int, c: int, first: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(data, valid, top)`` of cell ``(r, c)`` from its row ``top`` down (``top`` <= ``first``,
+        the first cell row the caller needs): cached, or decoded (again, where rows it needs were
+        trimmed)."""
         key = (r, c)
-        if key in self._cells:
+        hit = self._cells.get(key)
+        if hit is not None and hit[2] <= first:
             self._cells.move_to_end(key)
-            return self._cells[key]
+            return hit
+        if hit is not None:
+            self._drop(key)
         ch, cw = self.cell
         win = Window(r * ch, c * cw, min(ch, self._src.height - r * ch), min(cw, self._src.width - c * cw))
         rio_win = win.to_rasterio()
@@ -312,10 +351,12 @@ class TileReader:
             raise ReadError(f"{self.url}: cannot read window rows {win.row_off}:{win.row_off + win.height}, "
                             f"cols {win.col_off}:{win.col_off + win.width}: corrupt or truncated file "
                             f"({_root_message(exc)})") from exc
-        self._cells[key] = (data, valid)
+        self._cells[key] = (data, valid, 0)
+        self.cached_bytes += data.nbytes + valid.nbytes
+        self.peak_bytes = max(self.peak_bytes, self.cached_bytes)
         self.decoded += 1
-        while len(self._cells) > self._capacity:
-            self._cells.popitem(last=False)
+        while self.cached_bytes > self._budget and len(self._cells) > 4:
+            self._drop(next(iter(self._cells)))
         return self._cells[key]
 
     def _valid(self, block: np.ndarray, win) -> np.ndarray:

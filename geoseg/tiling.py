@@ -147,6 +147,81 @@ class TileGrid:
                 yield self[iy, ix]
 
 
+@dataclass(frozen=True, slots=True)
+class ReadOrder:
+    """The order read tasks take a grid's tiles in: vertical strips of ``strip`` tile columns
+    (the last one narrower), left to right; each strip row by row, each row left to right.
+
+    Read ranges (``{lo, hi}`` positions in this order, :func:`read_ranges`) lie inside one
+    strip, so a reader holds about one strip-row of decoded blocks whatever the raster's width,
+    and a range is a near-square of tiles: a block is decoded again only where the halos of two
+    ranges overlap, along the perimeter of each range. ``strip`` = the grid's width is row order.
+    """
+
+    grid: TileGrid
+    strip: int
+
+    def __post_init__(self) -> None:
+        if self.strip < 1:
+            raise ValueError(f"strip must be >= 1, got {self.strip}")
+
+    def _strip(self, k: int) -> tuple[int, int, int]:
+        """``(first position, first tile column, width in tiles)`` of strip ``k``."""
+        ny, nx = self.grid.shape
+        c0 = k * self.strip
+        return c0 * ny, c0, min(self.strip, nx - c0)
+
+    @property
+    def strips(self) -> list[tuple[int, int]]:
+        """``(first position, number of tiles)`` of each strip."""
+        ny, nx = self.grid.shape
+        return [(self._strip(k)[0], self._strip(k)[2] * ny) for k in range(-(-nx // self.strip))]
+
+    def tiles(self, lo: int, hi: int) -> np.ndarray:
+        """Tile numbers (row-major, as :meth:`TileGrid.index` takes them) at positions ``lo..hi-1``."""
+        ny, nx = self.grid.shape
+        pos = np.arange(lo, hi, dtype=np.int64)
+        k = np.minimum(pos // (self.strip * ny), (nx - 1) // self.strip)
+        first, c0 = k * self.strip * ny, k * self.strip
+        width = np.minimum(self.strip, nx - c0)
+        iy, dx = np.divmod(pos - first, width)
+        return iy * nx + c0 + dx
+
+    def strip_columns(self, tile: Tile) -> tuple[int, int]:
+        """``(first, end)`` raster columns that the read windows of ``tile``'s strip cover."""
+        _, c0, w = self._strip(tile.ix // self.strip)
+        return self.grid[tile.iy, c0].read.col_off, self.grid[tile.iy, c0 + w - 1].read.col_off + \
+            self.grid[tile.iy, c0 + w - 1].read.width
+
+    def row_done(self, tile: Tile) -> bool:
+        """True for the last tile of its strip's row."""
+        _, c0, w = self._strip(tile.ix // self.strip)
+        return tile.ix == c0 + w - 1
+
+    def next_row_top(self, tile: Tile) -> int:
+        """The first raster row the read windows of the strip's next row start at (the raster's
+        height after the last row)."""
+        if tile.iy + 1 >= self.grid.shape[0]:
+            return self.grid.height
+        return self.grid[tile.iy + 1, tile.ix].read.row_off
+
+
+def read_ranges(order: ReadOrder, per: int) -> list[dict]:
+    """``{"lo", "hi"}`` ranges of positions in ``order``, about ``per`` tiles each, none
+    crossing from one strip into the next (each strip cut into equal parts)."""
+    out = []
+    for first, n in order.strips:
+        parts = max(1, -(-n // max(1, per)))
+        bounds = [first + (n * i) // parts for i in range(parts + 1)]
+        out += [{"lo": a, "hi": b} for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return out
+
+
+def strip_for(grid: TileGrid, per: int) -> int:
+    """Strip width (tile columns) that makes ranges of ``per`` tiles near-square: ``ceil(sqrt(per))``."""
+    return max(1, min(grid.shape[1], int(np.ceil(np.sqrt(max(1, per))))))
+
+
 def pad_tile(block: np.ndarray, tile: Tile) -> np.ndarray:
     """Pad a read block ``(..., rows, cols)`` to the full tile shape.
 

@@ -173,6 +173,8 @@ def test_sigkill_mid_train_then_rerun_finishes_from_checkpoint(sample_dir, tmp_p
     assert "RayTrainWorker" not in out + err  # geoseg's lines, without Ray's prefixes
     summary = json.loads((run_dir / "run.json").read_text())
     assert summary["last"]["epoch"] == 3
+    cache = summary["input"]["chip_cache"]  # the first run's chip cache serves the rerun: nothing decoded again
+    assert cache["reused"] == cache["blocks"] > 0 and cache["built"] == 0
     from geoseg import checkpoint
 
     latest = sorted(p for p in os.listdir(run_dir) if p.startswith("checkpoint_") and (run_dir / p).is_dir())[-1]

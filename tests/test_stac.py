@@ -148,6 +148,9 @@ def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="geoseg", Prefix="runs/s2/")["Contents"]}
     assert {"runs/s2/best/model.safetensors", "runs/s2/run.json", "runs/s2/curves.png"} <= keys
     assert any(k.startswith("runs/s2/checkpoint_") for k in keys)
+    # the chip cache on object storage beside the run: every block decoded once, chips cut by byte ranges
+    blocks = summary["input"]["chip_cache"]["blocks"]
+    assert "runs/s2/chips/cache.json" in keys and sum(k.endswith(".chip") for k in keys) == blocks > 0
     _, meta = checkpoint.load(run)
     assert meta.model.arch == "tinyfcn" and meta.band_roles == ["blue", "green", "red", "nir08"]
     assert meta.extra["inputs"]["assets"] == ["blue", "green", "red", "nir08"] and meta.extra["inputs"]["scaled"]

@@ -90,3 +90,30 @@ def test_grid_validation_and_indexing():
         grid[3, 0]
     with pytest.raises(IndexError):
         grid.index(18)
+
+
+def test_reading_order_is_a_permutation_in_near_square_ranges_inside_strips():
+    from geoseg.tiling import ReadOrder, read_ranges, strip_for
+
+    grid = TileGrid(1000, 3100, core=100, halo=10)  # 10 x 31 tiles: the last strip is narrower
+    per = 16
+    order = ReadOrder(grid, strip_for(grid, per))
+    assert order.strip == 4
+    assert sorted(order.tiles(0, len(grid)).tolist()) == list(range(len(grid)))
+    ranges = read_ranges(order, per)
+    assert ranges[0]["lo"] == 0 and ranges[-1]["hi"] == len(grid)
+    assert all(a["hi"] == b["lo"] for a, b in zip(ranges, ranges[1:]))
+    for rg in ranges:
+        iy, ix = np.divmod(order.tiles(rg["lo"], rg["hi"]), grid.shape[1])
+        assert len(set((ix // order.strip).tolist())) == 1  # one strip
+        assert ix.max() - ix.min() < 4 and iy.max() - iy.min() <= 4  # near-square
+        assert rg["hi"] - rg["lo"] <= per
+    # strip order: a strip's rows left to right, then the next row; the last strip is 3 wide
+    assert order.tiles(0, 6).tolist() == [0, 1, 2, 3, 31, 32]
+    last = order.tiles(28 * 10, 28 * 10 + 4).tolist()
+    assert last == [28, 29, 30, 31 + 28]
+    tile = grid[3, 29]
+    assert order.row_done(grid[3, 30]) and not order.row_done(tile) and order.row_done(grid[3, 3])
+    assert order.strip_columns(tile) == (2800 - 10, 3100) and order.next_row_top(tile) == 400 - 10
+    assert order.next_row_top(grid[9, 0]) == 1000
+    assert ReadOrder(grid, 31).tiles(0, 40).tolist() == list(range(40))  # one strip: row order

@@ -37,6 +37,11 @@ def test_two_workers_on_two_nodes_then_predict(ray_cluster, sample_dir, tmp_path
     assert state["epoch"] in (0, 1) and "optimizer" in state
     run = json.loads((out / "run.json").read_text())
     assert run["best_checkpoint"].endswith("best")
+    # every block of the split decoded once into the chip cache; how the workers were fed
+    cache = run["input"]["chip_cache"]
+    assert cache["url"] == str(out / "chips") and cache["built"] == cache["blocks"] > 0 and cache["reused"] == 0
+    assert 0 <= run["input"]["data_wait"] <= 1 and run["input"]["chips_per_s"] > 0
+    assert json.loads((out / "chips" / "cache.json").read_text())["state"] == "complete"
     # num_to_keep=2: Ray Train keeps at most two epoch checkpoints
     assert len([p for p in os.listdir(out) if p.startswith("checkpoint_") and (out / p).is_dir()]) <= 2
 

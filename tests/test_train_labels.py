@@ -89,7 +89,10 @@ def test_geoseg_train_refuses_the_patch_in_one_line_and_records_the_histogram(ra
     assert "rows 610:660, cols 830:880" in err[-1]
     assert not (tmp_path / "run_bad" / "run.json").exists()
 
-    assert main([*args, "--label", str(labels), "--out", str(tmp_path / "run")]) in (0, None)
+    # --chip-cache off: chips read from the rasters every epoch, as before the cache
+    assert main([*args, "--label", str(labels), "--out", str(tmp_path / "run"), "--chip-cache", "off"]) in (0, None)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["input"]["chip_cache"] is None and not (tmp_path / "run" / "chips").exists()
+    assert run["config"]["chip_cache"] == "off" and run["input"]["chips_per_s"] > 0
     want = np.bincount(lab[lab != NODATA].ravel(), minlength=4)
     assert run["split"]["class_pixels"] == dict(zip(NAMES.split(","), want.tolist()))

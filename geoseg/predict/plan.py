@@ -27,7 +27,7 @@ from geoseg.output import SceneOutput
 from geoseg.predictor import ModelSpec
 from geoseg.raster import RasterInfo, check_image, read_info
 from geoseg.stac import Search, Stack, StackOptions
-from geoseg.tiling import TileGrid
+from geoseg.tiling import ReadOrder, TileGrid, read_ranges, strip_for
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,11 @@ class ScenePlan:
     softmax: np.ndarray | None = None  # packed bitmap of tiles whose softmax is stored (hann, resume)
     previous: dict = field(default_factory=dict)  # tile counts by kind of an interrupted earlier run
     params: dict | None = None  # the scene's own model parameters (index-otsu thresholds)
+    strip: int = 0  # tile columns of the strips its readers go down (tiling.ReadOrder); 0: whole rows
+
+    @property
+    def order(self) -> ReadOrder:
+        return ReadOrder(self.grid, self.strip or self.grid.shape[1])
 
 
 @dataclass(frozen=True)
@@ -291,13 +296,26 @@ def prepare_scene(plan: ScenePlan, classes: ClassScheme, opts: PredictOptions) -
         output.create_scratch(plan.out, plan.grid, len(classes))
 
 
-def tile_ranges(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> list[dict]:
-    """Global tile numbers cut into ``{"lo", "hi"}`` ranges, one per read task.
+def range_size(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> int:
+    """Tiles per read task: a few tasks per CPU, at least a batch each, at most ``max_tasks``
+    however many tiles."""
+    tasks = min(total // batch + 1, int(4 * cpus) * max(1, total // (batch * 64)), max_tasks)
+    return max(batch, -(-total // max(1, tasks)))
 
-    A few tasks per CPU, at least a batch each, at most ``max_tasks`` however many
-    tiles: the driver holds ranges, never a list of tiles. (Not ``ray.data.range``:
+
+def tile_ranges(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> list[dict]:
+    """Global tile numbers cut into ``{"lo", "hi"}`` ranges (the hann blend's tasks).
+
+    The driver holds ranges, never a list of tiles. (Not ``ray.data.range``:
     its read task wants a whole CPU, which no node may have left beside the actors.)
     """
-    tasks = min(total // batch + 1, int(4 * cpus) * max(1, total // (batch * 64)), max_tasks)
-    per = max(batch, -(-total // max(1, tasks)))
+    per = range_size(total, batch, cpus, max_tasks)
     return [{"lo": lo, "hi": min(lo + per, total)} for lo in range(0, total, per)]
+
+
+def scene_read_ranges(plan: ScenePlan, batch: int, cpus: float) -> tuple[ScenePlan, list[dict]]:
+    """A scene's read ranges: positions in its :class:`~geoseg.tiling.ReadOrder`, near-squares
+    of tiles inside strips (the plan, returned, names the strip width its readers follow)."""
+    per = range_size(len(plan.grid), batch, cpus)
+    order = ReadOrder(plan.grid, strip_for(plan.grid, per))
+    return replace(plan, strip=order.strip), read_ranges(order, per)

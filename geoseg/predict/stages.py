@@ -42,7 +42,7 @@ from geoseg import catalog, output, stitch, storage
 from geoseg.classes import NODATA, ClassScheme
 from geoseg.errors import ReadError, one_line
 from geoseg.predict.plan import (JobPlan, PredictOptions, SceneSource, ScenePlan, is_scene_error, plan_scene,
-                                 prepare_scene, tile_ranges)
+                                 prepare_scene, scene_read_ranges)
 from geoseg.predictor import ModelSpec
 from geoseg.raster import tile_reader
 
@@ -121,8 +121,10 @@ def source_rows(sources: list[SceneSource]) -> list[dict]:
 def planned_rows(plan: ScenePlan, batch_size: int, cpus: float) -> list[dict]:
     """A planned scene's rows for the readers: its tile ranges, each with the plan; one empty
     range for a scene complete already."""
+    if plan.status == "done":
+        return [{"scene": plan.index, "plan": pack(plan), "lo": 0, "hi": 0, "error": ""}]
+    plan, ranges = scene_read_ranges(plan, batch_size, cpus)
     packed = pack(plan)
-    ranges = tile_ranges(len(plan.grid), batch_size, cpus) if plan.status != "done" else [{"lo": 0, "hi": 0}]
     return [{"scene": plan.index, "plan": packed, "lo": r["lo"], "hi": r["hi"], "error": ""} for r in ranges]
 
 
@@ -176,7 +178,7 @@ def read_tiles(batch: dict, dtype: str, shape: tuple[int, int, int], batch_size:
             yield marker(scene, packed, 0, error, dtype, shape)
             continue
         plan, pending = pickle.loads(packed), 0
-        ids = np.arange(lo, hi, dtype=np.int64)
+        ids = plan.order.tiles(lo, hi)  # positions in the scene's reading order -> tile numbers
         for j in range(0, len(ids), batch_size):
             try:
                 out, dropped = _low_priority(_read_tiles, ids[j : j + batch_size], plan, dtype, skip_bad)
@@ -210,7 +212,7 @@ def _read_scene_tiles(plan: ScenePlan, tiles: list, dtype: str, skip_bad: bool) 
     block (``skip_bad``; its image is left empty)."""
     reader = tile_reader(plan.url, plan.bands)
     try:
-        return reader.read_tiles(tiles, dtype)
+        return reader.read_tiles(tiles, dtype, plan.order)
     except ReadError:
         if not skip_bad:
             raise
