@@ -120,7 +120,6 @@ def main() -> None:
             plain = score({"checkpoint": folder}, "plain")
             shutdown()
 
-        names = unet["class_names"]
         print(f"held-out scene: sample seed 1, {a.size // 2}x{a.size // 2}; training scene seed 0, {a.size}x{a.size}")
         print(f"\nU-Net (geoseg train, {a.workers} Ray Train workers, {a.minutes:g} min budget, "
               f"{train_s:.0f}s wall incl. start-up, {summary['last']['epoch'] + 1} epochs, "
@@ -128,12 +127,12 @@ def main() -> None:
               f"{100 * summary['last'].get('data_wait', 0):.0f}% of the last epoch waiting for chips"
               + (f", chip cache built in {cache['seconds']:.1f}s" if (cache := (summary.get("input") or {})
                                                                       .get("chip_cache")) else "") + "):")
-        print(format_table(unet, names))
+        print(format_table(unet))
         print("\nindex model (NDVI/NDWI thresholds):")
-        print(format_table(index, names))
+        print(format_table(index))
         if plain:
             print(f"\nplain PyTorch loop, 1 process, same budget ({plain_rate:.1f} chips/s):")
-            print(format_table(plain, names))
+            print(format_table(plain))
         print(f"\nmIoU  geoseg U-Net {unet['miou']:.3f} | index {index['miou']:.3f}"
               + (f" | plain loop {plain['miou']:.3f}" if plain else ""))
         print(f"stitched (default --tile-size/--halo) vs whole-image U-Net inference on the held-out scene: "

@@ -150,7 +150,12 @@ def _safetensors_shapes(url: str) -> dict[str, tuple[int, ...]]:
 
 def describe(path: str) -> CheckpointMeta:
     """The checkpoint's description, once its weights file is there and its header
-    readable: every check that needs no torch (milliseconds)."""
+    readable: every check that needs no torch (milliseconds). An exported model file
+    (``.onnx``, ``.pt``) describes itself (:mod:`geoseg.export`)."""
+    from geoseg import export
+
+    if export.is_model_file(path):
+        return export.describe(path)
     return _described(path)[1]
 
 
@@ -174,6 +179,10 @@ def verify(path: str, build: bool = True) -> CheckpointMeta | None:
     builds the model, which imports torch and the architecture library (seconds on a
     small machine; ``geoseg predict`` then runs it while Ray starts), or with ``build``
     False returns None."""
+    from geoseg import export
+
+    if export.is_model_file(path):  # a graph or traced module: checked as it is read
+        return export.describe(path)
     folder, meta, got = _described(path)
     want = state_shapes(meta.model) if build else known_state_shapes(meta.model)
     if want is None:

@@ -11,7 +11,7 @@ from geoseg import __version__, runtime, storage
 from geoseg.bands import parse_bands
 from geoseg.console import filtered_stderr
 from geoseg.demo import run_demo
-from geoseg.errors import GeosegError, InputError, one_line
+from geoseg.errors import GeosegError, InputError, StorageError, one_line
 from geoseg.predict import PredictOptions, predict
 from geoseg.sample import write_sample
 from geoseg.submit import submit
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geoseg", description="Segment satellite imagery at scale with Ray.")
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
     sub = _Sub(p.add_subparsers(dest="command", required=True))
-    for add in (add_sample, add_predict, add_mosaic, add_train, add_evaluate, add_quicklook, add_demo, add_submit):
+    for add in (add_sample, add_predict, add_mosaic, add_train, add_export, add_quantize, add_evaluate, add_quicklook,
+                add_demo, add_submit):
         add(sub)
     return p
 
@@ -357,6 +358,41 @@ def cmd_evaluate(a) -> None:
         print(f"  {'error maps:':<22}{storage.join(a.out, 'errors')}/<scene>.png")
 
 
+def add_export(sub) -> None:
+    e = sub.add_parser("export", help="a trained model as one self-describing file (ONNX or TorchScript)")
+    e.add_argument("run_dir", help="training run folder or checkpoint")
+    e.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="default onnx")
+    e.add_argument("--out", help="model file (default RUN_DIR/model.onnx or model.pt)")
+    e.set_defaults(run=cmd_export)
+
+
+def cmd_export(a) -> None:
+    from geoseg.export import FORMATS, export
+
+    export(a.run_dir, a.format, a.out or storage.join(a.run_dir, f"model{FORMATS[a.format]}"))
+
+
+def add_quantize(sub) -> None:
+    q = sub.add_parser("quantize", help="an INT8 (or bf16) model file, scored against fp32 on the run's validation "
+                                        "blocks")
+    q.add_argument("run_dir", help="training run folder (its run.json names the rasters and the split)")
+    q.add_argument("--precision", default="int8", choices=("int8", "bf16"), help="default int8 (ONNX Runtime)")
+    q.add_argument("--calibration", nargs="+", metavar="IMG",
+                   help="rasters to calibrate activation ranges on (default: training chips of the run)")
+    q.add_argument("--calibration-chips", type=_positive("--calibration-chips"), default=64,
+                   help="calibration inputs (default 64)")
+    q.add_argument("--max-miou-drop", type=float, default=0.01,
+                   help="refuse the model when its validation mIoU is lower than fp32's by more (default 0.01)")
+    q.add_argument("--out", help="model file (default RUN_DIR/model.int8.onnx or model.bf16.pt)")
+    q.set_defaults(run=cmd_quantize)
+
+
+def cmd_quantize(a) -> None:
+    from geoseg.quantize import quantize
+
+    quantize(a.run_dir, a.precision, a.calibration, a.max_miou_drop, a.out, a.calibration_chips)
+
+
 def add_quicklook(sub) -> None:
     q = sub.add_parser("quicklook", help="a small PNG of a raster geoseg wrote (class map, image, run record)")
     q.add_argument("raster", help="a class map (COG / Zarr), an image, a predict run record or output item")
@@ -414,6 +450,13 @@ def _user_error(exc: BaseException) -> GeosegError | None:
     return None
 
 
+def _storage_fault(exc: BaseException) -> GeosegError | None:
+    """A storage fault that reached the command without geoseg naming its URL (an outage, a full
+    disk inside a library): still one line, with the path where the fault names one."""
+    reason = storage.fault_reason(exc)
+    return StorageError(f"storage failed: {reason}") if reason else None
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.verbose:
@@ -431,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geoseg: {what}; rerun the same command to resume", file=sys.stderr)
         return 143 if what == "terminated" else 130
     except Exception as exc:  # noqa: BLE001
-        err = _user_error(exc)
+        err = _user_error(exc) or _storage_fault(exc)
         if err is None or a.debug:
             raise
         print(f"geoseg: error: {one_line(err)}", file=sys.stderr)

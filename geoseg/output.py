@@ -76,6 +76,7 @@ def create_zarr(
     create_class_map(out.zarr, info, grid.core, classes, {"geoseg": fingerprint}, probabilities)
 
 
+@storage.translating(lambda url, *a, **k: url, "creating the Zarr store")
 def create_class_map(
     url: str,
     info: RasterInfo,
@@ -287,6 +288,7 @@ def _array(zarr_url: str, name: str, job: str):
     return _ARRAYS[key]
 
 
+@storage.translating(lambda out, *a, **k: out.zarr, "writing a tile's chunk")
 def write_tile(out: SceneOutput, core: Window, classes: np.ndarray, proba: np.ndarray | None = None) -> None:
     """Write one tile core (exactly one chunk) of classes (and probabilities)."""
     rows, cols = core.slices
@@ -298,6 +300,7 @@ def write_tile(out: SceneOutput, core: Window, classes: np.ndarray, proba: np.nd
 # --- scratch softmax (``--stitch hann``) --------------------------------------
 
 
+@storage.translating(lambda out, *a, **k: out.scratch, "creating the scratch store")
 def create_scratch(out: SceneOutput, grid: TileGrid, n_classes: int) -> None:
     """The scratch array of every tile's softmax, ``(tiles, class, T, T)`` float32
     (``T`` = the grid's input size), one chunk per tile, NaN where nothing was
@@ -312,10 +315,12 @@ def create_scratch(out: SceneOutput, grid: TileGrid, n_classes: int) -> None:
                       dtype="float32", fill_value=float("nan"))
 
 
+@storage.translating(lambda out, *a, **k: out.scratch, "writing a tile's softmax")
 def write_softmax(out: SceneOutput, tile: int, probs: np.ndarray) -> None:
     _array(out.scratch, "softmax", out.job)[tile] = probs
 
 
+@storage.translating(lambda out, *a, **k: out.scratch, "reading a tile's softmax")
 def read_softmax(out: SceneOutput, tile: int) -> np.ndarray | None:
     """A tile's softmax, or None if it was never written."""
     p = _array(out.scratch, "softmax", out.job)[tile]
@@ -325,6 +330,7 @@ def read_softmax(out: SceneOutput, tile: int) -> np.ndarray | None:
 # --- finishing ------------------------------------------------------------
 
 
+@storage.translating(lambda out, *a, **k: out.cog, "writing the COG")
 def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block: int = 512) -> dict:
     """Copy the Zarr class map into a COG chunk by chunk (flat memory); returns what the
     copy counted on the way: ``{"pixels": per class, "areas_m2": per class or None}``
@@ -372,6 +378,7 @@ def class_areas(classes: ClassScheme, counted: dict) -> dict:
             for i, name in enumerate(classes.names)}
 
 
+@storage.translating(lambda out, *a, **k: out.zarr, "consolidating its metadata")
 def consolidate(out: SceneOutput) -> None:
     """Consolidated metadata, so xarray opens the group in one read (a zarr-python
     extension to v3, which it warns about once per call; the warning is noise here)."""

@@ -342,5 +342,138 @@ class ModelSpec:
         if self.name == "checkpoint":
             opts = dict(self.options)
             opts.setdefault("threads", int(os.environ.get("GEOSEG_TORCH_THREADS", "0")) or None)
-            return TorchPredictor.from_checkpoint(self.checkpoint, **opts)
+            return load_predictor(self.checkpoint, **opts)
         raise InputError(f"unknown model {self.name!r}")
+
+
+# --- the fastest safe path for a model: runtime and precision ------------------------------------
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (``/proc/cpuinfo``; empty where it is not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_runtime(meta, device: str = "cpu", precision: str = "auto") -> dict:
+    """How a model runs on this machine: ``{"runtime", "precision", "note"}``.
+
+    An ONNX file runs in ONNX Runtime at the precision it was made in (fp32, or int8: on any
+    x86-64 or Arm CPU; fastest with VNNI, which the note names where it is missing); a
+    TorchScript file or a checkpoint in torch. A model made for bf16 (``geoseg quantize
+    --precision bf16``) runs in bf16 where the CPU has bf16 instructions (AVX512-BF16, AMX),
+    else in fp32, and the note says so."""
+    export = (meta.extra or {}).get("export") or {}
+    made = export.get("precision") or (meta.extra or {}).get("precision") or "fp32"
+    runtime = "onnxruntime" if export.get("format") == "onnx" else "torch"
+    note = ""
+    if runtime == "onnxruntime":
+        flags = cpu_flags()
+        if made == "int8" and device == "cpu" and flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+            note = "this CPU has no VNNI: INT8 runs, slower than where it was measured"
+        return {"runtime": runtime, "precision": made, "note": note}
+    if precision != "auto":
+        return {"runtime": runtime, "precision": precision, "note": ""}
+    if made == "bf16" and device == "cpu":
+        if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+            return {"runtime": runtime, "precision": "bf16", "note": ""}
+        return {"runtime": runtime, "precision": "fp32", "note": "made for bf16, but this CPU has no bf16 "
+                "instructions (AVX512-BF16 or AMX): fp32"}
+    return {"runtime": runtime, "precision": "auto", "note": ""}
+
+
+def load_predictor(path: str, **options):
+    """The predictor of a checkpoint folder or an exported model file, on the fastest safe path
+    (:func:`choose_runtime`)."""
+    from geoseg import export
+
+    meta = checkpoint.describe(path)
+    device = pick_device(options.get("device", "auto"))
+    how = choose_runtime(meta, device, options.get("precision", "auto"))
+    if how["runtime"] == "onnxruntime":
+        pred = OnnxPredictor(path, meta, device=device, threads=options.get("threads"), tta=options.get("tta", False),
+                             batch_size=options.get("batch_size"))
+    else:
+        opts = {**options, "precision": how["precision"]}
+        if export.is_model_file(path):
+            opts["compile"] = False  # a traced module is what it is
+            pred = TorchPredictor(export.load_torchscript(path, device), meta.mean, meta.std, **opts)
+            pred.num_classes, pred.meta = meta.model.num_classes, meta
+        else:
+            pred = TorchPredictor.from_checkpoint(path, **opts)
+    pred.runtime = {**how, "precision": getattr(pred, "precision", how["precision"])}
+    return pred
+
+
+class OnnxPredictor:
+    """An exported ONNX model (fp32, or INT8 from ``geoseg quantize``) in ONNX Runtime: numpy tiles
+    in the raster's dtype in, uint8 class tiles out, like :class:`TorchPredictor`.
+
+    On CPU each call is single-threaded by default (``threads``; the job's layouts run one
+    call per core on threads sharing the session, which ONNX Runtime allows), about
+    ``CPU_PIXELS_PER_CALL`` pixels at a time; with a GPU, CUDA where ONNX Runtime has it."""
+
+    def __init__(self, path: str, meta, *, device: str = "cpu", threads: int | None = None, tta: bool = False,
+                 batch_size: int | None = None):
+        import onnxruntime as ort
+
+        from geoseg import export
+
+        local = export.fetch(path)
+        export._onnx_checked(local, path)  # refused before ONNX Runtime reads it
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(local, so, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+        self.meta, self.num_classes = meta, meta.model.num_classes
+        self.mean = np.asarray(meta.mean, np.float32).reshape(1, -1, 1, 1)
+        self.std = np.maximum(np.asarray(meta.std, np.float32), 1e-6).reshape(1, -1, 1, 1)
+        self.tta, self.batch_size = tta, batch_size
+        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+        self.precision = ((meta.extra or {}).get("export") or {}).get("precision", "fp32")
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+    def _batches(self, tiles: np.ndarray):
+        step = self.batch_size or max(1, CPU_PIXELS_PER_CALL // (tiles.shape[-1] * tiles.shape[-2]))
+        if self.device == "cuda":
+            step = self.batch_size or len(tiles)
+        for i in range(0, len(tiles), step):
+            yield (tiles[i : i + step].astype(np.float32) - self.mean) / self.std
+
+    def _softmax(self, x: np.ndarray) -> np.ndarray:
+        def soft(z):
+            z = z - z.max(1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(1, keepdims=True)
+
+        prob = soft(self._logits(x))
+        if self.tta:
+            prob += soft(self._logits(np.ascontiguousarray(x[..., ::-1])))[..., ::-1]
+            prob += soft(self._logits(np.ascontiguousarray(x[..., ::-1, :])))[..., ::-1, :]
+            prob /= 3
+        return prob.astype(np.float32)
+
+    def predict(self, tiles: np.ndarray, scenes: np.ndarray | None = None) -> np.ndarray:
+        """Class map ``(N, H, W)`` uint8 of tiles ``(N, bands, H, W)`` in any numeric dtype."""
+        if len(tiles) == 0:
+            raise ValueError("no tiles to predict")
+        head = self._softmax if self.tta else self._logits
+        return np.concatenate([head(x).argmax(1).astype(np.uint8) for x in self._batches(tiles)])
+
+    def predict_proba(self, tiles: np.ndarray, scenes: np.ndarray | None = None) -> np.ndarray:
+        """Softmax ``(N, K, H, W)`` float32."""
+        return np.concatenate([self._softmax(x) for x in self._batches(tiles)])

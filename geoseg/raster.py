@@ -97,6 +97,9 @@ def open_raster(url: str):
             raise StorageError(f"{url}: not found") from exc
         if "403" in msg or "Access Denied" in msg or "denied" in msg.lower():
             raise StorageError(f"{url}: access denied") from exc
+        reason = storage.fault_reason(exc)
+        if reason is not None:
+            raise StorageError(f"{url}: cannot open: {reason}") from exc
         raise StorageError(f"{url}: cannot open as a raster ({msg})") from exc
 
 
@@ -347,10 +350,13 @@ class TileReader:
             data = self._src.read(self.bands, window=rio_win)
             valid = self._valid(data, rio_win)
             data = apply_scale(data, self._src, self.bands)
-        except Exception as exc:  # noqa: BLE001 - GDAL's errors: a corrupt or truncated file
-            raise ReadError(f"{self.url}: cannot read window rows {win.row_off}:{win.row_off + win.height}, "
-                            f"cols {win.col_off}:{win.col_off + win.width}: corrupt or truncated file "
-                            f"({_root_message(exc)})") from exc
+        except Exception as exc:  # noqa: BLE001 - GDAL's errors: storage, or a corrupt or truncated file
+            where = (f"{self.url}: cannot read window rows {win.row_off}:{win.row_off + win.height}, "
+                     f"cols {win.col_off}:{win.col_off + win.width}")
+            reason = storage.fault_reason(exc)
+            if reason is not None:  # the storage failed, not the file: no tile is lost as "bad"
+                raise StorageError(f"{where}: {reason}") from exc
+            raise ReadError(f"{where}: corrupt or truncated file ({_root_message(exc)})") from exc
         self._cells[key] = (data, valid, 0)
         self.cached_bytes += data.nbytes + valid.nbytes
         self.peak_bytes = max(self.peak_bytes, self.cached_bytes)

@@ -127,10 +127,12 @@ def worker_env() -> dict[str, str]:
 
 
 def storage_options(url: str) -> dict[str, Any]:
-    """fsspec options for a URL (the S3 endpoint for s3 URLs)."""
+    """fsspec options for a URL: for s3 URLs the endpoint, and botocore's retries (``S3_ATTEMPTS``
+    attempts, adaptive mode: exponential backoff, slower when throttled)."""
     if urlparse(str(url)).scheme in ("s3", "s3a"):
         ep = endpoint_url()
-        return {"endpoint_url": ep} if ep else {}
+        opts: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": S3_ATTEMPTS, "mode": "adaptive"}}}
+        return {**opts, "endpoint_url": ep} if ep else opts
     return {}
 
 
@@ -145,9 +147,127 @@ def filesystem(url: str):
     return fs, path
 
 
+# --- faults: what went wrong with storage, in words --------------------------------
+
+# Object storage clients retry transient errors (connection failures, throttling, 5xx) with
+# backoff before geoseg gives up: botocore's "adaptive" mode (exponential backoff and a
+# client-side rate limit when throttled) for fsspec/s3fs, GDAL_HTTP_MAX_RETRY for GDAL.
+S3_ATTEMPTS = int(os.environ.get("GEOSEG_S3_ATTEMPTS", "6"))
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
+                "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ServerTimeoutError",
+                "ClientOSError", "ConnectionRefusedError", "ConnectionResetError", "ProxyConnectionError",
+                "ConnectionError"}
+_CREDENTIALS = {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired",
+                "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "InvalidClientTokenId",
+                "RequestTimeTooSkewed", "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                "UnauthorizedSSOTokenError", "TokenRetrievalError"}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"}
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+              "TooManyRequestsException", "RequestThrottled", "ServiceUnavailable", "503"}
+_ERRNO = {"ENOSPC": "no space left on the device", "EDQUOT": "disk quota exceeded",
+          "EROFS": "read-only file system", "EACCES": "permission denied", "EPERM": "operation not permitted",
+          "EIO": "input/output error", "EFBIG": "file too large for the file system"}
+# GDAL (libcurl, its /vsis3/ driver) and Arrow's S3 client say the same things in their own words
+_SAID = [("couldn't connect", "unreachable"), ("connection refused", "unreachable"),
+         ("could not resolve host", "unreachable"), ("timed out", "unreachable"),
+         ("network_connection", "unreachable"), ("http response code: 0", "unreachable"),
+         ("access denied", "denied"), ("access_denied", "denied"), ("http response code: 403", "denied"),
+         ("expired", "credentials"), ("invalid_access_key_id", "credentials"), ("signaturedoesnotmatch", "credentials"),
+         ("slow down", "throttled"), ("slow_down", "throttled"), ("http response code: 503", "throttled"),
+         ("no space left", "ENOSPC"), ("read-only file system", "EROFS"), ("disk quota", "EDQUOT")]
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        cause = getattr(exc, "cause", None)  # a Ray task error: the worker's own exception
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+
+
+def _code(exc: BaseException) -> str | None:
+    """The service's error code of a botocore ``ClientError`` (or the exception's class name)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = (response.get("Error") or {}).get("Code")
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return str(code or status or "") or None
+    return None
+
+
+def fault_reason(exc: BaseException) -> str | None:
+    """What went wrong, in words, when ``exc`` (or an exception behind it) is a storage fault:
+    an endpoint that does not answer, credentials refused or expired, access denied,
+    throttling that outlasted the retries, a full or read-only disk. None for anything else."""
+    import errno as errno_mod
+
+    said = None
+    for e in _chain(exc):
+        code, name = _code(e), type(e).__name__
+        if "InvalidCredentials" in name or "SignatureDoesNotMatch" in name:  # GDAL's CPLE_AWS... errors
+            code = "InvalidAccessKeyId"
+        elif "AccessDenied" in name:
+            code = "AccessDenied"
+        for key in (code, name):
+            if key in _CREDENTIALS:
+                return f"the storage service refused the credentials ({key}: expired or invalid); renew them"
+            if key in _DENIED:
+                return "access denied"
+            if key in _THROTTLED:
+                return f"the storage service is throttling requests ({key}), still after {S3_ATTEMPTS} tries"
+        if name in _UNREACHABLE:
+            ep = (getattr(e, "kwargs", None) or {}).get("endpoint_url") or endpoint_url() or "of S3"
+            ep = urlparse(ep)._replace(path="", query="").geturl() if "://" in str(ep) else ep
+            return f"the storage endpoint {ep} is not reachable ({name}, still after {S3_ATTEMPTS} tries)"
+        if isinstance(e, OSError) and e.errno is not None:
+            key = errno_mod.errorcode.get(e.errno)
+            if key in _ERRNO:
+                return _ERRNO[key] + (f" ({e.filename})" if e.filename else "")
+        text = str(e).lower()
+        said = said or next((kind for words, kind in _SAID if words in text), None)
+    if said in _ERRNO:
+        return _ERRNO[said]
+    return {"unreachable": f"the storage endpoint {endpoint_url() or 'of S3'} is not reachable",
+            "denied": "access denied", "credentials": "the storage service refused the credentials "
+            "(expired or invalid); renew them", "throttled": "the storage service is throttling requests"}.get(said)
+
+
+@contextlib.contextmanager
+def faults(url: str, doing: str = "") -> Iterator[None]:
+    """Storage faults raised inside become one :class:`StorageError` naming ``url`` (and what
+    was being done) and what happened; other errors pass unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only recognised faults are translated
+        reason = fault_reason(exc)
+        if reason is None:
+            raise
+        raise StorageError(f"{url}: {doing + ': ' if doing else ''}{reason}") from exc
+
+
+def translating(url_of, doing: str = ""):
+    """Decorator: the function's storage faults as one :class:`StorageError` (see :func:`faults`),
+    naming the URL that ``url_of(*args, **kwargs)`` gives."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with faults(url_of(*args, **kwargs), doing):
+                return fn(*args, **kwargs)
+        return wrapper
+    return deco
+
+
 def _wrap(url: str, exc: Exception) -> StorageError:
     if isinstance(exc, StorageError):
         return exc
+    reason = fault_reason(exc)
+    if reason is not None:
+        return StorageError(f"{url}: {reason}")
     if isinstance(exc, FileNotFoundError):
         return StorageError(f"{url}: not found")
     if isinstance(exc, PermissionError):

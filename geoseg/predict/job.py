@@ -85,6 +85,19 @@ class ActorLayout:
         )
 
 
+def runtime_of(job: JobPlan, opts: PredictOptions, layout) -> dict:
+    """The runtime and precision the model runs at (:func:`geoseg.predictor.choose_runtime`; the
+    index models are numpy)."""
+    from geoseg.predictor import choose_runtime
+
+    if job.meta is None:
+        return {"runtime": "numpy", "precision": "fp32", "note": ""}
+    how = choose_runtime(job.meta, "cuda" if layout.num_gpus else "cpu", opts.precision)
+    if how["precision"] == "auto":
+        how["precision"] = "bf16" if layout.num_gpus else "fp32"
+    return how
+
+
 def actor_layout(opts: PredictOptions, deep: bool, cpus: float, gpus: float, local: bool = False) -> ActorLayout:
     """The model actor pool for a cluster of ``cpus`` / ``gpus`` (``deep``: a torch model).
 
@@ -652,7 +665,9 @@ def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel
         require_gpus(layout.num_gpus if opts.gpus_per_worker else 0, "--gpus-per-worker")
         tracker.placement = {"model": "driver" if layout.driver else "actors",
                              "actors": [] if layout.driver else [layout.min_workers, layout.max_workers],
-                             "gpus_per_actor": layout.num_gpus, "t_plan": t_plan}
+                             "gpus_per_actor": layout.num_gpus, "t_plan": t_plan,
+                             # which runtime and precision run the model (and why, where it fell back)
+                             "runtime": runtime_of(job, opts, layout)}
         # Blocks of about one batch of tiles: Ray Data buffers a task's output up to a
         # block (128 MiB by default) in the worker's own memory, and a block of a
         # longer range would make every process grow with the job.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from geoseg import checkpoint, output, storage
+from geoseg import checkpoint, limits, output, storage
 from geoseg.bands import Selection, select_bands
 from geoseg.classes import LANDCOVER, ClassScheme
 from geoseg.errors import GeosegError, InputError, OutputExistsError, RasterError, one_line
@@ -270,7 +270,12 @@ def plan_scene(src: SceneSource, job: JobPlan, opts: PredictOptions, dtype: str 
                 f"{url}: the model was trained on {'scaled values' if trained_scaled else 'raw digital numbers'}, "
                 f"but this raster {'declares' if info.scaled else 'declares no'} band scale/offset; "
                 "give it inputs read the same way")
-    grid = TileGrid(info.height, info.width, opts.tile_size, opts.halo)
+    multiple = meta.model.size_multiple if meta is not None else 1
+    core = limits.clamp_tile(opts.tile_size, opts.halo, info.height, info.width, multiple)
+    grid = TileGrid(info.height, info.width, core, opts.halo)
+    limits.check_fits(limits.batch_bytes(opts.batch_size, len(bands), grid.input_size, meta is not None),
+                      f"{url}: --tile-size {core} with --halo {opts.halo} and --batch-size {opts.batch_size} "
+                      f"({grid.input_size} px model inputs)", "use a smaller --tile-size or --batch-size")
     fp = opts.fingerprint(bands)
     out = job.output(src.stem)
     status = output.check_existing(out, fp, opts.overwrite)

@@ -485,7 +485,9 @@ def complete_scene(plan: ScenePlan, job: JobPlan, opts: PredictOptions, timings:
             "classes": job.classes.to_dict(),
             "thresholds": plan.params,
         },
-        parameters={**plan.fingerprint, "batch_size": opts.batch_size, "precision": opts.precision},
+        parameters={**plan.fingerprint, "batch_size": opts.batch_size, "precision": opts.precision,
+                    # a --tile-size larger than the scene is clamped to it: the core side used
+                    **({"tile_size_used": plan.grid.core} if plan.grid.core != opts.tile_size else {})},
         tiles={
             "total": len(plan.grid),
             # this run only; tiles finished by an interrupted earlier run count as resumed

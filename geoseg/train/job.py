@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 
-from geoseg import checkpoint, storage
+from geoseg import checkpoint, limits, storage
 from geoseg.bands import select_bands
 from geoseg.errors import InputError
 from geoseg.inputs import expand_inputs
@@ -61,8 +61,6 @@ def train_loop(config: dict) -> None:
     if device.type == "cuda":  # bf16 convolutions are fastest channels-last
         model = model.to(memory_format=torch.channels_last)
     fitter = Fitter(ray.train.torch.prepare_model(model), cfg, config, device, world, state, meta_epoch)
-    if state and rank == 0:
-        worker_print(f"resuming from the checkpoint of epoch {fitter.progress.start_epoch - 1}")
 
     # chips come in their raster's dtype (uint16: half of float32) and uint8 labels, and are converted on
     # the device (Fitter.normalize, train_epoch); the next batches are read while a step runs
@@ -179,6 +177,10 @@ def plan_run(cfg: TrainConfig, scan=None) -> tuple[TrainingPlan, ModelConfig, li
         bands, roles = list(range(1, first.count + 1)), list(cfg.assets)
     else:
         bands, roles = select_bands(images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
+    local_batch = max(1, cfg.batch_size // cfg.workers)
+    limits.check_fits(limits.batch_bytes(local_batch, len(bands), cfg.chip_size, cfg.arch != "tinyfcn"),
+                      f"--chip-size {cfg.chip_size} with a batch of {local_batch} per worker",
+                      "use a smaller --chip-size or --batch-size")
     pairs = open_pairs(images, cfg.labels, bands, cfg.allow_no_crs)
     plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
                          seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles,
@@ -255,6 +257,21 @@ def make_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, cpus: int)
     )
 
 
+def resume_point(out: str) -> dict | None:
+    """Where a rerun of the run in ``out`` resumes: the latest checkpoint Ray Train recorded in the
+    run's snapshot (what it restores the workers from), ``{"epoch", "checkpoint"}``; None for a
+    run not started yet."""
+    try:
+        snap = json.loads(storage.read_text(storage.join(out, "checkpoint_manager_snapshot.json")))
+    except (OSError, ValueError):
+        return None
+    latest = snap.get("latest_checkpoint_result") or {}
+    epoch = (latest.get("metrics") or {}).get("epoch")
+    if epoch is None or not latest.get("checkpoint_dir_name"):
+        return None
+    return {"epoch": int(epoch), "checkpoint": storage.join(out, latest["checkpoint_dir_name"])}
+
+
 def write_pictures(run_dir: str, plan: TrainingPlan, latest, best_url: str, log=print) -> dict:
     """``curves.png`` (the whole history, kept in the latest checkpoint) and ``val_quicklook.png``
     (the best checkpoint on a validation block) in the run folder."""
@@ -309,6 +326,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
                    "offsets": [plan.pairs[0].image.offsets[b - 1] for b in bands] if plan.pairs[0].image.offsets
                    else None},
     }
+    resumed = resume_point(cfg.out)
+    if resumed:
+        log(f"resuming from the checkpoint of epoch {resumed['epoch']} ({resumed['checkpoint']})")
     result = make_trainer(cfg, loop_config, chip_datasets(cfg, plan, chips.get("cache")), cpus).fit()
     if result.error:
         raise result.error
@@ -337,6 +357,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                   "data_wait": (result.metrics or {}).get("data_wait")},
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "address"},
         "pictures": pictures,
+        "resumed": resumed,  # the checkpoint this run resumed from (None: it started afresh)
         "seconds": round(time.perf_counter() - t0, 2),
     }
     storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(summary, indent=2, default=str))
