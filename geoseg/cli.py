@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 
@@ -457,29 +458,41 @@ def _storage_fault(exc: BaseException) -> GeosegError | None:
     return StorageError(f"storage failed: {reason}") if reason else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exiting: bool = False) -> int:
+    """Run one command; a user error or an interrupt is one line on stderr, and the exit code.
+
+    The line is printed before Ray is stopped: stopping Ray while Ray Data's threads still
+    read (a job failing mid-way, a signal) can end the process from Ray's C++ core at once,
+    and the line would be lost. ``exiting`` (the ``geoseg`` command): after a failure the
+    process ends at once without stopping Ray (the reaper stops a local Ray's processes when
+    the driver is gone), so the exit code is the command's."""
     a = build_parser().parse_args(argv)
     if a.verbose:
         os.environ["GEOSEG_VERBOSE"] = "1"
+    else:  # an object store's connection dropped mid-request: asyncio's own traceback of it is noise
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     if a.dashboard:
         os.environ["GEOSEG_DASHBOARD"] = "1"
-    try:
-        with contextlib.nullcontext() if a.verbose or a.debug else filtered_stderr():
-            try:
-                code = a.run(a)
-            finally:
-                _stop_quietly()
-    except KeyboardInterrupt as exc:
-        what = "terminated" if isinstance(exc, runtime.Terminated) else "interrupted"
-        print(f"geoseg: {what}; rerun the same command to resume", file=sys.stderr)
-        return 143 if what == "terminated" else 130
-    except Exception as exc:  # noqa: BLE001
-        err = _user_error(exc) or _storage_fault(exc)
-        if err is None or a.debug:
-            raise
-        print(f"geoseg: error: {one_line(err)}", file=sys.stderr)
-        return 1
-    return int(code or 0)
+    failure: tuple[str, int] | None = None
+    with contextlib.nullcontext() if a.verbose or a.debug else filtered_stderr():
+        try:
+            code = a.run(a)
+        except KeyboardInterrupt as exc:
+            what = "terminated" if isinstance(exc, runtime.Terminated) else "interrupted"
+            failure = (f"geoseg: {what}; rerun the same command to resume", 143 if what == "terminated" else 130)
+        except Exception as exc:  # noqa: BLE001
+            err = _user_error(exc) or _storage_fault(exc)
+            if err is None or a.debug:
+                if not exiting:
+                    _stop_quietly()
+                raise
+            failure = (f"geoseg: error: {one_line(err)}", 1)
+        if failure is not None:
+            _ignore_signals()
+            print(failure[0], file=sys.stderr, flush=True)
+        if failure is None or not exiting:
+            _stop_quietly()
+    return failure[1] if failure is not None else int(code or 0)
 
 
 def run() -> None:
@@ -489,7 +502,7 @@ def run() -> None:
     output flushed), the teardown of torch's and Ray's modules would only keep the
     user waiting, for seconds on a small machine.
     """
-    code = main()
+    code = main(exiting=True)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -498,12 +511,16 @@ def run() -> None:
     os._exit(code)
 
 
-def _stop_quietly() -> None:
-    """Stop what geoseg started; a second Ctrl-C or SIGTERM meanwhile does not add a traceback."""
+def _ignore_signals() -> None:
     import signal
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _stop_quietly() -> None:
+    """Stop what geoseg started; a second Ctrl-C or SIGTERM meanwhile does not add a traceback."""
+    _ignore_signals()
     if "ray" in sys.modules:
         runtime.shutdown()
 

@@ -213,7 +213,8 @@ class DriverModel:
     """
 
     def __init__(self, job: JobPlan, opts: PredictOptions):
-        self.kwargs = {"core": opts.tile_size, "probabilities": opts.probabilities, "softmax": opts.stitch == "hann"}
+        self.kwargs = {"core": job.tile_core(opts), "probabilities": opts.probabilities,
+                       "softmax": opts.stitch == "hann"}
         self.job_id = job.job
         # the whole model on this process's CPUs: one single-threaded call per core
         self.spec = job.spec if job.spec.name != "checkpoint" else replace(
@@ -338,7 +339,7 @@ def build_pipeline(job: JobPlan, opts: PredictOptions, layout: ActorLayout, cpus
         return model.run(ds, writer, layout.calls)
     ds = ds.map_batches(
         _InferOnNode,
-        fn_constructor_kwargs={"spec": spec, "core": opts.tile_size, "probabilities": opts.probabilities,
+        fn_constructor_kwargs={"spec": spec, "core": job.tile_core(opts), "probabilities": opts.probabilities,
                                "softmax": hann, "job": job.job},
         batch_size=opts.batch_size,
         compute=layout.strategy(),
@@ -351,7 +352,8 @@ def build_pipeline(job: JobPlan, opts: PredictOptions, layout: ActorLayout, cpus
 def tile_shape(job: JobPlan, opts: PredictOptions) -> tuple[int, int, int]:
     """``(bands, input size, core)`` of every tile of the job."""
     nb = len(job.first.bands) if job.first else (job.meta.model.in_channels if job.meta else len(BAND_ROLES))
-    return nb, opts.tile_size + 2 * opts.halo, opts.tile_size
+    core = job.tile_core(opts)
+    return nb, core + 2 * opts.halo, core
 
 
 def _batches(ds) -> Iterator[dict]:

@@ -159,6 +159,11 @@ class JobPlan:
     first: ScenePlan | None = None  # the first scene to predict, planned here
     first_error: str | None = None  # ... or why it could not be planned (a job of several scenes goes on)
     dtype: str = "float32"  # tiles travel in it: the first scene's pixel type
+    core: int | None = None  # the tiles' core side, where --tile-size was larger than the first scene: clamped
+
+    def tile_core(self, opts: "PredictOptions") -> int:
+        """The side of every tile's core in this job."""
+        return self.core or opts.tile_size
 
     @property
     def todo(self) -> list[SceneSource]:
@@ -219,7 +224,8 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
         if len(job.sources) == 1 or opts.fail_fast or not is_scene_error(exc):
             raise
         return replace(job, first_error=one_line(exc))
-    return replace(job, first=first, dtype=first.info.pixel_dtype)
+    return replace(job, first=first, dtype=first.info.pixel_dtype,
+                   core=first.grid.core if first.grid.core != opts.tile_size else None)
 
 
 def finished_scenes(prefix: str, sources: list[SceneSource], fingerprint: dict, overwrite: bool) -> set[int]:
@@ -270,8 +276,9 @@ def plan_scene(src: SceneSource, job: JobPlan, opts: PredictOptions, dtype: str 
                 f"{url}: the model was trained on {'scaled values' if trained_scaled else 'raw digital numbers'}, "
                 f"but this raster {'declares' if info.scaled else 'declares no'} band scale/offset; "
                 "give it inputs read the same way")
+    # a --tile-size larger than the job's first scene is clamped to it (the job's tiles then all take that side)
     multiple = meta.model.size_multiple if meta is not None else 1
-    core = limits.clamp_tile(opts.tile_size, opts.halo, info.height, info.width, multiple)
+    core = job.core or limits.clamp_tile(opts.tile_size, opts.halo, info.height, info.width, multiple)
     grid = TileGrid(info.height, info.width, core, opts.halo)
     limits.check_fits(limits.batch_bytes(opts.batch_size, len(bands), grid.input_size, meta is not None),
                       f"{url}: --tile-size {core} with --halo {opts.halo} and --batch-size {opts.batch_size} "

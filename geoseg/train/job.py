@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import threading
 import time
 
 from geoseg import checkpoint, limits, storage
@@ -257,6 +258,28 @@ def make_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, cpus: int)
     )
 
 
+def _fit(trainer):
+    """``trainer.fit()`` on a thread of its own while this one waits: Ctrl-C and SIGTERM then reach
+    geoseg as in predict (one line, exit 130 / 143; the rerun resumes from the last checkpoint)
+    instead of Ray Train's own SIGINT handler, which ends the process with exit 1 and no word
+    (Ray Train installs it only when called from the main thread)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="geoseg-train", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)  # short waits: signals are handled between them
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def resume_point(out: str) -> dict | None:
     """Where a rerun of the run in ``out`` resumes: the latest checkpoint Ray Train recorded in the
     run's snapshot (what it restores the workers from), ``{"epoch", "checkpoint"}``; None for a
@@ -329,7 +352,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     resumed = resume_point(cfg.out)
     if resumed:
         log(f"resuming from the checkpoint of epoch {resumed['epoch']} ({resumed['checkpoint']})")
-    result = make_trainer(cfg, loop_config, chip_datasets(cfg, plan, chips.get("cache")), cpus).fit()
+    result = _fit(make_trainer(cfg, loop_config, chip_datasets(cfg, plan, chips.get("cache")), cpus))
     if result.error:
         raise result.error
     best_ckpt, best_metrics = None, None
