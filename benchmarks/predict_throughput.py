@@ -10,6 +10,12 @@ and, with the index model, the peak RSS of every process of ``geoseg predict``
 (driver, raylet, Ray workers) for growing scenes, to show that memory is flat.
 
     python benchmarks/predict_throughput.py [--size 2048] [--tile 512] [--mem-sizes 2048 8192 16384]
+                                            [--quantized MINUTES]
+
+With ``--quantized MINUTES``: a U-Net trained MINUTES on a sample scene, quantized to INT8 (and
+bf16 where the CPU has it) with ``geoseg quantize``, and each model file timed by ``geoseg
+predict`` on the ``--size`` scene against the fp32 plain loop, with its class-map agreement and
+its mIoU on the held-out sample scene.
 
 Scenes above 2048^2 are tiled from a 2048^2 sample. The in-process runs use
 the local Ray that ``predict`` starts (as a library user gets it), warmed on a
@@ -225,6 +231,65 @@ def print_peaks(what: str, rows: list[tuple[int, float, dict[str, int]]], top: i
           f"for {rows[-1][0] ** 2 / rows[0][0] ** 2:.0f}x the pixels")
 
 
+def quantized(work: str, minutes: float, size: int, tile: int, halo: int, batch: int) -> None:
+    """INT8 and bf16 model files of a trained U-Net against fp32, as a user gets them: ``geoseg
+    train`` (``minutes`` on a sample scene), ``geoseg quantize``, then whole processes on a ``size``²
+    scene tiled from a held-out sample: the fp32 plain loop, ``geoseg predict`` with the fp32
+    checkpoint and with each model file; class-map agreement with the plain loop's fp32 map, and
+    each one's mIoU on the held-out sample scene against its labels."""
+    import rasterio
+
+    from geoseg.evaluate import evaluate
+    from geoseg.predictor import cpu_flags
+    from geoseg.sample import write_sample
+
+    train = write_sample(os.path.join(work, "q-train"), size=2048, seed=0)
+    held = write_sample(os.path.join(work, "q-held"), size=2048, seed=1)
+    scene = os.path.join(work, "q-held", f"scene{size}.tif")
+    mosaic(held["scene"], scene, size)
+    run = os.path.join(work, "q-run")
+    geoseg = [sys.executable, "-m", "geoseg"]
+    train_s = timed_process([*geoseg, "train", "--image", train["scene"], "--label", train["labels"], "--out", run,
+                             "--arch", "unet", "--encoder", "resnet18", "--epochs", "1000", "--max-minutes",
+                             str(minutes), "--chips-per-epoch", "256"])
+    models = {"fp32": run}
+    quant_s = {}
+    for precision in ("int8", "bf16"):
+        if precision == "bf16" and not cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+            continue
+        quant_s[precision] = timed_process([*geoseg, "quantize", run, "--precision", precision,
+                                            "--max-miou-drop", "1"])
+        models[precision] = os.path.join(run, f"model.{precision}.{'onnx' if precision == 'int8' else 'pt'}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    plain_tif = os.path.join(work, "q-plain.tif")
+    plain_s = timed_process([sys.executable, os.path.join(here, "plain_loop.py"), scene, run, plain_tif,
+                             "--tile", str(tile), "--halo", str(halo)])
+    with rasterio.open(plain_tif) as src:
+        plain_map = src.read(1)
+    rows = []
+    for name, model in models.items():
+        out = os.path.join(work, f"q-{name}")
+        secs = timed_process([*geoseg, "predict", scene, "--out", out, "--checkpoint", model, "--tile-size", str(tile),
+                              "--halo", str(halo), "--batch-size", str(batch)])
+        with rasterio.open(os.path.join(out, f"scene{size}.tif")) as src:
+            agree = float((src.read(1) == plain_map).mean())
+        held_out = os.path.join(work, f"q-held-{name}")
+        subprocess.run([*geoseg, "predict", held["scene"], "--out", held_out, "--checkpoint", model],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        miou = evaluate(os.path.join(held_out, "scene.tif"), held["labels"])["miou"]
+        rows.append((name, secs, agree, miou))
+    px = size * size
+    print(f"\nquantized models: U-Net/resnet18 trained {minutes:g} min ({train_s:.0f}s wall), quantize "
+          + ", ".join(f"{k} {v:.0f}s" for k, v in quant_s.items()) + f"; {size}² scene, whole processes")
+    print(f"  {'':34}{'s':>8}{'MPix/s':>9}{'x plain':>9}{'agree':>9}{'mIoU':>8}")
+    print(f"  {'plain rasterio->torch loop, fp32':34}{plain_s:8.1f}{px / plain_s / 1e6:9.3f}{1:9.2f}{1:9.4f}"
+          f"{'':>8}")
+    for name, secs, agree, miou in rows:
+        print(f"  {'geoseg predict, ' + name:34}{secs:8.1f}{px / secs / 1e6:9.3f}{plain_s / secs:9.2f}{agree:9.4f}"
+              f"{miou:8.4f}")
+    print("  (agree: share of pixels equal to the plain loop's fp32 class map; mIoU: the held-out sample scene)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=2048)
@@ -237,10 +302,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, help="model actors for the in-process and command-line runs "
                     "(default: none, the driver runs the model)")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--quantized", type=float, metavar="MINUTES",
+                    help="also INT8 / bf16 model files of a U-Net trained MINUTES on a sample (on a --size scene)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as work:
         if not a.skip_throughput:
             throughput(a.size, a.tile, a.halo, a.batch, a.arch, a.encoder, work, a.workers)
+        if a.quantized:
+            quantized(work, a.quantized, a.size, a.tile, a.halo, a.batch)
         if a.mem_sizes:
             memory(a.mem_sizes, work)
 

@@ -32,7 +32,7 @@ from geoseg.errors import CheckpointError, InputError
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 KEY = "geoseg"  # the ONNX metadata property / TorchScript extra file holding the description
 OPSET = 18
-ALLOWED_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
+ALLOWED_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training"}
 TILE_ADVICE = {"tile_size": 512, "halo": 32}
 
 
@@ -169,7 +169,8 @@ def _onnx_checked(local: str, name: str):
     tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")]
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
         raise CheckpointError(f"{name}: refused: it reads tensors from other files (ONNX external data)")
-    domains = {op.domain for op in proto.opset_import} | {n.domain for n in proto.graph.node}
+    nodes = list(proto.graph.node) + [n for f in proto.functions for n in f.node]
+    domains = {n.domain for n in nodes} - {f.domain for f in proto.functions}  # a model's own functions are its own
     foreign = sorted(domains - ALLOWED_DOMAINS)
     if foreign:
         raise CheckpointError(f"{name}: refused: operators of domain {foreign[0]!r}, which ONNX Runtime does not ship")

@@ -149,11 +149,13 @@ def _registered_checkpoints(run_dir) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_train_then_rerun_finishes_from_checkpoint(sample_dir, tmp_path, ray_tmp):
+def test_sigterm_mid_train_is_one_line_then_rerun_finishes_from_checkpoint(sample_dir, tmp_path, ray_tmp):
+    """SIGTERM to ``geoseg train`` (a scheduler stopping the job): one line, exit 143, nothing of Ray
+    left running; the rerun says where it resumes and finishes the run (SIGINT: test_midjob_faults)."""
     run_dir = tmp_path / "run"
     args = ["train", "--image", str(sample_dir / "scene.tif"), "--label", str(sample_dir / "labels.tif"),
-            "--out", str(run_dir), "--arch", "tinyfcn", "--epochs", "4", "--chip-size", "64", "--block-size", "128",
-            "--chips-per-epoch", "32", "--batch-size", "8", "--workers", "1"]
+            "--out", str(run_dir), "--arch", "tinyfcn", "--epochs", "6", "--chip-size", "64", "--block-size", "128",
+            "--chips-per-epoch", "24", "--batch-size", "8", "--workers", "1"]
     proc = _geoseg(args, ray_tmp)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -161,8 +163,11 @@ def test_sigkill_mid_train_then_rerun_finishes_from_checkpoint(sample_dir, tmp_p
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.stderr.read()
-    proc.kill()
-    proc.wait(timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "geoseg: terminated; rerun the same command to resume", err
+    assert "Traceback" not in err
     assert _wait_gone(ray_tmp) == []
     assert not (run_dir / "run.json").exists()
 
@@ -172,15 +177,15 @@ def test_sigkill_mid_train_then_rerun_finishes_from_checkpoint(sample_dir, tmp_p
     assert "resuming from the checkpoint of epoch" in out
     assert "RayTrainWorker" not in out + err  # geoseg's lines, without Ray's prefixes
     summary = json.loads((run_dir / "run.json").read_text())
-    assert summary["last"]["epoch"] == 3
+    assert summary["last"]["epoch"] == 5 and summary["resumed"]["epoch"] >= 0
     cache = summary["input"]["chip_cache"]  # the first run's chip cache serves the rerun: nothing decoded again
     assert cache["reused"] == cache["blocks"] > 0 and cache["built"] == 0
     from geoseg import checkpoint
 
     latest = sorted(p for p in os.listdir(run_dir) if p.startswith("checkpoint_") and (run_dir / p).is_dir())[-1]
     _, meta, state = checkpoint.load(str(run_dir / latest), with_state=True)
-    assert meta.epoch == 3 and meta.extra["resumed_at"] >= 1
-    assert [h["epoch"] for h in json.loads(state["history"])] == [0, 1, 2, 3]  # what curves.png plots
+    assert meta.epoch == 5 and meta.extra["resumed_at"] >= 1
+    assert [h["epoch"] for h in json.loads(state["history"])] == [0, 1, 2, 3, 4, 5]  # what curves.png plots
     # pictures of the whole run (the history survives the resume), written into the run folder
     from PIL import Image
 
