@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geoseg", description="Segment satellite imagery at scale with Ray.")
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
     sub = _Sub(p.add_subparsers(dest="command", required=True))
-    for add in (add_sample, add_predict, add_mosaic, add_train, add_export, add_quantize, add_evaluate, add_quicklook,
-                add_demo, add_submit):
+    for add in (add_sample, add_predict, add_mosaic, add_vectorize, add_train, add_export, add_quantize, add_evaluate,
+                add_quicklook, add_demo, add_submit):
         add(sub)
     return p
 
@@ -182,12 +182,43 @@ def add_predict(sub) -> None:
     pr.add_argument("--fail-fast", action="store_true",
                     help="stop the job at the first scene that fails (default: list it in PREFIX/_job.json, "
                          "finish the others, exit 1; a rerun retries it)")
+    pr.add_argument("--vectors", action="store_true",
+                    help="once every scene is done, its polygons too (PREFIX/<stem>.vectors.parquet / .fgb); "
+                         "see geoseg vectorize")
     pr.add_argument("--mosaic", metavar="GRID",
                     help="once every scene is done, mosaic them into PREFIX/mosaic.zarr on GRID: CRS:RESOLUTION "
                          "(EPSG:6933:10, EPSG:4326:0.0001) or utm:RESOLUTION (a store per UTM zone); "
                          "see geoseg mosaic")
     pr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     pr.set_defaults(run=cmd_predict)
+
+
+def add_vectorize(sub) -> None:
+    v = sub.add_parser("vectorize", help="polygons of class maps (GeoParquet, FlatGeobuf), merged exactly across "
+                                         "chunks")
+    v.add_argument("target", help="a predict job's prefix (every finished scene) or one class map (COG, GeoTIFF, "
+                                  "predict's Zarr, a mosaic store)")
+    v.add_argument("--classes", help="class names or numbers to keep, comma-separated (default: every class)")
+    v.add_argument("--simplify", type=float, default=0.0, metavar="M",
+                   help="simplification tolerance in the map's CRS units, edges shared by two polygons simplified "
+                        "alike (default 0: exact pixel outlines)")
+    v.add_argument("--min-area", type=float, default=0.0, metavar="HA", help="drop polygons smaller than this (ha)")
+    v.add_argument("--format", nargs="+", default=["parquet", "fgb"], choices=["parquet", "fgb"],
+                   help="files to write (default both)")
+    v.add_argument("--out", help="base name of the files for one class map (default beside it: "
+                                 "<stem>.vectors.parquet / .fgb)")
+    v.add_argument("--chunk", type=_int("--chunk", 16), default=2048, help="chunk side in pixels (default 2048)")
+    v.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    v.set_defaults(run=cmd_vectorize)
+
+
+def cmd_vectorize(a) -> None:
+    from geoseg.vectorize import VectorizeOptions, vectorize
+
+    opts = VectorizeOptions(classes=tuple(c.strip() for c in a.classes.split(",")) if a.classes else None,
+                            simplify=a.simplify, min_area_ha=a.min_area, chunk=a.chunk, formats=tuple(a.format),
+                            address=a.address)
+    vectorize(a.target, opts, out=a.out)
 
 
 def add_mosaic(sub) -> None:
@@ -240,6 +271,7 @@ def predict_options(a):
         quicklook=a.quicklook,
         fail_fast=a.fail_fast,
         mosaic=a.mosaic,
+        vectors=a.vectors,
     )
 
 

@@ -634,6 +634,10 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
         from geoseg.mosaic.job import mosaic
 
         mosaic(prefix, opts.mosaic, log=log)
+    if opts.vectors:  # polygons of every finished scene that has none yet (a rerun does not redo them)
+        from geoseg.vectorize import VectorizeOptions, vectorize
+
+        vectorize(prefix, VectorizeOptions(address=opts.address), log=log, missing_only=True)
     return records
 
 

@@ -55,6 +55,7 @@ class PredictOptions:
     quicklook: bool = False  # small PNGs beside each output: input in true colour, classes, both side by side
     fail_fast: bool = False  # the first scene that fails stops the job (else it is listed and skipped)
     mosaic: str | None = None  # --mosaic GRID: every scene into one Zarr on that grid, once they are done
+    vectors: bool = False  # --vectors: each finished scene's polygons (GeoParquet, FlatGeobuf), once they are done
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.checkpoint is None):

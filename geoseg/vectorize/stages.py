@@ -1,0 +1,381 @@
+"""Class maps to polygons, chunk by chunk, merged exactly along the seams (no Ray).
+
+Pixel space first: every geometry is built and merged in pixel coordinates (integers on the
+pixel grid, so unions across seams are exact) and moved to the class map's CRS only when it
+is written.
+
+    polygonize_chunk   one chunk (read with a 1-pixel apron): polygons of each class
+                       (``rasterio.features.shapes``, 4-connected, holes kept), each with its
+                       pixels, area (m², per row on geographic grids), summed class
+                       probability and the junction vertices of its rings (grid points where
+                       three regions meet, or two diagonally: the ends of its shared edges);
+                       polygons that reach the chunk's inner edges are *open*
+    merge_group        the open polygons of 2 x 2 groups of the level below: those of one class
+                       sharing an edge across a seam are unioned (their sums added); what no
+                       longer reaches the group's inner edges is closed
+    finish_polygons    closed polygons: simplified (:func:`simplify`), moved to the CRS, given
+                       their attributes, written as one GeoParquet part
+
+Memory: a task holds one chunk, or the open polygons of one group (what touches its seams).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geoseg import storage
+from geoseg.classes import NODATA
+from geoseg.tiling import Window
+
+CHUNK = 2048  # px a side of a polygonizing task's window
+
+
+@dataclass
+class Piece:
+    """Polygons with their sums, in pixel space: what tasks hand each other (WKB, picklable)."""
+
+    wkb: list = field(default_factory=list)
+    cls: list = field(default_factory=list)
+    pixels: list = field(default_factory=list)
+    area_m2: list = field(default_factory=list)
+    prob_sum: list = field(default_factory=list)
+    junctions: list = field(default_factory=list)  # per polygon: int64 keys y * (width + 1) + x
+
+    def add(self, wkb, cls, pixels, area, prob, junctions) -> None:
+        self.wkb.append(wkb)
+        self.cls.append(int(cls))
+        self.pixels.append(int(pixels))
+        self.area_m2.append(float(area))
+        self.prob_sum.append(float(prob))
+        self.junctions.append(np.asarray(junctions, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.wkb)
+
+    def extend(self, other: "Piece") -> None:
+        for name in ("wkb", "cls", "pixels", "area_m2", "prob_sum", "junctions"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A class map to vectorize: where it is, its grid, what to keep."""
+
+    url: str
+    height: int
+    width: int
+    transform: tuple
+    crs: str | None
+    classes: tuple[int, ...]  # class numbers to vectorize
+    names: tuple[str, ...]  # every class's name, by number
+    scene: str  # the scene's stem (attribute)
+    probabilities: str | None = None  # the Zarr holding "probabilities" (class, y, x) uint8, or None
+
+
+def junction_keys(lab: np.ndarray, width: int, row_off: int, col_off: int) -> np.ndarray:
+    """Keys ``y * (width + 1) + x`` of the grid points inside a labelled window ``lab`` (with a
+    1-pixel apron: ``lab[1:-1, 1:-1]`` is the window) where three or more labels meet, or two
+    diagonally (a checkerboard 2 x 2): the ends of the edges that regions share."""
+    a, b = lab[:-1, :-1], lab[:-1, 1:]
+    c, d = lab[1:, :-1], lab[1:, 1:]
+    distinct = 1 + (b != a).astype(np.int8) + ((c != a) & (c != b)) + ((d != a) & (d != b) & (d != c))
+    diagonal = (a == d) & (b == c) & (a != b)
+    ys, xs = np.nonzero((distinct >= 3) | diagonal)
+    # grid point (y, x) of the window: between apron rows/cols; lab[i, j] is pixel (row_off - 1 + i, col_off - 1 + j)
+    return (ys + row_off).astype(np.int64) * (width + 1) + (xs + col_off)
+
+
+def polygonize_chunk(src: Source, win: Window, read, read_probs=None, area=None) -> tuple[Piece, Piece]:
+    """``(closed, open)`` polygons of one chunk. ``read(window)`` gives class numbers, ``read_probs``
+    (class, h, w) uint8 probabilities or None, ``area`` a :class:`geoseg.area.PixelArea` or None."""
+    import rasterio.features
+    import shapely
+    from affine import Affine
+
+    H, W = src.height, src.width
+    # the window and a 1-pixel apron (out of the raster: label -1), for the junctions on its edges
+    ap = Window(max(0, win.row_off - 1), max(0, win.col_off - 1),
+                min(H, win.row_off + win.height + 1) - max(0, win.row_off - 1),
+                min(W, win.col_off + win.width + 1) - max(0, win.col_off - 1))
+    raw = np.asarray(read(ap))
+    keep = np.isin(raw, src.classes)
+    lab = np.full((win.height + 2, win.width + 2), -1, np.int32)
+    y0, x0 = ap.row_off - (win.row_off - 1), ap.col_off - (win.col_off - 1)
+    lab[y0 : y0 + ap.height, x0 : x0 + ap.width] = np.where(keep, raw, -2)  # -2: not vectorized
+    junctions = junction_keys(lab, W, win.row_off, win.col_off)
+    inner = (slice(win.row_off - ap.row_off, win.row_off - ap.row_off + win.height),
+             slice(win.col_off - ap.col_off, win.col_off - ap.col_off + win.width))
+    data, mask = raw[inner].astype(np.uint8), keep[inner]
+    closed, opened = Piece(), Piece()
+    if not mask.any():
+        return closed, opened
+    shift = Affine.translation(win.col_off, win.row_off)
+    geoms, values = [], []
+    for geom, value in rasterio.features.shapes(data, mask=mask, connectivity=4, transform=shift):
+        geoms.append(shapely.geometry.shape(geom))
+        values.append(int(value))
+    # each polygon's pixels: burnt back (numbered), then counted, their areas and probabilities summed
+    ids = rasterio.features.rasterize(((g, i + 1) for i, g in enumerate(geoms)), out_shape=data.shape,
+                                      transform=shift, fill=0, dtype="int32")
+    n = len(geoms) + 1
+    flat = ids.ravel()
+    pixels = np.bincount(flat, minlength=n)
+    if area is None:
+        areas = np.zeros(n)
+    elif area.constant_m2 is not None:
+        areas = pixels * area.constant_m2
+    else:
+        rows = np.broadcast_to(area.rows_m2(win.row_off, win.height)[:, None], data.shape)
+        areas = np.bincount(flat, weights=rows.ravel(), minlength=n)
+    probs = np.zeros(n)
+    if read_probs is not None:
+        p = np.asarray(read_probs(win))  # (class, h, w) uint8, probability x 255
+        k = p.shape[0]
+        chosen = np.take_along_axis(p, np.minimum(data, k - 1)[None].astype(np.intp), 0)[0] / 255.0
+        probs = np.bincount(flat, weights=chosen.ravel(), minlength=n)
+    arr = np.asarray(geoms, dtype=object)
+    bounds = shapely.bounds(arr)
+    # the junctions on each polygon's rings: at its vertices, or inside a straight edge (a neighbour's corner)
+    points = shapely.points(np.column_stack([junctions % (W + 1), junctions // (W + 1)]).astype(float))
+    on_poly, on_point = shapely.STRtree(points).query(shapely.boundary(arr), predicate="intersects") \
+        if len(points) else (np.zeros(0, int), np.zeros(0, int))
+    order = np.argsort(on_poly, kind="stable")
+    split = np.split(junctions[on_point[order]], np.searchsorted(on_poly[order], np.arange(1, len(geoms))))
+    for i, g in enumerate(geoms):
+        mine = split[i]
+        reaches = _reaches_inner_edge(bounds[i], win, H, W)
+        (opened if reaches else closed).add(shapely.to_wkb(g), values[i], pixels[i + 1], areas[i + 1], probs[i + 1],
+                                             mine)
+    return closed, opened
+
+
+def _reaches_inner_edge(b, win: Window, H: int, W: int) -> bool:
+    """True where bounds ``(minx, miny, maxx, maxy)`` (pixel space) reach an edge of ``win`` that is
+    not the raster's: the polygon may go on in the neighbouring window."""
+    minx, miny, maxx, maxy = b
+    return bool((minx <= win.col_off and win.col_off > 0) or (miny <= win.row_off and win.row_off > 0)
+                or (maxx >= win.col_off + win.width and win.col_off + win.width < W)
+                or (maxy >= win.row_off + win.height and win.row_off + win.height < H))
+
+
+def merge_group(src: Source, win: Window, parts: list[Piece]) -> tuple[Piece, Piece]:
+    """``(closed, open)``: the open polygons of the windows making up ``win``, those of one class
+    that share an edge unioned (sums added, junctions joined), split by whether they still reach
+    an inner edge of ``win``."""
+    import shapely
+
+    merged = Piece()
+    for p in parts:
+        merged.extend(p)
+    if not len(merged):
+        return Piece(), Piece()
+    geoms = shapely.from_wkb(np.asarray(merged.wkb, dtype=object))
+    cls = np.asarray(merged.cls)
+    parent = np.arange(len(geoms))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="touches")
+    pairs = (left < right) & (cls[left] == cls[right])
+    for a, b in zip(left[pairs], right[pairs]):
+        if shapely.length(shapely.intersection(shapely.boundary(geoms[a]), shapely.boundary(geoms[b]))) > 0:
+            ra, rb = root(int(a)), root(int(b))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(geoms)):
+        groups.setdefault(root(i), []).append(i)
+    closed, opened = Piece(), Piece()
+    for members in groups.values():
+        geom = geoms[members[0]] if len(members) == 1 else shapely.union_all(geoms[members])
+        polys = [geom] if geom.geom_type == "Polygon" else list(getattr(geom, "geoms", []))
+        sums = [sum(getattr(merged, name)[i] for i in members) for name in ("pixels", "area_m2", "prob_sum")]
+        junctions = np.unique(np.concatenate([merged.junctions[i] for i in members]))
+        for j, poly in enumerate(polys):  # a union is one polygon, unless edges met only at a corner
+            share = poly.area / max(geom.area, 1e-12) if len(polys) > 1 else 1.0
+            target = opened if _reaches_inner_edge(poly.bounds, win, src.height, src.width) else closed
+            target.add(shapely.to_wkb(poly), cls[members[0]], round(sums[0] * share), sums[1] * share,
+                       sums[2] * share, junctions)
+    return closed, opened
+
+
+# --- simplification -----------------------------------------------------------------------------
+
+
+def simplify(poly, junctions: np.ndarray, width: int, tolerance_px: float):
+    """``poly`` (pixel space) simplified edge by edge so that the polygons sharing an edge simplify
+    it alike: each ring is cut at its junction vertices into chains, collinear vertices that are no
+    junction dropped, and each chain simplified by Douglas-Peucker (``tolerance_px``) with its ends
+    fixed, in one canonical direction (the same on both sides of an edge), never to a bare segment
+    (the farthest vertex stays: no ring collapses). A result that is not valid (chains crossing)
+    is repaired (``make_valid``), its polygonal part kept."""
+    import shapely
+
+    if tolerance_px <= 0:
+        return poly
+    rings = [poly.exterior, *poly.interiors]
+    out = [_simplify_ring(np.asarray(r.coords)[:-1], junctions, width, tolerance_px) for r in rings]
+    if len(out[0]) < 4:
+        return poly  # an exterior simplified away: kept as it is (smaller than the tolerance)
+    holes = [h for h in out[1:] if len(h) >= 4]
+    result = shapely.Polygon(out[0], holes)
+    if not result.is_valid:
+        fixed = shapely.make_valid(result)
+        parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type in ("Polygon", "MultiPolygon")]
+        result = shapely.union_all(parts) if parts else poly
+    return result
+
+
+def _simplify_ring(v: np.ndarray, junctions: np.ndarray, width: int, tol: float) -> np.ndarray:
+    import shapely
+
+    v = _with_junctions(v, junctions, width)
+    keys = np.rint(v[:, 1]).astype(np.int64) * (width + 1) + np.rint(v[:, 0]).astype(np.int64)
+    is_j = np.isin(keys, junctions)
+    prev, nxt = np.roll(v, 1, axis=0), np.roll(v, -1, axis=0)
+    cross = (v[:, 0] - prev[:, 0]) * (nxt[:, 1] - v[:, 1]) - (v[:, 1] - prev[:, 1]) * (nxt[:, 0] - v[:, 0])
+    keep = is_j | (np.abs(cross) > 1e-9)
+    v, is_j = v[keep], is_j[keep]
+    if len(v) < 3:
+        return np.vstack([v, v[:1]])
+    if not is_j.any():  # a ring no other region cuts (an island and the hole around it): from its
+        is_j[int(np.lexsort((v[:, 1], v[:, 0]))[0])] = True  # canonical lowest vertex
+    start = int(np.nonzero(is_j)[0][0])
+    v, is_j = np.roll(v, -start, axis=0), np.roll(is_j, -start)
+    cuts = list(np.nonzero(is_j)[0]) + [len(v)]
+    ring = np.vstack([v, v[:1]])
+    pieces = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        chain = ring[a : b + 1]
+        if len(chain) < 3:
+            pieces.append(chain[:-1])
+        elif tuple(chain[0]) == tuple(chain[-1]):  # a loop (from a junction back to it): cut where it is
+            d = ((chain - chain[0]) ** 2).sum(1)  # farthest, so both sides cut it alike
+            far = int(np.lexsort((chain[:, 1], chain[:, 0], -d))[0])
+            pieces += [_canonical(chain[: far + 1], tol)[:-1], _canonical(chain[far:], tol)[:-1]]
+        else:
+            pieces.append(_canonical(chain, tol)[:-1])
+    out = np.vstack(pieces)
+    return np.vstack([out, out[:1]])
+
+
+def _canonical(chain: np.ndarray, tol: float) -> np.ndarray:
+    """A chain simplified in its canonical direction (from its lower end), given back in its own."""
+    if len(chain) < 3:
+        return chain
+    flip = tuple(chain[0]) > tuple(chain[-1])
+    line = _simplify_chain(chain[::-1] if flip else chain, tol)
+    return line[::-1] if flip else line
+
+
+def _with_junctions(v: np.ndarray, junctions: np.ndarray, width: int) -> np.ndarray:
+    """The ring's vertices with the junctions that lie inside its (axis-parallel) edges inserted:
+    a neighbour's corner on a straight edge of this ring ends a shared edge there too."""
+    if not len(junctions):
+        return v
+    jx, jy = (junctions % (width + 1)).astype(float), (junctions // (width + 1)).astype(float)
+    nxt = np.roll(v, -1, axis=0)
+    out = []
+    for p, q in zip(v, nxt):
+        out.append(p[None])
+        if p[0] == q[0]:  # vertical edge
+            lo, hi = sorted((p[1], q[1]))
+            sel = (jx == p[0]) & (jy > lo) & (jy < hi)
+            ys = np.sort(jy[sel]) if q[1] > p[1] else -np.sort(-jy[sel])
+            out.append(np.column_stack([np.full(len(ys), p[0]), ys]))
+        elif p[1] == q[1]:
+            lo, hi = sorted((p[0], q[0]))
+            sel = (jy == p[1]) & (jx > lo) & (jx < hi)
+            xs = np.sort(jx[sel]) if q[0] > p[0] else -np.sort(-jx[sel])
+            out.append(np.column_stack([xs, np.full(len(xs), p[1])]))
+    return np.vstack(out)
+
+
+def _simplify_chain(line: np.ndarray, tol: float) -> np.ndarray:
+    """Douglas-Peucker of an open chain, its ends fixed; the first and last steps kept where it is
+    long enough (chains leave their junctions as they did: where chains meet at small angles, a
+    simplified one would cross its neighbour), and never a bare segment (its ring could collapse)."""
+    import shapely
+
+    if len(line) > 4:
+        mid = np.asarray(shapely.simplify(shapely.LineString(line[1:-1]), tol, preserve_topology=False).coords)
+        return np.vstack([line[:1], mid, line[-1:]])
+    simple = np.asarray(shapely.simplify(shapely.LineString(line), tol, preserve_topology=False).coords)
+    if len(simple) == 2:
+        a, b = line[0], line[-1]
+        dist = np.abs((b[0] - a[0]) * (line[1:-1, 1] - a[1]) - (b[1] - a[1]) * (line[1:-1, 0] - a[0]))
+        simple = np.vstack([a, line[1 + int(np.argmax(dist))], b])
+    return simple
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, area_known: bool) -> int:
+    """Closed polygons to one GeoParquet part: simplified (``tolerance`` in CRS units), moved to the
+    CRS, with their attributes. Returns how many were written."""
+    import geopandas as gpd
+    import shapely
+
+    if not len(piece):
+        return 0
+    a, b, c, d, e, f = src.transform[:6]
+    tol_px = tolerance / max(abs(a), 1e-12) if tolerance else 0.0
+    geoms = shapely.from_wkb(np.asarray(piece.wkb, dtype=object))
+    if tol_px > 0:
+        geoms = np.asarray([simplify(g, j, src.width, tol_px) for g, j in zip(geoms, piece.junctions)], dtype=object)
+    geoms = shapely.transform(geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c,
+                                                                  d * xy[:, 0] + e * xy[:, 1] + f]))
+    pixels = np.asarray(piece.pixels, np.int64)
+    prob = np.asarray(piece.prob_sum) / np.maximum(pixels, 1) if src.probabilities else np.full(len(pixels), np.nan)
+    cls = np.asarray(piece.cls, np.int32)
+    frame = gpd.GeoDataFrame({
+        "class": cls,
+        "class_name": [src.names[k] if k < len(src.names) else f"class_{k}" for k in cls],
+        "area_ha": np.asarray(piece.area_m2) / 1e4 if area_known else np.full(len(cls), np.nan),
+        "pixels": pixels,
+        "mean_probability": prob,
+        "scene": src.scene,
+    }, geometry=geoms, crs=src.crs)
+    with storage.staging_path(part_url, ".parquet") as local:
+        frame.to_parquet(local, index=False)
+        if storage.is_remote(part_url):
+            storage.put_file(local, part_url)
+        else:
+            os.makedirs(os.path.dirname(storage.local_path(part_url)), exist_ok=True)
+            os.replace(local, storage.local_path(part_url))
+    return len(frame)
+
+
+def nodata_free(values: np.ndarray) -> np.ndarray:
+    """Class numbers other than the nodata value."""
+    return values[values != NODATA]
+
+
+def polygons_here(src: Source, read, chunk: int = CHUNK, read_probs=None, area=None) -> Piece:
+    """Every polygon of a class map, the quad-tree run here window after window (tests, small maps,
+    a machine without Ray): the closed polygons of every level, in pixel space."""
+    from geoseg.vectorize import plan
+
+    out, opened = Piece(), {}
+    for g in plan.groups(src.height, src.width, chunk, 0):
+        closed, opened[g] = polygonize_chunk(src, plan.window(src.height, src.width, chunk, 0, *g), read,
+                                             read_probs, area)
+        out.extend(closed)
+    for level in range(1, plan.levels(src.height, src.width, chunk) + 1):
+        below, opened = opened, {}
+        for g in plan.groups(src.height, src.width, chunk, level):
+            kids = [below[c] for c in plan.children(src.height, src.width, chunk, level, *g)]
+            closed, opened[g] = merge_group(src, plan.window(src.height, src.width, chunk, level, *g), kids)
+            out.extend(closed)
+    for left in opened.values():
+        out.extend(left)
+    return out

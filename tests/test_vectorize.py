@@ -1,0 +1,118 @@
+"""Polygons from class maps: exact across chunk seams and corners (rasterized back they give the map),
+holes kept, areas those of the class-area figures, GeoParquet and FlatGeobuf read back with their
+CRS by geopandas and pyogrio, listed in the run record and the STAC item."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.features
+import shapely
+
+from geoseg.vectorize.stages import Source, polygons_here, simplify
+
+
+def _map(h: int = 203, w: int = 257) -> np.ndarray:
+    """Shapes across chunk corners, holes and islands in holes, lines of pixels touching only at
+    their corners, a nodata strip; not square (a row/column swap fails)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    m = np.zeros((h, w), np.uint8)
+    m[((yy - 64) ** 2 + (xx - 64) ** 2) < 50**2] = 1  # a disc centred on a chunk corner
+    m[((yy - 64) ** 2 + (xx - 64) ** 2) < 20**2] = 2  # an island in it: the disc's hole
+    m[100:180, 30:230] = 3
+    m[120:160, 60:200] = 0  # a ring across several chunks ...
+    m[130:150, 90:170] = 3  # ... with an island in its hole
+    m[((xx + yy) % 37 == 0) & (yy < 95) & (xx > 120)] = 2  # diagonal lines: each pixel its own polygon
+    m[190:, :] = 255
+    return m
+
+
+SRC = Source("mem", 203, 257, (10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0), None, (0, 1, 2, 3),
+             ("bare", "crop", "water", "built"), "s")
+
+
+@pytest.mark.parametrize("chunk", [16, 64, 1024])
+def test_polygons_are_exact_whatever_the_chunks(chunk):
+    m = _map()
+    piece = polygons_here(SRC, lambda w: m[w.slices], chunk)
+    geoms = shapely.from_wkb(np.asarray(piece.wkb, dtype=object))
+    assert all(shapely.is_valid(geoms)) and all(g.geom_type == "Polygon" for g in geoms)
+    back = rasterio.features.rasterize(zip(geoms, piece.cls), out_shape=m.shape, fill=255, dtype="uint8")
+    np.testing.assert_array_equal(back, m)  # no seam, no gap, no overlap
+    assert sum(piece.pixels) == int((m != 255).sum())
+    whole = polygons_here(SRC, lambda w: m[w.slices], 4096)  # one chunk: nothing to merge
+    assert len(piece) == len(whole) and sorted(piece.pixels) == sorted(whole.pixels)
+    disc = [g for g, c in zip(geoms, piece.cls) if c == 1 and g.area > 1000]
+    assert len(disc) == 1 and len(disc[0].interiors) >= 1  # the island's hole kept, across 4 chunks
+    ring = [g for g, c in zip(geoms, piece.cls) if c == 3 and g.area > 5000]
+    assert len(ring) == 1 and len(ring[0].interiors) == 1
+
+
+def test_simplified_polygons_share_their_edges_whatever_the_chunks():
+    m = _map()
+    out = {}
+    for chunk in (16, 1024):
+        piece = polygons_here(SRC, lambda w: m[w.slices], chunk)
+        geoms = shapely.from_wkb(np.asarray(piece.wkb, dtype=object))
+        simple = [simplify(g, j, SRC.width, 1.5) for g, j in zip(geoms, piece.junctions)]
+        out[chunk] = sorted(round(g.area, 6) for g in simple)
+        assert all(shapely.is_valid(simple))
+        vertices = sum(len(shapely.get_coordinates(g)) for g in simple)
+        assert vertices < 0.97 * sum(len(shapely.get_coordinates(g)) for g in geoms)
+        overlap = sum(g.area for g in simple) - shapely.union_all(simple).area
+        assert overlap < 1e-4 * sum(g.area for g in geoms)  # shared edges simplified alike: no slivers
+    assert out[16] == out[1024]  # the same polygons, however the map was cut
+
+
+def test_geographic_areas_are_those_of_the_pixels():
+    from geoseg.area import PixelArea
+
+    m = _map()
+    src = Source("mem", 203, 257, (0.001, 0.0, 10.0, 0.0, -0.001, 60.0), "EPSG:4326", (0, 1, 2, 3), SRC.names, "g")
+    area = PixelArea.of(src.crs, src.transform)
+    piece = polygons_here(src, lambda w: m[w.slices], 64, area=area)
+    want = area.class_areas_m2(m, 0, 4)
+    got = np.bincount(piece.cls, weights=piece.area_m2, minlength=4)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_predict_vectors_written_listed_and_read_back(ray_local, sample_dir, tmp_path):
+    import geopandas as gpd
+    import pyogrio
+
+    from geoseg.predict import PredictOptions, predict
+    from geoseg.vectorize import VectorizeOptions, vectorize
+
+    prefix = tmp_path / "o"
+    (rec,) = predict([str(sample_dir / "scene.tif")], str(prefix),
+                     PredictOptions(model="index", tile_size=128, halo=16, probabilities=True, vectors=True))
+    rec = json.loads((prefix / "scene.json").read_text())
+    files = {k: rec["outputs"][f"vectors_{k}"] for k in ("parquet", "fgb")}
+    assert files["parquet"] == str(prefix / "scene.vectors.parquet")
+    frame = gpd.read_parquet(files["parquet"])
+    with rasterio.open(prefix / "scene.tif") as cog:
+        classes, crs, transform = cog.read(1), cog.crs, cog.transform
+    assert frame.crs == crs and len(frame) == rec["vectors"]["polygons"]
+    assert list(frame.columns[:7]) == ["id", "class", "class_name", "area_ha", "pixels", "mean_probability", "scene"]
+    assert "bbox" in frame.columns  # the covering column GeoParquet 1.1 readers filter on
+    assert frame["mean_probability"].between(0, 1).all() and (frame["scene"] == "scene").all()
+    by_class = frame.groupby("class_name")["area_ha"].sum()
+    for name, c in rec["classes"].items():  # the polygons' areas are the class-area figures
+        assert by_class.get(name, 0.0) == pytest.approx(c["area_ha"], rel=1e-6)
+    back = rasterio.features.rasterize(zip(frame.geometry, frame["class"]), out_shape=classes.shape,
+                                       transform=transform, fill=255, dtype="uint8")
+    np.testing.assert_array_equal(back, classes)
+    info = pyogrio.read_info(files["fgb"])
+    assert info["features"] == len(frame) and pyogrio.read_dataframe(files["fgb"]).crs == crs
+    item = json.loads((prefix / "scene.item.json").read_text())
+    assert item["assets"]["vectors-parquet"]["href"] == "scene.vectors.parquet"
+    # one class map, one class, small polygons dropped, simplified
+    res = vectorize(str(prefix / "scene.tif"), VectorizeOptions(classes=("water",), min_area_ha=0.5, simplify=5.0),
+                    out=str(tmp_path / "water"), log=lambda *_: None)
+    water = gpd.read_parquet(tmp_path / "water.vectors.parquet")
+    assert len(water) == res[0]["polygons"] > 0 and set(water["class_name"]) == {"water"}
+    assert (water["area_ha"] >= 0.5).all()
