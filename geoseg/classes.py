@@ -22,6 +22,14 @@ class ClassScheme:
     def __len__(self) -> int:
         return len(self.names)
 
+    @classmethod
+    def numbered(cls, names) -> "ClassScheme":
+        """Classes of these names, numbered in order, with colours of their own (seeded)."""
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        return cls(tuple(str(n) for n in names), tuple(tuple(int(x) for x in rng.integers(0, 255, 3)) for _ in names))
+
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         cmap = {i: (*c, 255) for i, c in enumerate(self.colors)}
         cmap[NODATA] = (0, 0, 0, 0)

@@ -97,14 +97,17 @@ def add_sample(sub) -> None:
     s.add_argument("outdir")
     s.add_argument("--size", type=_positive("--size"), default=2048, help="side in pixels (default 2048)")
     s.add_argument("--seed", type=_nonneg("--seed"), default=0)
+    s.add_argument("--instances", action="store_true",
+                   help="also instances.tif: each field parcel's instance id (the field-delineation recipe)")
     s.add_argument("--stac", action="store_true", help="also a Sentinel-2-like STAC item (item.json): one COG per "
                                                        "band, B8A at 20 m, scale in raster:bands")
     s.set_defaults(run=cmd_sample)
 
 
 def cmd_sample(a) -> None:
-    urls = write_sample(a.outdir, size=a.size, seed=a.seed, stac=a.stac)
-    print(f"scene:  {urls['scene']}\nlabels: {urls['labels']}" + (f"\nitem:   {urls['item']}" if a.stac else ""))
+    urls = write_sample(a.outdir, size=a.size, seed=a.seed, stac=a.stac, instances=a.instances)
+    print(f"scene:  {urls['scene']}\nlabels: {urls['labels']}" + (f"\nitem:   {urls['item']}" if a.stac else "")
+          + (f"\ninstances: {urls['instances']}" if a.instances else ""))
 
 
 def add_stack_flags(p) -> None:
@@ -203,6 +206,9 @@ def add_vectorize(sub) -> None:
                    help="simplification tolerance in the map's CRS units, edges shared by two polygons simplified "
                         "alike (default 0: exact pixel outlines)")
     v.add_argument("--min-area", type=float, default=0.0, metavar="HA", help="drop polygons smaller than this (ha)")
+    v.add_argument("--instances", action=argparse.BooleanOptionalAction, default=None,
+                   help="one polygon per field instance (a connected interior grown over its boundary) of a "
+                        "background/field/boundary map (default: on for such maps)")
     v.add_argument("--format", nargs="+", default=["parquet", "fgb"], choices=["parquet", "fgb"],
                    help="files to write (default both)")
     v.add_argument("--out", help="base name of the files for one class map (default beside it: "
@@ -216,6 +222,7 @@ def cmd_vectorize(a) -> None:
     from geoseg.vectorize import VectorizeOptions, vectorize
 
     opts = VectorizeOptions(classes=tuple(c.strip() for c in a.classes.split(",")) if a.classes else None,
+                            instances=a.instances,
                             simplify=a.simplify, min_area_ha=a.min_area, chunk=a.chunk, formats=tuple(a.format),
                             address=a.address)
     vectorize(a.target, opts, out=a.out)
@@ -302,6 +309,7 @@ TRAIN_FLAGS = (
     "num_classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
     "max_minutes", "batch_size", "lr", "loss", "workers", "gpus", "cpus_per_worker", "num_to_keep",
     "max_failures", "seed", "address", "allow_no_crs", "resolution", "chip_cache", "prefetch_batches",
+    "label_vectors", "class_field", "instances",
 )
 
 
@@ -336,6 +344,13 @@ def add_train(sub) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--address", help="Ray cluster address")
     t.add_argument("--allow-no-crs", action="store_true", default=None, help="accept rasters without a CRS")
+    t.add_argument("--label-vectors", metavar="FILE",
+                   help="labels as polygons (GeoParquet, GeoJSON, FlatGeobuf, ...), rasterized onto each image's grid "
+                        "(RUN_DIR/labels); with --class-field, or --instances")
+    t.add_argument("--class-field", help="the --label-vectors field holding class numbers or names")
+    t.add_argument("--instances", action="store_true", default=None,
+                   help="field delineation: --label instance-id rasters (or --label-vectors, one polygon per "
+                        "instance) trained as background / field / boundary")
     t.add_argument("--chip-cache", metavar="URL|off",
                    help="where each block of the split is decoded once, for every epoch to cut chips from "
                         "(default RUN_DIR/chips; off: read every chip from the rasters)")
@@ -375,6 +390,9 @@ def add_evaluate(sub) -> None:
                     help="classes to score (default: the label raster's class names)")
     ev.add_argument("--out", help="report folder: metrics.json, metrics.md, confusion_matrix.png, errors/<scene>.png")
     ev.add_argument("--no-error-maps", action="store_true", help="no per-scene error map PNGs under --out")
+    ev.add_argument("--instances", nargs="+", metavar="REF",
+                    help="reference instances (an instance-id raster or a vector file, one per scene, in order): "
+                         "the instance polygons beside each prediction scored at IoU >= 0.5 (precision, recall, F1)")
     ev.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     ev.set_defaults(run=cmd_evaluate)
 
@@ -383,8 +401,13 @@ def cmd_evaluate(a) -> None:
     from geoseg.evaluate import report, run_evaluation
 
     rep = run_evaluation(a.predictions, a.labels, label_asset=a.label_asset, num_classes=a.num_classes, out=a.out,
-                         address=a.address, error_maps=not a.no_error_maps)
+                         address=a.address, error_maps=not a.no_error_maps, instances=a.instances)
     print(report.terminal(rep))
+    if rep.get("instances"):
+        i = rep["instances"]
+        print(f"instances (IoU >= {i['iou_threshold']}): {i['tp']} matched of {i['predicted']} predicted and "
+              f"{i['reference']} reference; precision {report._f(i['precision'])}, recall {report._f(i['recall'])}, "
+              f"F1 {report._f(i['f1'])}")
     for name, url in (rep.get("outputs") or {}).items():
         print(f"  {name + ':':<22}{url}")
     if rep.get("outputs") and not a.no_error_maps:

@@ -138,8 +138,10 @@ class SampleScene:
 
         return Affine(PIXEL_SIZE, 0.0, ORIGIN[0], 0.0, -PIXEL_SIZE, ORIGIN[1])
 
-    def render(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """``(image (4, h, w) uint16, labels (h, w) uint8)`` for one window."""
+    def render(self, window: Window, instances: bool = False) -> tuple[np.ndarray, ...]:
+        """``(image (4, h, w) uint16, labels (h, w) uint8)`` for one window; with ``instances`` also
+        ``(h, w)`` int32 field-parcel instance ids (0: no parcel): each crop parcel on the field grid
+        (margins, roads, water, towns and woods cut out), numbered by its place on that grid."""
         s = self.seed
         h, w = window.height, window.width
         R = np.arange(window.row_off, window.row_off + h, dtype=np.float64)[:, None]
@@ -267,7 +269,11 @@ class SampleScene:
         image = np.clip(np.rint(img), 1, 10000).astype(np.uint16).transpose(2, 0, 1)
         image[:, ~valid] = 0
         labels[~valid] = NODATA
-        return image, labels
+        if not instances:
+            return image, labels
+        field = ~(np.broadcast_to(margin, shape) | forest | scrub | settled | road | (water_frac >= 0.5) | ~valid)
+        ids = np.broadcast_to((prow + (1 << 14)) * (1 << 15) + (pcol + (1 << 14)) + 1, shape).astype(np.int64)
+        return image, labels, np.where(field, ids % (2**31 - 1), 0).astype(np.int32)
 
     def _footprint(self, R, C) -> np.ndarray:
         H, W, s = self.height, self.width, self.seed
@@ -291,9 +297,12 @@ def _cells(window: Window, cell: int, margin: int):
             yield my, mx
 
 
-def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024, stac: bool = False
-                 ) -> dict[str, str]:
+def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024, stac: bool = False,
+                 instances: bool = False) -> dict[str, str]:
     """Write ``scene.tif`` and ``labels.tif`` COGs into ``outdir``; return their URLs.
+
+    ``instances``: also ``instances.tif``, the field parcels' instance ids (int32, 0: no parcel),
+    for the field-delineation recipe (``geoseg train --instances``); ``urls["instances"]``.
 
     ``stac``: also the scene as a Sentinel-2-like STAC item (``item.json``): one
     single-band COG per band (``B02``, ``B03``, ``B04``, ``B08`` at 10 m, ``B8A`` at
@@ -334,10 +343,15 @@ def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024
                 bands[key] = stack.enter_context(CogWriter(
                     url, height=size // factor, width=size // factor, count=1, dtype="uint16", nodata=0, crs=CRS,
                     transform=transform, descriptions=[name], resampling="AVERAGE"))
+        inst_out = stack.enter_context(CogWriter(
+            storage.join(outdir, "instances.tif"), count=1, dtype="int32", nodata=0, tags=tags,
+            descriptions=["field parcel instance id"], resampling="NEAREST", **common)) if instances else None
         for window in iter_windows(size, size, block):
-            image, labels = scene.render(window)
+            image, labels, *ids = scene.render(window, instances)
             img_out.write(window, image)
             lab_out.write(window, labels)
+            if inst_out is not None:
+                inst_out.write(window, ids[0])
             for key, (name, factor) in STAC_BANDS.items() if stac else ():
                 band = image[BAND_NAMES.index(name if factor == 1 else "nir")]
                 if factor == 1:
@@ -351,6 +365,8 @@ def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024
                                      np.round(mean).astype(np.uint16))
     if stac:
         urls["item"] = _write_item(outdir, size, seed, scene.transform)
+    if instances:
+        urls["instances"] = storage.join(outdir, "instances.tif")
     return urls
 
 

@@ -98,7 +98,11 @@ def test_predict_vectors_written_listed_and_read_back(ray_local, sample_dir, tmp
         classes, crs, transform = cog.read(1), cog.crs, cog.transform
     assert frame.crs == crs and len(frame) == rec["vectors"]["polygons"]
     assert list(frame.columns[:7]) == ["id", "class", "class_name", "area_ha", "pixels", "mean_probability", "scene"]
-    assert "bbox" in frame.columns  # the covering column GeoParquet 1.1 readers filter on
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(files["parquet"])  # the covering column GeoParquet 1.1 readers filter on
+    geo = json.loads(schema.metadata[b"geo"])
+    assert "bbox" in schema.names and geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
     assert frame["mean_probability"].between(0, 1).all() and (frame["scene"] == "scene").all()
     by_class = frame.groupby("class_name")["area_ha"].sum()
     for name, c in rec["classes"].items():  # the polygons' areas are the class-area figures

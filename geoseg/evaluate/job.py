@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoseg.console import Progress
-from geoseg.errors import RasterError
+from geoseg.errors import InputError, RasterError
 from geoseg.evaluate.pairs import Pair
 from geoseg.evaluate.scene import CHUNK, Counts, ScenePlan, plan_scene, score_chunk, score_scene
 
@@ -137,11 +137,30 @@ def error_map_task(plan: ScenePlan, url: str) -> str:
                            plan.label_nodata, plan.prediction_nodata)
 
 
+def instance_report(pairs, predicted: list[str], references: list[str]) -> dict:
+    """Object-level scores of every scene (a Ray task each) and over all (the matches added up)."""
+    import ray
+
+    from geoseg.evaluate import instances as inst
+
+    task = ray.remote(num_cpus=1)(inst.score_instances)
+    per = ray.get([task.remote(p.prediction, pred, ref) for p, pred, ref in zip(pairs, predicted, references)])
+    total = {k: sum(s[k] for s in per) for k in ("predicted", "reference", "tp", "fp", "fn")}
+    tp, fp, fn = total["tp"], total["fp"], total["fn"]
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * precision * recall / (precision + recall) if precision and recall else 0.0
+    return {"iou_threshold": inst.IOU, **total, "precision": precision, "recall": recall, "f1": f1,
+            "scenes": {p.name: s for p, s in zip(pairs, per)}}
+
+
 def run_evaluation(predictions: list[str], labels: list[str] | None = None, *, label_asset: str = "labels",
                    num_classes: int | None = None, out: str | None = None, address: str | None = None,
-                   error_maps: bool = True, chunk: int = CHUNK) -> dict:
+                   error_maps: bool = True, chunk: int = CHUNK, instances: list[str] | None = None) -> dict:
     """``geoseg evaluate``: find and check the pairs, score them on Ray, write the report
-    (and each scene's error map) under ``out``; returns the report."""
+    (and each scene's error map) under ``out``; returns the report. ``instances``: reference
+    instances (rasters or vector files), one per pair in order: the predicted instance polygons
+    beside each prediction are scored against them too (``instances`` in the report)."""
     import ray
 
     from geoseg import storage
@@ -152,6 +171,12 @@ def run_evaluation(predictions: list[str], labels: list[str] | None = None, *, l
     check_address(address)
     pairs = find_pairs(predictions, labels, label_asset)
     plans = plan_scenes(pairs, num_classes, chunk)  # bad input fails here, before Ray starts
+    if instances is not None:
+        from geoseg.evaluate.instances import predicted_instances
+
+        if len(instances) != len(pairs):
+            raise InputError(f"{len(pairs)} scene(s) but {len(instances)} --instances: give one reference per scene")
+        predicted = [predicted_instances(p.prediction) for p in pairs]
     if out:
         storage.check_writable(out)
     init_ray(address)
@@ -159,6 +184,8 @@ def run_evaluation(predictions: list[str], labels: list[str] | None = None, *, l
     evaluation = score_on_ray(plans, progress)
     progress.close(complete=True)
     rep = report.build(plans, evaluation.counts, evaluation.seconds)
+    if instances is not None:
+        rep["instances"] = instance_report(pairs, predicted, instances)
     if out:
         maps = {}
         if error_maps:

@@ -58,6 +58,9 @@ class TrainConfig:
     assets: list[str] | None = None  # --image STAC items with one asset per band: the bands to stack
     resolution: float | None = None  # pixel size of the stack (default: the finest band's)
     resampling: dict | None = None  # per band name (default bilinear, nearest for categorical bands)
+    label_vectors: str | None = None  # polygons as labels: rasterized onto each image's grid (RUN_DIR/labels)
+    class_field: str | None = None  # the label vectors' field holding class numbers or names
+    instances: bool = False  # the field-delineation target: instance ids (or polygons) -> background/field/boundary
     chip_cache: str | None = None  # where blocks are decoded once (default RUN_DIR/chips; "off": read each chip)
     prefetch_batches: int | None = None  # batches read ahead of each step (default 4 on a GPU, 2 on CPU)
 
@@ -125,6 +128,9 @@ class TrainConfig:
             data.update(loaded)
         data.update({k: v for k, v in overrides.items() if v is not None})
         for key in ("images", "labels", "out"):
+            if key == "labels" and data.get("label_vectors"):
+                data.setdefault("labels", [])
+                continue
             if not data.get(key):
                 raise InputError(f"missing {key} (give --{key[:-1] if key != 'out' else 'out'} or set it in --config)")
         try:

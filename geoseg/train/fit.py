@@ -214,7 +214,8 @@ class Fitter:
             metrics=metrics,
             extra={"stopped_early": bool(stop), "resumed_at": self.progress.resumed_at, "world_size": self.world,
                    # how the bands were read: STAC assets stacked (names, resolution, resampling), scale/offset
-                   "inputs": self.setup.get("inputs") or {}},
+                   "inputs": self.setup.get("inputs") or {},
+                   **({"instances": self.setup["instances"]} if self.setup.get("instances") else {})},
         )
         state = {
             "optimizer": self.opt.state_dict(),

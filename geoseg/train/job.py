@@ -182,11 +182,31 @@ def plan_run(cfg: TrainConfig, scan=None) -> tuple[TrainingPlan, ModelConfig, li
     limits.check_fits(limits.batch_bytes(local_batch, len(bands), cfg.chip_size, cfg.arch != "tinyfcn"),
                       f"--chip-size {cfg.chip_size} with a batch of {local_batch} per worker",
                       "use a smaller --chip-size or --batch-size")
-    pairs = open_pairs(images, cfg.labels, bands, cfg.allow_no_crs)
+    pairs = open_pairs(images, derived_labels(cfg, images), bands, cfg.allow_no_crs)
     plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
                          seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles,
                          label_hists=scan(pairs) if scan is not None else None)
     return plan, ModelConfig(cfg.arch, cfg.encoder, len(bands), len(plan.classes)), bands, roles
+
+
+def derived_labels(cfg: TrainConfig, images: list[str]) -> list[str]:
+    """The label rasters to train on: ``--label`` as given, or made under ``RUN_DIR/labels`` from
+    ``--label-vectors`` or from instances (:mod:`geoseg.train.targets`)."""
+    from geoseg.train import targets
+
+    if not cfg.label_vectors and not cfg.instances:
+        return list(cfg.labels)
+    if cfg.label_vectors and cfg.labels:
+        raise InputError("give --label rasters or --label-vectors, not both")
+    if not cfg.label_vectors and len(cfg.labels) != len(images):
+        raise InputError(f"{len(images)} --image but {len(cfg.labels)} --label: give one instance raster per image")
+    out = []
+    for i, url in enumerate(images):
+        info = read_info(url)
+        dst = storage.join(cfg.out, "labels", f"{i}-{storage.stem(url)}.tif")
+        out.append(targets.from_vectors(cfg.label_vectors, info, dst, cfg.class_field, cfg.instances)
+                   if cfg.label_vectors else targets.from_instances(cfg.labels[i], info, dst))
+    return out
 
 
 def stack_options(cfg: TrainConfig) -> StackOptions:
@@ -342,6 +362,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "band_roles": roles,
         "band_numbers": bands,
         "threads": None if cfg.gpus else max(1, cpus // cfg.workers),
+        # the field-delineation target: predict's class maps become instances (geoseg vectorize --instances)
+        "instances": {"boundary": 1} if cfg.instances else None,
         # how the bands were read, for predict to read them the same way
         "inputs": {**stack_options(cfg).fingerprint(), "scaled": any(p.image.scaled for p in plan.pairs),
                    "pixel_size": abs(plan.pairs[0].image.transform[0]),

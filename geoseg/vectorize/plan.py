@@ -27,6 +27,7 @@ FORMATS = ("parquet", "fgb")
 @dataclass(frozen=True)
 class VectorizeOptions:
     classes: tuple[str, ...] | None = None  # class names or numbers to keep (default: every class)
+    instances: bool | None = None  # field instances (None: where the map's classes are background/field/boundary)
     simplify: float = 0.0  # tolerance in the class map's CRS units (0: the exact pixel outlines)
     min_area_ha: float = 0.0  # smaller polygons are dropped
     chunk: int = CHUNK
@@ -74,9 +75,15 @@ def source_of(url: str, opts: VectorizeOptions, scene: str | None = None) -> Sou
 
     cmap = open_class_map(url)
     info = cmap.info
+    from geoseg.train.targets import BOUNDARY, INSTANCE_CLASSES
+
     scheme = ClassScheme.from_tags(info.tags)
     names = tuple(scheme.names) if scheme else ()
-    keep = _chosen(opts.classes, names, url)
+    instances = opts.instances if opts.instances is not None else names == INSTANCE_CLASSES.names
+    if instances and names != INSTANCE_CLASSES.names:
+        raise InputError(f"--instances: {url} is not a field-delineation class map (its classes are "
+                         f"{', '.join(names) or 'unnamed'}, not {', '.join(INSTANCE_CLASSES.names)})")
+    keep = (1,) if instances else _chosen(opts.classes, names, url)
     probabilities = None
     if is_zarr(url):
         import zarr
@@ -85,7 +92,8 @@ def source_of(url: str, opts: VectorizeOptions, scene: str | None = None) -> Sou
         probabilities = url if "probabilities" in root else None
     return Source(url, info.height, info.width, tuple(info.transform), info.crs, keep,
                   names or tuple(f"class_{i}" for i in range(max(keep, default=0) + 1)),
-                  scene or storage.stem(url.rstrip("/").removesuffix(".zarr")), probabilities)
+                  scene or storage.stem(url.rstrip("/").removesuffix(".zarr")), probabilities,
+                  grow=BOUNDARY if instances else 0)
 
 
 def _chosen(asked, names: tuple[str, ...], url: str) -> tuple[int, ...]:

@@ -73,6 +73,7 @@ class Source:
     names: tuple[str, ...]  # every class's name, by number
     scene: str  # the scene's stem (attribute)
     probabilities: str | None = None  # the Zarr holding "probabilities" (class, y, x) uint8, or None
+    grow: int = 0  # instances: each polygon (a connected interior) grown back over its boundary, in px
 
 
 def junction_keys(lab: np.ndarray, width: int, row_off: int, col_off: int) -> np.ndarray:
@@ -330,7 +331,19 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
     a, b, c, d, e, f = src.transform[:6]
     tol_px = tolerance / max(abs(a), 1e-12) if tolerance else 0.0
     geoms = shapely.from_wkb(np.asarray(piece.wkb, dtype=object))
-    if tol_px > 0:
+    areas = np.asarray(piece.area_m2, np.float64)
+    if src.grow:  # instances: each interior grown back over its boundary pixels (mitred: square corners stay)
+        from geoseg.area import PixelArea
+
+        grown = shapely.buffer(geoms, src.grow, join_style="mitre")
+        pixel = PixelArea.of(src.crs, src.transform)
+        if pixel is not None:
+            rows = np.clip(shapely.get_y(shapely.centroid(grown)).astype(int), 0, src.height - 1)
+            areas = shapely.area(grown) * np.array([pixel.rows_m2(int(r), 1)[0] for r in rows])
+        geoms = grown
+        if tol_px > 0:  # instances touch but share no pixel edge of the class map: each simplified alone
+            geoms = shapely.simplify(geoms, tol_px, preserve_topology=True)
+    elif tol_px > 0:
         geoms = np.asarray([simplify(g, j, src.width, tol_px) for g, j in zip(geoms, piece.junctions)], dtype=object)
     geoms = shapely.transform(geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c,
                                                                   d * xy[:, 0] + e * xy[:, 1] + f]))
@@ -340,7 +353,7 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
     frame = gpd.GeoDataFrame({
         "class": cls,
         "class_name": [src.names[k] if k < len(src.names) else f"class_{k}" for k in cls],
-        "area_ha": np.asarray(piece.area_m2) / 1e4 if area_known else np.full(len(cls), np.nan),
+        "area_ha": areas / 1e4 if area_known else np.full(len(cls), np.nan),
         "pixels": pixels,
         "mean_probability": prob,
         "scene": src.scene,

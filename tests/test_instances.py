@@ -1,0 +1,135 @@
+"""Field instances and labels that are vectors: the 3-class target, label vectors rasterized onto the
+image's grid (the same chips as the label raster), instance polygons back from a class map, and
+object-level scores against hand-counted cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from geoseg.evaluate.instances import InstanceCounts, scores
+from geoseg.train import targets
+
+
+def test_the_instance_target_marks_interiors_and_boundaries():
+    ids = np.zeros((6, 9), np.int64)
+    ids[1:5, 1:4] = 7  # two fields side by side, one pixel row of background above and below
+    ids[1:5, 4:8] = 9
+    padded = np.pad(ids, 1)
+    t = targets.instance_target(padded, np.ones(ids.shape, bool))
+    want = np.array([[0, 0, 0, 0, 0, 0, 0, 0, 0],
+                     [0, 2, 2, 2, 2, 2, 2, 2, 0],
+                     [0, 2, 1, 2, 2, 1, 1, 2, 0],
+                     [0, 2, 1, 2, 2, 1, 1, 2, 0],
+                     [0, 2, 2, 2, 2, 2, 2, 2, 0],
+                     [0, 0, 0, 0, 0, 0, 0, 0, 0]], np.uint8)
+    np.testing.assert_array_equal(t, want)
+
+
+def test_instance_scores_hand_counted():
+    p = np.zeros((4, 10), np.int64)
+    r = np.zeros((4, 10), np.int64)
+    p[:, 0:5] = 1  # 20 px; reference 1 covers 4x4 of it: IoU 16 / 20 = 0.8: a match
+    r[:, 1:5] = 1
+    p[:, 6:8] = 2  # 8 px against reference 2 of 12 px sharing 8: IoU 8 / 12 = 0.67: a match
+    r[:, 6:9] = 2
+    r[0, 9] = 3  # a reference instance nobody predicted
+    counts = InstanceCounts()
+    counts.add(p[:, :5], r[:, :5])  # in two windows, as a scene is read
+    counts.add(p[:, 5:], r[:, 5:])
+    s = scores(counts)
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 0, 1)
+    assert s["precision"] == 1.0 and s["recall"] == pytest.approx(2 / 3) and s["f1"] == pytest.approx(0.8)
+    p[:, 6:8] = 0
+    p[0:1, 6:9] = 2  # 3 px against 12: IoU 0.25, no match
+    counts = InstanceCounts()
+    counts.add(p, r)
+    s = scores(counts)
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 2) and s["f1"] == pytest.approx(0.4)
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    from geoseg.sample import write_sample
+
+    d = tmp_path_factory.mktemp("fields")
+    return write_sample(str(d), size=320, seed=4, instances=True)
+
+
+def test_label_vectors_give_the_label_rasters_chips(fields, tmp_path):
+    """The sample's labels as polygons (a GeoParquet of their pixel outlines) rasterized back onto the
+    image's grid: the same label raster, so the same spatial split and the same chips."""
+    import geopandas as gpd
+    import shapely
+
+    from geoseg.raster import read_info
+    from geoseg.train.data import open_pairs, plan_training, read_val_chips
+    from geoseg.vectorize.stages import Source, polygons_here
+
+    with rasterio.open(fields["labels"]) as src:
+        labels, transform, crs = src.read(1), src.transform, src.crs
+    names = ("bare_soil", "vegetation", "water", "built_up")
+    source = Source("x", *labels.shape, tuple(transform)[:6], None, (0, 1, 2, 3), names, "s")
+    piece = polygons_here(source, lambda w: labels[w.slices], 128)
+    geoms = shapely.transform(shapely.from_wkb(np.asarray(piece.wkb, dtype=object)),
+                              lambda xy: np.column_stack([transform.c + transform.a * xy[:, 0],
+                                                          transform.f + transform.e * xy[:, 1]]))
+    gpd.GeoDataFrame({"landcover": [names[c] for c in piece.cls]}, geometry=geoms, crs=crs).to_parquet(
+        tmp_path / "labels.parquet")
+    made = targets.from_vectors(str(tmp_path / "labels.parquet"), read_info(fields["scene"]),
+                                str(tmp_path / "labels-from-vectors.tif"), field="landcover")
+    with rasterio.open(made) as got:
+        back = got.read(1)
+        tags = got.tags()
+    names_sorted = sorted({names[c] for c in piece.cls})  # the names found, numbered in sorted order
+    remap = np.full(256, 255, np.uint8)
+    remap[:4] = [names_sorted.index(n) if n in names_sorted else 255 for n in names]
+    np.testing.assert_array_equal(remap[labels], back)
+    assert json.loads(tags["CLASS_NAMES"]) == names_sorted
+    # the same chips: planned on the raster and on the rasterized vectors alike (classes renumbered)
+    a = plan_training(open_pairs([fields["scene"]], [fields["labels"]], [1, 2, 3, 4]), chip=64, block=128)
+    b = plan_training(open_pairs([fields["scene"]], [made], [1, 2, 3, 4]), chip=64, block=128)
+    np.testing.assert_array_equal(a.val_chips, b.val_chips)
+    np.testing.assert_array_equal(a.train_blocks, b.train_blocks)
+    rows = {"pair": a.val_chips[:, 0], "row": a.val_chips[:, 1], "col": a.val_chips[:, 2]}
+    ca, cb = read_val_chips(rows, a), read_val_chips(rows, b)
+    np.testing.assert_array_equal(ca["image"], cb["image"])
+    np.testing.assert_array_equal(remap[ca["label"]], cb["label"])
+    assert targets.from_vectors(str(tmp_path / "labels.parquet"), read_info(fields["scene"]), made,
+                                field="landcover") == made  # kept: made once
+
+
+@pytest.mark.slow
+def test_field_delineation_recipe_end_to_end(ray_local, fields, tmp_path):
+    """sample --instances -> train --instances -> predict --vectors -> evaluate --instances; and the
+    target itself, vectorized, gives back the reference fields (F1 near 1)."""
+    from geoseg.cli import main
+    from geoseg.evaluate import run_evaluation
+    from geoseg.raster import read_info
+    from geoseg.vectorize import VectorizeOptions, vectorize
+
+    made = targets.from_instances(fields["instances"], read_info(fields["scene"]), str(tmp_path / "target.tif"))
+    res = vectorize(made, VectorizeOptions(), log=lambda *_: None)
+    assert res[0]["classes"] == ["field"]
+    rep = run_evaluation([made], [made], instances=[fields["instances"]])
+    inst = rep["instances"]
+    with rasterio.open(fields["instances"]) as src:
+        ids = src.read(1)
+    assert inst["reference"] == len(np.unique(ids[ids > 0]))
+    assert inst["f1"] > 0.95 and inst["precision"] > 0.95  # interiors grown back over their boundary
+
+    run = tmp_path / "run"
+    assert main(["train", "--image", fields["scene"], "--label", fields["instances"], "--instances", "--out",
+                 str(run), "--arch", "tinyfcn", "--epochs", "1", "--chip-size", "64", "--block-size", "128",
+                 "--chips-per-epoch", "16", "--batch-size", "8", "--workers", "1"]) in (0, None)
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["classes"]["names"] == ["background", "field", "boundary"]
+    assert main(["predict", fields["scene"], "--out", str(tmp_path / "pred"), "--checkpoint", str(run),
+                 "--tile-size", "128", "--halo", "32", "--vectors"]) in (0, None)
+    rec = json.loads((tmp_path / "pred" / "scene.json").read_text())
+    assert rec["vectors"]["classes"] == ["field"]
+    rep = run_evaluation([str(tmp_path / "pred" / "scene.tif")], [made], instances=[fields["instances"]])
+    assert rep["instances"]["reference"] == inst["reference"] and 0 <= rep["instances"]["tp"] <= inst["reference"]
