@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 
 from geoseg import __version__, runtime, storage
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
     sub = _Sub(p.add_subparsers(dest="command", required=True))
     for add in (add_sample, add_predict, add_mosaic, add_vectorize, add_train, add_export, add_quantize, add_evaluate,
-                add_quicklook, add_demo, add_submit):
+                add_view, add_quicklook, add_demo, add_submit):
         add(sub)
     return p
 
@@ -449,6 +450,20 @@ def cmd_quantize(a) -> None:
     quantize(a.run_dir, a.precision, a.calibration, a.max_miou_drop, a.out, a.calibration_chips)
 
 
+def add_view(sub) -> None:
+    v = sub.add_parser("view", help="a job's inputs and class maps on a web map in your browser (served locally)")
+    v.add_argument("target", help="a predict job's prefix, or one class map (COG, predict's Zarr, a mosaic store)")
+    v.add_argument("--port", type=_int("--port", 0), default=8765, help="port (default 8765; 0: any free one)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    v.set_defaults(run=cmd_view)
+
+
+def cmd_view(a) -> None:
+    from geoseg.view import serve
+
+    serve(a.target, a.host, a.port)
+
+
 def add_quicklook(sub) -> None:
     q = sub.add_parser("quicklook", help="a small PNG of a raster geoseg wrote (class map, image, run record)")
     q.add_argument("raster", help="a class map (COG / Zarr), an image, a predict run record or output item")
@@ -528,25 +543,36 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     if a.dashboard:
         os.environ["GEOSEG_DASHBOARD"] = "1"
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.nullcontext() if a.verbose or a.debug else filtered_stderr():
+            return _run(a, exiting)
+    finally:
+        if not exiting:  # a library caller (or a test) keeps its own signal handlers
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+
+def _run(a, exiting: bool) -> int:
+    """The command, and its failure as one line (see :func:`main`)."""
     failure: tuple[str, int] | None = None
-    with contextlib.nullcontext() if a.verbose or a.debug else filtered_stderr():
-        try:
-            code = a.run(a)
-        except KeyboardInterrupt as exc:
-            what = "terminated" if isinstance(exc, runtime.Terminated) else "interrupted"
-            failure = (f"geoseg: {what}; rerun the same command to resume", 143 if what == "terminated" else 130)
-        except Exception as exc:  # noqa: BLE001
-            err = _user_error(exc) or _storage_fault(exc)
-            if err is None or a.debug:
-                if not exiting:
-                    _stop_quietly()
-                raise
-            failure = (f"geoseg: error: {one_line(err)}", 1)
-        if failure is not None:
-            _ignore_signals()
-            print(failure[0], file=sys.stderr, flush=True)
-        if failure is None or not exiting:
-            _stop_quietly()
+    try:
+        code = a.run(a)
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, runtime.Terminated) else "interrupted"
+        failure = (f"geoseg: {what}; rerun the same command to resume", 143 if what == "terminated" else 130)
+    except Exception as exc:  # noqa: BLE001
+        err = _user_error(exc) or _storage_fault(exc)
+        if err is None or a.debug:
+            if not exiting:
+                _stop_quietly()
+            raise
+        failure = (f"geoseg: error: {one_line(err)}", 1)
+    if failure is not None:
+        _ignore_signals()
+        print(failure[0], file=sys.stderr, flush=True)
+    if failure is None or not exiting:
+        _stop_quietly()
     return failure[1] if failure is not None else int(code or 0)
 
 
@@ -567,8 +593,6 @@ def run() -> None:
 
 
 def _ignore_signals() -> None:
-    import signal
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
 

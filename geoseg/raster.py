@@ -389,7 +389,10 @@ class TileReader:
 
     def close(self) -> None:
         self._src.close()
-        self._env.__exit__(None, None, None)
+        try:
+            self._env.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - rasterio's environments are per thread: closed from another
+            pass
 
 
 def _root_message(exc: BaseException) -> str:

@@ -18,7 +18,15 @@ if [[ "$(cat .venv/.geoseg-stamp 2>/dev/null)" != "$stamp" ]]; then
   echo "setup: installing geoseg and its dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
-  .venv/bin/python -c 'import geoseg, ray, torch, rasterio, zarr, segmentation_models_pytorch, moto' \
+  .venv/bin/python -c 'import geoseg, ray, torch, rasterio, zarr, segmentation_models_pytorch, moto, onnxruntime, geopandas, pyogrio, rio_tiler' \
     || { echo "setup: install failed" >&2; exit 1; }
   echo "$stamp" > .venv/.geoseg-stamp
+fi
+# A headless Chromium for the test that looks at geoseg view as a person would (Debian's package;
+# nothing of geoseg's own needs it). Where apt-get cannot run, that one test says so and skips.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && command -v apt-get >/dev/null \
+   && [[ "$(id -u)" == 0 ]]; then
+  echo "setup: installing chromium (headless browser for tests/test_view.py)"
+  (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+    apt-get install -y -q chromium >/dev/null 2>&1; }) || echo "setup: chromium could not be installed" >&2
 fi

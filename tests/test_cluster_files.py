@@ -79,3 +79,39 @@ def test_grafana_dashboard_plots_every_geoseg_metric_and_real_ray_ones():
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
     for word in ("mpix/s", "tiles", "scenes", "batch time", "cpu", "gpu", "memory"):
         assert word in titles
+
+
+def _images(spec) -> list[tuple[str, str]]:
+    """``(group, image)`` of every container of a RayCluster spec."""
+    out = [("head", c["image"]) for c in spec["headGroupSpec"]["template"]["spec"]["containers"]]
+    for group in spec["workerGroupSpecs"]:
+        out += [(group["groupName"], c["image"]) for c in group["template"]["spec"]["containers"]]
+    return out
+
+
+def test_image_pins_agree_across_dockerfile_constraints_manifests_and_launcher():
+    """One Ray version, one Python, one torch, one geoseg version: the Dockerfile builds the tag the
+    manifests and the launcher name, from constraints.txt's pins."""
+    import re
+
+    pins = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().split() if "==" in line)
+    docker = (ROOT / "cluster" / "docker" / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", docker, re.M))
+    assert args["RAY_VERSION"] == pins["ray"] and args["PYTHON"] == "py311"
+    assert "-c constraints.txt" in docker and "USER ray" in docker  # the pins, and Ray's non-root user
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert re.search(r"torch>=[\d.]+,<=" + re.escape(pins["torch"]), (ROOT / "pyproject.toml").read_text())
+    build = (ROOT / "scripts" / "build-image.sh").read_text()
+    assert "cluster/docker/Dockerfile" in build
+    want = {v: f"geoseg:{version}-ray{pins['ray']}-{args['PYTHON']}-{v}" for v in ("cpu", "gpu")}
+    names = ["raycluster.yaml", "rayjob-predict.yaml", "rayjob-train.yaml", "rayjob-evaluate.yaml"]
+    for name in names:
+        doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / name).read_text())
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        assert spec["rayVersion"] == pins["ray"], name
+        for group, image in _images(spec):
+            assert image == want["gpu" if group == "gpu" else "cpu"], (name, group, image)
+    launcher = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
+    assert launcher["docker"]["image"] == want["gpu"] and launcher["docker"]["worker_image"] == want["gpu"]
+    # the Python the image runs is the one the project installs for
+    assert re.search(r'requires-python = ">=3\.11"', (ROOT / "pyproject.toml").read_text())

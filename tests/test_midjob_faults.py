@@ -327,7 +327,8 @@ def test_train_interrupted_is_one_line_and_the_rerun_says_where_it_resumes(sampl
             "--out", str(run_dir), "--arch", "tinyfcn", "--epochs", "12", "--chip-size", "64", "--block-size", "128",
             "--chips-per-epoch", "16", "--batch-size", "8", "--workers", "1"]
     env = _env(ray_tmp)
-    proc = _geoseg(args, env)
+    # as from a shell: SIGINT not ignored (a process inherits an ignored SIGINT, and Python then keeps it so)
+    proc = _geoseg(args, env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not _registered_checkpoints(run_dir):
         time.sleep(0.2)

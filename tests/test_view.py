@@ -1,0 +1,89 @@
+"""geoseg view: the page, the map's summary and tiles served on 127.0.0.1, and a real headless
+Chromium's screenshot showing the class colours where the class map has them."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from geoseg.classes import LANDCOVER
+
+
+@pytest.fixture(scope="module")
+def served(sample_dir, tmp_path_factory):
+    from geoseg.predict import PredictOptions, predict
+    from geoseg.runtime import init_ray
+    from geoseg.view import serve
+
+    init_ray(None)
+    out = tmp_path_factory.mktemp("view")
+    predict([str(sample_dir / "scene.tif")], str(out), PredictOptions(model="index", tile_size=320, halo=16),
+            log=lambda *_: None)
+    server = serve(str(out), port=0, background=True, log=lambda *_: None)
+    yield f"http://127.0.0.1:{server.server_address[1]}", out
+    server.shutdown()
+    server.server_close()
+
+
+def _get(url: str) -> tuple[int, bytes, str]:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.status, r.read(), r.headers["Content-Type"]
+
+
+def test_page_summary_and_tiles(served):
+    base, out = served
+    status, body, kind = _get(base + "/")
+    assert status == 200 and kind.startswith("text/html") and b"/static/leaflet/leaflet.js" in body
+    assert b"//unpkg" not in body and b"cdn" not in body.lower()  # nothing from elsewhere
+    assert _get(base + "/static/leaflet/leaflet.js")[0] == 200
+    info = json.loads(_get(base + "/api/map")[1])
+    (scene,) = info["scenes"]
+    assert scene["name"] == "scene" and scene["input"]
+    (s, w), (n, e) = scene["bounds"]
+    assert 12 < w < e < 17 and 52 < s < n < 54  # the sample: UTM 33N, about 13.5°E, 53°N
+    rec = json.loads((out / "scene.json").read_text())
+    assert [c["name"] for c in info["classes"]] == list(LANDCOVER.names)
+    assert info["classes"][1]["area_ha"] == pytest.approx(rec["classes"]["vegetation"]["area_ha"])
+    # a tile over the scene: class colours, and transparent where the class map is nodata
+    import morecantile
+
+    t = morecantile.tms.get("WebMercatorQuad").tile((w + e) / 2, (s + n) / 2, 14)
+    status, png, kind = _get(f"{base}/tiles/classes/scene/{t.z}/{t.x}/{t.y}.png")
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+    assert status == 200 and kind == "image/png" and img.shape == (256, 256, 4)
+    colours = {tuple(c) for c in img[img[..., 3] == 255][:, :3].tolist()}
+    assert colours and colours <= {tuple(c) for c in LANDCOVER.colors}
+    status, png, _ = _get(f"{base}/tiles/input/scene/{t.z}/{t.x}/{t.y}.png")
+    assert status == 200 and np.asarray(Image.open(io.BytesIO(png))).std() > 5  # a picture, not a blank
+    with pytest.raises(urllib.error.HTTPError):
+        _get(f"{base}/tiles/classes/nope/{t.z}/{t.x}/{t.y}.png")
+    with pytest.raises(urllib.error.HTTPError):
+        _get(f"{base}/static/../../__init__.py")
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.slow
+def test_a_real_browser_shows_the_class_colours(served, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (scripts/setup.sh installs it where apt-get can)")
+    base, _ = served
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1000,700", "--virtual-time-budget=15000", f"--screenshot={shot}",
+                    f"{base}/?input=0&opacity=1"], capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("RGB"))[:, :700]  # the map, left of the panel
+    pixels = img.reshape(-1, 3)
+    share = {name: float((np.abs(pixels.astype(int) - c).sum(1) <= 6).mean())
+             for name, c in zip(LANDCOVER.names, LANDCOVER.colors)}
+    assert share["vegetation"] > 0.05 and share["bare_soil"] > 0.01, share  # the class map, drawn
