@@ -168,8 +168,6 @@ def _use_ray_if_up() -> None:
     import sys
 
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        import dask
         from ray.util.dask import enable_dask_on_ray
 
         enable_dask_on_ray()
-        del dask

@@ -29,7 +29,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -696,7 +696,7 @@ def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel
     output.write_job_summary(prefix, summary)
     failed = [(s, tracker.errors[s.index]) for s in job.sources if s.index in tracker.errors]
     if failed:
-        (src, error), n = failed[0], len(failed)
+        (_, error), n = failed[0], len(failed)
         if len(job.sources) == 1:
             raise ScenesFailedError(error)
         raise ScenesFailedError(

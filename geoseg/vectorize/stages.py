@@ -236,8 +236,6 @@ def simplify(poly, junctions: np.ndarray, width: int, tolerance_px: float):
 
 
 def _simplify_ring(v: np.ndarray, junctions: np.ndarray, width: int, tol: float) -> np.ndarray:
-    import shapely
-
     v = _with_junctions(v, junctions, width)
     keys = np.rint(v[:, 1]).astype(np.int64) * (width + 1) + np.rint(v[:, 0]).astype(np.int64)
     is_j = np.isin(keys, junctions)

@@ -1,0 +1,21 @@
+"""geoseg export: a trained model as one self-describing file."""
+
+from __future__ import annotations
+
+from geoseg import storage
+from geoseg.cli.args import command
+
+
+def add(sub) -> None:
+    e = command(sub, "export", "a trained model as one self-describing file (ONNX or TorchScript)",
+            "geoseg export runs/unet --format onnx")
+    e.add_argument("run_dir", help="training run folder or checkpoint")
+    e.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="default onnx")
+    e.add_argument("--out", help="model file (default RUN_DIR/model.onnx or model.pt)")
+    e.set_defaults(run=run)
+
+
+def run(a) -> None:
+    from geoseg.export import FORMATS, export
+
+    export(a.run_dir, a.format, a.out or storage.join(a.run_dir, f"model{FORMATS[a.format]}"))
