@@ -63,7 +63,7 @@ def export(run_dir: str, fmt: str = "onnx", out: str | None = None, log=print) -
         raise InputError(f"--out {out}: a {fmt} model file ends with {FORMATS[fmt]}")
     with storage.staging_path(out, FORMATS[fmt]) as local:
         write(model, meta, fmt, local, description(meta, fmt, source=str(run_dir)))
-        _publish(local, out)
+        storage.publish(local, out)
     log(f"{fmt} model: {out}")
     return out
 
@@ -107,14 +107,6 @@ def onnx_export(model, example, path: str) -> None:
             dims = {i: torch.export.Dim(name, min=1 if i == 0 else 16) for i, name in axes.items()}
             torch.onnx.export(model, (example,), path, input_names=["image"], output_names=["logits"],
                               dynamic_shapes=(dims,), opset_version=OPSET, dynamo=True, verbose=False)
-
-
-def _publish(local: str, out: str) -> None:
-    if storage.is_remote(out):
-        storage.put_file(local, out)
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(storage.local_path(out))), exist_ok=True)
-        os.replace(local, storage.local_path(out))
 
 
 # --- reading model files ----------------------------------------------------------------------

@@ -171,7 +171,7 @@ def quantize(run_dir: str, precision: str = "int8", calibration: list[str] | Non
                              f"{100 * result['agreement']:.2f}% of pixels unchanged")
         _describe(local, meta, precision, result, run_dir)
         with storage.faults(out, "writing the model file"):
-            export._publish(local, out)
+            storage.publish(local, out)
     finally:
         import shutil
 

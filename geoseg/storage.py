@@ -417,6 +417,20 @@ def put_file(local: str, url: str) -> None:
         raise _wrap(url, exc) from exc
 
 
+def publish(local: str, url: str) -> None:
+    """Put a finished local file at ``url`` whole: a rename beside it locally (the scratch file of
+    :func:`staging_path` is on the same filesystem), one upload on object storage."""
+    if is_remote(url):
+        put_file(local, url)
+        return
+    dst = local_path(url)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        os.replace(local, dst)
+    except OSError as exc:
+        raise _wrap(url, exc) from exc
+
+
 @contextlib.contextmanager
 def staging_path(url: str, suffix: str = "") -> Iterator[str]:
     """A local scratch path for building a file that ends up at ``url``.

@@ -179,7 +179,7 @@ def _write_parquet(tables, url: str, crs: str | None) -> None:
                 local, write_covering_bbox=True)
         else:
             writer.close()
-        _publish(local, url)
+        storage.publish(local, url)
 
 
 def _write_fgb(tables, url: str, crs: str | None) -> None:
@@ -199,15 +199,7 @@ def _write_fgb(tables, url: str, crs: str | None) -> None:
             first = False
         if first:
             gpd.GeoDataFrame({"id": []}, geometry=[], crs=crs).to_file(local, driver="FlatGeobuf", engine="pyogrio")
-        _publish(local, url)
-
-
-def _publish(local: str, url: str) -> None:
-    if storage.is_remote(url):
-        storage.put_file(local, url)
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(storage.local_path(url))), exist_ok=True)
-        os.replace(local, storage.local_path(url))
+        storage.publish(local, url)
 
 
 def vectorize(target: str, opts: VectorizeOptions, out: str | None = None, log=print,

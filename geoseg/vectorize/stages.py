@@ -21,7 +21,6 @@ Memory: a task holds one chunk, or the open polygons of one group (what touches 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -358,11 +357,7 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
     }, geometry=geoms, crs=src.crs)
     with storage.staging_path(part_url, ".parquet") as local:
         frame.to_parquet(local, index=False)
-        if storage.is_remote(part_url):
-            storage.put_file(local, part_url)
-        else:
-            os.makedirs(os.path.dirname(storage.local_path(part_url)), exist_ok=True)
-            os.replace(local, storage.local_path(part_url))
+        storage.publish(local, part_url)
     return len(frame)
 
 
