@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-plain", action="store_true")
+    ap.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True,
+                    help="geoseg train's sampling towards rare classes (its default; the plain loop draws by area)")
     a = ap.parse_args()
 
     from geoseg.runtime import init_ray, shutdown
@@ -107,7 +109,7 @@ def main() -> None:
         summary = train(TrainConfig(
             images=[train_urls["scene"]], labels=[train_urls["labels"]], out=os.path.join(work, "run"),
             arch="unet", encoder="resnet18", chip_size=a.chip, batch_size=a.batch, chips_per_epoch=256,
-            epochs=1000, max_minutes=a.minutes, lr=a.lr, workers=a.workers,
+            epochs=1000, max_minutes=a.minutes, lr=a.lr, workers=a.workers, balanced=a.balanced,
         ), log=lambda *_: None)
         train_s = time.perf_counter() - t0
         unet = score({"checkpoint": os.path.join(work, "run")}, "unet")
