@@ -1,6 +1,6 @@
 """Training quality at a fixed CPU budget, measured in one run (not a test).
 
-Trains a small U-Net with ``geoseg train`` (Ray Train, 2 workers) on a sample
+Trains a small U-Net with ``geoseg train`` (Ray Train, its default workers) on a sample
 scene for ``--minutes``, then predicts a scene of another seed it never saw and
 prints per-class IoU, mIoU and chips/s beside the index model's mIoU on the
 same scene, and beside a plain single-process PyTorch loop (same model, loss,
@@ -21,10 +21,14 @@ import time
 import numpy as np
 
 
-def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: float, work: str) -> tuple[str, float]:
+def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: float, work: str,
+               seed: int = 0) -> tuple[str, float]:
     """Baseline: a plain PyTorch loop in this process, same chips, loss and epoch
     function as geoseg's workers (constant LR, no Ray)."""
     import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
 
     from geoseg import checkpoint
     from geoseg.augment import Augment
@@ -51,7 +55,7 @@ def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: floa
     t0 = time.perf_counter()
     chips, *_ = train_epoch(model, batches(), opt=opt, loss_fn=make_loss("ce+dice"), augment=Augment(),
                               normalize=lambda x: (x - mean) / std, amp={"device_type": "cpu", "enabled": False})
-    folder = os.path.join(work, "plain")
+    folder = os.path.join(work, f"plain{seed}")
     checkpoint.save(folder, model, CheckpointMeta(cfg, plan.classes, plan.mean, plan.std, ["blue", "green", "red", "nir"], [1, 2, 3, 4]))
     return folder, chips / (time.perf_counter() - t0)
 
@@ -80,8 +84,11 @@ def main() -> None:
     ap.add_argument("--chip", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, help="Ray Train workers (default: geoseg train's, one per node on CPU)")
     ap.add_argument("--skip-plain", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="train both again with other seeds (the rare class makes one run's mIoU noisy); "
+                         "prints every run's mIoU and the means")
     ap.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True,
                     help="geoseg train's sampling towards rare classes (its default; the plain loop draws by area)")
     a = ap.parse_args()
@@ -123,9 +130,9 @@ def main() -> None:
             shutdown()
 
         print(f"held-out scene: sample seed 1, {a.size // 2}x{a.size // 2}; training scene seed 0, {a.size}x{a.size}")
-        print(f"\nU-Net (geoseg train, {a.workers} Ray Train workers, {a.minutes:g} min budget, "
+        print(f"\nU-Net (geoseg train, {summary['config']['workers']} Ray Train worker(s), {a.minutes:g} min budget, "
               f"{train_s:.0f}s wall incl. start-up, {summary['last']['epoch'] + 1} epochs, "
-              f"{summary['last']['chips_per_s']:.1f} chips/s of {a.chip}^2, "
+              f"{summary['last']['elapsed_s']:.0f}s of them training, {summary['last']['chips_per_s']:.1f} chips/s of {a.chip}^2, "
               f"{100 * summary['last'].get('data_wait', 0):.0f}% of the last epoch waiting for chips"
               + (f", chip cache built in {cache['seconds']:.1f}s" if (cache := (summary.get("input") or {})
                                                                       .get("chip_cache")) else "") + "):")
@@ -137,6 +144,29 @@ def main() -> None:
             print(format_table(plain))
         print(f"\nmIoU  geoseg U-Net {unet['miou']:.3f} | index {index['miou']:.3f}"
               + (f" | plain loop {plain['miou']:.3f}" if plain else ""))
+        if a.repeats > 1:
+            runs = [(unet["miou"], plain["miou"] if plain else float("nan"))]
+            for seed in range(1, a.repeats):
+                again = train(TrainConfig(
+                    images=[train_urls["scene"]], labels=[train_urls["labels"]], out=os.path.join(work, f"run{seed}"),
+                    arch="unet", encoder="resnet18", chip_size=a.chip, batch_size=a.batch, chips_per_epoch=256,
+                    epochs=1000, max_minutes=a.minutes, lr=a.lr, workers=a.workers, balanced=a.balanced, seed=seed,
+                ), log=lambda *_: None)
+                g = score({"checkpoint": again["out"]}, f"unet{seed}")["miou"]
+                shutdown()
+                p = float("nan")
+                if not a.skip_plain:
+                    folder, _ = plain_loop(train_urls, a.minutes, a.chip, a.batch, a.lr, work, seed)
+                    init_ray(None)
+                    p = score({"checkpoint": folder}, f"plain{seed}")["miou"]
+                    shutdown()
+                runs.append((g, p))
+            shutdown()
+            print(f"\n{a.repeats} runs of {a.minutes:g} min, held-out mIoU (seed: geoseg | plain loop):")
+            for seed, (g, p) in enumerate(runs):
+                print(f"  {seed}: {g:.3f} | {p:.3f}")
+            print(f"  mean: {np.mean([r[0] for r in runs]):.3f} | {np.mean([r[1] for r in runs]):.3f}; "
+                  f"geoseg ahead in {sum(r[0] > r[1] for r in runs)} of {len(runs)}")
         print(f"stitched (default --tile-size/--halo) vs whole-image U-Net inference on the held-out scene: "
               f"{agreement:.5f} of pixels agree")
         print(f"pixel accuracy  geoseg U-Net {unet['pixel_accuracy']:.3f} | index {index['pixel_accuracy']:.3f}"

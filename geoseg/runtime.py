@@ -282,6 +282,13 @@ def cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
 
 
+def cpu_nodes() -> int:
+    """How many live nodes of the cluster have CPUs to run work (a head started with none does not count)."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+
+
 def cluster_gpus() -> int:
     import ray
 

@@ -130,6 +130,19 @@ def test_config_validation(tmp_path):
         TrainConfig.from_sources(str(yml), {"arch": "transformer9000"})
 
 
+def test_workers_default_to_one_per_gpu_or_one_per_node():
+    base = dict(images=["a.tif"], labels=["b.tif"], out="run")
+    cpu = TrainConfig(**base)
+    assert cpu.workers is None and cpu.placement_strategy == "SPREAD" and cpu.batch_size == 16
+    assert cpu.resolved_for(gpus=0, cpu_nodes=1).workers == 1  # a laptop: one process, all its cores
+    assert cpu.resolved_for(gpus=0, cpu_nodes=3).workers == 3
+    gpu = TrainConfig(**base, gpus=True)
+    assert gpu.batch_size is None and gpu.local_batch == 16 and gpu.placement_strategy == "PACK"
+    on8 = gpu.resolved_for(gpus=8, cpu_nodes=2)
+    assert (on8.workers, on8.batch_size, on8.local_batch) == (8, 128, 16)
+    assert TrainConfig(**base, workers=2).resolved_for(gpus=0, cpu_nodes=5).workers == 2  # as asked
+
+
 def test_pairs_must_share_a_grid(tmp_path, sample_dir):
     from geoseg.train.data import open_pairs
 
@@ -153,3 +166,54 @@ def test_spatial_split_never_mixes_blocks(sample_dir):
         assert r % 128 + 64 <= 128 and c % 128 + 64 <= 128  # chips stay inside their block
     assert len(train_blocks) > len({(r // 128, c // 128) for _, r, c in plan.val_chips})
     assert abs(sum(plan.class_freq) - 1) < 1e-9
+
+
+def _fitter(max_minutes, chips_per_epoch=64, batch_size=16, epochs=100):
+    import torch
+
+    from geoseg.classes import LANDCOVER
+    from geoseg.models.zoo import ModelConfig, build_model
+    from geoseg.train.fit import Fitter
+
+    cfg = TrainConfig(images=["a.tif"], labels=["b.tif"], out="run", arch="tinyfcn", chips_per_epoch=chips_per_epoch,
+                      batch_size=batch_size, epochs=epochs, max_minutes=max_minutes, workers=1)
+    mcfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
+    setup = {"model": mcfg.to_dict(), "classes": LANDCOVER.to_dict(), "mean": [0.0] * 4, "std": [1.0] * 4}
+    return Fitter(build_model(mcfg), cfg, setup, torch.device("cpu"))
+
+
+def test_a_time_budget_is_planned_to_its_end_and_the_last_epoch_is_cut_to_fit():
+    """Whole epochs while they fit, then one cut short to end with the budget; the learning
+    rate's decay ends with the last planned step."""
+    import torch
+
+    from geoseg.train.fit import train_epoch
+
+    f = _fitter(max_minutes=1.0)  # 60 s; 64 chips per epoch in batches of 16: 4 steps
+    assert (f.steps_per_epoch, f.next_steps) == (4, 4)
+    cm = torch.zeros(4, 4, dtype=torch.int64)
+    now = time.time()
+    # epoch 0 ended 20 s into the budget: 8 s of steps (2 s each) and 2 s of validation around them
+    f.t_start = now - 20
+    metrics, stop = f.end_epoch(0, (64, 1.0, 4, 0.0), cm, 8.0, now - 10)
+    # each epoch takes 8 + 2 * 1.2 s: three whole ones fit in the 40 s left, then 3 steps of the fourth
+    assert not stop and f.next_steps == 4
+    assert f.schedule.total == int(f.sched.last_epoch) + 3 * 4 + 3
+    # at the last whole epoch's end 10 s are left: the next one is cut to 3 steps, and is the last
+    now = time.time()
+    f.t_start, f._cycle_start = now - 50, now - 10.4  # the last cycle: 8 s of steps, 2.4 s around them
+    _, stop = f.end_epoch(3, (64, 1.0, 4, 0.0), cm, 8.0, now - 10.4)
+    assert not stop and f.next_steps == 3
+    # the cut epoch takes exactly its steps from the data, then the run stops
+    batches = ({"image": torch.rand(16, 4, 32, 32), "label": torch.randint(0, 4, (16, 32, 32))} for _ in range(9))
+    chips, _, n, _ = train_epoch(f.model, batches, opt=f.opt, loss_fn=f.loss_fn, augment=f.augment,
+                                 normalize=f.normalize, amp=f.amp, sched=f.sched, max_batches=f.next_steps)
+    assert (chips, n) == (48, 3)
+    _, stop = f.end_epoch(4, (48, 1.0, 3, 0.0), cm, 6.0, time.time() - 8.4)
+    assert stop
+    # a remainder under a quarter of an epoch is not worth its validation: the run stops at once
+    g = _fitter(max_minutes=0.5, chips_per_epoch=256)  # 16 steps of 1 s, 30 s budget
+    now = time.time()
+    g.t_start = now - 27
+    _, stop = g.end_epoch(0, (256, 1.0, 16, 0.0), cm, 16.0, now - 17)
+    assert stop  # 3 s left: 1 step after the time around it, under a quarter of 16

@@ -38,11 +38,14 @@ def add(sub) -> None:
                    help="draw training chips towards rare classes (default: on)")
     t.add_argument("--chips-per-epoch", type=int)
     t.add_argument("--epochs", type=int)
-    t.add_argument("--max-minutes", type=float, help="stop after the epoch that would pass this budget")
-    t.add_argument("--batch-size", type=int, help="global batch, split across the workers (default 16)")
+    t.add_argument("--max-minutes", type=float, help="time budget: whole epochs, then one cut short to end with it; "
+                                                             "the learning rate decays to its end")
+    t.add_argument("--batch-size", type=int, help="global batch, split across the workers (default 16; 16 per GPU "
+                                                                  "with --gpus)")
     t.add_argument("--lr", type=float)
     t.add_argument("--loss", help="ce, dice, focal or ce+dice")
-    t.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
+    t.add_argument("--workers", type=int, help="Ray Train workers (default: one per GPU with --gpus, else one per "
+                                                          "node, its cores as threads)")
     t.add_argument("--gpus", action="store_true", default=None, help="one GPU per worker")
     t.add_argument("--cpus-per-worker", type=float)
     t.add_argument("--num-to-keep", type=int)

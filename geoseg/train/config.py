@@ -46,11 +46,11 @@ class TrainConfig:
     loss: str = "ce+dice"
     class_weights: list[float] | None = None
     augment: dict = field(default_factory=dict)
-    workers: int = 2
+    workers: int | None = None  # Ray Train workers; None: one per GPU with --gpus, else one per node (resolved_for)
     gpus: bool = False
     cpus_per_worker: float | None = None  # default: leave a CPU for Ray Data's chip readers
     num_to_keep: int = 2
-    placement_strategy: str = "PACK"  # or SPREAD: one worker per node where possible
+    placement_strategy: str | None = None  # PACK or SPREAD; None: PACK with --gpus, SPREAD on CPUs
     max_failures: int = 3
     seed: int = 0
     address: str | None = None
@@ -79,10 +79,14 @@ class TrainConfig:
             bad(f"loss: unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
         if self.chip_size is None:  # frozen: defaults that depend on --gpus are set once, here
             object.__setattr__(self, "chip_size", GPU_CHIP if self.gpus else CPU_CHIP)
-        if self.batch_size is None:
+        if self.batch_size is None and (self.workers is not None or not self.gpus):
             object.__setattr__(self, "batch_size", (GPU_BATCH_PER_WORKER * self.workers) if self.gpus else CPU_BATCH)
+        if self.placement_strategy is None:  # a CPU worker's threads take its node's cores: one per node
+            object.__setattr__(self, "placement_strategy", "PACK" if self.gpus else "SPREAD")
         for name in ("chip_size", "chips_per_epoch", "epochs", "batch_size", "workers", "num_to_keep"):
             v = getattr(self, name)
+            if v is None and name in ("workers", "batch_size"):  # resolved on the cluster (resolved_for)
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 10:
@@ -105,6 +109,22 @@ class TrainConfig:
         AugmentConfig(**self.augment) if self.augment else None
         if self.encoder_weights and not os.path.exists(self.encoder_weights):
             bad(f"encoder_weights: {self.encoder_weights}: not found")
+
+    @property
+    def local_batch(self) -> int:
+        """Each worker's share of the batch (before the cluster is known: the most it can be)."""
+        if self.batch_size is None:
+            return GPU_BATCH_PER_WORKER
+        return max(1, self.batch_size // (self.workers or 1))
+
+    def resolved_for(self, gpus: int, cpu_nodes: int) -> "TrainConfig":
+        """The config with ``workers`` (and the batch it sets) fixed for a cluster of ``gpus`` GPUs and
+        ``cpu_nodes`` nodes with CPUs: one worker per GPU with ``--gpus``; else one per node, each
+        running its node's cores as threads (measured on 2 cores: one process of two threads trains
+        4% more chips/s than two DDP workers of one, and its batch norm sees the whole batch)."""
+        if self.workers is not None:
+            return self
+        return dataclasses.replace(self, workers=max(1, gpus if self.gpus else cpu_nodes))
 
     @classmethod
     def from_sources(cls, yaml_path: str | None, overrides: dict) -> "TrainConfig":

@@ -76,17 +76,17 @@ class Progress:
 
 
 def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, sched=None,
-                on_batch=None) -> tuple[int, float, int, float]:
-    """One pass over ``batches``; returns ``(chips, summed loss, batches, seconds waiting for data)``.
-    Images may come in their raster's dtype and labels as uint8: ``normalize`` converts the
-    images on their device, labels are widened there. ``on_batch(chips, mean loss)`` is called
-    after each batch (progress display)."""
+                on_batch=None, max_batches: int | None = None) -> tuple[int, float, int, float]:
+    """One pass over ``batches`` (the first ``max_batches`` of them); returns ``(chips, summed loss,
+    batches, seconds waiting for data)``. Images may come in their raster's dtype and labels as
+    uint8: ``normalize`` converts the images on their device, labels are widened there.
+    ``on_batch(chips, mean loss)`` is called after each batch (progress display)."""
     import torch
 
     model.train()
     n_chips, loss_sum, n_batches, waited = 0, 0.0, 0, 0.0
     it = iter(batches)
-    while True:
+    while max_batches is None or n_batches < max_batches:
         t_wait = time.perf_counter()
         batch = next(it, None)
         waited += time.perf_counter() - t_wait  # the step is synchronised below (float(loss))
@@ -151,6 +151,8 @@ class Fitter:
         self.amp = dict(device_type="cuda", dtype=torch.bfloat16) if cuda else dict(device_type="cpu", enabled=False)
         self.channels_last = cuda  # inputs in the model's layout (the caller converts a GPU model)
         self.t_start = time.time() - self.progress.elapsed_before
+        self.next_steps = self.steps_per_epoch  # the coming epoch's steps (the last one may be cut to the budget)
+        self._cycle_start = None  # when the last epoch's bookkeeping ended (the cycle measures validation, saving)
         self.confusion = None  # the last epoch's validation confusion matrix, all workers combined
 
     def normalize(self, x):
@@ -161,7 +163,8 @@ class Fitter:
 
     def train_epoch(self, batches, on_batch=None) -> tuple[int, float, int]:
         return train_epoch(self.model, batches, opt=self.opt, loss_fn=self.loss_fn, augment=self.augment,
-                           normalize=self.normalize, amp=self.amp, sched=self.sched, on_batch=on_batch)
+                           normalize=self.normalize, amp=self.amp, sched=self.sched, on_batch=on_batch,
+                           max_batches=self.next_steps)
 
     def validate(self, batches):
         """Confusion matrix over this worker's validation batches (on the device)."""
@@ -178,28 +181,43 @@ class Fitter:
         return cm
 
     def end_epoch(self, epoch: int, stats: tuple, cm, seconds: float, t_epoch: float) -> tuple[dict, bool]:
-        """Combine the workers' results; ``(metrics, stop)``: stop when the time budget
-        would be exceeded by another epoch (the same decision on every worker)."""
+        """Combine the workers' results; ``(metrics, stop)``. With a time budget, plan what is left of it
+        from this epoch's step time and the time around the steps (validation, checkpoint): whole
+        epochs, then one cut short to end with the budget (a sliver under a quarter epoch is left
+        out); the learning rate's decay ends with the last planned step. Every worker plans from the
+        same numbers (the slowest worker's), so all take the same steps and stop together."""
         import torch
 
         totals = _all_reduce(torch.tensor(stats, dtype=torch.float64, device=self.device))
         self.confusion = _all_reduce(cm).cpu().numpy()
         result = scores(self.confusion)
-        elapsed = time.time() - self.t_start
+        now = time.time()
+        elapsed = now - self.t_start
         metrics = epoch_metrics(epoch, totals.tolist(), result, seconds, elapsed, self.classes.names, self.world)
         p = self.progress
         p.best = max(p.best, metrics["val_miou"])
         p.history.append(metrics)
-        per_epoch = elapsed / max(1, epoch + 1 - p.start_epoch) if p.resumed_at is None else time.time() - t_epoch
-        # one plan for all ranks: identical learning rates
-        per_epoch = float(_all_reduce(torch.tensor([per_epoch], dtype=torch.float64, device=self.device), "max"))
+        cut_short = self.next_steps < self.steps_per_epoch  # the budget's last epoch: the plan ends here
+        around = (now - (self._cycle_start or t_epoch)) - seconds
+        self._cycle_start = now
         budget = self.cfg.max_minutes
         if budget is None:
             return metrics, False
-        fit = max(epoch + 1, min(self.cfg.epochs, int(budget * 60 / max(per_epoch, 1e-6))))
-        self.schedule.total = self.steps_per_epoch * fit  # the decay ends when the budget does
-        stop = elapsed + per_epoch > budget * 60
-        return metrics, bool(_all_reduce(torch.tensor([float(stop)], device=self.device), "max").item() > 0)
+        step_s, around, elapsed = _all_reduce(torch.tensor(
+            [seconds / max(1, stats[2]), max(0.0, around), elapsed], dtype=torch.float64, device=self.device),
+            "max").tolist()
+        around *= 1.2  # the checkpoint written after this measure, and a margin
+        remaining = budget * 60 - elapsed
+        cycle = self.steps_per_epoch * step_s + around
+        left = self.cfg.epochs - (epoch + 1)
+        whole = max(0, min(left, int(remaining // max(cycle, 1e-9))))
+        tail = int((remaining - whole * cycle - around) // max(step_s, 1e-9)) if whole < left else 0
+        tail = min(tail, self.steps_per_epoch) if tail >= max(1, self.steps_per_epoch // 4) else 0
+        stop = cut_short or (whole == 0 and tail == 0)
+        self.next_steps = self.steps_per_epoch if whole else tail
+        if not stop:  # the decay ends when the budget does
+            self.schedule.total = int(self.sched.last_epoch) + whole * self.steps_per_epoch + tail
+        return metrics, stop
 
     def save(self, folder: str, epoch: int, metrics: dict, stop: bool) -> None:
         """A self-describing checkpoint of this epoch (weights, description, train state)."""

@@ -31,7 +31,7 @@ from geoseg.stac import StackOptions
 from geoseg.metrics import format_table, report
 from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.raster import read_info
-from geoseg.runtime import check_address, cluster_cpus, init_ray, require_gpus, worker_print
+from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, cpu_nodes, init_ray, require_gpus, worker_print
 from geoseg.train.config import TrainConfig
 from geoseg.train.data import (TrainingPlan, declared_classes, open_pairs, plan_training, read_val_chips,
                                sample_train_chips)
@@ -178,7 +178,7 @@ def plan_run(cfg: TrainConfig, scan=None) -> tuple[TrainingPlan, ModelConfig, li
         bands, roles = list(range(1, first.count + 1)), list(cfg.assets)
     else:
         bands, roles = select_bands(images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
-    local_batch = max(1, cfg.batch_size // cfg.workers)
+    local_batch = cfg.local_batch
     limits.check_fits(limits.batch_bytes(local_batch, len(bands), cfg.chip_size, cfg.arch != "tinyfcn"),
                       f"--chip-size {cfg.chip_size} with a batch of {local_batch} per worker",
                       "use a smaller --chip-size or --batch-size")
@@ -351,8 +351,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     )
     init_ray(cfg.address)
     require_gpus(1 if cfg.gpus else 0, "--gpus")
+    cfg = cfg.resolved_for(cluster_gpus(), cpu_nodes())
     chips = build_chip_cache(cfg, plan, hists, log)
     cpus = cluster_cpus()
+    threads = None if cfg.gpus else max(1, cpus // cfg.workers)
+    log(f"{cfg.workers} Ray Train worker(s), " + (f"a GPU each, batch {cfg.local_batch} each" if cfg.gpus
+                                                  else f"{threads} threads each, batch {cfg.local_batch} each"))
     loop_config = {
         "cfg": dataclasses.asdict(cfg),
         "model": mcfg.to_dict(),
@@ -361,7 +365,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "std": plan.std,
         "band_roles": roles,
         "band_numbers": bands,
-        "threads": None if cfg.gpus else max(1, cpus // cfg.workers),
+        "threads": threads,
         # the field-delineation target: predict's class maps become instances (geoseg vectorize --instances)
         "instances": {"boundary": 1} if cfg.instances else None,
         # how the bands were read, for predict to read them the same way
