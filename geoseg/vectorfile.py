@@ -1,6 +1,7 @@
 """Vector files to read (Ray-free): GeoParquet through pyarrow (geopandas), every other format GDAL
 reads (GeoJSON, FlatGeobuf, GeoPackage, Shapefile, ...) through pyogrio; read by bounding box, with a
-stable feature id (the file's ``id`` column where it has one, else the feature's position)."""
+stable feature id (the file's ``id`` column where it has one, else the feature's position), window by
+window on a raster grid (:class:`Features`: rasterized labels, reference instances)."""
 
 from __future__ import annotations
 
@@ -45,26 +46,62 @@ def info(url: str) -> tuple[str | None, list[str]]:
         raise InputError(f"{url}: not a vector file geoseg can read ({str(exc).splitlines()[0][:160]})") from None
 
 
-def read(url: str, bbox=None, columns: list[str] | None = None):
-    """A GeoDataFrame of the features (within ``bbox``, in the file's CRS), indexed by feature id."""
-    import geopandas as gpd
+class Features:
+    """A vector file read window by window on a raster grid: its CRS and schema looked up once, each
+    window's features read by bounding box (only the GeoParquet row groups in reach where it has a
+    bbox covering column) and reprojected to the grid's CRS (taken as the same where either has none)."""
 
-    if _is_parquet(url):
-        _, names = info(url)
-        wanted = None if columns is None else [*columns, "geometry", *(["id"] if "id" in names else [])]
-        fs, path = storage.filesystem(url)
-        kwargs = {"bbox": tuple(bbox)} if bbox is not None and "bbox" in _schema_names(url) else {}
-        with fs.open(path, "rb") as f:  # with a bbox covering column: only the row groups in reach are read
+    def __init__(self, url: str, grid_crs=None):
+        from pyproj import CRS
+
+        self.url = url
+        crs_wkt, self.fields = info(url)
+        self.crs = CRS.from_user_input(crs_wkt) if crs_wkt else None
+        self.grid_crs = CRS.from_user_input(grid_crs) if grid_crs else None
+        self._reproject = self.crs is not None and self.grid_crs is not None and self.crs != self.grid_crs
+        self._covering = _is_parquet(url) and "bbox" in _schema_names(url)
+
+    def read(self, bbox=None, columns: list[str] | None = None):
+        """A GeoDataFrame of the features (within ``bbox``, in the file's CRS), indexed by feature id."""
+        import geopandas as gpd
+
+        if not _is_parquet(self.url):
+            import pyogrio
+
+            return pyogrio.read_dataframe(self.url, bbox=bbox, columns=columns or [], fid_as_index=True)
+        wanted = None if columns is None else [*columns, "geometry", *(["id"] if "id" in self.fields else [])]
+        fs, path = storage.filesystem(self.url)
+        kwargs = {"bbox": tuple(bbox)} if bbox is not None and self._covering else {}
+        with fs.open(path, "rb") as f:
             frame = gpd.read_parquet(f, columns=wanted, **kwargs)
         if "id" in frame.columns:
             frame = frame.set_index("id")
         if bbox is not None:
             frame = frame[frame.geometry.intersects(_box(bbox))]
         return frame
-    import pyogrio
 
-    frame = pyogrio.read_dataframe(url, bbox=bbox, columns=columns or [], fid_as_index=True)
-    return frame
+    def in_window(self, affine, win, columns: list[str] | None = None):
+        """The features over pixel window ``win`` of the grid of ``affine``, in the grid's CRS."""
+        from rasterio.warp import transform_bounds
+
+        x0, y0 = affine * (win.col_off, win.row_off)
+        x1, y1 = affine * (win.col_off + win.width, win.row_off + win.height)
+        bbox = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        if self._reproject:
+            bbox = transform_bounds(self.grid_crs, self.crs, *bbox, densify_pts=21)
+        frame = self.read(bbox, columns)
+        return frame.to_crs(self.grid_crs) if self._reproject and len(frame) else frame
+
+    @staticmethod
+    def burn(shapes: list, affine, win, fill: int, dtype: str) -> np.ndarray:
+        """``(geometry, value)`` pairs rasterized onto pixel window ``win`` of the grid of ``affine``."""
+        import rasterio.features
+
+        shape = (win.height, win.width)
+        if not shapes:
+            return np.full(shape, fill, dtype)
+        return rasterio.features.rasterize(shapes, out_shape=shape, fill=fill, dtype=dtype,
+                                           transform=affine * affine.translation(win.col_off, win.row_off))
 
 
 def _schema_names(url: str) -> list[str]:

@@ -120,6 +120,19 @@ def test_field_delineation_recipe_end_to_end(ray_local, fields, tmp_path):
         ids = src.read(1)
     assert inst["reference"] == len(np.unique(ids[ids > 0]))
     assert inst["f1"] > 0.95 and inst["precision"] > 0.95  # interiors grown back over their boundary
+    # the reference as polygons (one per parcel, GeoParquet) scores as the raster of ids does
+    import geopandas as gpd
+    import shapely.geometry
+    from rasterio.features import shapes
+
+    with rasterio.open(fields["instances"]) as src:
+        polys = [(shapely.geometry.shape(g), int(v))
+                 for g, v in shapes(ids, mask=ids > 0, transform=src.transform)]
+        crs = src.crs
+    parcels = gpd.GeoDataFrame({"parcel": [v for _, v in polys]}, geometry=[g for g, _ in polys], crs=crs)
+    parcels.dissolve(by="parcel").reset_index().to_parquet(tmp_path / "parcels.parquet")
+    by_vectors = run_evaluation([made], [made], instances=[str(tmp_path / "parcels.parquet")])["instances"]
+    assert (by_vectors["reference"], by_vectors["tp"]) == (inst["reference"], inst["tp"])
 
     run = tmp_path / "run"
     assert main(["train", "--image", fields["scene"], "--label", fields["instances"], "--instances", "--out",

@@ -73,31 +73,14 @@ def scores(c: InstanceCounts, iou: float = IOU) -> dict:
 def _vector_reader(url: str, grid: RasterInfo):
     """Numbered polygons of a vector file burnt into windows of ``grid`` (read by bounding box,
     reprojected where the CRSs differ); ids: the features' own order, from 1."""
-    import rasterio.features
-    from pyproj import CRS
-    from rasterio.warp import transform_bounds
+    from geoseg.vectorfile import Features
 
-    from geoseg import vectorfile
-
-    crs_wkt, _ = vectorfile.info(url)
-    crs_v = CRS.from_user_input(crs_wkt) if crs_wkt else None
-    crs_g = CRS.from_user_input(grid.crs) if grid.crs else None
+    features = Features(url, grid.crs)
 
     def read(win: Window) -> np.ndarray:
-        a = grid.affine
-        x0, y0 = a * (win.col_off, win.row_off)
-        x1, y1 = a * (win.col_off + win.width, win.row_off + win.height)
-        bbox = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-        if crs_v is not None and crs_g is not None and crs_v != crs_g:
-            bbox = transform_bounds(crs_g, crs_v, *bbox, densify_pts=21)
-        frame = vectorfile.read(url, bbox=bbox, columns=[])
-        if len(frame) and crs_v is not None and crs_g is not None and crs_v != crs_g:
-            frame = frame.to_crs(crs_g)
+        frame = features.in_window(grid.affine, win, columns=[])
         shapes = [(g, int(i) + 1) for g, i in zip(frame.geometry, frame.index) if g is not None]
-        if not shapes:
-            return np.zeros((win.height, win.width), np.int64)
-        return rasterio.features.rasterize(shapes, out_shape=(win.height, win.width), fill=0, dtype="int32",
-                                           transform=a * a.translation(win.col_off, win.row_off)).astype(np.int64)
+        return features.burn(shapes, grid.affine, win, 0, "int32").astype(np.int64)
 
     return read
 

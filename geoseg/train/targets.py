@@ -124,10 +124,7 @@ def from_vectors(url: str, image: RasterInfo, out: str, field: str | None = None
                  width: int = BOUNDARY) -> str:
     """A label raster on the image's grid from a vector file: ``field`` gives each polygon's class;
     with ``instances`` each polygon is one instance of the 3-class field-delineation target."""
-    import rasterio.features
-    from pyproj import CRS
-
-    from geoseg import vectorfile
+    from geoseg.vectorfile import Features
 
     if not instances and not field:
         raise InputError("--label-vectors needs --class-field FIELD (or --instances: each polygon one instance)")
@@ -136,38 +133,23 @@ def from_vectors(url: str, image: RasterInfo, out: str, field: str | None = None
                                               "boundary": width})
     if _kept(out, signature):
         return out
-    crs_wkt, _ = vectorfile.info(url)
-    crs_v = CRS.from_user_input(crs_wkt) if crs_wkt else None
-    crs_i = CRS.from_user_input(image.crs) if image.crs else None
-    if crs_v is None or crs_i is None:
-        raise InputError(f"--label-vectors {url}: {'it' if crs_v is None else image.url} has no CRS; "
+    features = Features(url, image.crs)
+    if features.crs is None or features.grid_crs is None:
+        raise InputError(f"--label-vectors {url}: {'it' if features.crs is None else image.url} has no CRS; "
                          "labels cannot be placed on the image")
-    from rasterio.warp import transform_bounds
-
     img = tile_reader(image.url)
     with _writer(out, image, INSTANCE_CLASSES if instances else scheme, signature) as dst:
         for win in iter_windows(image.height, image.width, WINDOW):
             grown = Window(win.row_off - width, win.col_off - width, win.height + 2 * width, win.width + 2 * width)
-            a = image.affine
-            left, top = a * (grown.col_off, grown.row_off)
-            right, bottom = a * (grown.col_off + grown.width, grown.row_off + grown.height)
-            bbox = transform_bounds(crs_i, crs_v, min(left, right), min(top, bottom), max(left, right),
-                                    max(top, bottom), densify_pts=21)
-            frame = vectorfile.read(url, bbox=bbox, columns=[field] if field else [])
-            if len(frame) and crs_v != crs_i:
-                frame = frame.to_crs(crs_i)
-            transform = a * a.translation(grown.col_off, grown.row_off)
-            shape = (grown.height, grown.width)
+            frame = features.in_window(image.affine, grown, columns=[field] if field else [])
             if instances:
                 shapes = [(g, int(i) + 1) for g, i in zip(frame.geometry, frame.index) if g is not None]
-                ids = rasterio.features.rasterize(shapes, out_shape=shape, transform=transform, fill=0,
-                                                  dtype="int32") if shapes else np.zeros(shape, np.int32)
+                ids = features.burn(shapes, image.affine, grown, 0, "int32")
                 labels = instance_target(ids.astype(np.int64), img.read_window(win)[1], width)
             else:
                 shapes = [(g, mapping[v]) for g, v in zip(frame.geometry, frame[field])
                           if g is not None and v in mapping]
-                burnt = rasterio.features.rasterize(shapes, out_shape=shape, transform=transform, fill=NODATA,
-                                                    dtype="uint8") if shapes else np.full(shape, NODATA, np.uint8)
+                burnt = features.burn(shapes, image.affine, grown, NODATA, "uint8")
                 labels = burnt[width : width + win.height, width : width + win.width]
             dst.write(win, labels)
     return out
