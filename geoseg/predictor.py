@@ -57,6 +57,30 @@ class IndexPredictor:
 CPU_PIXELS_PER_CALL = 1 << 18  # forward-call size on CPU (see TorchPredictor)
 
 
+def cuda_present() -> bool:
+    """Whether this process sees an NVIDIA GPU, without importing torch (seconds of CPU):
+    a device node under ``/dev``, unless ``CUDA_VISIBLE_DEVICES`` hides them all."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    return os.path.exists("/dev/nvidiactl") and any(
+        name.startswith("nvidia") and name[6:].isdigit() for name in os.listdir("/dev"))
+
+
+def onnx_device(device: str = "auto") -> str:
+    """The device an ONNX model runs on: CUDA where ONNX Runtime has its CUDA provider and a GPU
+    is there, else the CPU (torch is not imported: an ONNX model needs none of it)."""
+    if device == "auto":
+        if not cuda_present():
+            return "cpu"
+        import onnxruntime as ort
+
+        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    if device.startswith("cuda") and not cuda_present():
+        raise InputError(f"--device {device}: no CUDA device available")
+    return device
+
+
 def pick_device(device: str = "auto") -> str:
     import torch
 
@@ -394,7 +418,8 @@ def load_predictor(path: str, **options):
     from geoseg import export
 
     meta = checkpoint.describe(path)
-    device = pick_device(options.get("device", "auto"))
+    onnx = (meta.extra or {}).get("export", {}).get("format") == "onnx"
+    device = (onnx_device if onnx else pick_device)(options.get("device", "auto"))
     how = choose_runtime(meta, device, options.get("precision", "auto"))
     if how["runtime"] == "onnxruntime":
         pred = OnnxPredictor(path, meta, device=device, threads=options.get("threads"), tta=options.get("tta", False),

@@ -150,7 +150,7 @@ def init_ray(address: str | None = None, verbose: bool | None = None, preload: t
         _state["reaper"] = _start_reaper()
     quiet_ray(verbose)  # again: importing Ray Data configured its console handler
     _filter_worker_lines(verbose)
-    _handle_sigterm()
+    handle_sigterm()
 
 
 def owns_ray() -> bool:
@@ -258,7 +258,7 @@ def _raise_terminated(signum, frame):  # noqa: ARG001
     raise Terminated()
 
 
-def _handle_sigterm() -> None:
+def handle_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C (Ray's own handler would dump C++ stacks)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)

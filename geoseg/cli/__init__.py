@@ -63,9 +63,11 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
 
     The line is printed before Ray is stopped: stopping Ray while Ray Data's threads still
     read (a job failing mid-way, a signal) can end the process from Ray's C++ core at once,
-    and the line would be lost. ``exiting`` (the ``geoseg`` command): after a failure the
-    process ends at once without stopping Ray (the reaper stops a local Ray's processes when
-    the driver is gone), so the exit code is the command's."""
+    and the line would be lost. ``exiting`` (the ``geoseg`` command): the process
+    ends at once without stopping the local Ray it started, after a failure (so the exit code
+    is the command's) and after success too (the outputs are complete, and Ray's own shutdown
+    takes 1-2 s on a small machine): the reaper stops a local Ray's processes once the driver
+    is gone. A cluster joined with ``--address`` is disconnected from as usual."""
     a = build_parser().parse_args(argv)
     if a.verbose:
         os.environ["GEOSEG_VERBOSE"] = "1"
@@ -101,7 +103,7 @@ def _run(a, exiting: bool) -> int:
     if failure is not None:
         _ignore_signals()
         print(failure[0], file=sys.stderr, flush=True)
-    if failure is None or not exiting:
+    if not exiting or (failure is None and not runtime.owns_ray()):
         _stop_quietly()
     return failure[1] if failure is not None else int(code or 0)
 
@@ -109,8 +111,8 @@ def _run(a, exiting: bool) -> int:
 def run() -> None:
     """The ``geoseg`` command: :func:`main`, then exit without tearing the interpreter down.
 
-    Once the command is done (outputs and records written, a local Ray stopped,
-    output flushed), the teardown of torch's and Ray's modules would only keep the
+    Once the command is done (outputs and records written, output flushed; a local Ray is
+    left to the reaper, a cluster disconnected from), the teardown of torch's and Ray's modules would only keep the
     user waiting, for seconds on a small machine.
     """
     code = main(exiting=True)

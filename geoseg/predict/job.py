@@ -23,6 +23,7 @@ metrics are counted here, in the driver, from what the stages return.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import pickle
 import sys
@@ -33,14 +34,16 @@ from typing import Iterator
 
 import numpy as np
 
-from geoseg import catalog, checkpoint, output, storage
+from geoseg import catalog, checkpoint, export, output, storage
 from geoseg.console import Progress
 from geoseg.errors import ScenesFailedError, one_line
 from geoseg.models.index import BAND_ROLES
 from geoseg.predict import stages
+from geoseg.predict.local import InlineTasks, machine_cpus, read_batches, runs_locally
 from geoseg.predict.plan import JobPlan, PredictOptions, ScenePlan, SceneSource, is_scene_error, plan_job, tile_ranges
-from geoseg.runtime import (check_address, cluster_cpus, cluster_gpus, init_ray, owns_ray, ray_connected,
-                            require_gpus, requested_address)
+from geoseg.predictor import onnx_device
+from geoseg.runtime import (check_address, cluster_cpus, cluster_gpus, handle_sigterm, init_ray, owns_ray,
+                            ray_connected, require_gpus, requested_address)
 
 CPU_CALLS_PER_ACTOR = 8  # on CPU: single-threaded calls sharing one model in one actor
 GPU_CALLS_PER_ACTOR = 1  # on GPU: one call at a time (two at once measured slower: 0.62x against 0.76x
@@ -241,6 +244,11 @@ class DriverModel:
     def _build(self, only_without_gpu: bool = False):
         if self.spec.name != "checkpoint":
             return self.spec.build()
+        if export.kind_of(self.spec.checkpoint) == "onnx" and export.is_model_file(self.spec.checkpoint):
+            # ONNX Runtime sets its own threads; torch is not imported at all
+            if only_without_gpu and onnx_device() == "cuda":
+                return None
+            return self.spec.build()
         import torch
 
         if only_without_gpu and torch.cuda.is_available():
@@ -277,28 +285,33 @@ class DriverModel:
             torch.set_num_threads(self._threads)
             self._threads = None
 
-    def run(self, reads, writer, calls: int) -> Iterator[dict]:
-        """What the model pass's writes return, batch by batch (``reads``: the read tasks' dataset)."""
-        batches = iter(reads.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=calls))
+    def run(self, batches: Iterator[dict], writer, calls: int, on_ray: bool = True) -> Iterator[dict]:
+        """What the model pass's writes return, batch by batch. ``batches``: the read tasks' (Ray
+        Data's ``iter_batches``), or in a job without Ray (``on_ray`` False) the driver's own
+        readers' (:func:`geoseg.predict.local.read_batches`)."""
         pool = ThreadPoolExecutor(calls, thread_name_prefix="geoseg-model")
         running: set[Future] = set()
         try:
             first = next(batches, None)  # the reads start, while the model may still be building
             if first is None:
                 return
-            infer = _InferOnNode(job=self.job_id, spec=self.spec, predictor=self.predictor(), **self.kwargs)
+            if on_ray:  # (and where each stage ran, and the model's batch times as a Ray metric)
+                infer = _InferOnNode(job=self.job_id, spec=self.spec, predictor=self.predictor(), **self.kwargs)
+                write = functools.partial(_write_on_node, stage=writer)
+            else:
+                infer, write = stages.Infer(spec=self.spec, predictor=self.predictor(), **self.kwargs), writer
             for batch in itertools.chain([first], batches):
                 running.add(pool.submit(infer, batch))
                 while len(running) >= calls:
                     done, running = wait(running, return_when=FIRST_COMPLETED)
-                    yield from (_write_on_node(f.result(), writer) for f in done)
+                    yield from (write(f.result()) for f in done)
             while running:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
-                yield from (_write_on_node(f.result(), writer) for f in done)
+                yield from (write(f.result()) for f in done)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-            # Ray Data's iteration stops now (its executor and prefetch threads), not when collected:
-            # on Ctrl-C / SIGTERM, Ray is shut down next, under their feet
+            # the reads stop now (Ray Data's executor and prefetch threads, or the driver's readers),
+            # not when collected: on Ctrl-C / SIGTERM, Ray is shut down next, under their feet
             batches.close()
 
 
@@ -336,7 +349,8 @@ def build_pipeline(job: JobPlan, opts: PredictOptions, layout: ActorLayout, cpus
                                                   "fail_fast": opts.fail_fast},
                         batch_size=1, num_cpus=0.25, compute=layout.read_strategy())
     if model is not None:
-        return model.run(ds, writer, layout.calls)
+        return model.run(iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=layout.calls)),
+                         writer, layout.calls)
     ds = ds.map_batches(
         _InferOnNode,
         fn_constructor_kwargs={"spec": spec, "core": job.tile_core(opts), "probabilities": opts.probabilities,
@@ -392,6 +406,20 @@ class _Metrics:
                           tag_keys=tags)
 
 
+class _NoMetrics:
+    """geoseg's metrics in a job without Ray: nothing to export them to."""
+
+    class _Metric:
+        def inc(self, *args, **kwargs) -> None:
+            pass
+
+        set = inc
+
+    def __init__(self):
+        self.tags: dict = {}
+        self.tiles = self.pixels = self.scenes = self.failed = self.bad_tiles = self.rate = self._Metric()
+
+
 def _blend_on_node(plan: ScenePlan, lo: int, hi: int, probabilities: bool) -> dict:
     return {**stages.blend_tiles(plan, lo, hi, probabilities), "node": _node_column(1)[0]}
 
@@ -400,6 +428,32 @@ def _cause(exc: BaseException) -> BaseException:
     """A Ray task error's own exception (the worker's), else the error itself."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+class RayTasks:
+    """The scene tracker's tasks as Ray tasks: a scene's blends (a quarter CPU each) and its
+    completion (half a CPU); :class:`geoseg.predict.local.InlineTasks` runs them in the driver."""
+
+    CPUS = {_blend_on_node: 0.25, stages.complete_scene: 0.5}
+
+    def __init__(self):
+        import ray
+
+        self._remote = {fn: ray.remote(num_cpus=cpus)(fn) for fn, cpus in self.CPUS.items()}
+
+    def submit(self, fn, *args):
+        return self._remote[fn].remote(*args)
+
+    def ready(self, refs: list, block: bool) -> list:
+        import ray
+
+        ready, _ = ray.wait(refs, num_returns=1 if block else len(refs), timeout=None if block else 0)
+        return ready
+
+    def get(self, ref):
+        import ray
+
+        return ray.get(ref)
 
 
 class SceneTracker:
@@ -415,9 +469,7 @@ class SceneTracker:
     """
 
     def __init__(self, job: JobPlan, opts: PredictOptions, cpus: float, metrics: "_Metrics", progress: Progress,
-                 started, t0: float, log=print, placement: dict | None = None):
-        import ray
-
+                 started, t0: float, log=print, placement: dict | None = None, tasks=None):
         self.job, self.opts, self.cpus, self.metrics, self.progress = job, opts, cpus, metrics, progress
         self.started, self.t0, self.log = started, t0, log
         self.slim = replace(job, sources=[], done=frozenset())
@@ -432,8 +484,9 @@ class SceneTracker:
         self.pixels = 0  # of the scenes planned
         self.t_first: float | None = None  # when the first tile came through
         self.verbose = len(job.sources) <= 20  # a line per scene skipped or resumed
-        self._blend = ray.remote(num_cpus=0.25)(_blend_on_node)
-        self._complete = ray.remote(num_cpus=0.5)(stages.complete_scene)
+        # where a scene's blends and completion run: Ray tasks, or inline in a job without Ray
+        self.tasks = tasks if tasks is not None else RayTasks()
+        self._blend = _blend_on_node if isinstance(self.tasks, RayTasks) else stages.blend_tiles
 
     # --- what the pipeline returns ---
 
@@ -493,7 +546,8 @@ class SceneTracker:
             return
         if self.opts.stitch == "hann":
             for r in tile_ranges(len(plan.grid), self.opts.batch_size, self.cpus):
-                self.pending[self._blend.remote(plan, r["lo"], r["hi"], self.opts.probabilities)] = ("blend", s)
+                ref = self.tasks.submit(self._blend, plan, r["lo"], r["hi"], self.opts.probabilities)
+                self.pending[ref] = ("blend", s)
                 state["blends"] += 1
         else:
             self._finish(s)
@@ -505,7 +559,8 @@ class SceneTracker:
                    "total": now}
         placement = {**{k: v for k, v in self.placement.items() if k != "t_plan"},
                      "nodes": {stage: sorted(ids) for stage, ids in self.nodes.items()}}
-        ref = self._complete.remote(state["plan"], self.slim, self.opts, timings, placement, self.started)
+        ref = self.tasks.submit(stages.complete_scene, state["plan"], self.slim, self.opts, timings, placement,
+                                self.started)
         self.pending[ref] = ("complete", s)
 
     def fail(self, s: int, url: str, error: str) -> None:
@@ -519,17 +574,13 @@ class SceneTracker:
 
     def poll(self, block: bool = False) -> None:
         """Take in the completion tasks that are done (``block``: wait for one at least)."""
-        import ray
-
         if not self.pending:
             return
-        ready, _ = ray.wait(list(self.pending), num_returns=1 if block else len(self.pending),
-                            timeout=None if block else 0)
-        for ref in ready:
+        for ref in self.tasks.ready(list(self.pending), block):
             what, s = self.pending.pop(ref)
             state = self.live[s]
             try:
-                result = ray.get(ref)
+                result = self.tasks.get(ref)
             except Exception as exc:  # noqa: BLE001 - a scene's own error fails the scene only
                 err = _cause(exc)
                 if not is_scene_error(err) or self.opts.fail_fast:
@@ -542,7 +593,8 @@ class SceneTracker:
             if s not in self.live:  # failed meanwhile (another blend task)
                 continue
             if what == "blend":
-                self.nodes["write"].add(str(result["node"]))
+                if "node" in result:
+                    self.nodes["write"].add(str(result["node"]))
                 self.progress.update(result["tiles"], result["pixels"])
                 state["blends"] -= 1
                 if state["blends"] == 0:
@@ -641,11 +693,52 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     return records
 
 
-def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel | None, log, started,
-             t0: float) -> list[dict]:
+def _run_on_ray(job: JobPlan, opts: PredictOptions, layout: ActorLayout, cpus: float, model: DriverModel | None,
+                tracker: SceneTracker, progress: Progress) -> None:
+    """The job's Ray Data pipeline, its batches into the tracker, the scenes' tasks awaited."""
     import ray
 
-    if job.todo:  # (a finished job's rerun: its summary and one listing said so, no Ray needed)
+    # Blocks of about one batch of tiles: Ray Data buffers a task's output up to a
+    # block (128 MiB by default) in the worker's own memory, and a block of a
+    # longer range would make every process grow with the job.
+    ctx = ray.data.DataContext.get_current()
+    saved_block_size = ctx.target_max_block_size
+    nb, size, _ = tile_shape(job, opts)
+    ctx.target_max_block_size = max(1 << 22, opts.batch_size * nb * size * size * np.dtype(job.dtype).itemsize)
+    try:
+        for batch in build_pipeline(job, opts, layout, cpus, model):
+            tracker.add(batch)
+        tracker.drain()
+        progress.close(complete=True)
+    finally:
+        ctx.target_max_block_size = saved_block_size
+        if model is not None:
+            model.close()
+
+
+def _run_alone(job: JobPlan, opts: PredictOptions, layout: ActorLayout, cpus: float, model: DriverModel,
+               tracker: SceneTracker, progress: Progress) -> None:
+    """The job's one scene in this process (:mod:`geoseg.predict.local`): the driver's readers,
+    the model and the writes as :class:`DriverModel` runs them on Ray, the scene's tasks inline."""
+    writer = stages.write_softmax if opts.stitch == "hann" else stages.write_tiles
+    reads = read_batches(job, opts, cpus, layout.readers or 1, layout.calls + 1, tile_shape(job, opts))
+    try:
+        for batch in model.run(reads, writer, layout.calls, on_ray=False):
+            tracker.add(batch)
+        tracker.drain()
+        progress.close(complete=True)
+    finally:
+        model.close()
+
+
+def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel | None, log, started,
+             t0: float) -> list[dict]:
+    # one scene with its model in this process: no Ray at all (geoseg.predict.local)
+    alone = model is not None and runs_locally(job, opts)
+    if alone:
+        handle_sigterm()  # SIGTERM unwinds like Ctrl-C
+        model.predictor()  # the checkpoint fits its architecture (else one line), before any output
+    elif job.todo:  # (a finished job's rerun: its summary and one listing said so, no Ray needed)
         start_ray(opts, model)
     t_plan = time.perf_counter() - t0
     done = [s for s in job.sources if s.index in job.done]
@@ -654,16 +747,18 @@ def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel
     else:
         for s in done:
             log(f"{s.url}: already complete ({job.output(s.stem).record}), skipped")
-    metrics = _Metrics(job.job)
-    cpus = cluster_cpus() if job.todo else 1.0
+    metrics = _Metrics(job.job) if not alone else _NoMetrics()
+    cpus = machine_cpus() if alone else cluster_cpus() if job.todo else 1.0
     progress = Progress(0, "tiles")
-    tracker = SceneTracker(job, opts, cpus, metrics, progress, started, t0, log)
+    tracker = SceneTracker(job, opts, cpus, metrics, progress, started, t0, log,
+                           tasks=InlineTasks() if alone else None)
     for s in done:
         tracker._quicklooks(s.url, job.output(s.stem))
     if job.first_error:
         tracker.fail(job.todo[0].index, job.todo[0].url, job.first_error)
     if any(s.index != job.todo[0].index or not job.first_error for s in job.todo):
-        layout = actor_layout(opts, job.spec.name == "checkpoint", cpus, cluster_gpus(), local=owns_ray())
+        layout = actor_layout(opts, job.spec.name == "checkpoint", cpus, 0 if alone else cluster_gpus(),
+                              local=alone or owns_ray())
         if not layout.driver:
             model = None
         elif model is None:  # (not expected before Ray started)
@@ -673,23 +768,11 @@ def _predict(job: JobPlan, prefix: str, opts: PredictOptions, model: DriverModel
                              "actors": [] if layout.driver else [layout.min_workers, layout.max_workers],
                              "gpus_per_actor": layout.num_gpus, "t_plan": t_plan,
                              # which runtime and precision run the model (and why, where it fell back)
-                             "runtime": runtime_of(job, opts, layout)}
-        # Blocks of about one batch of tiles: Ray Data buffers a task's output up to a
-        # block (128 MiB by default) in the worker's own memory, and a block of a
-        # longer range would make every process grow with the job.
-        ctx = ray.data.DataContext.get_current()
-        saved_block_size = ctx.target_max_block_size
-        nb, size, _ = tile_shape(job, opts)
-        ctx.target_max_block_size = max(1 << 22, opts.batch_size * nb * size * size * np.dtype(job.dtype).itemsize)
-        try:
-            for batch in build_pipeline(job, opts, layout, cpus, model):
-                tracker.add(batch)
-            tracker.drain()
-            progress.close(complete=True)
-        finally:
-            ctx.target_max_block_size = saved_block_size
-            if model is not None:
-                model.close()
+                             "runtime": runtime_of(job, opts, layout), "ray": not alone}
+        if alone:
+            _run_alone(job, opts, layout, cpus, model, tracker, progress)
+        else:
+            _run_on_ray(job, opts, layout, cpus, model, tracker, progress)
     if tracker.items:
         catalog.update_catalog(prefix, tracker.items)
     summary = tracker.summary(time.perf_counter() - t0)

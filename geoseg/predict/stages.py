@@ -50,6 +50,7 @@ CARRY = ("plan", "accounted", "error")  # the columns every row carries from pla
 # --- helpers -------------------------------------------------------------------
 
 _IO_THREAD: ThreadPoolExecutor | None = None
+_IO_THREADS = 1  # how many low-priority I/O threads this process has (io_threads)
 
 
 def _low_priority(fn, *args, **kwargs):
@@ -63,8 +64,19 @@ def _low_priority(fn, *args, **kwargs):
     """
     global _IO_THREAD
     if _IO_THREAD is None:
-        _IO_THREAD = ThreadPoolExecutor(1, thread_name_prefix="geoseg-io", initializer=_lower_this_thread)
+        _IO_THREAD = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="geoseg-io", initializer=_lower_this_thread)
     return _IO_THREAD.submit(fn, *args, **kwargs).result()
+
+
+def io_threads(n: int) -> None:
+    """At least ``n`` low-priority I/O threads in this process: a job without Ray reads with
+    several reader threads in the driver, as a Ray job reads in several read tasks."""
+    global _IO_THREAD, _IO_THREADS
+    if n > _IO_THREADS:
+        _IO_THREADS = n
+        if _IO_THREAD is not None:
+            old, _IO_THREAD = _IO_THREAD, None
+            old.shutdown(wait=False)
 
 
 def _lower_this_thread() -> None:
