@@ -4,10 +4,11 @@ Prints, for a deep model on CPU:
   * MPix/s of the bare predictor on the scene's tiles held in memory (same threads),
   * MPix/s of ``geoseg.predict.predict`` end to end on a warm local Ray,
   * the ratio of the two;
-  * as whole processes: ``geoseg predict`` on the command line against a plain
-    single-process rasterio -> torch -> GeoTIFF loop (``plain_loop.py``, same model and tiles);
-and, with the index model, the peak RSS of every process of ``geoseg predict``
-(driver, raylet, Ray workers) for growing scenes, to show that memory is flat.
+  * as whole processes: ``geoseg predict`` on the command line (one scene on CPU: no Ray)
+    against a plain single-process rasterio -> torch -> GeoTIFF loop (``plain_loop.py``, same
+    model and tiles);
+and the peak RSS of every process of ``geoseg predict`` (driver, raylet, Ray workers) for growing
+scenes, with the index model (on Ray) and a small deep model (no Ray), to show that memory is flat.
 
     python benchmarks/predict_throughput.py [--size 2048] [--tile 512] [--mem-sizes 2048 8192 16384]
                                             [--quantized MINUTES]
@@ -141,7 +142,7 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
     px = info.height * info.width
     del tiles
 
-    # whole processes, as a user runs them: the plain loop, then `geoseg predict` (its own local Ray)
+    # whole processes, as a user runs them: the plain loop, then `geoseg predict` (one scene: no Ray)
     here = os.path.dirname(os.path.abspath(__file__))
     plain_s = timed_process([sys.executable, os.path.join(here, "plain_loop.py"), urls["scene"], ckpt,
                              os.path.join(work, "plain.tif"), "--tile", str(tile), "--halo", str(halo)])
@@ -165,7 +166,7 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
           f"pipeline {rec['timings_s']['pipeline']:.1f}s, COG {rec['timings_s']['finish']:.1f}s, "
           f"model in: {rec['placement']['model']})")
     print(f"  ratio end-to-end / bare:          {bare_s / e2e_s:8.3f}")
-    print("whole processes (start-up, imports, Ray start included):")
+    print("whole processes (start-up and imports included; a job of one scene on CPU starts no Ray):")
     print(f"  plain rasterio->torch loop:       {px / plain_s / 1e6:8.3f} MPix/s  ({plain_s:.1f}s)")
     print(f"  geoseg predict (command line):    {px / cli_s / 1e6:8.3f} MPix/s  ({cli_s:.1f}s)")
     print(f"  ratio geoseg predict / plain loop:{plain_s / cli_s:8.3f}")
@@ -195,24 +196,36 @@ def mosaic(src_url: str, dst_url: str, size: int) -> None:
 
 
 def memory(sizes: list[int], work: str) -> None:
+    """Peak RSS of every process of ``geoseg predict`` for growing scenes: the index model (on a
+    local Ray: driver, raylet, read tasks) and a small deep model (TinyFCN; a job of one scene on
+    the machine's CPUs, which starts no Ray: the one process)."""
+    from geoseg import checkpoint
+    from geoseg.checkpoint import CheckpointMeta
+    from geoseg.classes import LANDCOVER
+    from geoseg.models.zoo import ModelConfig, build_model
     from geoseg.sample import write_sample
 
-    rows = []
+    cfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
+    ckpt = os.path.join(work, "mem-ckpt")
+    checkpoint.save(ckpt, build_model(cfg), CheckpointMeta(cfg, LANDCOVER, [1000.0] * 4, [500.0] * 4))
+    models = {"geoseg predict --model index": ["--model", "index"],
+              "geoseg predict --checkpoint (TinyFCN, no Ray)": ["--checkpoint", ckpt]}
+    rows: dict[str, list] = {k: [] for k in models}
     base = write_sample(os.path.join(work, "base"), size=min(sizes), seed=9)["scene"]
     for size in sizes:
         d = os.path.join(work, f"m{size}")
         os.makedirs(d, exist_ok=True)
-        t0 = time.perf_counter()
         urls = {"scene": os.path.join(d, "scene.tif")}
         mosaic(base, urls["scene"], size)
-        gen_s = time.perf_counter() - t0
-        secs, peaks = peak_rss(
-            [sys.executable, "-m", "geoseg", "predict", urls["scene"], "--out", os.path.join(d, "out"),
-             "--model", "index", "--batch-size", "8", "--overwrite"]
-        )
-        rows.append((size, gen_s, secs, peaks))
+        for what, args in models.items():
+            secs, peaks = peak_rss(
+                [sys.executable, "-m", "geoseg", "predict", urls["scene"], "--out", os.path.join(d, "out"), *args,
+                 "--batch-size", "8", "--overwrite"]
+            )
+            rows[what].append((size, secs, peaks))
         os.remove(urls["scene"])
-    print_peaks("geoseg predict --model index", [(size, secs, peaks) for size, _, secs, peaks in rows], 8)
+    for what, got in rows.items():
+        print_peaks(what, got, 8)
 
 
 def print_peaks(what: str, rows: list[tuple[int, float, dict[str, int]]], top: int = 6) -> None:
