@@ -176,12 +176,12 @@ def test_endpoint_lost_mid_job_without_ray_is_one_line_and_the_rerun_resumes(une
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="outage")
+    client.create_bucket(Bucket="outage-alone")
     env = _env(ray_tmp, AWS_ENDPOINT_URL=endpoint, GEOSEG_S3_ATTEMPTS="2")
-    args = ["predict", str(sample_dir / "scene.tif"), "--out", "s3://outage/o", "--checkpoint", unet, *UNET]
+    args = ["predict", str(sample_dir / "scene.tif"), "--out", "s3://outage-alone/o", "--checkpoint", unet, *UNET]
 
     def keys() -> set[str]:
-        return {o["Key"] for o in client.list_objects_v2(Bucket="outage").get("Contents", [])}
+        return {o["Key"] for o in client.list_objects_v2(Bucket="outage-alone").get("Contents", [])}
 
     try:
         proc = _geoseg(args, env)
@@ -191,7 +191,7 @@ def test_endpoint_lost_mid_job_without_ray_is_one_line_and_the_rerun_resumes(une
         assert proc.returncode == 1, err
         assert "Traceback" not in err
         line = err.strip().splitlines()[-1]
-        assert line.startswith("geoseg: error: s3://outage/o"), err
+        assert line.startswith("geoseg: error: s3://outage-alone/o"), err
         assert f"the storage endpoint {endpoint} is not reachable" in line, line
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()  # back (moto keeps its objects in this process)
@@ -199,9 +199,9 @@ def test_endpoint_lost_mid_job_without_ray_is_one_line_and_the_rerun_resumes(une
         rerun = _geoseg(args, env)
         out, err = rerun.communicate(timeout=300)
         assert rerun.returncode == 0, err
-        record = json.loads(client.get_object(Bucket="outage", Key="o/scene.json")["Body"].read())
+        record = json.loads(client.get_object(Bucket="outage-alone", Key="o/scene.json")["Body"].read())
         assert record["status"] == "complete" and record["tiles"]["resumed"] > 0
-        client.download_file("outage", "o/scene.tif", str(tmp_path / "scene.tif"))
+        client.download_file("outage-alone", "o/scene.tif", str(tmp_path / "scene.tif"))
         with rasterio.open(unet_clean) as a, rasterio.open(tmp_path / "scene.tif") as b:
             np.testing.assert_array_equal(a.read(), b.read())
     finally:
