@@ -71,6 +71,17 @@ def sample_dir(tmp_path_factory):
 
 
 @pytest.fixture()
+def ray_tmp():
+    """A Ray temp folder of the test's own (short: Ray's socket paths must fit 107 bytes)."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="gs", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
 def ray_local():
     """A real local Ray, started by geoseg as for a library user (never a stray cluster), shared by
     the tests that need one: a job's model runs in the driver on it unless actors are asked for."""

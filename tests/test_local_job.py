@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import rasterio
+from commands import geoseg_env, start_geoseg
 import torch
 
 from geoseg import checkpoint
@@ -27,24 +28,6 @@ from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.predictor import TorchPredictor
 
 MEAN, STD = [900.0, 1000.0, 900.0, 2500.0], [400.0] * 4
-
-
-@pytest.fixture()
-def ray_tmp():
-    d = tempfile.mkdtemp(prefix="gs", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def _env(ray_tmp: str, **extra) -> dict:
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "GEOSEG_PROGRESS_S": "1", **extra}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _geoseg(args, env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "geoseg", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def _others(ray_tmp: str, pid: int) -> list[str]:
@@ -106,7 +89,7 @@ def unet_clean(unet, sample_dir, tmp_path_factory):
     d = tempfile.mkdtemp(prefix="gs", dir="/tmp")
     try:
         res = subprocess.run([sys.executable, "-m", "geoseg", "predict", str(sample_dir / "scene.tif"), "--out",
-                              str(out), "--checkpoint", unet, *UNET], env=_env(d), capture_output=True, text=True,
+                              str(out), "--checkpoint", unet, *UNET], env=geoseg_env(d), capture_output=True, text=True,
                              timeout=300)
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -117,8 +100,8 @@ def unet_clean(unet, sample_dir, tmp_path_factory):
 @pytest.mark.parametrize("how", ["crop", "hann"])
 def test_one_scene_starts_no_ray_and_equals_whole_image_inference(fcn, sample_dir, tmp_path, ray_tmp, how):
     scene = sample_dir / "scene.tif"
-    proc = _geoseg(["predict", str(scene), "--out", str(tmp_path / "o"), "--checkpoint", fcn, "--tile-size", "96",
-                    "--halo", "8", "--batch-size", "5", "--stitch", how], _env(ray_tmp))
+    proc = start_geoseg(["predict", str(scene), "--out", str(tmp_path / "o"), "--checkpoint", fcn, "--tile-size", "96",
+                    "--halo", "8", "--batch-size", "5", "--stitch", how], geoseg_env(ray_tmp))
     seen: set[str] = set()
     while proc.poll() is None:  # nothing else starts: no raylet, no GCS, no worker, no reaper
         seen.update(_others(ray_tmp, proc.pid))
@@ -143,7 +126,7 @@ def test_one_scene_starts_no_ray_and_equals_whole_image_inference(fcn, sample_di
 def test_sigterm_mid_job_without_ray_is_one_line_and_the_rerun_resumes(unet, unet_clean, sample_dir, tmp_path,
                                                                         ray_tmp):
     args = ["predict", str(sample_dir / "scene.tif"), "--out", str(tmp_path / "o"), "--checkpoint", unet, *UNET]
-    proc = _geoseg(args, _env(ray_tmp))
+    proc = start_geoseg(args, geoseg_env(ray_tmp))
     _wait_for(lambda: _done_tiles(tmp_path / "o" / ".geoseg" / "scene") >= 2, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -152,7 +135,7 @@ def test_sigterm_mid_job_without_ray_is_one_line_and_the_rerun_resumes(unet, une
     assert "Traceback" not in err
     assert not (tmp_path / "o" / "scene.json").exists() and not (tmp_path / "o" / "scene.tif").exists()
 
-    rerun = _geoseg(args, _env(ray_tmp))
+    rerun = start_geoseg(args, geoseg_env(ray_tmp))
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert "resuming" in out
@@ -177,14 +160,14 @@ def test_endpoint_lost_mid_job_without_ray_is_one_line_and_the_rerun_resumes(une
     server.start()
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket="outage-alone")
-    env = _env(ray_tmp, AWS_ENDPOINT_URL=endpoint, GEOSEG_S3_ATTEMPTS="2")
+    env = geoseg_env(ray_tmp, AWS_ENDPOINT_URL=endpoint, GEOSEG_S3_ATTEMPTS="2")
     args = ["predict", str(sample_dir / "scene.tif"), "--out", "s3://outage-alone/o", "--checkpoint", unet, *UNET]
 
     def keys() -> set[str]:
         return {o["Key"] for o in client.list_objects_v2(Bucket="outage-alone").get("Contents", [])}
 
     try:
-        proc = _geoseg(args, env)
+        proc = start_geoseg(args, env)
         _wait_for(lambda: sum("/done-" in k for k in keys()) >= 2, proc)
         server.stop()  # the endpoint is gone mid-job
         out, err = proc.communicate(timeout=300)
@@ -196,7 +179,7 @@ def test_endpoint_lost_mid_job_without_ray_is_one_line_and_the_rerun_resumes(une
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()  # back (moto keeps its objects in this process)
         assert "o/scene.json" not in keys()
-        rerun = _geoseg(args, env)
+        rerun = start_geoseg(args, env)
         out, err = rerun.communicate(timeout=300)
         assert rerun.returncode == 0, err
         record = json.loads(client.get_object(Bucket="outage-alone", Key="o/scene.json")["Body"].read())

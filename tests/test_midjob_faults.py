@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import signal
 import socket
@@ -19,28 +18,11 @@ import time
 import numpy as np
 import pytest
 import rasterio
+from commands import geoseg_env, start_geoseg
 
 from geoseg import storage
 
 PREDICT = ["--model", "index", "--tile-size", "64", "--halo", "8", "--batch-size", "2"]
-
-
-@pytest.fixture()
-def ray_tmp():
-    d = tempfile.mkdtemp(prefix="gs", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def _env(ray_tmp: str, **extra) -> dict:
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "GEOSEG_PROGRESS_S": "1", **extra}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _geoseg(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "geoseg", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _one_error_line(err: str) -> str:
@@ -62,7 +44,7 @@ def clean(sample_dir, tmp_path_factory):
     d = tempfile.mkdtemp(prefix="gs", dir="/tmp")
     try:
         res = subprocess.run([sys.executable, "-m", "geoseg", "predict", str(sample_dir / "scene.tif"), "--out",
-                              str(out), *PREDICT], env=_env(d), capture_output=True, text=True, timeout=300)
+                              str(out), *PREDICT], env=geoseg_env(d), capture_output=True, text=True, timeout=300)
     finally:
         shutil.rmtree(d, ignore_errors=True)
     assert res.returncode == 0, res.stderr
@@ -135,10 +117,10 @@ def test_endpoint_lost_mid_predict_is_one_line_and_the_rerun_resumes(sample_dir,
     server.start()
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket="outage")
-    env = _env(ray_tmp, AWS_ENDPOINT_URL=endpoint, GEOSEG_S3_ATTEMPTS="2")
+    env = geoseg_env(ray_tmp, AWS_ENDPOINT_URL=endpoint, GEOSEG_S3_ATTEMPTS="2")
     args = ["predict", str(sample_dir / "scene.tif"), "--out", "s3://outage/o", *PREDICT]
     try:
-        proc = _geoseg(args, env)
+        proc = start_geoseg(args, env)
         _wait_for_keys(client, "outage", "o/.geoseg/scene/", proc, 3)
         server.stop()  # the endpoint is gone mid-job
         out, err = proc.communicate(timeout=300)
@@ -148,7 +130,7 @@ def test_endpoint_lost_mid_predict_is_one_line_and_the_rerun_resumes(sample_dir,
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()  # back (moto keeps its objects in this process)
         assert "o/scene.json" not in {o["Key"] for o in client.list_objects_v2(Bucket="outage")["Contents"]}
-        rerun = _geoseg(args, env)
+        rerun = start_geoseg(args, env)
         out, err = rerun.communicate(timeout=300)
         assert rerun.returncode == 0, err
         record = json.loads(client.get_object(Bucket="outage", Key="o/scene.json")["Body"].read())
@@ -177,7 +159,7 @@ def test_credentials_revoked_mid_predict_is_one_line_and_new_ones_resume(s3, _mo
 
     def as_writer():
         key = iam.create_access_key(UserName="writer")["AccessKey"]
-        env = _env(ray_tmp, AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"],
+        env = geoseg_env(ray_tmp, AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"],
                    GEOSEG_S3_ATTEMPTS="2")
         return key, env, boto3.client("s3", endpoint_url=_moto_server, aws_access_key_id=key["AccessKeyId"],
                                       aws_secret_access_key=key["SecretAccessKey"])
@@ -185,7 +167,7 @@ def test_credentials_revoked_mid_predict_is_one_line_and_new_ones_resume(s3, _mo
     key, env, client = as_writer()
     requests.post(f"{_moto_server}/moto-api/reset-auth", data=b"0", timeout=10)  # IAM on from now
     try:
-        proc = _geoseg(args, env)
+        proc = start_geoseg(args, env)
         _wait_for_keys(client, "geoseg", "o/.geoseg/scene/", proc, 3)
         requests.post(f"{_moto_server}/moto-api/reset-auth", data=b"inf", timeout=10)
         iam.delete_access_key(UserName="writer", AccessKeyId=key["AccessKeyId"])  # revoked
@@ -196,7 +178,7 @@ def test_credentials_revoked_mid_predict_is_one_line_and_new_ones_resume(s3, _mo
         line = _one_error_line(err)
         assert "s3://geoseg/o" in line and "refused the credentials" in line, line
         assert key["SecretAccessKey"] not in err + out
-        rerun = _geoseg(args, env)
+        rerun = start_geoseg(args, env)
         out, err = rerun.communicate(timeout=300)
         assert rerun.returncode == 0, err
         record = json.loads(client.get_object(Bucket="geoseg", Key="o/scene.json")["Body"].read())
@@ -262,7 +244,7 @@ def test_disk_full_or_read_only_mid_predict_is_one_line_and_the_rerun_resumes(fa
     disk = tmp_path / "disk"
     disk.mkdir()
     size = 256 if fault == "full" else 262144  # KiB: a full disk after a few dozen tiles' chunks
-    env = _env(ray_tmp, PY=sys.executable, SCENE=str(sample_dir / "scene.tif"), DISK=str(disk), T=str(tmp_path),
+    env = geoseg_env(ray_tmp, PY=sys.executable, SCENE=str(sample_dir / "scene.tif"), DISK=str(disk), T=str(tmp_path),
                SIZE=str(size), FAULT=fault, PREDICT=" ".join(PREDICT))
     res = subprocess.run([*prefix, "bash", "-c", DISK_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
@@ -326,9 +308,9 @@ def test_train_interrupted_is_one_line_and_the_rerun_says_where_it_resumes(sampl
     args = ["train", "--image", str(sample_dir / "scene.tif"), "--label", str(sample_dir / "labels.tif"),
             "--out", str(run_dir), "--arch", "tinyfcn", "--epochs", "4", "--chip-size", "64", "--block-size", "128",
             "--chips-per-epoch", "16", "--batch-size", "8", "--workers", "1"]
-    env = _env(ray_tmp)
+    env = geoseg_env(ray_tmp)
     # as from a shell: SIGINT not ignored (a process inherits an ignored SIGINT, and Python then keeps it so)
-    proc = _geoseg(args, env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_geoseg(args, env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not _registered_checkpoints(run_dir):
         time.sleep(0.2)
@@ -340,7 +322,7 @@ def test_train_interrupted_is_one_line_and_the_rerun_says_where_it_resumes(sampl
     assert err.strip().splitlines()[-1] == f"geoseg: {what}; rerun the same command to resume", err
     assert "Traceback" not in err
     assert not (run_dir / "run.json").exists()
-    rerun = _geoseg(args, env)
+    rerun = start_geoseg(args, env)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     resumed = [ln for ln in out.splitlines() if ln.startswith("resuming from the checkpoint of epoch")]

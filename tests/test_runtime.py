@@ -5,25 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import psutil
 import pytest
 import rasterio
-
-
-@pytest.fixture()
-def ray_tmp():
-    """A Ray temp folder of the test's own (short: Ray's socket paths must fit 107 bytes)."""
-    d = tempfile.mkdtemp(prefix="gs", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _processes_of(tmp: str) -> list[psutil.Process]:
