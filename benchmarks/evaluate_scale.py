@@ -29,8 +29,9 @@ def write_pair(base_labels: str, folder: str, size: int) -> tuple[str, str]:
     pattern (every 7th pixel taken for the next class): window by window, flat memory."""
     import rasterio
 
-    from geoseg.classes import LANDCOVER
-    from geoseg.raster import CogWriter, iter_windows
+    from geoseg.data.classes import LANDCOVER
+    from geoseg.data.cog import CogWriter
+    from geoseg.data.tiling import iter_windows
 
     urls = (os.path.join(folder, "pred.tif"), os.path.join(folder, "labels.tif"))
     with rasterio.open(base_labels) as src:
@@ -53,7 +54,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from geoseg.evaluate import Pair, plan_scenes, score_in_process
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as work:

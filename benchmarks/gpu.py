@@ -57,7 +57,7 @@ def model_rows(encoder: str, batch: int, core: int, halo: int, device: str, repe
     import torch
 
     from geoseg.models.zoo import ModelConfig, build_model
-    from geoseg.predictor import TorchPredictor
+    from geoseg.models.predictor import TorchPredictor
 
     side = core + 2 * halo
     torch.manual_seed(0)
@@ -137,8 +137,8 @@ def model_rows(encoder: str, batch: int, core: int, halo: int, device: str, repe
 def _read_share(args) -> int:
     """Read tiles (in row-major runs, as a read task does) in this process; returns core pixels."""
     url, tiles, height, width, core, halo, batch = args
-    from geoseg.raster import tile_reader
-    from geoseg.tiling import TileGrid
+    from geoseg.data.raster import tile_reader
+    from geoseg.data.tiling import TileGrid
 
     reader = tile_reader(url, [1, 2, 3, 4])
     grid = TileGrid(height, width, core, halo)
@@ -155,7 +155,7 @@ def _codec_share(url: str) -> tuple[int, float]:
     import rasterio
     from rasterio.windows import Window
 
-    from geoseg import storage
+    from geoseg.data import storage
 
     with storage.gdal_env(GDAL_NUM_THREADS="1"), rasterio.open(url) as src:
         (bh, bw), t0 = src.block_shapes[0], time.perf_counter()
@@ -168,8 +168,8 @@ def _codec_share(url: str) -> tuple[int, float]:
 def reader_rows(url: str, core: int, halo: int, procs: list[int], batch: int) -> list[tuple]:
     """Tile-core MPix/s of ``TileReader`` with ``p`` processes, each reading a contiguous
     range of tiles (as Ray Data's read tasks do)."""
-    from geoseg.raster import read_info
-    from geoseg.tiling import TileGrid
+    from geoseg.data.raster import read_info
+    from geoseg.data.tiling import TileGrid
 
     info = read_info(url)
     n = len(TileGrid(info.height, info.width, core, halo))
@@ -212,8 +212,8 @@ def chip_rows(scene: str, labels: str, chip: int, n: int) -> list[tuple]:
 def train_rows(encoder: str, device: str, sizes: list[tuple[int, int]], steps: int) -> list[tuple]:
     import torch
 
-    from geoseg.augment import Augment
-    from geoseg.losses import make_loss
+    from geoseg.train.augment import Augment
+    from geoseg.train.losses import make_loss
     from geoseg.models.zoo import ModelConfig, build_model
     from geoseg.train.fit import train_epoch
 
@@ -270,7 +270,7 @@ def main() -> None:
         _show(rows)
     if "reader" not in a.skip:
         from benchmarks.predict_throughput import mosaic
-        from geoseg.sample import write_sample
+        from geoseg.data.sample import write_sample
 
         with tempfile.TemporaryDirectory(prefix="geoseg-gpu-") as work:
             side = a.scene or (8192 if cuda else 4096)

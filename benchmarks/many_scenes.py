@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--mosaic", type=int, nargs="*", default=[4, 16, 64])
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     a = ap.parse_args()
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
 
     work = tempfile.mkdtemp(prefix="geoseg-many-")
     try:

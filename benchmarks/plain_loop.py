@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
 import torch  # noqa: E402
 
-from geoseg import checkpoint  # noqa: E402
-from geoseg.tiling import TileGrid  # noqa: E402
+from geoseg.models import checkpoint  # noqa: E402
+from geoseg.data.tiling import TileGrid  # noqa: E402
 
 
 def main() -> None:

@@ -108,15 +108,16 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
                workers: int | None = None) -> None:
     import torch
 
-    from geoseg import checkpoint, runtime
-    from geoseg.checkpoint import CheckpointMeta
-    from geoseg.classes import LANDCOVER
+    from geoseg.models import checkpoint
+    from geoseg.runtime import cluster as runtime
+    from geoseg.models.checkpoint import CheckpointMeta
+    from geoseg.data.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model
     from geoseg.predict import PredictOptions, predict
-    from geoseg.predictor import TorchPredictor
-    from geoseg.raster import read_info, tile_reader
-    from geoseg.sample import write_sample
-    from geoseg.tiling import TileGrid
+    from geoseg.models.predictor import TorchPredictor
+    from geoseg.data.raster import read_info, tile_reader
+    from geoseg.data.sample import write_sample
+    from geoseg.data.tiling import TileGrid
 
     base = write_sample(os.path.join(work, "tp"), size=min(size, 2048), seed=5)
     urls = dict(base)
@@ -184,7 +185,8 @@ def mosaic(src_url: str, dst_url: str, size: int) -> None:
     flat memory): the sample generator itself takes minutes per 4096^2."""
     import rasterio
 
-    from geoseg.raster import CogWriter, iter_windows
+    from geoseg.data.cog import CogWriter
+    from geoseg.data.tiling import iter_windows
 
     with rasterio.open(src_url) as src:
         block = src.height
@@ -199,11 +201,11 @@ def memory(sizes: list[int], work: str) -> None:
     """Peak RSS of every process of ``geoseg predict`` for growing scenes: the index model (on a
     local Ray: driver, raylet, read tasks) and a small deep model (TinyFCN; a job of one scene on
     the machine's CPUs, which starts no Ray: the one process)."""
-    from geoseg import checkpoint
-    from geoseg.checkpoint import CheckpointMeta
-    from geoseg.classes import LANDCOVER
+    from geoseg.models import checkpoint
+    from geoseg.models.checkpoint import CheckpointMeta
+    from geoseg.data.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
 
     cfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
     ckpt = os.path.join(work, "mem-ckpt")
@@ -253,8 +255,8 @@ def quantized(work: str, minutes: float, size: int, tile: int, halo: int, batch:
     import rasterio
 
     from geoseg.evaluate import evaluate
-    from geoseg.predictor import cpu_flags
-    from geoseg.sample import write_sample
+    from geoseg.models.predictor import cpu_flags
+    from geoseg.data.sample import write_sample
 
     train = write_sample(os.path.join(work, "q-train"), size=2048, seed=0)
     held = write_sample(os.path.join(work, "q-held"), size=2048, seed=1)

@@ -44,7 +44,7 @@ def main() -> int:
     from ray.cluster_utils import Cluster
 
     from geoseg.predict import PredictOptions, predict
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     work = tempfile.mkdtemp(prefix="geoseg-soak-")
@@ -61,7 +61,7 @@ def main() -> int:
     workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
     ray.init(address=cluster.address, logging_level="ERROR")
     cluster.wait_for_nodes()
-    from geoseg.runtime import quiet_ray
+    from geoseg.runtime.cluster import quiet_ray
 
     quiet_ray(verbose=False)
     rng = random.Random(args.seed)

@@ -39,7 +39,7 @@ def codec_rate(url: str) -> float:
     import rasterio
     from rasterio.windows import Window
 
-    from geoseg import storage
+    from geoseg.data import storage
 
     with storage.gdal_env(GDAL_NUM_THREADS="1"), rasterio.open(url) as src:
         (bh, bw) = src.block_shapes[0]
@@ -70,7 +70,7 @@ def uss_mib() -> float:
 
 def ray_rate(plan, cache, chips: int, cores: int) -> float:
     """Chips/s of the training dataset as a train worker iterates it (all cores' read tasks)."""
-    from geoseg.runtime import init_ray, shutdown
+    from geoseg.runtime.cluster import init_ray, shutdown
     from geoseg.train.config import TrainConfig
     from geoseg.train.job import chip_datasets
 
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--work", help="folder for the sample and the cache (default: a temp folder)")
     a = ap.parse_args()
 
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
     from geoseg.train import cache as chip_cache
     from geoseg.train.data import open_pairs, plan_training
 

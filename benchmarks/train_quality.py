@@ -30,10 +30,10 @@ def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: floa
     torch.manual_seed(seed)
     np.random.seed(seed)
 
-    from geoseg import checkpoint
-    from geoseg.augment import Augment
-    from geoseg.checkpoint import CheckpointMeta
-    from geoseg.losses import make_loss
+    from geoseg.models import checkpoint
+    from geoseg.train.augment import Augment
+    from geoseg.models.checkpoint import CheckpointMeta
+    from geoseg.train.losses import make_loss
     from geoseg.models.zoo import ModelConfig, build_model
     from geoseg.train.data import open_pairs, plan_training, sample_train_chips
     from geoseg.train.fit import train_epoch
@@ -65,7 +65,7 @@ def stitch_agreement(ckpt: str, scene: str, out: str) -> float:
     import rasterio
 
     from geoseg.predict import PredictOptions, predict
-    from geoseg.predictor import TorchPredictor
+    from geoseg.models.predictor import TorchPredictor
 
     (rec,) = predict([scene], out, PredictOptions(checkpoint=ckpt, overwrite=True), log=lambda *_: None)
     pred = TorchPredictor.from_checkpoint(ckpt, threads=os.cpu_count())
@@ -93,12 +93,12 @@ def main() -> None:
                     help="geoseg train's sampling towards rare classes (its default; the plain loop draws by area)")
     a = ap.parse_args()
 
-    from geoseg.runtime import init_ray, shutdown
+    from geoseg.runtime.cluster import init_ray, shutdown
 
     from geoseg.evaluate import evaluate
-    from geoseg.metrics import format_table
+    from geoseg.models.metrics import format_table
     from geoseg.predict import PredictOptions, predict
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
     from geoseg.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as work:

@@ -15,14 +15,14 @@ __version__ = "0.1.0"
 
 
 def open_map(url: str, scene: str | None = None):
-    """A class map geoseg wrote, as a lazy dask-backed ``xarray.Dataset`` (see :mod:`geoseg.lazy`)."""
-    from geoseg.lazy import open_map as _open_map
+    """A class map geoseg wrote, as a lazy dask-backed ``xarray.Dataset`` (see :mod:`geoseg.view.lazy`)."""
+    from geoseg.view.lazy import open_map as _open_map
 
     return _open_map(url, scene)
 
 
 def segment(data, checkpoint: str, tile_size: int = 512, halo: int = 32):
-    """A model run lazily over a dask-backed ``xarray.DataArray`` of imagery (see :mod:`geoseg.lazy`)."""
-    from geoseg.lazy import segment as _segment
+    """A model run lazily over a dask-backed ``xarray.DataArray`` of imagery (see :mod:`geoseg.view.lazy`)."""
+    from geoseg.view.lazy import segment as _segment
 
     return _segment(data, checkpoint, tile_size, halo)

@@ -128,3 +128,23 @@ def filtered_stderr(patterns=NOISE):
         os.dup2(saved, 2)  # the pipe's last writer is gone: the pump drains it and ends
         thread.join(timeout=1)
         os.close(saved)
+
+
+# --- lines from Ray workers -------------------------------------------------------
+
+WORKER_MARK = "[geoseg] "
+
+
+def worker_print(text: str) -> None:
+    """Print from a Ray worker to the user's console (each line marked, flushed at once;
+    in the driver, where no one reads the mark, as it is)."""
+    mark = WORKER_MARK if _in_ray_worker() else ""
+    print("\n".join(mark + line for line in str(text).splitlines()), flush=True)
+
+
+def _in_ray_worker() -> bool:
+    ray = sys.modules.get("ray")
+    try:
+        return ray is not None and ray._private.worker.global_worker.mode == ray.WORKER_MODE
+    except AttributeError:
+        return False

@@ -63,7 +63,7 @@ def s3(_moto_server):
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
     """A small sample scene (scene.tif, labels.tif), made once per session."""
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
 
     d = tmp_path_factory.mktemp("sample")
     write_sample(str(d), size=640, seed=3)
@@ -87,7 +87,7 @@ def ray_local():
     the tests that need one: a job's model runs in the driver on it unless actors are asked for."""
     import ray
 
-    from geoseg import runtime
+    from geoseg.runtime import cluster as runtime
     from geoseg.predict.job import PRELOAD
 
     if not runtime.owns_ray():
@@ -97,7 +97,7 @@ def ray_local():
 
 
 def _shutdown_ray() -> None:
-    from geoseg import runtime
+    from geoseg.runtime import cluster as runtime
 
     runtime.shutdown()  # geoseg's own local Ray too (its watchdog with it)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pyproj import CRS, Geod
 
-from geoseg.area import PixelArea
+from geoseg.data.area import PixelArea
 
 
 def test_projected_area_is_the_pixel_size_in_metres():

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoseg.augment import Augment, AugmentConfig
-from geoseg.classes import NODATA
+from geoseg.train.augment import Augment, AugmentConfig
+from geoseg.data.classes import NODATA
 
 
 def _asymmetric(n, size, seed):

@@ -138,7 +138,7 @@ def test_debug_shows_the_traceback(bad, tmp_path):
 
 
 def test_band_names_without_a_model_band_are_refused(bad):
-    from geoseg.bands import select_bands
+    from geoseg.data.bands import select_bands
     from geoseg.errors import InputError
 
     with rasterio.open(bad / "nonir.tif") as src:
@@ -154,7 +154,7 @@ def test_band_names_without_a_model_band_are_refused(bad):
 def test_label_values_missed_at_planning_are_refused_when_read(sample_dir, bad):
     """Planning reads labels decimated; a chip holding an undeclared class still fails, naming it."""
     from geoseg.errors import RasterError
-    from geoseg.raster import read_info
+    from geoseg.data.raster import read_info
     from geoseg.train.data import Pair, read_chip
 
     pair = Pair(read_info(str(sample_dir / "scene.tif")), read_info(str(bad / "labels_out.tif")), [1, 2, 3, 4])
@@ -165,8 +165,8 @@ def test_label_values_missed_at_planning_are_refused_when_read(sample_dir, bad):
 
 
 def test_checkpoint_of_another_architecture_is_refused_before_any_output_is_touched(sample_dir, tmp_path, ray_local):
-    from geoseg import checkpoint
-    from geoseg.classes import LANDCOVER
+    from geoseg.models import checkpoint
+    from geoseg.data.classes import LANDCOVER
     from geoseg.errors import CheckpointError
     from geoseg.models.zoo import ModelConfig, build_model
     from geoseg.predict import predict
@@ -210,7 +210,7 @@ def test_truncated_file_fails_naming_file_and_window(bad, tmp_path):
 
 
 def test_skip_bad_tiles_writes_nodata_and_lists_them(ray_local, bad, sample_dir, tmp_path):
-    from geoseg.classes import NODATA
+    from geoseg.data.classes import NODATA
     from geoseg.predict import PredictOptions, predict
 
     opts = PredictOptions(model="index", tile_size=128, halo=0, bands=[1, 2, 3, 4])
@@ -231,7 +231,7 @@ def test_skip_bad_tiles_writes_nodata_and_lists_them(ray_local, bad, sample_dir,
 
 
 def test_all_nodata_scene_is_a_valid_empty_output(ray_local, bad, tmp_path):
-    from geoseg.classes import NODATA
+    from geoseg.data.classes import NODATA
     from geoseg.predict import PredictOptions, predict
 
     (rec,) = predict([str(bad / "allnodata.tif")], str(tmp_path / "o"), PredictOptions(model="index", tile_size=256))

@@ -5,9 +5,9 @@ import pytest
 import rasterio
 import torch
 
-from geoseg import checkpoint
-from geoseg.checkpoint import CheckpointMeta
-from geoseg.classes import LANDCOVER
+from geoseg.models import checkpoint
+from geoseg.models.checkpoint import CheckpointMeta
+from geoseg.data.classes import LANDCOVER
 from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.predict import PredictOptions, predict
 
@@ -19,7 +19,7 @@ def gpu_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from geoseg import runtime
+    from geoseg.runtime import cluster as runtime
 
     runtime.shutdown()  # geoseg's own local Ray too
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -52,7 +52,7 @@ def test_model_actors_on_gpu_nodes_readers_and_writers_elsewhere(gpu_cluster, sa
 
 
 def test_actor_layout_and_worker_range():
-    from geoseg.predict.job import actor_layout
+    from geoseg.predict.layout import actor_layout
 
     deep = PredictOptions(checkpoint="x")
     gpu = actor_layout(deep, True, cpus=32, gpus=4)

@@ -9,12 +9,12 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geoseg.classes import LANDCOVER
+from geoseg.data.classes import LANDCOVER
 from geoseg.errors import InputError, RasterError
 from geoseg.evaluate import Pair, find_pairs, plan_scenes, run_evaluation, score_in_process
 from geoseg.evaluate.scene import plan_scene, score_chunk
-from geoseg.metrics import confusion, report
-from geoseg.tiling import Window
+from geoseg.models.metrics import confusion, report
+from geoseg.data.tiling import Window
 
 UTM = "EPSG:32633"
 TRANSFORM = Affine(10, 0, 500000, 0, -10, 6000000)  # 10 m pixels: 0.01 ha each
@@ -143,8 +143,8 @@ def _scene(seed: int, shape: tuple[int, int]):
 
 def _zarr_prediction(tmp_path, pred, info):
     """A class map in predict's Zarr layout (classes, spatial_ref), with its run record."""
-    from geoseg import output
-    from geoseg.tiling import TileGrid
+    from geoseg.data import output
+    from geoseg.data.tiling import TileGrid
 
     out = output.SceneOutput(str(tmp_path / "zpred"), "z")
     grid = TileGrid(pred.shape[0], pred.shape[1], core=128, halo=0)
@@ -161,7 +161,7 @@ def _zarr_prediction(tmp_path, pred, info):
 def test_many_pairs_on_a_multi_node_ray_equal_one_process(multi_node, tmp_path, s3):
     """GeoTIFF pairs (local and on S3) and a Zarr prediction on S3, many small chunks spread over
     3 nodes: the same sums as one process, and as numpy over whole arrays."""
-    from geoseg.raster import read_info
+    from geoseg.data.raster import read_info
 
     cluster, _ = multi_node(head_cpus=1, workers=2)
     shapes = {"t1": (300, 520), "t2": (520, 300), "z": (260, 390), "s3scene": (200, 330)}

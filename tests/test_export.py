@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from geoseg import checkpoint, export
+from geoseg.models import checkpoint, export, modelfile
 from geoseg.errors import CheckpointError, InputError
 
 
@@ -43,9 +43,9 @@ def trained(sample_dir, tmp_path_factory):
     on the sample scene, as ``geoseg train`` lays it out (quantize re-plans its validation blocks)."""
     import torch
 
-    from geoseg.augment import Augment
-    from geoseg.checkpoint import CheckpointMeta
-    from geoseg.losses import make_loss
+    from geoseg.train.augment import Augment
+    from geoseg.models.checkpoint import CheckpointMeta
+    from geoseg.train.losses import make_loss
     from geoseg.models.zoo import ModelConfig, build_model
     from geoseg.train.config import TrainConfig
     from geoseg.train.data import open_pairs, plan_training, sample_train_chips
@@ -72,8 +72,8 @@ def trained(sample_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unet_ckpt(tmp_path_factory):
-    from geoseg.checkpoint import CheckpointMeta
-    from geoseg.classes import LANDCOVER
+    from geoseg.models.checkpoint import CheckpointMeta
+    from geoseg.data.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model
 
     import torch
@@ -98,7 +98,7 @@ def test_exported_files_predict_the_eager_models_class_maps(ray_local, unet_ckpt
     folder = unet_ckpt[arch]
     files = {fmt: export.export(str(folder), fmt, str(tmp_path / f"m{export.FORMATS[fmt]}"), log=lambda *_: None)
              for fmt in export.FORMATS}
-    meta = export.describe(files["onnx"])
+    meta = modelfile.describe(files["onnx"])
     assert meta.model.arch == arch and meta.band_roles == ["blue", "green", "red", "nir"]
     assert meta.extra["export"]["precision"] == "fp32" and meta.extra["export"]["tile_advice"]["tile_size"] == 512
     scene = str(small / "scene.tif")
@@ -117,12 +117,12 @@ def test_exported_files_predict_the_eager_models_class_maps(ray_local, unet_ckpt
 
 
 def test_quantized_int8_is_scored_and_refused_when_its_miou_drops(trained, sample_dir, tmp_path):
-    from geoseg.predictor import OnnxPredictor, load_predictor
-    from geoseg.quantize import quantize
+    from geoseg.models.predictor import OnnxPredictor, load_predictor
+    from geoseg.train.quantize import quantize
 
     res = quantize(str(trained), "int8", max_miou_drop=0.05, out=str(tmp_path / "m.int8.onnx"), log=lambda *_: None)
     assert res["chips"] > 0 and res["agreement"] > 0.9 and res["miou_fp32"] > 0.2
-    meta = export.describe(str(tmp_path / "m.int8.onnx"))
+    meta = modelfile.describe(str(tmp_path / "m.int8.onnx"))
     acc = meta.extra["export"]["accuracy"]
     assert meta.extra["export"]["precision"] == "int8" and acc["agreement"] == res["agreement"]
     assert acc["miou_int8"] == res["miou_int8"]
@@ -166,7 +166,7 @@ def test_bad_model_files_are_refused_in_one_line(unet_ckpt, small, tmp_path):
              "bare.onnx": "without a geoseg description"}
     for name, words in cases.items():
         with pytest.raises(CheckpointError, match=words):
-            export.describe(str(tmp_path / name))
+            modelfile.describe(str(tmp_path / name))
     # through the command: one line, exit 1, nothing written; and a model of 4 bands on a 3-band raster
     res = subprocess.run([sys.executable, "-m", "geoseg", "predict", str(small / "scene.tif"), "--out",
                           str(tmp_path / "o"), "--checkpoint", str(tmp_path / "external.onnx")],

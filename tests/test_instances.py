@@ -53,7 +53,7 @@ def test_instance_scores_hand_counted():
 
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory):
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
 
     d = tmp_path_factory.mktemp("fields")
     return write_sample(str(d), size=320, seed=4, instances=True)
@@ -65,7 +65,7 @@ def test_label_vectors_give_the_label_rasters_chips(fields, tmp_path):
     import geopandas as gpd
     import shapely
 
-    from geoseg.raster import read_info
+    from geoseg.data.raster import read_info
     from geoseg.train.data import open_pairs, plan_training, read_val_chips
     from geoseg.vectorize.stages import Source, polygons_here
 
@@ -108,7 +108,7 @@ def test_field_delineation_recipe_end_to_end(ray_local, fields, tmp_path):
     target itself, vectorized, gives back the reference fields (F1 near 1)."""
     from geoseg.cli import main
     from geoseg.evaluate import run_evaluation
-    from geoseg.raster import read_info
+    from geoseg.data.raster import read_info
     from geoseg.vectorize import VectorizeOptions, vectorize
 
     made = targets.from_instances(fields["instances"], read_info(fields["scene"]), str(tmp_path / "target.tif"))

@@ -18,9 +18,9 @@ def model(tmp_path_factory):
     function of the pixels all the same)."""
     import torch
 
-    from geoseg import checkpoint
-    from geoseg.checkpoint import CheckpointMeta
-    from geoseg.classes import LANDCOVER
+    from geoseg.models import checkpoint
+    from geoseg.models.checkpoint import CheckpointMeta
+    from geoseg.data.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model
 
     torch.manual_seed(2)
@@ -57,8 +57,8 @@ def test_segment_over_an_odc_stac_item_equals_geoseg_predict(ray_local, model, t
     from odc.geo.geobox import GeoBox
 
     from geoseg.predict import PredictOptions, predict
-    from geoseg.sample import write_sample
-    from geoseg.stac import StackOptions
+    from geoseg.data.sample import write_sample
+    from geoseg.data.stac import StackOptions
 
     urls = write_sample(str(tmp_path / "s"), size=384, seed=6, stac=True)
     item = json.loads(open(urls["item"]).read())

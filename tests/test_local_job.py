@@ -21,11 +21,11 @@ import rasterio
 from commands import geoseg_env, start_geoseg
 import torch
 
-from geoseg import checkpoint
-from geoseg.checkpoint import CheckpointMeta
-from geoseg.classes import LANDCOVER, NODATA
+from geoseg.models import checkpoint
+from geoseg.models.checkpoint import CheckpointMeta
+from geoseg.data.classes import LANDCOVER, NODATA
 from geoseg.models.zoo import ModelConfig, build_model
-from geoseg.predictor import TorchPredictor
+from geoseg.models.predictor import TorchPredictor
 
 MEAN, STD = [900.0, 1000.0, 900.0, 2500.0], [400.0] * 4
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from geoseg.classes import NODATA
+from geoseg.data.classes import NODATA
 from geoseg.errors import InputError
-from geoseg.losses import make_loss
-from geoseg.metrics import confusion, scores
+from geoseg.train.losses import make_loss
+from geoseg.models.metrics import confusion, scores
 
 
 def test_confusion_and_scores_by_hand():

@@ -20,7 +20,7 @@ import pytest
 import rasterio
 from commands import geoseg_env, start_geoseg
 
-from geoseg import storage
+from geoseg.data import storage
 
 PREDICT = ["--model", "index", "--tile-size", "64", "--halo", "8", "--batch-size", "2"]
 

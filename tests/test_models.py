@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from geoseg import checkpoint
-from geoseg.classes import LANDCOVER
+from geoseg.models import checkpoint
+from geoseg.data.classes import LANDCOVER
 from geoseg.errors import CheckpointError
 from geoseg.models.zoo import ModelConfig, build_model, known_state_shapes, state_shapes
 

@@ -15,7 +15,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.warp import transform
 
-from geoseg.classes import NODATA
+from geoseg.data.classes import NODATA
 from geoseg.predict import PredictOptions, predict
 
 ZONE_EDGE = 12.0  # degrees east: UTM zones 32 and 33 meet here
@@ -138,7 +138,7 @@ def test_half_written_mosaic_resumes_identical(ray_local, zone_scenes, tmp_path)
     urls, basis = scene_records(str(prefix))
     (plan,) = plan_mosaic(order_scenes([read_scene(u) for u in urls]), parse_grid("EPSG:3035:20"), str(prefix),
                           "half", 128, "auto", basis)
-    from geoseg.classes import LANDCOVER
+    from geoseg.data.classes import LANDCOVER
     prepare(plan, LANDCOVER)
     assert mosaic_chunks(plan, 0, 3)["chunks"] == 3
     assert not (prefix / "half.json").exists()

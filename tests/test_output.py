@@ -3,12 +3,12 @@
 import pytest
 import zarr
 
-from geoseg import storage
-from geoseg.classes import LANDCOVER
+from geoseg.data import storage
+from geoseg.data.classes import LANDCOVER
 from geoseg.errors import GeosegError
-from geoseg.output import SceneOutput, check_alignment, create_zarr
-from geoseg.raster import RasterInfo
-from geoseg.tiling import TileGrid
+from geoseg.data.output import SceneOutput, check_alignment, create_zarr
+from geoseg.data.raster import RasterInfo
+from geoseg.data.tiling import TileGrid
 
 
 def _info(h=300, w=200):

@@ -8,7 +8,7 @@ import rasterio
 import rioxarray  # noqa: F401 - registers .rio
 import xarray as xr
 
-from geoseg.classes import LANDCOVER, NODATA
+from geoseg.data.classes import LANDCOVER, NODATA
 from geoseg.errors import OutputExistsError
 from geoseg.models.index import IndexModel
 from geoseg.predict import PredictOptions, predict
@@ -133,8 +133,11 @@ def test_otsu_model_fits_per_scene_thresholds(ray_local, sample_dir, tmp_path):
 @pytest.mark.parametrize("how", ["crop", "hann"])
 def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_path, how):
     """Part of the tiles written, then the job dies: a rerun does only the rest, bit for bit."""
+    from dataclasses import replace
+
+    from geoseg.predict.finish import blend_tiles
     from geoseg.predict.plan import plan_job, prepare_scene
-    from geoseg.predict.stages import Infer, blend_tiles, planned_rows, read_tiles, write_softmax, write_tiles
+    from geoseg.predict.stages import Infer, planned_rows, read_tiles, write_softmax, write_tiles
 
     scene = str(sample_dir / "scene.tif")
     opts = PredictOptions(model="index", tile_size=128, halo=16, stitch=how, probabilities=how == "hann")
@@ -143,13 +146,13 @@ def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_
     # an interrupted job: the stages ran for the first 11 tiles only, nothing was finished
     job = plan_job([scene], str(tmp_path / "resumed"), opts)
     assert not (tmp_path / "resumed" / "scene.zarr").exists()  # planning writes nothing
-    prepare_scene(job.first, job.classes, opts)
+    prepare_scene(job.first, job.ctx)
     infer = Infer(job.spec, opts.tile_size, probabilities=opts.probabilities, softmax=how == "hann")
     (row,) = planned_rows(job.first, batch_size=64, cpus=1)  # one range: the scene's 25 tiles
     assert (row["lo"], row["hi"]) == (0, 25)
     rng = {k: np.array([v], dtype=object if k in ("plan", "error") else None) for k, v in row.items()}
     rng["hi"] = np.array([11])
-    batches = list(read_tiles(rng, "uint16", (4, 160, 128), batch_size=4))
+    batches = list(read_tiles(rng, replace(job.ctx, dtype="uint16", batch_size=4), (4, 160, 128)))
     assert [len(b["tile"]) for b in batches] == [4, 4, 3]  # a task's memory is bounded by the batch size
     assert sum(int(b["accounted"].sum()) for b in batches) == 11  # every tile of the range accounted for
     for batch in batches:
@@ -175,7 +178,7 @@ def test_interrupted_run_resumes_to_identical_output(ray_local, sample_dir, tmp_
 
 
 def test_tile_ranges_cover_every_tile_once_and_stay_few():
-    from geoseg.predict.plan import tile_ranges
+    from geoseg.data.tiling import tile_ranges
 
     for total in (1, 7, 64, 257, 123_457, 10**7):
         r = tile_ranges(total, 8, 2)
@@ -186,9 +189,9 @@ def test_tile_ranges_cover_every_tile_once_and_stay_few():
 
 def test_tiles_must_fit_the_model_stride(sample_dir, tmp_path):
     """A U-Net needs tile sides that are a multiple of 32: refused at planning, in one line."""
-    from geoseg import checkpoint
-    from geoseg.checkpoint import CheckpointMeta
-    from geoseg.classes import LANDCOVER
+    from geoseg.models import checkpoint
+    from geoseg.models.checkpoint import CheckpointMeta
+    from geoseg.data.classes import LANDCOVER
     from geoseg.errors import InputError
     from geoseg.models.zoo import ModelConfig, build_model
 

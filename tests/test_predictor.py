@@ -1,4 +1,4 @@
-"""The model core of inference (:mod:`geoseg.predictor`), without Ray: the fast path's
+"""The model core of inference (:mod:`geoseg.models.predictor`), without Ray: the fast path's
 classes, and ``compile`` (one shape per model, eager where compiling fails)."""
 
 import threading
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from geoseg.models.zoo import ModelConfig, build_model
-from geoseg.predictor import TorchPredictor
+from geoseg.models.predictor import TorchPredictor
 
 MEAN, STD = [3000.0] * 4, [2000.0] * 4
 

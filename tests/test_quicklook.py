@@ -9,10 +9,10 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
-from geoseg import quicklook
-from geoseg.classes import LANDCOVER
-from geoseg.classmap import read_overview
-from geoseg.plots import confusion_matrix_png, training_curves_png
+from geoseg.data import quicklook
+from geoseg.data.classes import LANDCOVER
+from geoseg.data.classmap import read_overview
+from geoseg.data.plots import confusion_matrix_png, training_curves_png
 
 TITLE, GAP = 24, 8  # compose(): a panel starts below its title, after a gap
 

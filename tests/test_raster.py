@@ -5,8 +5,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geoseg.raster import TileReader
-from geoseg.tiling import ReadOrder, TileGrid, read_ranges
+from geoseg.data.raster import TileReader
+from geoseg.data.tiling import ReadOrder, TileGrid, read_ranges
 
 
 def _raster(path, height, width, block, nodata=0, tiled=True):

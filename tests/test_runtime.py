@@ -170,7 +170,7 @@ def test_sigterm_mid_train_is_one_line_then_rerun_finishes_from_checkpoint(sampl
     assert summary["last"]["epoch"] == 5 and summary["resumed"]["epoch"] >= 0
     cache = summary["input"]["chip_cache"]  # the first run's chip cache serves the rerun: nothing decoded again
     assert cache["reused"] == cache["blocks"] > 0 and cache["built"] == 0
-    from geoseg import checkpoint
+    from geoseg.models import checkpoint
 
     latest = sorted(p for p in os.listdir(run_dir) if p.startswith("checkpoint_") and (run_dir / p).is_dir())[-1]
     _, meta, state = checkpoint.load(str(run_dir / latest), with_state=True)

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import xarray as xr
 
-from geoseg import storage
+from geoseg.data import storage
 from geoseg.errors import StorageError
 from geoseg.predict import PredictOptions, predict
 
@@ -38,7 +38,7 @@ def test_predict_from_s3_to_s3(ray_local, s3, sample_dir, tmp_path):
 
 def test_missing_key_bucket_and_denied_access_name_the_url(s3, tmp_path):
     with pytest.raises(StorageError, match=r"s3://geoseg/nope.tif: not found"):
-        from geoseg.raster import read_info
+        from geoseg.data.raster import read_info
 
         read_info("s3://geoseg/nope.tif")
     with pytest.raises(StorageError, match=r"s3://no-such-bucket/x.json"):

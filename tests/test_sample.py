@@ -4,9 +4,9 @@ import tracemalloc
 import numpy as np
 import rasterio
 
-from geoseg.classes import LANDCOVER, NODATA, VEGETATION, WATER
-from geoseg.sample import BAND_NAMES, CRS, SampleScene, write_sample
-from geoseg.tiling import Window
+from geoseg.data.classes import LANDCOVER, NODATA, VEGETATION, WATER
+from geoseg.data.sample import BAND_NAMES, CRS, SampleScene, write_sample
+from geoseg.data.tiling import Window
 
 
 def test_sample_files_are_georeferenced_cogs(sample_dir):

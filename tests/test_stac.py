@@ -12,13 +12,13 @@ import rasterio
 
 from geoseg.errors import InputError
 from geoseg.predict import PredictOptions, predict
-from geoseg.stac import StackOptions, stack_item
+from geoseg.data.stac import StackOptions, stack_item
 
 
 @pytest.fixture(scope="module")
 def item_dir(tmp_path_factory):
     """``geoseg sample --stac``: B02, B03, B04, B08 at 10 m, B8A at 20 m, scale 0.0001 in raster:bands."""
-    from geoseg.sample import write_sample
+    from geoseg.data.sample import write_sample
 
     d = tmp_path_factory.mktemp("stac")
     urls = write_sample(str(d), size=384, seed=5, stac=True)
@@ -130,7 +130,7 @@ def test_items_in_two_utm_zones_keep_their_own_grids(ray_local, item_dir, tmp_pa
 def test_item_on_s3_trains_and_predicts_with_its_bands(ray_local, s3, item_dir, tmp_path):
     """Single-band COGs at 10 and 20 m on the S3 endpoint: train on 4 named bands, then predict
     from the item with the checkpoint alone; an item without one of them is refused in one line."""
-    from geoseg import checkpoint
+    from geoseg.models import checkpoint
     from geoseg.train import TrainConfig, train
 
     item = _item(item_dir)
@@ -241,7 +241,7 @@ def stac_api(item_dir, tmp_path_factory, s3):
 
 
 def test_search_predicts_every_item_found(ray_local, stac_api, item_dir, tmp_path):
-    from geoseg.stac import Search
+    from geoseg.data.stac import Search
 
     search = Search.parse(stac_api, "s2like", None, "2025-01-01T00:00:00Z/2025-12-31T23:59:59Z")
     recs = predict([], str(tmp_path / "o"), PredictOptions(model="index", tile_size=128, halo=16, search=search))

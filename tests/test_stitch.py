@@ -6,13 +6,14 @@ import pytest
 import rasterio
 import torch
 
-from geoseg import checkpoint, stitch
-from geoseg.checkpoint import CheckpointMeta
-from geoseg.classes import LANDCOVER, NODATA
+from geoseg.data import stitch
+from geoseg.models import checkpoint
+from geoseg.models.checkpoint import CheckpointMeta
+from geoseg.data.classes import LANDCOVER, NODATA
 from geoseg.models.zoo import ModelConfig, build_model
 from geoseg.predict import PredictOptions, predict
-from geoseg.predictor import TorchPredictor
-from geoseg.tiling import TileGrid
+from geoseg.models.predictor import TorchPredictor
+from geoseg.data.tiling import TileGrid
 
 
 @pytest.mark.parametrize("where", ["driver", "actors"])

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoseg.errors import InputError
-from geoseg.tiling import TileGrid, Window, pad_tile
+from geoseg.data.tiling import TileGrid, Window, pad_tile
 
 grids = st.builds(
     TileGrid,
@@ -93,7 +93,7 @@ def test_grid_validation_and_indexing():
 
 
 def test_reading_order_is_a_permutation_in_near_square_ranges_inside_strips():
-    from geoseg.tiling import ReadOrder, read_ranges, strip_for
+    from geoseg.data.tiling import ReadOrder, read_ranges, strip_for
 
     grid = TileGrid(1000, 3100, core=100, halo=10)  # 10 x 31 tiles: the last strip is narrower
     per = 16

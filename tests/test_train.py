@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from geoseg import checkpoint
+from geoseg.models import checkpoint
 from geoseg.errors import CheckpointError, InputError, RasterError
 from geoseg.train import TrainConfig, train
 
@@ -91,8 +91,8 @@ class _Evil:
 def test_malicious_pickle_checkpoint_is_refused(tmp_path):
     import torch
 
-    from geoseg.checkpoint import CheckpointMeta, save
-    from geoseg.classes import LANDCOVER
+    from geoseg.models.checkpoint import CheckpointMeta, save
+    from geoseg.data.classes import LANDCOVER
     from geoseg.models.weights import load_weights
     from geoseg.models.zoo import ModelConfig, build_model
 
@@ -171,7 +171,7 @@ def test_spatial_split_never_mixes_blocks(sample_dir):
 def _fitter(max_minutes, chips_per_epoch=64, batch_size=16, epochs=100):
     import torch
 
-    from geoseg.classes import LANDCOVER
+    from geoseg.data.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model
     from geoseg.train.fit import Fitter
 

@@ -7,9 +7,9 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geoseg.classes import NODATA
+from geoseg.data.classes import NODATA
 from geoseg.errors import RasterError
-from geoseg.raster import read_info
+from geoseg.data.raster import read_info
 from geoseg.train.labels import label_chunks, merge_scans, scan_chunk, scan_labels
 
 NAMES = "bare_soil,vegetation,water,built_up"

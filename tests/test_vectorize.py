@@ -68,7 +68,7 @@ def test_simplified_polygons_share_their_edges_whatever_the_chunks():
 
 
 def test_geographic_areas_are_those_of_the_pixels():
-    from geoseg.area import PixelArea
+    from geoseg.data.area import PixelArea
 
     m = _map()
     src = Source("mem", 203, 257, (0.001, 0.0, 10.0, 0.0, -0.001, 60.0), "EPSG:4326", (0, 1, 2, 3), SRC.names, "g")

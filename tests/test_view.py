@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geoseg.classes import LANDCOVER
+from geoseg.data.classes import LANDCOVER
 
 
 @pytest.fixture(scope="module")
 def served(sample_dir, tmp_path_factory):
     from geoseg.predict import PredictOptions, predict
-    from geoseg.runtime import init_ray
+    from geoseg.runtime.cluster import init_ray
     from geoseg.view import serve
 
     init_ray(None)

@@ -18,7 +18,9 @@ import os
 import signal
 import sys
 
-from geoseg import __version__, runtime, storage
+from geoseg import __version__
+from geoseg.data import storage
+from geoseg.runtime import cluster as runtime
 from geoseg.cli.args import Sub
 from geoseg.console import filtered_stderr
 from geoseg.errors import GeosegError, StorageError, one_line

@@ -94,7 +94,7 @@ def add_stack_flags(p) -> None:
 
 
 def stack_options(a):
-    from geoseg.stac import StackOptions, parse_assets, parse_resampling
+    from geoseg.data.stac import StackOptions, parse_assets, parse_resampling
 
     if a.resolution is not None and a.resolution <= 0:
         raise InputError(f"--resolution must be > 0, got {a.resolution}")
@@ -104,7 +104,7 @@ def stack_options(a):
 
 
 def search_options(a):
-    from geoseg.stac import Search
+    from geoseg.data.stac import Search
 
     if not a.stac_api:
         used = [f for f in ("collections", "bbox", "datetime", "filter", "query", "max_items") if getattr(a, f)]

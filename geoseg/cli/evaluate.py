@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geoseg import storage
+from geoseg.data import storage
 from geoseg.cli.args import command, positive
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geoseg import storage
+from geoseg.data import storage
 from geoseg.cli.args import command
 
 
@@ -16,6 +16,6 @@ def add(sub) -> None:
 
 
 def run(a) -> None:
-    from geoseg.export import FORMATS, export
+    from geoseg.models.export import FORMATS, export
 
     export(a.run_dir, a.format, a.out or storage.join(a.run_dir, f"model{FORMATS[a.format]}"))

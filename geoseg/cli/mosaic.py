@@ -25,7 +25,7 @@ def add(sub) -> None:
 
 
 def run(a) -> None:
-    from geoseg.mosaic.job import mosaic
+    from geoseg.mosaic import mosaic
 
     mosaic(a.prefix, a.grid, out=a.out, name=a.name, chunk=a.chunk, rule=a.merge, overwrite=a.overwrite,
            address=a.address)

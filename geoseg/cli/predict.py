@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from geoseg import storage
-from geoseg.bands import parse_bands
+from geoseg.data import storage
+from geoseg.data.bands import parse_bands
 from geoseg.cli.args import BANDS_HELP, add_stack_flags, command, nonneg, positive, search_options, stack_options, workers
 from geoseg.errors import InputError
 from geoseg.predict import PredictOptions, predict

@@ -22,6 +22,6 @@ def add(sub) -> None:
 
 
 def run(a) -> None:
-    from geoseg.quantize import quantize
+    from geoseg.train.quantize import quantize
 
     quantize(a.run_dir, a.precision, a.calibration, a.max_miou_drop, a.out, a.calibration_chips)

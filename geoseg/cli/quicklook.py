@@ -16,6 +16,6 @@ def add(sub) -> None:
 
 
 def run(a) -> None:
-    from geoseg.quicklook import quicklook
+    from geoseg.data.quicklook import quicklook
 
     print(quicklook(a.raster, a.out, a.max_side))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from geoseg.cli.args import command, nonneg, positive
-from geoseg.sample import write_sample
+from geoseg.data.sample import write_sample
 
 
 def add(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from geoseg.bands import parse_bands
+from geoseg.data.bands import parse_bands
 from geoseg.cli.args import BANDS_HELP, add_stack_flags, command, stack_options
 from geoseg.train import TrainConfig, train
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg import storage
+from geoseg.data import storage
 from geoseg.errors import InputError
-from geoseg.raster import RasterInfo, iter_windows, read_info
-from geoseg.tiling import Window
+from geoseg.data.raster import RasterInfo, read_info
+from geoseg.data.tiling import iter_windows
+from geoseg.data.tiling import Window
 
 IOU = 0.5
 WINDOW = 2048
@@ -73,7 +74,7 @@ def scores(c: InstanceCounts, iou: float = IOU) -> dict:
 def _vector_reader(url: str, grid: RasterInfo):
     """Numbered polygons of a vector file burnt into windows of ``grid`` (read by bounding box,
     reprojected where the CRSs differ); ids: the features' own order, from 1."""
-    from geoseg.vectorfile import Features
+    from geoseg.data.vectorfile import Features
 
     features = Features(url, grid.crs)
 
@@ -86,7 +87,7 @@ def _vector_reader(url: str, grid: RasterInfo):
 
 
 def _raster_reader(url: str, grid: RasterInfo):
-    from geoseg.raster import tile_reader
+    from geoseg.data.raster import tile_reader
 
     info = read_info(url)
     if (info.height, info.width) != (grid.height, grid.width) or tuple(info.transform) != tuple(grid.transform):
@@ -108,7 +109,7 @@ def reader_of(url: str, grid: RasterInfo):
 def score_instances(class_map: str, predicted: str, reference: str, iou: float = IOU) -> dict:
     """Instance scores of one scene: ``predicted`` polygons against ``reference`` instances, on the grid
     of ``class_map``."""
-    from geoseg.classmap import open_class_map
+    from geoseg.data.classmap import open_class_map
 
     grid = open_class_map(class_map).info
     pred, ref = _vector_reader(predicted, grid), reader_of(reference, grid)

@@ -102,8 +102,8 @@ def score_on_ray(plans: list[ScenePlan], progress: Progress | None = None) -> Ev
     """Every chunk of every scene as Ray Data tasks on the cluster (Ray must be up)."""
     import ray
 
-    from geoseg.predict.plan import tile_ranges
-    from geoseg.runtime import cluster_cpus
+    from geoseg.data.tiling import tile_ranges
+    from geoseg.runtime.cluster import cluster_cpus
 
     t0 = time.perf_counter()
     sizes = np.array([p.n_chunks for p in plans], dtype=np.int64)
@@ -129,8 +129,8 @@ def score_on_ray(plans: list[ScenePlan], progress: Progress | None = None) -> Ev
 
 def error_map_task(plan: ScenePlan, url: str) -> str:
     """One scene's error map (decimated reads of both class maps): a Ray task."""
-    from geoseg.classmap import scheme_of
-    from geoseg.quicklook import write_error_map
+    from geoseg.data.classmap import scheme_of
+    from geoseg.data.quicklook import write_error_map
 
     scheme = scheme_of(plan.labels) or scheme_of(plan.prediction)
     return write_error_map(plan.pair.prediction, plan.pair.labels, plan.names, scheme, url,
@@ -163,10 +163,10 @@ def run_evaluation(predictions: list[str], labels: list[str] | None = None, *, l
     beside each prediction are scored against them too (``instances`` in the report)."""
     import ray
 
-    from geoseg import storage
+    from geoseg.data import storage
     from geoseg.evaluate import report
     from geoseg.evaluate.pairs import find_pairs
-    from geoseg.runtime import check_address, init_ray
+    from geoseg.runtime.cluster import check_address, init_ray
 
     check_address(address)
     pairs = find_pairs(predictions, labels, label_asset)

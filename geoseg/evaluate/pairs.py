@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from geoseg import stac, storage
+from geoseg.data import stac, storage
 from geoseg.errors import InputError
-from geoseg.inputs import expand_glob, is_glob, read_list
+from geoseg.data.inputs import expand_glob, is_glob, read_list
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".zarr", ".vrt", ".jp2", ".img")
 

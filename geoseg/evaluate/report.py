@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 
-from geoseg import storage
-from geoseg.area import hectares
+from geoseg.data import storage
+from geoseg.data.area import hectares
 from geoseg.evaluate.scene import Counts, ScenePlan
-from geoseg.metrics import format_table, report
+from geoseg.models.metrics import format_table, report
 
 
 def scores(counts: Counts, names: tuple[str, ...], with_areas: bool) -> dict:
-    """:func:`geoseg.metrics.report` of the sums, plus class areas (ha) and ignored pixels."""
+    """:func:`geoseg.models.metrics.report` of the sums, plus class areas (ha) and ignored pixels."""
     rep = report(counts.confusion, names)
     for i, name in enumerate(names):
         rep["per_class"][name]["label_area_ha"] = round(hectares(counts.label_m2[i]), 4) if with_areas else None
@@ -101,7 +101,7 @@ def markdown(rep: dict, error_maps: dict[str, str] | None = None) -> str:
 def write(rep: dict, out: str, error_maps: dict[str, str] | None = None) -> dict[str, str]:
     """``metrics.json``, ``metrics.md`` and ``confusion_matrix.png`` under ``out``; their URLs.
     ``error_maps``: each scene's error map, as a path relative to ``out``."""
-    from geoseg.plots import confusion_matrix_png
+    from geoseg.data.plots import confusion_matrix_png
 
     urls = {name: storage.join(out, name) for name in ("metrics.json", "metrics.md", "confusion_matrix.png")}
     storage.write_bytes(urls["confusion_matrix.png"],

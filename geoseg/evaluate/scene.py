@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg.area import PixelArea
-from geoseg.classes import NODATA, ClassScheme
-from geoseg.classmap import open_class_map, scheme_of
+from geoseg.data.area import PixelArea
+from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.classmap import open_class_map, scheme_of
 from geoseg.errors import RasterError
 from geoseg.evaluate.pairs import Pair
-from geoseg.metrics import confusion
-from geoseg.raster import RasterInfo, check_class_map, grid_difference
-from geoseg.tiling import Window
+from geoseg.models.metrics import confusion
+from geoseg.data.raster import RasterInfo, check_class_map, grid_difference
+from geoseg.data.tiling import Window
 
 CHUNK = 2048  # side of a scoring chunk: a multiple of predict's 512-px tiles and of common block sizes
 

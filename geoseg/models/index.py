@@ -4,7 +4,7 @@ NDWI (McFeeters: green vs nir) finds water, NDVI (nir vs red) vegetation, and
 a blue/red balance separates grey built-up surfaces from reddish bare soil.
 Thresholds are fixed, or chosen per scene by Otsu's method on a decimated read
 of the scene (its overviews), so fitting never reads the full raster.
-Classes follow :data:`geoseg.classes.LANDCOVER`.
+Classes follow :data:`geoseg.data.classes.LANDCOVER`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from geoseg.classes import BARE, BUILT, LANDCOVER, VEGETATION, WATER
-from geoseg.raster import read_decimated
+from geoseg.data.classes import BARE, BUILT, LANDCOVER, VEGETATION, WATER
+from geoseg.data.raster import read_decimated
 
 INDEX_MODELS = ("index", "index-otsu")  # the built-in models (--model NAME)
 BAND_ROLES = ("blue", "green", "red", "nir")  # the bands they read, in this order

@@ -11,4 +11,12 @@ Read top to bottom:
 
 from geoseg.mosaic.grid import MosaicGrid, parse_grid
 
-__all__ = ["MosaicGrid", "parse_grid"]
+
+def mosaic(*args, **kwargs):
+    """:func:`geoseg.mosaic.job.mosaic` (Ray is imported only when it runs)."""
+    from geoseg.mosaic.job import mosaic as run
+
+    return run(*args, **kwargs)
+
+
+__all__ = ["MosaicGrid", "mosaic", "parse_grid"]

@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import time
 
-from geoseg import storage
-from geoseg.classes import ClassScheme
+from geoseg.data import storage
+from geoseg.data.classes import ClassScheme
 from geoseg.console import Progress
 from geoseg.mosaic import stages
 from geoseg.mosaic.grid import parse_grid
 from geoseg.mosaic.plan import MosaicScene, order_scenes, plan_mosaic, prepare, read_scene, scene_records
-from geoseg.predict.plan import tile_ranges
-from geoseg.runtime import check_address, cluster_cpus, init_ray
+from geoseg.data.tiling import tile_ranges
+from geoseg.runtime.cluster import check_address, cluster_cpus, init_ray
 
 RECORDS_PER_TASK = 64
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg import output, storage
-from geoseg.classes import ClassScheme
+from geoseg.data import output, storage
+from geoseg.data.classes import ClassScheme
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.mosaic.grid import MosaicGrid, snap, utm_zone, zone_name
-from geoseg.raster import RasterInfo
-from geoseg.tiling import Window
+from geoseg.data.raster import RasterInfo
+from geoseg.data.tiling import Window
 
 RULES = ("auto", "confidence", "latest")
 
@@ -124,7 +124,7 @@ class MosaicPlan:
 
     @property
     def log(self) -> output.SceneOutput:
-        """The progress log (``PREFIX/.geoseg/_<name>/``), by :mod:`geoseg.output`'s rules."""
+        """The progress log (``PREFIX/.geoseg/_<name>/``), by :mod:`geoseg.data.output`'s rules."""
         return output.SceneOutput(self.prefix, f"_{self.name}")
 
     def shape(self, level: int = 0) -> tuple[int, int]:
@@ -160,7 +160,7 @@ class MosaicPlan:
         return Window(r0, c0, min(self.chunk, h - r0), min(self.chunk, w - c0))
 
     def info(self, level: int = 0) -> RasterInfo:
-        """The store's grid as a :class:`~geoseg.raster.RasterInfo` (for its georeferencing)."""
+        """The store's grid as a :class:`~geoseg.data.raster.RasterInfo` (for its georeferencing)."""
         from rasterio.crs import CRS
 
         h, w = self.shape(level)

@@ -22,10 +22,11 @@ import time
 
 import numpy as np
 
-from geoseg import __version__, output, storage
-from geoseg.classes import NODATA, ClassScheme
+from geoseg import __version__
+from geoseg.data import output, storage
+from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.mosaic.plan import MosaicPlan, MosaicScene, kind
-from geoseg.tiling import Window
+from geoseg.data.tiling import Window
 
 RULES = {
     "confidence": "the pixel of the scene whose top class probability is highest (ties: the later scene)",
@@ -237,7 +238,7 @@ def finish(plan: MosaicPlan, classes: ClassScheme, timings: dict, extra: dict | 
 
 def write_collection(prefix: str, name: str, records: list[dict], classes: ClassScheme) -> str:
     """``PREFIX/<name>.collection.json``: a STAC Collection of the mosaic, one Zarr asset per store."""
-    from geoseg.catalog import _abs, _classes
+    from geoseg.data.catalog import _abs, _classes
 
     boxes = np.asarray([r["bbox_4326"] for r in records])
     times = sorted(t for r in records if r["interval"] for t in r["interval"])

@@ -3,18 +3,20 @@ machine's CPUs.
 
 Ray brings a job its scale: many scenes planned and read at once, model actors, other
 nodes, the dashboard. A job of one scene on one machine, whose model runs in the driver
-anyway (:class:`~geoseg.predict.job.DriverModel`), needs none of it, and Ray's own start
+anyway (:class:`~geoseg.predict.driver.DriverModel`), needs none of it, and Ray's own start
 is not free: its processes (GCS, raylet, agents, monitors, Ray Data's actors, workers
 importing Ray Data and geoseg) took 14-17 CPU seconds and 9-11 s of wall time on the
 2-core benchmark box before the first tile reached the model, a third of a 4096² scene's
 whole job with an INT8 model. So such a job (:func:`runs_locally`) starts no Ray: the
-same stages run in the driver, in the same order, on threads:
+same stages run in the driver, in the same order, on threads, and the same driver loop
+(:func:`geoseg.predict.driver.drive`) takes them in, from :class:`LocalRunner`:
 
     plan_scenes (the scene planned by plan_job: outputs created or kept to resume)
       -> read_tiles        reader threads, one per CPU_CALLS_PER_ACTOR cores, on the low-priority
                            I/O threads of :mod:`~geoseg.predict.stages` (as in a read task)
       -> Infer, writes     DriverModel: one single-threaded call per core, the writes on the I/O thread
-      -> SceneTracker      as for a Ray job, its blend and completion tasks run inline (InlineTasks)
+      -> SceneTracker      as for a Ray job, its blend and completion tasks run inline
+                           (:class:`~geoseg.runtime.tasks.InlineTasks`)
 
 A bounded queue between the readers and the model keeps memory at a few batches,
 whatever the scene's size; the Zarr progress log makes an interrupted job resume as
@@ -27,13 +29,20 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from concurrent.futures import Future
 from typing import Iterator
 
 import numpy as np
 
+from geoseg.models.onnx import cuda_present
 from geoseg.predict import stages
-from geoseg.predict.plan import JobPlan, PredictOptions
+from geoseg.predict.driver import DriverModel, NoMetrics
+from geoseg.predict.finish import blend_tiles, complete_scene
+from geoseg.predict.layout import ActorLayout, actor_layout
+from geoseg.predict.options import PredictOptions
+from geoseg.predict.plan import JobPlan
+from geoseg.runtime.cluster import handle_sigterm, ray_connected, requested_address, wants_dashboard
+from geoseg.runtime.tasks import InlineTasks
+from geoseg.runtime.threads import io_threads
 
 
 def machine_cpus() -> int:
@@ -50,29 +59,23 @@ def runs_locally(job: JobPlan, opts: PredictOptions) -> bool:
     (no ``--workers`` or ``--gpus-per-worker``), no cluster named (``--address``,
     ``RAY_ADDRESS``) or Ray up already (a library caller's, whose Ray costs nothing more), no
     ``--dashboard`` to watch, and no CUDA device (a GPU actor runs the model there)."""
-    from geoseg.predictor import cuda_present
-    from geoseg.runtime import ray_connected, requested_address, wants_dashboard
-
-    return (len(job.todo) == 1 and job.first is not None and not job.first_error and job.spec.name == "checkpoint"
+    return (len(job.todo) == 1 and job.first is not None and not job.first_error and job.ctx.ref.deep
             and opts.worker_range is None and opts.gpus_per_worker == 0
             and requested_address(opts.address) is None and not ray_connected()
             and not wants_dashboard() and not cuda_present())
 
 
-def read_batches(job: JobPlan, opts: PredictOptions, cpus: float, readers: int, ahead: int,
-                 shape: tuple[int, int, int]) -> Iterator[dict]:
+def read_batches(job: JobPlan, cpus: float, readers: int, ahead: int) -> Iterator[dict]:
     """The first scene's tiles, batch by batch, as the read tasks of a Ray job give them:
     ``readers`` threads read its tile ranges in order, at most ``ahead`` batches ahead of
     the consumer. An error in a reader is raised here; closing the iterator stops them."""
-    from dataclasses import replace
-
-    slim = replace(job, sources=[], done=frozenset())
+    ctx, shape = job.ctx, job.tile_shape()
     first = stages.source_rows([job.first])[0]
     first["source"] = stages.pack(job.first)
     rows = [r for out in stages.plan_scenes({k: np.array([v], dtype=object) for k, v in first.items()},
-                                            job=slim, opts=opts, batch_size=opts.batch_size, cpus=cpus)
+                                            ctx=ctx, cpus=cpus)
             for r in _split(out)]
-    stages.io_threads(readers)
+    io_threads(readers)
     todo = iter(rows)
     lock, stop = threading.Lock(), threading.Event()
     out: queue.Queue = queue.Queue(maxsize=max(1, ahead))
@@ -94,8 +97,7 @@ def read_batches(job: JobPlan, opts: PredictOptions, cpus: float, readers: int, 
                     row = next(todo, None)
                 if row is None:
                     break
-                for batch in stages.read_tiles(row, job.dtype, shape, opts.batch_size, opts.skip_bad_tiles,
-                                               opts.fail_fast):
+                for batch in stages.read_tiles(row, ctx, shape):
                     if not put(batch):
                         return
         except BaseException as exc:  # noqa: BLE001 - raised in the consumer, where the job fails
@@ -126,19 +128,30 @@ def _split(rows: dict) -> list[dict]:
     return [{k: v[i : i + 1] for k, v in rows.items()} for i in range(len(rows["scene"]))]
 
 
-class InlineTasks:
-    """The scene tracker's tasks (a scene's blends, its completion) run at once, in this process."""
+class LocalRunner:
+    """The runner of a job in this process alone (:func:`runs_locally`): the driver's readers, the
+    model and the writes as :class:`~geoseg.predict.driver.DriverModel` runs them, the scene's
+    blends and completion inline."""
 
-    def submit(self, fn, *args) -> Future:
-        f: Future = Future()
-        try:
-            f.set_result(fn(*args))
-        except Exception as exc:  # noqa: BLE001 - the tracker decides what fails
-            f.set_exception(exc)
-        return f
+    ray = False  # (the run record's placement)
+    blend, complete = staticmethod(blend_tiles), staticmethod(complete_scene)
 
-    def ready(self, handles: list, block: bool) -> list:
-        return list(handles)
+    def __init__(self, job: JobPlan, opts: PredictOptions, model: DriverModel):
+        self.job, self.opts, self.model = job, opts, model
+        self.cpus = machine_cpus()
+        self.metrics, self.tasks = NoMetrics(), InlineTasks()
 
-    def get(self, handle: Future):
-        return handle.result()
+    def start(self) -> None:
+        handle_sigterm()  # SIGTERM unwinds like Ctrl-C
+        self.model.predictor()  # the checkpoint fits its architecture (else one line), before any output
+
+    def layout(self) -> ActorLayout:
+        return actor_layout(self.opts, self.job.ctx.ref.deep, self.cpus, 0, local=True)
+
+    def batches(self, layout: ActorLayout) -> Iterator[dict]:
+        writer = stages.write_softmax if self.job.ctx.hann else stages.write_tiles
+        reads = read_batches(self.job, self.cpus, layout.readers or 1, layout.calls + 1)
+        return self.model.run(reads, writer, layout.calls)
+
+    def close(self) -> None:
+        self.model.close()

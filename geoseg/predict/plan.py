@@ -1,13 +1,14 @@
-"""Planning a predict job, without Ray: options, the job's scenes, one :class:`ScenePlan` per scene, tile ranges.
+"""Planning a predict job, without Ray: the job's context, its scenes, one :class:`ScenePlan` per scene.
 
-:func:`plan_job` (the driver, before Ray starts) expands the inputs, checks the
-model and the stems, finds the scenes complete already with one listing, and
-plans the first scene to predict, so that a one-scene job's bad input fails
-before Ray starts. :func:`plan_scene` plans every other scene in the job's
-planning tasks (:func:`geoseg.predict.stages.plan_scenes`): metadata reads (and,
-for ``index-otsu``, a decimated read per scene) and the VRT of an item's bands,
-nothing else written; :func:`prepare_scene` then creates its Zarr (or keeps it,
-to resume).
+:func:`plan_job` (the driver, before Ray starts) resolves and describes the model once
+(:class:`~geoseg.models.reference.ModelRef`), expands the inputs, checks the stems, finds the
+scenes complete already with one listing, plans the first scene to predict (so that a one-scene
+job's bad input fails before Ray starts), and fixes the job's :class:`JobContext`: everything
+the stages and tasks need, from the model to the tile core, in one frozen value. No stage sees
+the user's options. :func:`plan_scene` plans every other scene in the job's planning tasks
+(:func:`geoseg.predict.stages.plan_scenes`): metadata reads (and, for ``index-otsu``, a
+decimated read per scene) and the VRT of an item's bands, nothing else written;
+:func:`prepare_scene` then creates its Zarr (or keeps it, to resume).
 """
 
 from __future__ import annotations
@@ -17,94 +18,88 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from geoseg import checkpoint, limits, output, storage
-from geoseg.bands import Selection, select_bands
-from geoseg.classes import LANDCOVER, ClassScheme
+from geoseg.data import limits, output, storage
+from geoseg.data.bands import Selection, select_bands
+from geoseg.data.classes import ClassScheme
+from geoseg.data.inputs import expand_inputs, searched_inputs
+from geoseg.data.output import SceneOutput
+from geoseg.data.raster import RasterInfo, check_image, read_info
+from geoseg.data.stac import Stack
+from geoseg.data.tiling import ReadOrder, TileGrid, range_size, read_ranges, strip_for
 from geoseg.errors import GeosegError, InputError, OutputExistsError, RasterError, one_line
-from geoseg.inputs import expand_inputs, searched_inputs
-from geoseg.models.index import BAND_ROLES, INDEX_MODELS, fit_otsu
-from geoseg.output import SceneOutput
-from geoseg.predictor import ModelSpec
-from geoseg.raster import RasterInfo, check_image, read_info
-from geoseg.stac import Search, Stack, StackOptions
-from geoseg.tiling import ReadOrder, TileGrid, read_ranges, strip_for
+from geoseg.models.checkpoint import CheckpointMeta
+from geoseg.models.index import BAND_ROLES, fit_otsu
+from geoseg.models.predictor import ModelSpec
+from geoseg.models.reference import ModelRef, resolve
+from geoseg.predict.options import PredictOptions
 
 
 @dataclass(frozen=True)
-class PredictOptions:
-    model: str | None = None  # index model name
-    checkpoint: str | None = None
-    tile_size: int = 512  # side of a tile's core (= an output chunk); the model sees tile_size + 2 * halo
-    halo: int = 32
-    batch_size: int = 8
-    bands: Selection | None = None  # --bands: band numbers or a role map
-    workers: int | tuple[int, int] | None = None  # model actors: a number, or (min, max) for an autoscaling pool
-    gpus_per_worker: float = 0.0
-    probabilities: bool = False
-    tta: bool = False
-    precision: str = "auto"
-    compile: bool = False
-    stitch: str = "crop"  # or "hann": weighted blending of overlapping tiles
+class JobContext:
+    """What every stage and task of a job needs, fixed once by :func:`plan_job`.
+
+    ``core`` is the one holder of the tile size: the side of every tile's core in this job
+    (``--tile-size``, or the first scene's side where that was smaller: ``clamped``). What the
+    user asked for is kept only where it is a fact about the outputs: the fingerprint.
+    """
+
+    job: str  # the job's id
+    prefix: str
+    spec: ModelSpec  # the model (its reference, described once) and how it runs
+    classes: ClassScheme
+    core: int  # side of every tile's core (= an output chunk)
+    halo: int
+    batch_size: int
+    stitch: str  # "crop" or "hann"
+    probabilities: bool
+    precision: str  # --precision as asked (the run record's parameters)
+    params: dict  # what determines a scene's outputs but its bands (its fingerprint, in order)
+    job_fingerprint: dict  # what determines every scene's outputs, as the job summary stores it
+    bands: Selection | None = None  # --bands: the band selection asked for
+    allow_no_crs: bool = False
     overwrite: bool = False
-    asset: str | None = None
-    stack: StackOptions | None = None  # STAC items with one asset per band: --assets, --resolution, --resampling
-    search: Search | None = None  # --stac-api: predict every item a STAC API search finds
-    address: str | None = None
-    skip_bad_tiles: bool = False  # unreadable blocks: their tiles left nodata and listed, instead of failing
-    allow_no_crs: bool = False  # accept rasters without a CRS (outputs then have none either)
-    quicklook: bool = False  # small PNGs beside each output: input in true colour, classes, both side by side
-    fail_fast: bool = False  # the first scene that fails stops the job (else it is listed and skipped)
-    mosaic: str | None = None  # --mosaic GRID: every scene into one Zarr on that grid, once they are done
-    vectors: bool = False  # --vectors: each finished scene's polygons (GeoParquet, FlatGeobuf), once they are done
-
-    def __post_init__(self) -> None:
-        if (self.model is None) == (self.checkpoint is None):
-            raise InputError("give exactly one of --model NAME or --checkpoint RUN_DIR")
-        if self.model is not None and self.model not in INDEX_MODELS:
-            raise InputError(f"--model: unknown model {self.model!r} (built-in: {', '.join(INDEX_MODELS)})")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.halo >= self.tile_size * 4:
-            raise InputError(f"--halo {self.halo} is too large for --tile-size {self.tile_size}")
-        lo, hi = self.worker_range or (1, 1)
-        if not 1 <= lo <= hi:
-            raise InputError(f"--workers must be N or MIN,MAX with 1 <= MIN <= MAX, got {self.workers}")
-        if self.stitch not in ("crop", "hann"):
-            raise InputError(f"--stitch must be crop or hann, got {self.stitch!r}")
-        if self.gpus_per_worker < 0:
-            raise InputError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
-        if self.mosaic is not None:
-            from geoseg.mosaic.grid import parse_grid
-
-            parse_grid(self.mosaic)  # a bad grid is refused before any work
+    skip_bad_tiles: bool = False
+    fail_fast: bool = False
+    quicklook: bool = False
+    dtype: str = "float32"  # tiles travel in it: the first scene's pixel type
+    clamped: bool = False  # core is the first scene's side, smaller than --tile-size
 
     @property
-    def worker_range(self) -> tuple[int, int] | None:
-        """``(min, max)`` model actors asked for, or None for the default."""
-        if self.workers is None:
-            return None
-        return (self.workers, self.workers) if isinstance(self.workers, int) else tuple(self.workers)
+    def ref(self) -> ModelRef:
+        return self.spec.ref
+
+    @property
+    def meta(self) -> CheckpointMeta | None:
+        """The model's description (None: an index model)."""
+        return self.spec.ref.meta
+
+    @property
+    def hann(self) -> bool:
+        return self.stitch == "hann"
+
+    @property
+    def input_size(self) -> int:
+        """The side of every tile's model input: core + 2 halo."""
+        return self.core + 2 * self.halo
 
     def fingerprint(self, bands: list[int]) -> dict:
-        """What determines a scene's output values: a rerun with another one is refused."""
-        return {
-            "model": self.model or "checkpoint",
-            "checkpoint": self.checkpoint,
-            "tile_size": self.tile_size,
-            "halo": self.halo,
-            "bands": bands,
-            "probabilities": self.probabilities,
-            "tta": self.tta,
-            "stitch": self.stitch,
-            **({"stack": self.stack.fingerprint()} if self.stack and self.stack.fingerprint() else {}),
-        }
+        """A scene's fingerprint: what determines its output values (a rerun with another is refused)."""
+        return {**self.params, "bands": bands}
 
-    def job_fingerprint(self) -> dict:
-        """What determines the outputs of every scene of a job (the bands as asked for; each
-        scene's own fingerprint has the band numbers chosen for it)."""
-        fp = self.fingerprint([])
-        fp["bands"] = self.bands if self.bands is None else repr(self.bands)
-        return fp
+    def output(self, stem: str) -> SceneOutput:
+        return SceneOutput(self.prefix, stem, self.job)
+
+
+def context_of(opts: PredictOptions, ref: ModelRef, prefix: str) -> JobContext:
+    """The context of a job of ``opts`` with the model ``ref`` (before its first scene is planned)."""
+    options = {"precision": opts.precision, "compile": opts.compile, "tta": opts.tta} if ref.deep else {}
+    return JobContext(
+        job=uuid.uuid4().hex, prefix=prefix, spec=ModelSpec(ref, options=options), classes=ref.classes,
+        core=opts.tile_size, halo=opts.halo, batch_size=opts.batch_size, stitch=opts.stitch,
+        probabilities=opts.probabilities, precision=opts.precision, params=opts.fingerprint([]),
+        job_fingerprint=opts.job_fingerprint(), bands=opts.bands, allow_no_crs=opts.allow_no_crs,
+        overwrite=opts.overwrite, skip_bad_tiles=opts.skip_bad_tiles, fail_fast=opts.fail_fast,
+        quicklook=opts.quicklook)
 
 
 @dataclass(frozen=True)
@@ -145,33 +140,36 @@ class ScenePlan:
 
 @dataclass(frozen=True)
 class JobPlan:
-    """A job before any scene but the first is planned: every scene's source, the model, the
+    """A job before any scene but the first is planned: its context, every scene's source, the
     scenes found complete by one listing, and the first scene to predict, planned in the driver
     (its bad input fails a one-scene job before Ray starts; its pixel type is the job's)."""
 
+    ctx: JobContext
     sources: list[SceneSource]
-    spec: ModelSpec
-    classes: ClassScheme
-    prefix: str
-    job: str  # the job's id
-    fingerprint: dict  # what determines every scene's outputs, as the job summary stores it
-    meta: checkpoint.CheckpointMeta | None = None  # the checkpoint's description (None: an index model)
     done: frozenset = frozenset()  # indexes of scenes complete already (their record listed, vouched for)
     first: ScenePlan | None = None  # the first scene to predict, planned here
     first_error: str | None = None  # ... or why it could not be planned (a job of several scenes goes on)
-    dtype: str = "float32"  # tiles travel in it: the first scene's pixel type
-    core: int | None = None  # the tiles' core side, where --tile-size was larger than the first scene: clamped
 
-    def tile_core(self, opts: "PredictOptions") -> int:
-        """The side of every tile's core in this job."""
-        return self.core or opts.tile_size
+    @property
+    def spec(self) -> ModelSpec:
+        return self.ctx.spec
+
+    @property
+    def classes(self) -> ClassScheme:
+        return self.ctx.classes
 
     @property
     def todo(self) -> list[SceneSource]:
         return [s for s in self.sources if s.index not in self.done]
 
     def output(self, stem: str) -> SceneOutput:
-        return SceneOutput(self.prefix, stem, self.job)
+        return self.ctx.output(stem)
+
+    def tile_shape(self) -> tuple[int, int, int]:
+        """``(bands, input size, core)`` of every tile of the job."""
+        ctx = self.ctx
+        nb = len(self.first.bands) if self.first else (ctx.ref.in_channels or len(BAND_ROLES))
+        return nb, ctx.input_size, ctx.core
 
 
 # Errors of one scene (its file, its bands, its outputs' state); any other error stops the job.
@@ -180,19 +178,19 @@ def is_scene_error(exc: BaseException) -> bool:
 
 
 def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
-    """Plan the job: the model's description, the inputs (expanded, stems checked), the scenes
-    complete already and the first scene to predict, but nothing written to the outputs yet.
+    """Plan the job: the model resolved and described (once), the inputs (expanded, stems
+    checked), the scenes complete already and the first scene to predict, but nothing written
+    to the outputs yet.
 
     Every other scene is planned by :func:`plan_scene` in the job's planning tasks, while the
     first ones are read. The checkpoint's weights are checked against its architecture
-    separately (:func:`geoseg.checkpoint.verify`: it imports torch)."""
-    classes, meta = LANDCOVER, None
-    if opts.checkpoint:
-        meta = checkpoint.describe(opts.checkpoint)
-        classes = meta.classes
-        _check_stride(opts, meta.model)
+    separately (:func:`geoseg.models.checkpoint.verify`: it imports torch)."""
+    ref = resolve(opts.model, opts.checkpoint)
+    if ref.meta is not None:
+        _check_stride(opts, ref.meta.model)
     storage.check_writable(prefix)
     # STAC items with one asset per band: the bands asked for, else the model's own
+    meta = ref.meta
     model_bands = BAND_ROLES if meta is None else (
         tuple(meta.extra.get("inputs", {}).get("assets") or meta.band_roles or ()) or None)
     folder = storage.join(prefix, ".geoseg", "_inputs")
@@ -211,22 +209,20 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
         stems[stem] = url
         sources.append(SceneSource(i, src, stem))
     del stems
-    options = {"precision": opts.precision, "compile": opts.compile, "tta": opts.tta} if opts.checkpoint else {}
-    spec = ModelSpec(name=opts.model or "checkpoint", checkpoint=opts.checkpoint, options=options)
-    fingerprint = opts.job_fingerprint()
-    job = JobPlan(sources, spec, classes, prefix, uuid.uuid4().hex, fingerprint, meta,
-                  frozenset(finished_scenes(prefix, sources, fingerprint, opts.overwrite)))
+    ctx = context_of(opts, ref, prefix)
+    job = JobPlan(ctx, sources, frozenset(finished_scenes(prefix, sources, ctx.job_fingerprint, ctx.overwrite)))
     todo = job.todo
     if not todo:
         return job
     try:
-        first = plan_scene(todo[0], job, opts)
+        first = plan_scene(todo[0], ctx)
     except Exception as exc:
         if len(job.sources) == 1 or opts.fail_fast or not is_scene_error(exc):
             raise
         return replace(job, first_error=one_line(exc))
-    return replace(job, first=first, dtype=first.info.pixel_dtype,
-                   core=first.grid.core if first.grid.core != opts.tile_size else None)
+    # the job's tiles travel in the first scene's pixel type, and take its core side where it was clamped
+    ctx = replace(ctx, dtype=first.info.pixel_dtype, core=first.grid.core, clamped=first.grid.core != ctx.core)
+    return replace(job, ctx=ctx, first=first)
 
 
 def finished_scenes(prefix: str, sources: list[SceneSource], fingerprint: dict, overwrite: bool) -> set[int]:
@@ -252,23 +248,23 @@ def _check_stride(opts: PredictOptions, model) -> None:
         )
 
 
-def plan_scene(src: SceneSource, job: JobPlan, opts: PredictOptions, dtype: str | None = None) -> ScenePlan:
+def plan_scene(src: SceneSource, ctx: JobContext, dtype: str | None = None) -> ScenePlan:
     """Read one scene's metadata (building its VRT first, for an item's bands), choose its bands
     and grid, check its outputs (what a rerun resumes) and fit its own model parameters
     (``index-otsu``); writes nothing but the VRT. ``dtype``: the job's tile type, which the
     scene's pixels must fit."""
     url = src.source if isinstance(src.source, str) else src.source.build()
-    meta = job.meta
+    meta = ctx.meta
     info = read_info(url)
-    check_image(info, opts.allow_no_crs)
+    check_image(info, ctx.allow_no_crs)
     if dtype is not None and not np.can_cast(info.pixel_dtype, dtype):
         raise RasterError(f"{url}: pixels of type {info.pixel_dtype} do not fit the job's {dtype} tiles "
                           "(those of its first scene); predict it in a job of its own")
     if meta is None:
-        bands, _ = select_bands(url, info.descriptions, roles=BAND_ROLES, override=opts.bands)
+        bands, _ = select_bands(url, info.descriptions, roles=BAND_ROLES, override=ctx.bands)
     else:
         numbers = meta.band_numbers or list(range(1, meta.model.in_channels + 1))
-        bands, _ = select_bands(url, info.descriptions, roles=meta.band_roles, numbers=numbers, override=opts.bands)
+        bands, _ = select_bands(url, info.descriptions, roles=meta.band_roles, numbers=numbers, override=ctx.bands)
         if len(bands) != meta.model.in_channels:
             raise RasterError(f"{url}: model needs {meta.model.in_channels} bands, got {len(bands)}")
         trained_scaled = meta.extra.get("inputs", {}).get("scaled")
@@ -278,56 +274,39 @@ def plan_scene(src: SceneSource, job: JobPlan, opts: PredictOptions, dtype: str 
                 f"but this raster {'declares' if info.scaled else 'declares no'} band scale/offset; "
                 "give it inputs read the same way")
     # a --tile-size larger than the job's first scene is clamped to it (the job's tiles then all take that side)
-    multiple = meta.model.size_multiple if meta is not None else 1
-    core = job.core or limits.clamp_tile(opts.tile_size, opts.halo, info.height, info.width, multiple)
-    grid = TileGrid(info.height, info.width, core, opts.halo)
-    limits.check_fits(limits.batch_bytes(opts.batch_size, len(bands), grid.input_size, meta is not None),
-                      f"{url}: --tile-size {core} with --halo {opts.halo} and --batch-size {opts.batch_size} "
+    core = ctx.core if ctx.clamped else limits.clamp_tile(ctx.core, ctx.halo, info.height, info.width,
+                                                           ctx.ref.size_multiple)
+    grid = TileGrid(info.height, info.width, core, ctx.halo)
+    limits.check_fits(limits.batch_bytes(ctx.batch_size, len(bands), grid.input_size, meta is not None),
+                      f"{url}: --tile-size {core} with --halo {ctx.halo} and --batch-size {ctx.batch_size} "
                       f"({grid.input_size} px model inputs)", "use a smaller --tile-size or --batch-size")
-    fp = opts.fingerprint(bands)
-    out = job.output(src.stem)
-    status = output.check_existing(out, fp, opts.overwrite)
+    fp = ctx.fingerprint(bands)
+    out = ctx.output(src.stem)
+    status = output.check_existing(out, fp, ctx.overwrite)
     done = softmax = previous = None
     if status == "resume":
         done, previous = output.read_done(out, len(grid))
         output.check_alignment(out, grid)  # one writer per chunk, or no plan
-        if opts.stitch == "hann":
+        if ctx.hann:
             softmax, _ = output.read_done(out, len(grid), kinds=("softmax",))
-    params = fit_otsu(url, bands).to_dict() if opts.model == "index-otsu" and status != "done" else None
+    params = fit_otsu(url, bands).to_dict() if ctx.spec.name == "index-otsu" and status != "done" else None
     return ScenePlan(src.index, url, info, grid, out, bands, fp, status, done, softmax, previous or {}, params)
 
 
-def prepare_scene(plan: ScenePlan, classes: ClassScheme, opts: PredictOptions) -> None:
+def prepare_scene(plan: ScenePlan, ctx: JobContext) -> None:
     """Create the outputs of a scene to predict (deleting old ones first with ``--overwrite``);
     outputs being resumed are kept as they are."""
     if plan.status == "new":
-        if opts.overwrite:
+        if ctx.overwrite:
             output.remove_outputs(plan.out)
-        output.create_zarr(plan.out, plan.info, plan.grid, classes, plan.fingerprint, opts.probabilities)
+        output.create_zarr(plan.out, plan.info, plan.grid, ctx.classes, plan.fingerprint, ctx.probabilities)
         output.check_alignment(plan.out, plan.grid)
-    if opts.stitch == "hann" and plan.status != "done":  # kept if it exists: a rerun resumes
-        output.create_scratch(plan.out, plan.grid, len(classes))
-
-
-def range_size(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> int:
-    """Tiles per read task: a few tasks per CPU, at least a batch each, at most ``max_tasks``
-    however many tiles."""
-    tasks = min(total // batch + 1, int(4 * cpus) * max(1, total // (batch * 64)), max_tasks)
-    return max(batch, -(-total // max(1, tasks)))
-
-
-def tile_ranges(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> list[dict]:
-    """Global tile numbers cut into ``{"lo", "hi"}`` ranges (the hann blend's tasks).
-
-    The driver holds ranges, never a list of tiles. (Not ``ray.data.range``:
-    its read task wants a whole CPU, which no node may have left beside the actors.)
-    """
-    per = range_size(total, batch, cpus, max_tasks)
-    return [{"lo": lo, "hi": min(lo + per, total)} for lo in range(0, total, per)]
+    if ctx.hann and plan.status != "done":  # kept if it exists: a rerun resumes
+        output.create_scratch(plan.out, plan.grid, len(ctx.classes))
 
 
 def scene_read_ranges(plan: ScenePlan, batch: int, cpus: float) -> tuple[ScenePlan, list[dict]]:
-    """A scene's read ranges: positions in its :class:`~geoseg.tiling.ReadOrder`, near-squares
+    """A scene's read ranges: positions in its :class:`~geoseg.data.tiling.ReadOrder`, near-squares
     of tiles inside strips (the plan, returned, names the strip width its readers follow)."""
     per = range_size(len(plan.grid), batch, cpus)
     order = ReadOrder(plan.grid, strip_for(plan.grid, per))

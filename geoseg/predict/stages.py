@@ -9,9 +9,9 @@ driver, which scenes are finished. In order::
     Infer          image tiles -> class cores (+ probabilities), or whole-tile softmax (hann)
     write_tiles    class cores -> one Zarr chunk each, progress log        (crop)
     write_softmax  whole-tile softmax -> scratch array, progress log       (hann, pass 1)
-    blend_tiles    a scene's tile range -> blended class cores -> chunks   (hann, pass 2, per scene)
-    finish_scene   Zarr -> consolidated metadata and COG; progress log removed
-    complete_scene finish_scene, then the STAC item and the run record, last
+
+and, per scene once its tiles are through, in :mod:`geoseg.predict.finish`: ``blend_tiles``
+(hann, pass 2), ``finish_scene`` (COG) and ``complete_scene`` (STAC item, run record, last).
 
 Every row after planning carries its scene's plan (``plan``, pickled: a few kB,
 so a job's scenes are planned while it runs and no process holds every plan),
@@ -26,67 +26,22 @@ tile count, the scene is through the model. Every stage after the model returns
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import sys
-import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from geoseg import catalog, output, stitch, storage
-from geoseg.classes import NODATA, ClassScheme
+from geoseg.data import output, stitch
+from geoseg.data.raster import tile_reader
 from geoseg.errors import ReadError, one_line
-from geoseg.predict.plan import (JobPlan, PredictOptions, SceneSource, ScenePlan, is_scene_error, plan_scene,
-                                 prepare_scene, scene_read_ranges)
-from geoseg.predictor import ModelSpec
-from geoseg.raster import tile_reader
+from geoseg.models.predictor import ModelSpec
+from geoseg.predict.plan import (JobContext, SceneSource, ScenePlan, is_scene_error, plan_scene, prepare_scene,
+                                 scene_read_ranges)
+from geoseg.runtime.threads import low_priority
 
 CARRY = ("plan", "accounted", "error")  # the columns every row carries from planning to the driver
 
 # --- helpers -------------------------------------------------------------------
-
-_IO_THREAD: ThreadPoolExecutor | None = None
-_IO_THREADS = 1  # how many low-priority I/O threads this process has (io_threads)
-
-
-def _low_priority(fn, *args, **kwargs):
-    """Run ``fn`` on this process's low-priority I/O thread (nice ``GEOSEG_IO_NICE``, 10).
-
-    Readers and writers share nodes with the model actors. A reader that preempts
-    one of torch's intra-op threads stalls the whole parallel region; at a lower
-    priority it runs in the gaps the model leaves instead. Only that one thread is
-    lowered (Linux nice is per thread), so a worker process later reused for
-    other work keeps its normal priority.
-    """
-    global _IO_THREAD
-    if _IO_THREAD is None:
-        _IO_THREAD = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="geoseg-io", initializer=_lower_this_thread)
-    return _IO_THREAD.submit(fn, *args, **kwargs).result()
-
-
-def io_threads(n: int) -> None:
-    """At least ``n`` low-priority I/O threads in this process: a job without Ray reads with
-    several reader threads in the driver, as a Ray job reads in several read tasks."""
-    global _IO_THREAD, _IO_THREADS
-    if n > _IO_THREADS:
-        _IO_THREADS = n
-        if _IO_THREAD is not None:
-            old, _IO_THREAD = _IO_THREAD, None
-            old.shutdown(wait=False)
-
-
-def _lower_this_thread() -> None:
-    nice = int(os.environ.get("GEOSEG_IO_NICE", "10"))
-    if nice > 0 and sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError:
-            pass
-
 
 def pack(plan) -> bytes:
     return pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
@@ -101,7 +56,7 @@ def plans_of(batch: dict) -> dict[int, ScenePlan]:
     return {int(scenes[i]): pickle.loads(batch["plan"][i]) for i in first}
 
 
-def _is_set(bitmap: np.ndarray | None, t: int) -> bool:
+def is_set(bitmap: np.ndarray | None, t: int) -> bool:
     return bitmap is not None and bool((bitmap[t >> 3] >> (7 - (t & 7))) & 1)
 
 
@@ -139,7 +94,7 @@ def planned_rows(plan: ScenePlan, batch_size: int, cpus: float) -> list[dict]:
     return [{"scene": plan.index, "plan": packed, "lo": r["lo"], "hi": r["hi"], "error": ""} for r in ranges]
 
 
-def plan_scenes(batch: dict, job: JobPlan, opts: PredictOptions, batch_size: int, cpus: float):
+def plan_scenes(batch: dict, ctx: JobContext, cpus: float):
     """Scene sources -> the rows of each scene's tile ranges, as each scene is planned (its VRT
     built, its header read, its outputs created or kept to resume). A scene that cannot be
     planned becomes one row with its error (``--fail-fast``: the job stops)."""
@@ -150,15 +105,15 @@ def plan_scenes(batch: dict, job: JobPlan, opts: PredictOptions, batch_size: int
             plan = src
         else:
             try:
-                plan = plan_scene(src, job, opts, job.dtype)
+                plan = plan_scene(src, ctx, ctx.dtype)
             except Exception as exc:
-                if opts.fail_fast or not is_scene_error(exc):
+                if ctx.fail_fast or not is_scene_error(exc):
                     raise
                 yield _rows([{"scene": src.index, "plan": packed, "lo": 0, "hi": 0, "error": one_line(exc)}])
                 continue
         if plan.status != "done":
-            prepare_scene(plan, job.classes, opts)
-        yield _rows(planned_rows(plan, batch_size, cpus))
+            prepare_scene(plan, ctx)
+        yield _rows(planned_rows(plan, ctx.batch_size, cpus))
 
 
 def _rows(rows: list[dict]) -> dict:
@@ -171,17 +126,18 @@ def _rows(rows: list[dict]) -> dict:
 # --- read ----------------------------------------------------------------------
 
 
-def read_tiles(batch: dict, dtype: str, shape: tuple[int, int, int], batch_size: int = 8, skip_bad: bool = False,
-               fail_fast: bool = False):
-    """Tile ranges (with their scenes' plans) -> image tiles, yielded ``batch_size`` tiles at a time.
+def read_tiles(batch: dict, ctx: JobContext, shape: tuple[int, int, int]):
+    """Tile ranges (with their scenes' plans) -> image tiles in the job's pixel type, yielded
+    ``ctx.batch_size`` tiles at a time.
 
     A task's memory thus does not grow with the length of its range. ``shape``:
     ``(bands, input size, core)`` of the job's tiles (for markers). An unreadable
     block fails its scene (one marker row with the error, naming the file and
-    window: the scene's other tiles are not predicted), or with ``skip_bad`` the
+    window: the scene's other tiles are not predicted), or with ``--skip-bad-tiles`` the
     tiles that need it are logged as ``bad`` (left nodata, listed in the run
-    record); ``fail_fast``: the job stops.
+    record); ``--fail-fast``: the job stops.
     """
+    dtype, batch_size, skip_bad, fail_fast = ctx.dtype, ctx.batch_size, ctx.skip_bad_tiles, ctx.fail_fast
     for i in range(len(batch["lo"])):
         lo, hi, packed = int(batch["lo"][i]), int(batch["hi"][i]), batch["plan"][i]
         scene, error = int(batch["scene"][i]), batch["error"][i]
@@ -192,7 +148,7 @@ def read_tiles(batch: dict, dtype: str, shape: tuple[int, int, int], batch_size:
         ids = plan.order.tiles(lo, hi)  # positions in the scene's reading order -> tile numbers
         for j in range(0, len(ids), batch_size):
             try:
-                out, dropped = _low_priority(_read_tiles, ids[j : j + batch_size], plan, dtype, skip_bad)
+                out, dropped = low_priority(_read_tiles, ids[j : j + batch_size], plan, dtype, skip_bad)
             except ReadError as exc:
                 if fail_fast:
                     raise
@@ -248,10 +204,10 @@ def _read_tiles(ids: np.ndarray, plan: ScenePlan, dtype: str, skip_bad: bool = F
     input. Tiles already finished (or whose softmax is stored) are dropped; tiles
     without a single valid pixel are dropped and logged as ``nodata``; ``dropped``
     counts them. The tiles are read together
-    (:meth:`geoseg.raster.TileReader.read_tiles`), straight into the batch.
+    (:meth:`geoseg.data.raster.TileReader.read_tiles`), straight into the batch.
     """
     todo = [(int(t), plan.grid[plan.grid.index(int(t))]) for t in ids
-            if not (_is_set(plan.done, int(t)) or _is_set(plan.softmax, int(t)))]
+            if not (is_set(plan.done, int(t)) or is_set(plan.softmax, int(t)))]
     core, size, nb = plan.grid.core, plan.grid.input_size, len(plan.bands)
     tiles, valids, crops, empty, bad, keep = [], [], [], [], [], []
     images = np.empty((0, nb, size, size), dtype)
@@ -375,7 +331,7 @@ def _scatter(values: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
 
 def write_tiles(batch: dict) -> dict:
     """Write each tile's core into its own Zarr chunk, then log the tiles as done."""
-    return _low_priority(_write_tiles, batch)
+    return low_priority(_write_tiles, batch)
 
 
 def _write_tiles(batch: dict) -> dict:
@@ -396,7 +352,7 @@ def _write_tiles(batch: dict) -> dict:
 
 def write_softmax(batch: dict) -> dict:
     """``--stitch hann``, pass 1: store each tile's softmax, log it as ``softmax``."""
-    return _low_priority(_write_softmax, batch)
+    return low_priority(_write_softmax, batch)
 
 
 def _write_softmax(batch: dict) -> dict:
@@ -407,145 +363,3 @@ def _write_softmax(batch: dict) -> dict:
             output.write_softmax(plans[int(s)].out, int(t), batch["softmax"][i])
     _log_by_scene(plans, scenes, tiles, kind="softmax")
     return _counts(scenes, batch["model_s"], np.zeros(len(tiles)), batch)
-
-
-# --- blend (hann, pass 2) ------------------------------------------------------
-
-
-def blend_tiles(plan: ScenePlan, lo: int, hi: int, probabilities: bool) -> dict:
-    """``--stitch hann``, pass 2, once a scene's softmax is stored: blend, finish and write the
-    chunks of its tiles ``lo`` to ``hi`` from the stored softmax of the tiles that cover them.
-    Returns ``{"tiles": blended, "pixels": written}``."""
-    return _low_priority(_blend_tiles, plan, lo, hi, probabilities)
-
-
-def _blend_tiles(plan: ScenePlan, lo: int, hi: int, probabilities: bool) -> dict:
-    cache: OrderedDict = OrderedDict()  # neighbouring tiles share inputs; a few are enough
-
-    def fetch(iy: int, ix: int):
-        key = (iy, ix)
-        if key not in cache:
-            cache[key] = output.read_softmax(plan.out, iy * plan.grid.shape[1] + ix)
-            if len(cache) > 12:
-                cache.popitem(last=False)
-        return cache[key]
-
-    tiles, pixels = [], 0
-    for t in range(lo, hi):
-        if _is_set(plan.done, t):
-            continue
-        tile = plan.grid[plan.grid.index(t)]
-        probs, valid = stitch.blend_core(plan.grid, tile, fetch)
-        if not valid.any():
-            continue  # no softmax stored: logged as nodata by the model pass
-        classes = probs.argmax(0).astype(np.uint8)
-        classes[~valid] = NODATA
-        output.write_tile(plan.out, tile.core, classes, stitch.to_uint8(probs) if probabilities else None)
-        tiles.append(t)
-        pixels += tile.core.size
-    output.log_done(plan.out, np.asarray(tiles, dtype=np.int64))
-    return {"tiles": len(tiles), "pixels": pixels}
-
-
-# --- finish --------------------------------------------------------------------
-
-
-def finish_scene(plan: ScenePlan, classes: ClassScheme, quicklook: bool = False) -> dict:
-    """Consolidate the Zarr metadata, build the COG (counting each class's pixels and area on
-    the way), write the quicklooks (``quicklook``), drop the progress log.
-
-    Returns ``{"counts": tiles by kind, "bad_tiles": [{tile, window}], "cog_seconds", "classes":
-    pixels and hectares by class, "quicklooks": PNG URLs}``; the run record is written
-    afterwards, last of all (:func:`complete_scene`). A scene whose progress log does not
-    account for every tile is refused (it stays incomplete; a rerun resumes it).
-    """
-    _, counts = output.read_done(plan.out, len(plan.grid))
-    missing = len(plan.grid) - sum(counts.values())
-    if missing > 0:
-        raise ReadError(f"{plan.url}: {missing} of {len(plan.grid)} tiles were not written; "
-                        "rerun the same command to finish the scene")
-    bad = []
-    for t in output.logged_tiles(plan.out, "bad"):
-        core = plan.grid[plan.grid.index(t)].core
-        bad.append({"tile": t, "window": {"row_off": core.row_off, "col_off": core.col_off,
-                                           "height": core.height, "width": core.width}})
-    output.consolidate(plan.out)
-    t0 = time.perf_counter()
-    counted = output.zarr_to_cog(plan.out, plan.info, classes)
-    cog_s = time.perf_counter() - t0
-    pictures = _quicklooks(plan.url, plan.out, classes) if quicklook else {}
-    storage.remove(plan.out.progress, recursive=True)
-    return {"counts": counts, "bad_tiles": bad, "cog_seconds": round(cog_s, 3),
-            "classes": output.class_areas(classes, counted), "quicklooks": pictures}
-
-
-def complete_scene(plan: ScenePlan, job: JobPlan, opts: PredictOptions, timings: dict, placement: dict,
-                   started) -> dict:
-    """Finish a scene whose tiles are all written (:func:`finish_scene`), then write its STAC
-    item and, last, its run record: the scene is complete. Returns the record."""
-    t0 = time.perf_counter()
-    finished = finish_scene(plan, job.classes, opts.quicklook)
-    counts, previous = finished["counts"], plan.previous
-    rec = output.scene_record(
-        plan.out,
-        url=plan.url,
-        info=plan.info,
-        model={
-            "name": job.spec.name,
-            "checkpoint": opts.checkpoint,
-            "classes": job.classes.to_dict(),
-            "thresholds": plan.params,
-        },
-        parameters={**plan.fingerprint, "batch_size": opts.batch_size, "precision": opts.precision,
-                    # a --tile-size larger than the scene is clamped to it: the core side used
-                    **({"tile_size_used": plan.grid.core} if plan.grid.core != opts.tile_size else {})},
-        tiles={
-            "total": len(plan.grid),
-            # this run only; tiles finished by an interrupted earlier run count as resumed
-            "predicted": counts.get("done", 0) - previous.get("done", 0),
-            "nodata_skipped": counts.get("nodata", 0) - previous.get("nodata", 0),
-            "resumed": sum(previous.values()),
-            # unreadable input (--skip-bad-tiles): left nodata; each with its core window
-            "bad": counts.get("bad", 0),
-            "bad_tiles": finished["bad_tiles"],
-        },
-        timings={**timings, "finish": time.perf_counter() - t0, "cog": finished["cog_seconds"],
-                 "total": timings.get("total", 0.0) + time.perf_counter() - t0},
-        started=started,
-        classes=finished["classes"],
-        quicklooks=finished["quicklooks"],
-    )
-    rec["placement"] = placement  # which nodes ran each stage (node ids), so far in the job
-    model = {**rec["model"], "bands": [plan.info.descriptions[b - 1] or f"band{b}" for b in plan.bands],
-             "arch": job.meta.model.arch if job.meta else None}
-    rec["outputs"]["stac_item"] = catalog.write_item(plan.out.prefix, plan.out.stem, catalog.scene_item(
-        plan.out.stem, rec["outputs"], plan.info, job.classes, rec, model, rec.get("stac_item")))
-    output.write_record(plan.out, rec)  # last: the scene is complete
-    return rec
-
-
-def _quicklooks(url: str, out: output.SceneOutput, classes: ClassScheme) -> dict[str, str]:
-    """The scene's quicklook PNGs (from the input's and the COG's overviews: small reads), by
-    the names the run record lists them under."""
-    from geoseg.quicklook import write_predict_quicklooks
-
-    urls = write_predict_quicklooks(url, out.cog, classes, storage.join(out.prefix, out.stem))
-    return {"quicklook" if name == "quicklook" else f"quicklook_{name}": url for name, url in urls.items()}
-
-
-def add_quicklooks(url: str, out: output.SceneOutput, classes: ClassScheme) -> bool:
-    """``--quicklook`` on a scene finished earlier without them: draw them and list them in its
-    run record (rewritten whole, so it stays complete). False when it has them already."""
-    record = json.loads(storage.read_text(out.record))
-    if record.get("outputs", {}).get("quicklook"):
-        return False
-    record["outputs"].update(_quicklooks(url, out, classes))
-    item_url = record["outputs"].get("stac_item")
-    if item_url and storage.exists(item_url):  # and in its STAC item
-        from geoseg.catalog import quicklook_assets
-
-        item = json.loads(storage.read_text(item_url))
-        item["assets"].update(quicklook_assets(record["outputs"]))
-        storage.write_text(item_url, json.dumps(item, indent=2))
-    output.write_record(out, record)
-    return True

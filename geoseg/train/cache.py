@@ -38,11 +38,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoseg import storage
-from geoseg.classes import NODATA
+from geoseg.data import storage
+from geoseg.data.classes import NODATA
 from geoseg.errors import InputError, StorageError
-from geoseg.raster import tile_reader
-from geoseg.tiling import Window
+from geoseg.data.raster import tile_reader
+from geoseg.data.tiling import Window
 
 FORMAT = 1
 MANIFEST = "cache.json"
@@ -235,7 +235,7 @@ def build_blocks(cache: ChipCache, blocks: list[tuple[int, int, int, int]], k: i
     """Decode ``blocks`` of the image and labels and write their files; returns bytes written.
 
     Each block is read in strips of rows (flat memory for any block size) through the
-    per-process :class:`geoseg.raster.TileReader`, so raster blocks shared by two split
+    per-process :class:`geoseg.data.raster.TileReader`, so raster blocks shared by two split
     blocks are decoded once when neighbours are built by the same task."""
     from geoseg.train.data import outside_values
 

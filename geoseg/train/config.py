@@ -6,11 +6,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from geoseg import storage
-from geoseg.augment import AugmentConfig
-from geoseg.bands import Selection
+from geoseg.data import storage
+from geoseg.train.augment import AugmentConfig
+from geoseg.data.bands import Selection
 from geoseg.errors import InputError
-from geoseg.losses import LOSSES
+from geoseg.train.losses import LOSSES
 from geoseg.models.zoo import ARCHS
 
 CPU_CHIP, CPU_BATCH = 128, 16

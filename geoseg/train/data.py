@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg.classes import NODATA, ClassScheme
+from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import InputError, RasterError
-from geoseg.raster import (RasterInfo, check_class_map, check_image, grid_difference, read_decimated, read_info,
+from geoseg.data.raster import (RasterInfo, check_class_map, check_image, grid_difference, read_decimated, read_info,
                            tile_reader)
-from geoseg.tiling import Window
+from geoseg.data.tiling import Window
 from geoseg.train.labels import scan_labels
 
 

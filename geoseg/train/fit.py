@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg import checkpoint
-from geoseg.augment import Augment, AugmentConfig
-from geoseg.checkpoint import CheckpointMeta
-from geoseg.classes import NODATA, ClassScheme
-from geoseg.losses import make_loss
-from geoseg.metrics import scores
+from geoseg.models import checkpoint
+from geoseg.train.augment import Augment, AugmentConfig
+from geoseg.models.checkpoint import CheckpointMeta
+from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.train.losses import make_loss
+from geoseg.models.metrics import scores
 from geoseg.models.zoo import ModelConfig
-from geoseg.predictor import as_float
+from geoseg.models.predictor import as_float
 from geoseg.train.config import TrainConfig
 
 

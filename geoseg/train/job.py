@@ -23,15 +23,17 @@ import tempfile
 import threading
 import time
 
-from geoseg import checkpoint, limits, storage
-from geoseg.bands import select_bands
+from geoseg.data import limits, storage
+from geoseg.models import checkpoint
+from geoseg.data.bands import select_bands
 from geoseg.errors import InputError
-from geoseg.inputs import expand_inputs
-from geoseg.stac import StackOptions
-from geoseg.metrics import format_table, report
+from geoseg.data.inputs import expand_inputs
+from geoseg.data.stac import StackOptions
+from geoseg.models.metrics import format_table, report
 from geoseg.models.zoo import ModelConfig, build_model
-from geoseg.raster import read_info
-from geoseg.runtime import check_address, cluster_cpus, cluster_gpus, cpu_nodes, init_ray, require_gpus, worker_print
+from geoseg.data.raster import read_info
+from geoseg.console import worker_print
+from geoseg.runtime.cluster import check_address, cluster_cpus, cluster_gpus, cpu_nodes, init_ray, require_gpus
 from geoseg.train.config import TrainConfig
 from geoseg.train.data import (TrainingPlan, declared_classes, open_pairs, plan_training, read_val_chips,
                                sample_train_chips)

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoseg import storage
-from geoseg.classes import NODATA
+from geoseg.data import storage
+from geoseg.data.classes import NODATA
 from geoseg.errors import RasterError
-from geoseg.raster import RasterInfo, open_raster
+from geoseg.data.raster import RasterInfo, open_raster
 
 CHUNK = 2048  # px a side of one scan window: 4 MPix, a few MiB per task
 

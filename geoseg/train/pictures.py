@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoseg import quicklook, storage
-from geoseg.classes import NODATA, ClassScheme
-from geoseg.plots import training_curves_png
-from geoseg.raster import tile_reader
-from geoseg.tiling import Window
+from geoseg.data import quicklook, storage
+from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.plots import training_curves_png
+from geoseg.data.raster import tile_reader
+from geoseg.data.tiling import Window
 
 MAX_QUICKLOOK = 1024  # largest side of the validation window, in pixels
 
@@ -44,7 +44,7 @@ def validation_window(plan, pair: int = 0) -> Window | None:
 def write_val_quicklook(run_dir: str, plan, best_checkpoint: str) -> str | None:
     """``val_quicklook.png`` of the best checkpoint on a validation block (CPU is enough:
     one window of at most 1024 px a side)."""
-    from geoseg.predictor import TorchPredictor
+    from geoseg.models.predictor import TorchPredictor
 
     win = validation_window(plan)
     if win is None:

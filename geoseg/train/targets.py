@@ -22,14 +22,14 @@ import json
 
 import numpy as np
 
-from geoseg import storage
-from geoseg.classes import NODATA, ClassScheme
+from geoseg.data import storage
+from geoseg.data.classes import BOUNDARY, INSTANCE_CLASSES, NODATA, ClassScheme
 from geoseg.errors import InputError, RasterError
-from geoseg.raster import CogWriter, RasterInfo, iter_windows, read_info, tile_reader
-from geoseg.tiling import Window
+from geoseg.data.cog import CogWriter
+from geoseg.data.raster import RasterInfo, read_info, tile_reader
+from geoseg.data.tiling import iter_windows
+from geoseg.data.tiling import Window
 
-INSTANCE_CLASSES = ClassScheme(("background", "field", "boundary"), ((200, 200, 200), (56, 168, 0), (110, 60, 20)))
-BOUNDARY = 1  # px of an instance's edge that are its boundary
 WINDOW = 1024
 
 
@@ -105,7 +105,7 @@ def _with_apron(read, win: Window, info: RasterInfo, width: int, fill) -> np.nda
 def vector_classes(url: str, field: str) -> tuple[dict, ClassScheme | None]:
     """``({field value: class number}, class names)`` of a label vector file's field: numbers are
     class numbers (no names), names are numbered in sorted order."""
-    from geoseg import vectorfile
+    from geoseg.data import vectorfile
 
     _, fields = vectorfile.info(url)
     if field not in fields:
@@ -124,7 +124,7 @@ def from_vectors(url: str, image: RasterInfo, out: str, field: str | None = None
                  width: int = BOUNDARY) -> str:
     """A label raster on the image's grid from a vector file: ``field`` gives each polygon's class;
     with ``instances`` each polygon is one instance of the 3-class field-delineation target."""
-    from geoseg.vectorfile import Features
+    from geoseg.data.vectorfile import Features
 
     if not instances and not field:
         raise InputError("--label-vectors needs --class-field FIELD (or --instances: each polygon one instance)")

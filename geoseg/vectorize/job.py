@@ -18,14 +18,15 @@ import uuid
 
 import numpy as np
 
-from geoseg import storage
+from geoseg.data import storage
+from geoseg.data.classmap import scene_maps
 from geoseg.errors import InputError
 from geoseg.vectorize import plan, stages
 from geoseg.vectorize.plan import VectorizeOptions
 
 
 def _reader(src: stages.Source):
-    from geoseg.classmap import open_class_map
+    from geoseg.data.classmap import open_class_map
 
     cmap = open_class_map(src.url).__enter__()
     return cmap.read
@@ -41,14 +42,14 @@ def _prob_reader(src: stages.Source):
 
 
 def _area(src: stages.Source):
-    from geoseg.area import PixelArea
+    from geoseg.data.area import PixelArea
 
     return PixelArea.of(src.crs, src.transform)
 
 
 def chunk_task(src: stages.Source, gy: int, gx: int, chunk: int, parts: str, tolerance: float) -> stages.Piece:
     """Level 0: one chunk polygonized; its closed polygons written as a part; its open ones returned."""
-    win = plan.window(src.height, src.width, chunk, 0, gy, gx)
+    win = src.tree(chunk).window(0, gy, gx)
     area = _area(src)
     closed, opened = stages.polygonize_chunk(src, win, _reader(src), _prob_reader(src), area)
     stages.finish_polygons(src, closed, storage.join(parts, f"0-{gy}-{gx}.parquet"), tolerance, area is not None)
@@ -58,7 +59,7 @@ def chunk_task(src: stages.Source, gy: int, gx: int, chunk: int, parts: str, tol
 def merge_task(src: stages.Source, level: int, gy: int, gx: int, chunk: int, parts: str, tolerance: float,
                *below: stages.Piece) -> stages.Piece:
     """Level L: the open polygons of the four windows below merged; the closed ones written."""
-    win = plan.window(src.height, src.width, chunk, level, gy, gx)
+    win = src.tree(chunk).window(level, gy, gx)
     closed, opened = stages.merge_group(src, win, list(below))
     stages.finish_polygons(src, closed, storage.join(parts, f"{level}-{gy}-{gx}.parquet"), tolerance,
                            _area(src) is not None)
@@ -71,15 +72,16 @@ def vectorize_map(src: stages.Source, opts: VectorizeOptions, base: str, log=pri
 
     t0 = time.perf_counter()
     parts = f"{base}.vectors.parts-{uuid.uuid4().hex[:8]}"
-    top = plan.levels(src.height, src.width, opts.chunk)
+    tree = src.tree(opts.chunk)
+    top = tree.levels
     chunk = ray.remote(num_cpus=1)(chunk_task)
     merge = ray.remote(num_cpus=1)(merge_task)
     refs = {g: chunk.remote(src, *g, opts.chunk, parts, opts.simplify)
-            for g in plan.groups(src.height, src.width, opts.chunk, 0)}
+            for g in tree.groups(0)}
     for level in range(1, top + 1):
         refs = {g: merge.remote(src, level, *g, opts.chunk, parts, opts.simplify,
-                                *[refs[c] for c in plan.children(src.height, src.width, opts.chunk, level, *g)])
-                for g in plan.groups(src.height, src.width, opts.chunk, level)}
+                                *[refs[c] for c in tree.children(level, *g)])
+                for g in tree.groups(level)}
     try:
         left = ray.get(list(refs.values()))
     except ray.exceptions.RayTaskError as exc:
@@ -207,11 +209,11 @@ def vectorize(target: str, opts: VectorizeOptions, out: str | None = None, log=p
     """Vectorize a predict PREFIX (every finished scene, or with ``missing_only`` those whose record
     lists no vectors yet; each record and STAC item then lists its vector files) or one class map
     (``out``: the files' base name, default beside it)."""
-    from geoseg.classmap import is_zarr
-    from geoseg.runtime import init_ray
+    from geoseg.data.classmap import is_zarr
+    from geoseg.runtime.cluster import init_ray
 
     if not is_zarr(target) and storage.isdir(target):
-        maps = plan.scene_maps(target)
+        maps = scene_maps(target)
         if missing_only:
             maps = [m for m in maps if not (m[2].get("outputs") or {}).get("vectors_parquet")]
             if not maps:

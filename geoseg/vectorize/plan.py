@@ -1,24 +1,22 @@
 """What ``geoseg vectorize`` does, decided before any pixel is read (no Ray): the class maps (a
 predict PREFIX's finished scenes, or one class map: a GeoTIFF, predict's Zarr, a mosaic store),
-the classes to keep, the chunk quad-tree, and where the outputs go.
+the classes to keep, and where the outputs go.
 
-The merge is a quad-tree of windows: level 0 are ``CHUNK``-square chunks, level L the windows
-of 2^L x 2^L chunks. A level-L task merges the open polygons of its four level L-1 windows;
-the top level is one window, the whole map, where every polygon closes. Seams are merged once
-each, and no task holds more than one window's open polygons (what touches its edges).
+The merge runs up the map's :class:`~geoseg.data.quadtree.QuadTree` (``Source.tree``): level 0 are
+``--chunk``-square chunks, level L the windows of 2^L x 2^L chunks. A level-L task merges the open
+polygons of its four level L-1 windows; the top level is one window, the whole map, where every
+polygon closes. Seams are merged once each, and no task holds more than one window's open
+polygons (what touches its edges).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-import numpy as np
-
-from geoseg import storage
-from geoseg.classes import NODATA, ClassScheme
+from geoseg.data import storage
+from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import InputError
-from geoseg.tiling import Window
+from geoseg.data.classes import BOUNDARY, INSTANCE_CLASSES
 from geoseg.vectorize.stages import CHUNK, Source
 
 FORMATS = ("parquet", "fgb")
@@ -46,36 +44,12 @@ class VectorizeOptions:
             raise InputError(f"--format {bad[0]!r}: choose from {', '.join(FORMATS)}")
 
 
-def levels(height: int, width: int, chunk: int) -> int:
-    """Levels of the quad-tree above the chunks: until one window covers the map."""
-    n = max(-(-height // chunk), -(-width // chunk))
-    return max(0, int(np.ceil(np.log2(n)))) if n > 1 else 0
-
-
-def window(height: int, width: int, chunk: int, level: int, gy: int, gx: int) -> Window:
-    side = chunk << level
-    r0, c0 = gy * side, gx * side
-    return Window(r0, c0, min(height, r0 + side) - r0, min(width, c0 + side) - c0)
-
-
-def groups(height: int, width: int, chunk: int, level: int) -> list[tuple[int, int]]:
-    side = chunk << level
-    return [(gy, gx) for gy in range(-(-height // side)) for gx in range(-(-width // side))]
-
-
-def children(height: int, width: int, chunk: int, level: int, gy: int, gx: int) -> list[tuple[int, int]]:
-    """The windows of ``level - 1`` that make up window ``(gy, gx)`` of ``level``."""
-    below = set(groups(height, width, chunk, level - 1))
-    return [(2 * gy + dy, 2 * gx + dx) for dy in (0, 1) for dx in (0, 1) if (2 * gy + dy, 2 * gx + dx) in below]
-
-
 def source_of(url: str, opts: VectorizeOptions, scene: str | None = None) -> Source:
     """A class map to vectorize, its classes chosen (names from its tags or attributes)."""
-    from geoseg.classmap import is_zarr, open_class_map
+    from geoseg.data.classmap import is_zarr, open_class_map
 
     cmap = open_class_map(url)
     info = cmap.info
-    from geoseg.train.targets import BOUNDARY, INSTANCE_CLASSES
 
     scheme = ClassScheme.from_tags(info.tags)
     names = tuple(scheme.names) if scheme else ()
@@ -109,23 +83,6 @@ def _chosen(asked, names: tuple[str, ...], url: str) -> tuple[int, ...]:
         else:
             raise InputError(f"--classes: {a!r} is not a class of {url} (classes: {', '.join(names) or 'numbered'})")
     return tuple(sorted(set(out)))
-
-
-def scene_maps(prefix: str) -> list[tuple[str, str, dict]]:
-    """``(stem, class map URL, record)`` of each finished scene under a predict PREFIX (its Zarr,
-    which holds the probabilities where they were written)."""
-    out = []
-    for name in storage.listdir(prefix):
-        if not name.endswith(".json") or name.startswith("_") or name.endswith(".item.json") or name in (
-                "catalog.json",):
-            continue
-        try:
-            rec = json.loads(storage.read_text(storage.join(prefix, name)))
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict) and rec.get("status") == "complete" and (rec.get("outputs") or {}).get("zarr"):
-            out.append((name[: -len(".json")], rec["outputs"]["zarr"], rec))
-    return sorted(out)
 
 
 def outputs(base: str, formats: tuple[str, ...]) -> dict[str, str]:

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg import storage
-from geoseg.classes import NODATA
-from geoseg.tiling import Window
+from geoseg.data import storage
+from geoseg.data.classes import NODATA
+from geoseg.data.quadtree import QuadTree
+from geoseg.data.tiling import Window
 
 CHUNK = 2048  # px a side of a polygonizing task's window
 
@@ -74,6 +75,10 @@ class Source:
     probabilities: str | None = None  # the Zarr holding "probabilities" (class, y, x) uint8, or None
     grow: int = 0  # instances: each polygon (a connected interior) grown back over its boundary, in px
 
+    def tree(self, chunk: int) -> QuadTree:
+        """The map's quad-tree of ``chunk``-square windows (the merge's order)."""
+        return QuadTree(self.height, self.width, chunk)
+
 
 def junction_keys(lab: np.ndarray, width: int, row_off: int, col_off: int) -> np.ndarray:
     """Keys ``y * (width + 1) + x`` of the grid points inside a labelled window ``lab`` (with a
@@ -90,7 +95,7 @@ def junction_keys(lab: np.ndarray, width: int, row_off: int, col_off: int) -> np
 
 def polygonize_chunk(src: Source, win: Window, read, read_probs=None, area=None) -> tuple[Piece, Piece]:
     """``(closed, open)`` polygons of one chunk. ``read(window)`` gives class numbers, ``read_probs``
-    (class, h, w) uint8 probabilities or None, ``area`` a :class:`geoseg.area.PixelArea` or None."""
+    (class, h, w) uint8 probabilities or None, ``area`` a :class:`geoseg.data.area.PixelArea` or None."""
     import rasterio.features
     import shapely
     from affine import Affine
@@ -330,7 +335,7 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
     geoms = shapely.from_wkb(np.asarray(piece.wkb, dtype=object))
     areas = np.asarray(piece.area_m2, np.float64)
     if src.grow:  # instances: each interior grown back over its boundary pixels (mitred: square corners stay)
-        from geoseg.area import PixelArea
+        from geoseg.data.area import PixelArea
 
         grown = shapely.buffer(geoms, src.grow, join_style="mitre")
         pixel = PixelArea.of(src.crs, src.transform)
@@ -369,18 +374,16 @@ def nodata_free(values: np.ndarray) -> np.ndarray:
 def polygons_here(src: Source, read, chunk: int = CHUNK, read_probs=None, area=None) -> Piece:
     """Every polygon of a class map, the quad-tree run here window after window (tests, small maps,
     a machine without Ray): the closed polygons of every level, in pixel space."""
-    from geoseg.vectorize import plan
-
+    tree = src.tree(chunk)
     out, opened = Piece(), {}
-    for g in plan.groups(src.height, src.width, chunk, 0):
-        closed, opened[g] = polygonize_chunk(src, plan.window(src.height, src.width, chunk, 0, *g), read,
-                                             read_probs, area)
+    for g in tree.groups(0):
+        closed, opened[g] = polygonize_chunk(src, tree.window(0, *g), read, read_probs, area)
         out.extend(closed)
-    for level in range(1, plan.levels(src.height, src.width, chunk) + 1):
+    for level in range(1, tree.levels + 1):
         below, opened = opened, {}
-        for g in plan.groups(src.height, src.width, chunk, level):
-            kids = [below[c] for c in plan.children(src.height, src.width, chunk, level, *g)]
-            closed, opened[g] = merge_group(src, plan.window(src.height, src.width, chunk, level, *g), kids)
+        for g in tree.groups(level):
+            kids = [below[c] for c in tree.children(level, *g)]
+            closed, opened[g] = merge_group(src, tree.window(level, *g), kids)
             out.extend(closed)
     for left in opened.values():
         out.extend(left)

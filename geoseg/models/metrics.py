@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoseg.classes import NODATA
+from geoseg.data.classes import NODATA
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore: int = NODATA) -> np.ndarray:

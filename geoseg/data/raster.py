@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from geoseg import storage
+from geoseg.data import storage
 from geoseg.errors import RasterError, ReadError, StorageError
-from geoseg.tiling import Tile, Window, pad_tile
+from geoseg.data.tiling import Tile, Window, pad_tile
 
 
 @dataclass(frozen=True)
@@ -237,7 +235,7 @@ class TileReader:
         batch (cast to ``dtype`` on the way, default :attr:`dtype`): one copy of
         each pixel between the decoder and the model's input, none for the
         windows in between. Only tiles of rasters smaller than a tile are padded.
-        ``order``: the :class:`~geoseg.tiling.ReadOrder` the tiles come in; with it, cells are
+        ``order``: the :class:`~geoseg.data.tiling.ReadOrder` the tiles come in; with it, cells are
         trimmed to what the next tile row of the strip needs as soon as the current row has
         passed them, and cells outside the strip are dropped.
         """
@@ -307,7 +305,7 @@ class TileReader:
         window's top cell row only holds the upper halo of a tile (its ``core`` starts below
         it, so the next tile row does too), are dropped from that row. ``row_done``: the tile row
         has ended, every cell has been passed. ``columns``: the raster columns the tiles of the
-        strip read (:class:`~geoseg.tiling.ReadOrder`); cells outside them are dropped."""
+        strip read (:class:`~geoseg.data.tiling.ReadOrder`); cells outside them are dropped."""
         ch, cw = self.cell
         r0, c0 = window.row_off // ch, window.col_off // cw
         first, end = (columns[0] // cw, (columns[1] - 1) // cw) if columns else (0, 1 << 62)
@@ -414,105 +412,3 @@ def tile_reader(url: str, bands: list[int] | None = None) -> TileReader:
             _READERS.pop(next(iter(_READERS))).close()
         reader = _READERS[key] = TileReader(url, bands)
     return reader
-
-
-def iter_windows(height: int, width: int, block: int = 1024) -> Iterator[Window]:
-    """Row-major windows of at most ``block x block`` pixels covering a raster."""
-    for r in range(0, height, block):
-        for c in range(0, width, block):
-            yield Window(r, c, min(block, height - r), min(block, width - c))
-
-
-class CogWriter:
-    """Stream windows into a Cloud-Optimized GeoTIFF at ``url``.
-
-    Windows go into a tiled scratch GeoTIFF; on :meth:`close` GDAL's COG driver
-    copies it (computing overviews with ``resampling``) block by block, and the
-    result is moved or uploaded to ``url`` in one step, so a COG at ``url`` is
-    always complete. Memory stays at a few blocks whatever the raster size.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        height: int,
-        width: int,
-        count: int,
-        dtype: str,
-        crs: Any,
-        transform: Any,
-        nodata: float | None,
-        descriptions: list[str] | None = None,
-        colormap: dict[int, tuple[int, int, int, int]] | None = None,
-        tags: dict[str, str] | None = None,
-        resampling: str = "NEAREST",
-        blocksize: int = 512,
-    ):
-        import rasterio
-
-        self.url, self.dtype, self.resampling, self.blocksize = url, dtype, resampling, blocksize
-        self._staging = storage.staging_path(url, ".scratch.tif")
-        self._scratch = self._staging.__enter__()
-        self._env = storage.gdal_env()
-        self._env.__enter__()
-        self._dst = rasterio.open(
-            self._scratch,
-            "w",
-            driver="GTiff",
-            height=height,
-            width=width,
-            count=count,
-            dtype=dtype,
-            crs=crs,
-            transform=transform,
-            nodata=nodata,
-            tiled=True,
-            blockxsize=blocksize,
-            blockysize=blocksize,
-            compress="DEFLATE",
-            BIGTIFF="IF_SAFER",
-        )
-        if descriptions:
-            for i, d in enumerate(descriptions, start=1):
-                self._dst.set_band_description(i, d)
-        if colormap:
-            self._dst.write_colormap(1, colormap)
-        if tags:
-            self._dst.update_tags(**tags)
-
-    def write(self, window: Window, data: np.ndarray) -> None:
-        """Write ``data`` of shape ``(count, h, w)`` (or ``(h, w)``) at ``window``."""
-        if data.ndim == 2:
-            data = data[None]
-        self._dst.write(data, window=window.to_rasterio())
-
-    def close(self, commit: bool = True) -> None:
-        from rasterio.shutil import copy as rio_copy
-
-        try:
-            self._dst.close()
-            if commit:
-                cog = self._scratch[: -len(".scratch.tif")] + ".cog.tif"
-                rio_copy(
-                    self._scratch,
-                    cog,
-                    driver="COG",
-                    COMPRESS="DEFLATE",
-                    PREDICTOR="2" if np.dtype(self.dtype).kind in "iu" else "YES",
-                    BLOCKSIZE=str(self.blocksize),
-                    OVERVIEW_RESAMPLING=self.resampling,
-                    RESAMPLING=self.resampling,
-                    BIGTIFF="IF_SAFER",
-                    NUM_THREADS="ALL_CPUS",  # compression on every core: this is a job's serial tail
-                )
-                storage.put_file(cog, self.url)
-        finally:
-            self._env.__exit__(None, None, None)
-            self._staging.__exit__(None, None, None)
-
-    def __enter__(self) -> "CogWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(commit=exc_type is None)

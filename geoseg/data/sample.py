@@ -8,7 +8,7 @@ any window can be rendered on its own and the scene is the same whatever the
 block size, so a 20000 x 20000 scene needs only a few blocks of memory.
 
 Bands are Sentinel-2-like surface reflectance x 10000 (uint16; 0 = nodata):
-blue, green, red, nir. Labels (uint8) follow :data:`geoseg.classes.LANDCOVER`,
+blue, green, red, nir. Labels (uint8) follow :data:`geoseg.data.classes.LANDCOVER`,
 255 = nodata.
 """
 
@@ -22,11 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 from affine import Affine
 
-from geoseg import storage
-from geoseg.classes import BARE, BUILT, LANDCOVER, NODATA, VEGETATION, WATER
+from geoseg.data import storage
+from geoseg.data.classes import BARE, BUILT, LANDCOVER, NODATA, VEGETATION, WATER
 from geoseg.errors import InputError
-from geoseg.raster import CogWriter, iter_windows
-from geoseg.tiling import Window
+from geoseg.data.cog import CogWriter
+from geoseg.data.tiling import iter_windows
+from geoseg.data.tiling import Window
 
 BAND_NAMES = ("blue", "green", "red", "nir")
 PIXEL_SIZE = 10.0

@@ -8,13 +8,16 @@ Read window by window (:func:`open_class_map`) or decimated for pictures
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from geoseg import storage
-from geoseg.classes import NODATA, ClassScheme
+from geoseg.data import storage
+from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import RasterError, StorageError
-from geoseg.raster import RasterInfo, iter_windows, open_raster, read_decimated, read_info
-from geoseg.tiling import Window
+from geoseg.data.raster import RasterInfo, open_raster, read_decimated, read_info
+from geoseg.data.tiling import iter_windows
+from geoseg.data.tiling import Window
 
 
 class RasterClassMap:
@@ -164,3 +167,20 @@ def _strided(cmap: ZarrClassMap, max_side: int) -> tuple[np.ndarray, float]:
             out[(w.row_off + r0) // step:(w.row_off + r0) // step + part.shape[0],
                 (w.col_off + c0) // step:(w.col_off + c0) // step + part.shape[1]] = part
     return out, float(step)
+
+
+def scene_maps(prefix: str) -> list[tuple[str, str, dict]]:
+    """``(stem, class map URL, record)`` of each finished scene under a predict PREFIX (its Zarr,
+    which holds the probabilities where they were written)."""
+    out = []
+    for name in storage.listdir(prefix):
+        if not name.endswith(".json") or name.startswith("_") or name.endswith(".item.json") or name in (
+                "catalog.json",):
+            continue
+        try:
+            rec = json.loads(storage.read_text(storage.join(prefix, name)))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("status") == "complete" and (rec.get("outputs") or {}).get("zarr"):
+            out.append((name[: -len(".json")], rec["outputs"]["zarr"], rec))
+    return sorted(out)

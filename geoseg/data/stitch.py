@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoseg.classes import NODATA
-from geoseg.tiling import Tile, TileGrid
+from geoseg.data.classes import NODATA
+from geoseg.data.tiling import Tile, TileGrid
 
 
 def crop_cores(pred: np.ndarray, crops: np.ndarray, core: int, fill=0) -> np.ndarray:
     """Each tile's core out of ``(N, [K,] T, T)`` tile model outputs, as ``(N, [K,] core, core)``.
 
     ``crops``: ``(N, 4)`` rows of ``(row, col, height, width)``, the core's place
-    in its tile (:attr:`geoseg.tiling.Tile.crop`). Edge cores are clipped; the
+    in its tile (:attr:`geoseg.data.tiling.Tile.crop`). Edge cores are clipped; the
     rest of their chunk-sized array is ``fill``.
     """
     out = np.full((*pred.shape[:-2], core, core), fill, dtype=pred.dtype)

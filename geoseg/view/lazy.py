@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoseg import storage
-from geoseg.classes import NODATA
+from geoseg.data import storage
+from geoseg.data.classes import NODATA
 from geoseg.errors import InputError
 
 
@@ -29,7 +29,7 @@ def open_map(url: str, scene: str | None = None):
     import rioxarray  # noqa: F401 - registers ds.rio
     import xarray as xr
 
-    from geoseg.classmap import is_zarr
+    from geoseg.data.classmap import is_zarr
 
     store = url if is_zarr(url) else _store_of(url, scene)
     ds = xr.open_zarr(storage.zarr_store(store, read_only=True), chunks={}, consolidated=None,
@@ -75,7 +75,7 @@ def _predictor(checkpoint: str):
     scheduler runs one block per core."""
     pred = _PREDICTORS.get(checkpoint)
     if pred is None:
-        from geoseg.predictor import load_predictor
+        from geoseg.models.predictor import load_predictor
 
         pred = _PREDICTORS[checkpoint] = load_predictor(checkpoint, device="cpu", threads=1)
     return pred
@@ -113,8 +113,8 @@ def segment(data, checkpoint: str, tile_size: int = 512, halo: int = 32, scale: 
     import dask.array as da
     import xarray as xr
 
-    from geoseg import checkpoint as ckpt
-    from geoseg.tiling import TileGrid
+    from geoseg.models import checkpoint as ckpt
+    from geoseg.data.tiling import TileGrid
 
     meta = ckpt.describe(checkpoint)
     data, ydim, xdim = _bands_first(data, meta)
@@ -149,7 +149,7 @@ def segment(data, checkpoint: str, tile_size: int = 512, halo: int = 32, scale: 
 def _tile_classes(window: np.ndarray, tile, checkpoint: str, nodata, scale, offset) -> np.ndarray:
     """One tile: its read window through the model, the core's class numbers (nodata where no band
     has data)."""
-    from geoseg.tiling import pad_tile
+    from geoseg.data.tiling import pad_tile
 
     window = np.asarray(window)
     image = window if scale is None else window.astype(np.float32) * np.float32(scale) + np.float32(offset)

@@ -1,4 +1,4 @@
-"""Watchdog of a local Ray: ``python -m geoseg.reaper DRIVER_PID`` (started by :mod:`geoseg.runtime`).
+"""Watchdog of a local Ray: ``python -m geoseg.runtime.reaper DRIVER_PID`` (started by :mod:`geoseg.runtime.cluster`).
 
 It keeps a list of the processes the driver has started (Ray's GCS, raylet,
 dashboard, agents and workers), refreshed every second, and reads its stdin,

@@ -235,3 +235,27 @@ def pad_tile(block: np.ndarray, tile: Tile) -> np.ndarray:
     widths = [(0, 0)] * (block.ndim - 2) + [(top, bottom), (left, right)]
     mode = "reflect" if min(block.shape[-2:]) > 1 else "edge"
     return np.pad(block, widths, mode=mode)
+
+
+def range_size(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> int:
+    """Tiles per read task: a few tasks per CPU, at least a batch each, at most ``max_tasks``
+    however many tiles."""
+    tasks = min(total // batch + 1, int(4 * cpus) * max(1, total // (batch * 64)), max_tasks)
+    return max(batch, -(-total // max(1, tasks)))
+
+
+def tile_ranges(total: int, batch: int, cpus: float, max_tasks: int = 10_000) -> list[dict]:
+    """Global tile numbers cut into ``{"lo", "hi"}`` ranges (the hann blend's tasks).
+
+    The driver holds ranges, never a list of tiles. (Not ``ray.data.range``:
+    its read task wants a whole CPU, which no node may have left beside the actors.)
+    """
+    per = range_size(total, batch, cpus, max_tasks)
+    return [{"lo": lo, "hi": min(lo + per, total)} for lo in range(0, total, per)]
+
+
+def iter_windows(height: int, width: int, block: int = 1024) -> Iterator[Window]:
+    """Row-major windows of at most ``block x block`` pixels covering a raster."""
+    for r in range(0, height, block):
+        for c in range(0, width, block):
+            yield Window(r, c, min(block, height - r), min(block, width - c))

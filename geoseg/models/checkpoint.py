@@ -20,8 +20,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from geoseg import storage
-from geoseg.classes import ClassScheme
+from geoseg.data import storage
+from geoseg.data.classes import ClassScheme
 from geoseg.errors import CheckpointError, GeosegError
 from geoseg.models.weights import load_plain, load_weights
 from geoseg.models.zoo import ModelConfig, build_model, known_state_shapes, remember_state_shapes, state_shapes
@@ -150,12 +150,8 @@ def _safetensors_shapes(url: str) -> dict[str, tuple[int, ...]]:
 
 def describe(path: str) -> CheckpointMeta:
     """The checkpoint's description, once its weights file is there and its header
-    readable: every check that needs no torch (milliseconds). An exported model file
-    (``.onnx``, ``.pt``) describes itself (:mod:`geoseg.export`)."""
-    from geoseg import export
-
-    if export.is_model_file(path):
-        return export.describe(path)
+    readable: every check that needs no torch (milliseconds). (A model file describes
+    itself: :mod:`geoseg.models.modelfile`; :mod:`geoseg.models.reference` takes either.)"""
     return _described(path)[1]
 
 
@@ -179,10 +175,6 @@ def verify(path: str, build: bool = True) -> CheckpointMeta | None:
     builds the model, which imports torch and the architecture library (seconds on a
     small machine; ``geoseg predict`` then runs it while Ray starts), or with ``build``
     False returns None."""
-    from geoseg import export
-
-    if export.is_model_file(path):  # a graph or traced module: checked as it is read
-        return export.describe(path)
     folder, meta, got = _described(path)
     want = state_shapes(meta.model) if build else known_state_shapes(meta.model)
     if want is None:
@@ -216,7 +208,7 @@ class BackgroundCheck:
 
     def __init__(self, path: str):
         self.path = path
-        self._proc = subprocess.Popen([sys.executable, "-m", "geoseg.checkpoint", path],
+        self._proc = subprocess.Popen([sys.executable, "-m", "geoseg.models.checkpoint", path],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def result(self) -> None:
@@ -232,10 +224,11 @@ class BackgroundCheck:
         self._proc.communicate()
 
 
-def load(path: str, with_state: bool = False):
-    """``(model, meta[, train_state])`` from a checkpoint; weights never go through pickle."""
+def load(path: str, with_state: bool = False, meta: CheckpointMeta | None = None):
+    """``(model, meta[, train_state])`` from a checkpoint; weights never go through pickle.
+    ``meta``: its description, where the caller has it already (not read again)."""
     local = fetch(path)
-    meta = read_meta(local)
+    meta = meta if meta is not None else read_meta(local)
     model = build_model(meta.model)
     weights = os.path.join(local, WEIGHTS)
     if not os.path.exists(weights):
@@ -268,7 +261,7 @@ def copy_folder(src: str, dst: str) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m geoseg.checkpoint PATH``: :func:`verify`; a failure is one line on stderr."""
+    """``python -m geoseg.models.checkpoint PATH``: :func:`verify`; a failure is one line on stderr."""
     try:
         verify(argv[0])
     except GeosegError as exc:

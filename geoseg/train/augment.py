@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from geoseg.classes import NODATA
+from geoseg.data.classes import NODATA
 from geoseg.errors import InputError
 
 

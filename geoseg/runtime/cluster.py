@@ -9,7 +9,7 @@
 
 A local Ray that geoseg started is stopped when the command ends, on SIGINT and
 SIGTERM, and, after a SIGKILL of the driver, by a small watchdog process
-(:mod:`geoseg.reaper`) that stops every process the driver had started.
+(:mod:`geoseg.runtime.reaper`) that stops every process the driver had started.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import subprocess
 import sys
 import threading
 
-from geoseg import storage
+from geoseg.data import storage
+from geoseg.console import WORKER_MARK
 from geoseg.errors import InputError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -32,24 +33,6 @@ QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 # driver shows them without Ray's "(RayTrainWorker pid=...)" prefix; without
 # --verbose, the other lines workers write (Ray Train's and Ray Data's logs)
 # stay in Ray's log files.
-WORKER_MARK = "[geoseg] "
-
-
-def worker_print(text: str) -> None:
-    """Print from a Ray worker to the user's console (each line marked, flushed at once;
-    in the driver, where no one reads the mark, as it is)."""
-    mark = WORKER_MARK if _in_ray_worker() else ""
-    print("\n".join(mark + line for line in str(text).splitlines()), flush=True)
-
-
-def _in_ray_worker() -> bool:
-    ray = sys.modules.get("ray")
-    try:
-        return ray is not None and ray._private.worker.global_worker.mode == ray.WORKER_MODE
-    except AttributeError:
-        return False
-
-
 _state: dict = {"owned": None, "reaper": None}  # owned: the GCS address of the local Ray geoseg started
 
 
@@ -268,7 +251,7 @@ def _start_reaper():
     """The watchdog of a local Ray: it stops the driver's processes once the driver is gone."""
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "geoseg.reaper", str(os.getpid())],
+            [sys.executable, "-m", "geoseg.runtime.reaper", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # not hit by the terminal's Ctrl-C, outlives a killed driver
         )

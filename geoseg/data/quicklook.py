@@ -22,9 +22,9 @@ import json
 
 import numpy as np
 
-from geoseg import storage
-from geoseg.bands import resolve_roles
-from geoseg.classes import NODATA, ClassScheme
+from geoseg.data import storage
+from geoseg.data.bands import resolve_roles
+from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import InputError
 
 MAX_SIDE = 1024
@@ -50,7 +50,7 @@ def rgb_bands(url: str, descriptions: tuple[str | None, ...], count: int) -> lis
 def read_image(url: str, max_side: int = MAX_SIDE) -> tuple[np.ndarray, np.ndarray]:
     """``(data (bands, h, w) float32, valid (h, w))``: the true-colour bands of an image,
     decimated (GDAL's overviews where the file has them)."""
-    from geoseg.raster import read_decimated, read_info
+    from geoseg.data.raster import read_decimated, read_info
 
     info = read_info(url)
     bands = rgb_bands(url, info.descriptions, info.count)
@@ -200,7 +200,7 @@ def _same_shape(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def predict_pictures(image_url: str, classes_url: str, scheme: ClassScheme, max_side: int = MAX_SIDE) -> dict:
     """The pictures of one predicted scene: ``rgb`` (the input in true colour), ``classes``
     (the class map with its legend) and ``quicklook`` (both side by side)."""
-    from geoseg.classmap import read_overview
+    from geoseg.data.classmap import read_overview
 
     data, valid = read_image(image_url, max_side)
     rgb = true_colour(data, valid)
@@ -222,7 +222,7 @@ def write_predict_quicklooks(image_url: str, classes_url: str, scheme: ClassSche
 def write_error_map(prediction_url: str, labels_url: str, names, scheme: ClassScheme | None, url: str,
                     label_nodata=(NODATA,), prediction_nodata=(NODATA,), max_side: int = MAX_SIDE) -> str:
     """``url``: labels, prediction and their disagreement side by side, with a legend."""
-    from geoseg.classmap import read_overview
+    from geoseg.data.classmap import read_overview
 
     labels, _ = read_overview(labels_url, max_side)
     pred, _ = read_overview(prediction_url, max_side)
@@ -240,8 +240,8 @@ def quicklook(url: str, out: str | None = None, max_side: int = MAX_SIDE) -> str
     """``geoseg quicklook RASTER``: a PNG of any raster geoseg wrote (a class map in its colours
     with a legend, an image in true colour, a predict run record or STAC item as input and
     classes side by side); written to ``out``, by default beside the raster."""
-    from geoseg.classmap import is_zarr, open_class_map, read_overview, scheme_of
-    from geoseg.raster import read_info
+    from geoseg.data.classmap import is_zarr, open_class_map, read_overview, scheme_of
+    from geoseg.data.raster import read_info
 
     base = url.rstrip("/")
     target = out or (base.rsplit(".", 1)[0] if "." in base.rsplit("/", 1)[-1] else base) + ".quicklook.png"
@@ -268,7 +268,7 @@ def _record_quicklook(url: str, target: str, max_side: int) -> str:
     except json.JSONDecodeError as exc:
         raise InputError(f"{url}: not valid JSON ({exc.msg})") from None
     if doc.get("type") == "Feature":  # an item of predict's output catalog: its run record
-        from geoseg import stac
+        from geoseg.data import stac
 
         record = (doc.get("assets") or {}).get("record")
         if not record:

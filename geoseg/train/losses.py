@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geoseg.classes import NODATA
+from geoseg.data.classes import NODATA
 from geoseg.errors import InputError
 
 LOSSES = ("ce", "dice", "focal", "ce+dice")

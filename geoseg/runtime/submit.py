@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 
-from geoseg import storage
+from geoseg.data import storage
 from geoseg.errors import InputError
 
 EXCLUDES = [".venv", ".git", "geoseg-demo", "**/__pycache__", ".pytest_cache", ".hypothesis", "*.tif", "*.zarr"]

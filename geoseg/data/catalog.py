@@ -16,9 +16,10 @@ import datetime as dt
 import json
 import os
 
-from geoseg import __version__, storage
-from geoseg.classes import NODATA, ClassScheme
-from geoseg.raster import RasterInfo
+from geoseg import __version__
+from geoseg.data import storage
+from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.raster import RasterInfo
 
 EXTENSIONS = [
     "https://stac-extensions.github.io/projection/v2.0.0/schema.json",

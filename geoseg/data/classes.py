@@ -75,3 +75,9 @@ LANDCOVER = ClassScheme(
     colors=((196, 164, 112), (56, 168, 0), (0, 112, 255), (230, 0, 0)),
 )
 BARE, VEGETATION, WATER, BUILT = range(4)
+
+
+# The field-delineation target (geoseg.train.targets makes it, geoseg vectorize --instances reads it):
+# background, an instance's interior, and its boundary pixels, BOUNDARY px wide.
+INSTANCE_CLASSES = ClassScheme(("background", "field", "boundary"), ((200, 200, 200), (56, 168, 0), (110, 60, 20)))
+BOUNDARY = 1  # px of an instance's edge that are its boundary

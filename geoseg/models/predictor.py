@@ -17,9 +17,11 @@ from typing import Callable
 
 import numpy as np
 
-from geoseg import checkpoint
+from geoseg.models import checkpoint, modelfile
 from geoseg.errors import InputError
-from geoseg.models.index import INDEX_MODELS, IndexModel, IndexThresholds
+from geoseg.models.index import IndexModel, IndexThresholds
+from geoseg.models.onnx import CPU_PIXELS_PER_CALL, OnnxPredictor, onnx_device
+from geoseg.models.reference import ModelRef, resolve
 
 
 class IndexPredictor:
@@ -54,31 +56,6 @@ class IndexPredictor:
         return out
 
 
-CPU_PIXELS_PER_CALL = 1 << 18  # forward-call size on CPU (see TorchPredictor)
-
-
-def cuda_present() -> bool:
-    """Whether this process sees an NVIDIA GPU, without importing torch (seconds of CPU):
-    a device node under ``/dev``, unless ``CUDA_VISIBLE_DEVICES`` hides them all."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
-        return False
-    return os.path.exists("/dev/nvidiactl") and any(
-        name.startswith("nvidia") and name[6:].isdigit() for name in os.listdir("/dev"))
-
-
-def onnx_device(device: str = "auto") -> str:
-    """The device an ONNX model runs on: CUDA where ONNX Runtime has its CUDA provider and a GPU
-    is there, else the CPU (torch is not imported: an ONNX model needs none of it)."""
-    if device == "auto":
-        if not cuda_present():
-            return "cpu"
-        import onnxruntime as ort
-
-        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-    if device.startswith("cuda") and not cuda_present():
-        raise InputError(f"--device {device}: no CUDA device available")
-    return device
 
 
 def pick_device(device: str = "auto") -> str:
@@ -160,8 +137,8 @@ class TorchPredictor:
         self._copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
 
     @classmethod
-    def from_checkpoint(cls, path: str, **options) -> "TorchPredictor":
-        model, meta = checkpoint.load(path)
+    def from_checkpoint(cls, path: str, meta=None, **options) -> "TorchPredictor":
+        model, meta = checkpoint.load(path, meta=meta)
         pred = cls(model, meta.mean, meta.std, **options)
         pred.num_classes = meta.model.num_classes
         pred.meta = meta
@@ -210,7 +187,7 @@ class TorchPredictor:
             return False
         with self._lock:  # calls running at once may all fail to compile: one line
             if self.compiled:
-                from geoseg.runtime import worker_print
+                from geoseg.console import worker_print
 
                 self.model, self.compiled = self._eager, False
                 cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # the backend's own error
@@ -353,21 +330,24 @@ def as_float(x):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What model to run, small enough to ship to every actor, which builds it."""
+    """What model to run and how, small enough to ship to every actor, which builds it: the
+    job's :class:`~geoseg.models.reference.ModelRef` (resolved and described once, in planning),
+    per-scene index thresholds, and the predictor's options."""
 
-    name: str  # "index", "index-otsu" or "checkpoint"
-    checkpoint: str | None = None
+    ref: ModelRef
     scene_params: dict = field(default_factory=dict)  # per-scene index thresholds
-    options: dict = field(default_factory=dict)  # TorchPredictor options
+    options: dict = field(default_factory=dict)  # TorchPredictor / OnnxPredictor options
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
 
     def build(self):
-        if self.name in INDEX_MODELS:
+        if self.ref.kind == "index":
             return IndexPredictor(self.scene_params)
-        if self.name == "checkpoint":
-            opts = dict(self.options)
-            opts.setdefault("threads", int(os.environ.get("GEOSEG_TORCH_THREADS", "0")) or None)
-            return load_predictor(self.checkpoint, **opts)
-        raise InputError(f"unknown model {self.name!r}")
+        opts = dict(self.options)
+        opts.setdefault("threads", int(os.environ.get("GEOSEG_TORCH_THREADS", "0")) or None)
+        return load_predictor(self.ref, **opts)
 
 
 # --- the fastest safe path for a model: runtime and precision ------------------------------------
@@ -412,13 +392,13 @@ def choose_runtime(meta, device: str = "cpu", precision: str = "auto") -> dict:
     return {"runtime": runtime, "precision": "auto", "note": ""}
 
 
-def load_predictor(path: str, **options):
-    """The predictor of a checkpoint folder or an exported model file, on the fastest safe path
-    (:func:`choose_runtime`)."""
-    from geoseg import export
-
-    meta = checkpoint.describe(path)
-    onnx = (meta.extra or {}).get("export", {}).get("format") == "onnx"
+def load_predictor(model: "str | ModelRef", **options):
+    """The predictor of a checkpoint folder or an exported model file (a URL, or the job's
+    :class:`~geoseg.models.reference.ModelRef`, whose description is not read again), on the
+    fastest safe path (:func:`choose_runtime`)."""
+    ref = model if isinstance(model, ModelRef) else resolve(checkpoint_url=model)
+    path, meta = ref.url, ref.meta
+    onnx = ref.kind == "onnx"
     device = (onnx_device if onnx else pick_device)(options.get("device", "auto"))
     how = choose_runtime(meta, device, options.get("precision", "auto"))
     if how["runtime"] == "onnxruntime":
@@ -426,79 +406,11 @@ def load_predictor(path: str, **options):
                              batch_size=options.get("batch_size"))
     else:
         opts = {**options, "precision": how["precision"]}
-        if export.is_model_file(path):
+        if ref.is_file:
             opts["compile"] = False  # a traced module is what it is
-            pred = TorchPredictor(export.load_torchscript(path, device), meta.mean, meta.std, **opts)
+            pred = TorchPredictor(modelfile.load_torchscript(path, device), meta.mean, meta.std, **opts)
             pred.num_classes, pred.meta = meta.model.num_classes, meta
         else:
-            pred = TorchPredictor.from_checkpoint(path, **opts)
+            pred = TorchPredictor.from_checkpoint(path, meta=meta, **opts)
     pred.runtime = {**how, "precision": getattr(pred, "precision", how["precision"])}
     return pred
-
-
-class OnnxPredictor:
-    """An exported ONNX model (fp32, or INT8 from ``geoseg quantize``) in ONNX Runtime: numpy tiles
-    in the raster's dtype in, uint8 class tiles out, like :class:`TorchPredictor`.
-
-    On CPU each call is single-threaded by default (``threads``; the job's layouts run one
-    call per core on threads sharing the session, which ONNX Runtime allows), about
-    ``CPU_PIXELS_PER_CALL`` pixels at a time; with a GPU, CUDA where ONNX Runtime has it."""
-
-    def __init__(self, path: str, meta, *, device: str = "cpu", threads: int | None = None, tta: bool = False,
-                 batch_size: int | None = None):
-        import onnxruntime as ort
-
-        from geoseg import export
-
-        local = export.fetch(path)
-        export._onnx_checked(local, path)  # refused before ONNX Runtime reads it
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(local, so, providers=providers)
-        self.input = self.session.get_inputs()[0].name
-        self.meta, self.num_classes = meta, meta.model.num_classes
-        self.mean = np.asarray(meta.mean, np.float32).reshape(1, -1, 1, 1)
-        self.std = np.maximum(np.asarray(meta.std, np.float32), 1e-6).reshape(1, -1, 1, 1)
-        self.tta, self.batch_size = tta, batch_size
-        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
-        self.precision = ((meta.extra or {}).get("export") or {}).get("precision", "fp32")
-
-    def _logits(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: x})[0]
-
-    def _batches(self, tiles: np.ndarray):
-        step = self.batch_size or max(1, CPU_PIXELS_PER_CALL // (tiles.shape[-1] * tiles.shape[-2]))
-        if self.device == "cuda":
-            step = self.batch_size or len(tiles)
-        for i in range(0, len(tiles), step):
-            yield (tiles[i : i + step].astype(np.float32) - self.mean) / self.std
-
-    def _softmax(self, x: np.ndarray) -> np.ndarray:
-        def soft(z):
-            z = z - z.max(1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(1, keepdims=True)
-
-        prob = soft(self._logits(x))
-        if self.tta:
-            prob += soft(self._logits(np.ascontiguousarray(x[..., ::-1])))[..., ::-1]
-            prob += soft(self._logits(np.ascontiguousarray(x[..., ::-1, :])))[..., ::-1, :]
-            prob /= 3
-        return prob.astype(np.float32)
-
-    def predict(self, tiles: np.ndarray, scenes: np.ndarray | None = None) -> np.ndarray:
-        """Class map ``(N, H, W)`` uint8 of tiles ``(N, bands, H, W)`` in any numeric dtype."""
-        if len(tiles) == 0:
-            raise ValueError("no tiles to predict")
-        head = self._softmax if self.tta else self._logits
-        return np.concatenate([head(x).argmax(1).astype(np.uint8) for x in self._batches(tiles)])
-
-    def predict_proba(self, tiles: np.ndarray, scenes: np.ndarray | None = None) -> np.ndarray:
-        """Softmax ``(N, K, H, W)`` float32."""
-        return np.concatenate([self._softmax(x) for x in self._batches(tiles)])

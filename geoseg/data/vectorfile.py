@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoseg import storage
+from geoseg.data import storage
 from geoseg.errors import InputError
 
 

@@ -12,7 +12,7 @@ any COG; the VRT is written beside the outputs
 Bands are found by asset key, then by common name in STAC 1.1 ``bands`` or in
 ``eo:bands``. Scale, offset and nodata come from ``raster:bands`` (or the
 asset's STAC 1.1 ``bands``) where present and are written into the VRT, where
-geoseg's readers apply them (:mod:`geoseg.raster`).
+geoseg's readers apply them (:mod:`geoseg.data.raster`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import posixpath
 from dataclasses import dataclass
 
-from geoseg import storage
+from geoseg.data import storage
 from geoseg.errors import InputError
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def asset_grid(item: dict, band: BandAsset, headers: dict | None = None) -> Grid
 
 
 def _header(href: str, headers: dict | None):
-    from geoseg.raster import read_info
+    from geoseg.data.raster import read_info
 
     if headers is None:
         return read_info(href)
@@ -195,7 +195,7 @@ def _header(href: str, headers: dict | None):
 
 def stack_grid(grids: list[Grid], resolution: float | None, source: str) -> Grid:
     """The grid every band is put on: the finest band's, or ``resolution`` over the same extent."""
-    from geoseg.raster import same_crs
+    from geoseg.data.raster import same_crs
 
     finest = min(grids, key=lambda g: g.res)
     for g in grids:

@@ -2,7 +2,7 @@
 
 ``geoseg quantize RUN_DIR [--precision int8|bf16] [--calibration IMG ...] [--max-miou-drop 0.01]``
 
-* ``int8``: the run's best checkpoint exported to ONNX (:mod:`geoseg.export`), then statically
+* ``int8``: the run's best checkpoint exported to ONNX (:mod:`geoseg.models.export`), then statically
   quantized by ONNX Runtime (QDQ: per-channel int8 weights, uint8 activations whose ranges
   are calibrated on ``--calibration-chips`` training chips of the run, or on tiles of the
   rasters given with ``--calibration``); a ``.onnx`` model file.
@@ -24,10 +24,11 @@ import tempfile
 
 import numpy as np
 
-from geoseg import checkpoint, export, storage
-from geoseg.classes import NODATA
+from geoseg.data import storage
+from geoseg.models import checkpoint, export
+from geoseg.data.classes import NODATA
 from geoseg.errors import CheckpointError, InputError
-from geoseg.metrics import confusion, scores
+from geoseg.models.metrics import confusion, scores
 
 PRECISIONS = {"int8": ".onnx", "bf16": ".pt"}
 
@@ -86,8 +87,8 @@ def calibration_tiles(plan, cache, images: list[str] | None, n: int, side: int, 
         from geoseg.train.data import sample_train_chips
 
         return sample_train_chips({"id": np.arange(n)}, plan, cache)["image"]
-    from geoseg.raster import read_info, tile_reader
-    from geoseg.tiling import Window
+    from geoseg.data.raster import read_info, tile_reader
+    from geoseg.data.tiling import Window
 
     rng = np.random.default_rng(0)
     out = []
@@ -123,7 +124,7 @@ def quantize(run_dir: str, precision: str = "int8", calibration: list[str] | Non
              val_chips: int = 256, log=print) -> dict:
     """Quantize a run's best model, score it against fp32 on the run's validation chips, and write
     it (unless mIoU drops by more than ``max_miou_drop``). Returns the scores and the file."""
-    from geoseg.predictor import OnnxPredictor, TorchPredictor, cpu_flags
+    from geoseg.models.predictor import OnnxPredictor, TorchPredictor, cpu_flags
 
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be int8 or bf16, got {precision!r}")

@@ -28,12 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoseg import __version__, storage
-from geoseg.classes import NODATA, ClassScheme
+from geoseg import __version__
+from geoseg.data import storage
+from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import GeosegError, OutputExistsError
-from geoseg.raster import CogWriter, RasterInfo, iter_windows
-from geoseg.stac import item_of
-from geoseg.tiling import TileGrid, Window
+from geoseg.data.cog import CogWriter
+from geoseg.data.raster import RasterInfo
+from geoseg.data.tiling import iter_windows
+from geoseg.data.stac import item_of
+from geoseg.data.tiling import TileGrid, Window
 
 
 @dataclass(frozen=True)
@@ -334,10 +337,10 @@ def read_softmax(out: SceneOutput, tile: int) -> np.ndarray | None:
 def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block: int = 512) -> dict:
     """Copy the Zarr class map into a COG chunk by chunk (flat memory); returns what the
     copy counted on the way: ``{"pixels": per class, "areas_m2": per class or None}``
-    (areas from the CRS, see :mod:`geoseg.area`)."""
+    (areas from the CRS, see :mod:`geoseg.data.area`)."""
     import zarr
 
-    from geoseg.area import PixelArea
+    from geoseg.data.area import PixelArea
 
     root = zarr.open_group(storage.zarr_store(out.zarr, read_only=True), mode="r")
     arr = root["classes"]
@@ -370,7 +373,7 @@ def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block:
 
 def class_areas(classes: ClassScheme, counted: dict) -> dict:
     """The run record's ``classes`` section: pixels and hectares of each class, by name."""
-    from geoseg.area import hectares
+    from geoseg.data.area import hectares
 
     areas = counted.get("areas_m2")
     return {name: {"pixels": int(counted["pixels"][i]),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import json
 
-from geoseg import stac, storage
+from geoseg.data import stac, storage
 from geoseg.errors import InputError
 
 
@@ -47,7 +47,7 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
                  default_assets: tuple[str, ...] | None, folder: str | None, defer: bool = False) -> list:
     """One raster URL per item: the ``--asset`` given, the item's one GeoTIFF asset, or a
     VRT stacking its band assets (``--assets``, else the model's own bands; with ``defer``
-    a :class:`~geoseg.stac.Stack` to build later, in a planning task)."""
+    a :class:`~geoseg.data.stac.Stack` to build later, in a planning task)."""
     features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
     urls = []
     for item in features or []:
@@ -90,8 +90,8 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
     """Expand inputs into raster URLs, in order, without duplicates.
 
     STAC items with one asset per band become VRTs written under ``folder``
-    (see :mod:`geoseg.stac`): ``stack.assets``, else ``default_assets`` (the model's bands);
-    with ``defer``, :class:`~geoseg.stac.Stack` requests that a planning task builds."""
+    (see :mod:`geoseg.data.stac`): ``stack.assets``, else ``default_assets`` (the model's bands);
+    with ``defer``, :class:`~geoseg.data.stac.Stack` requests that a planning task builds."""
     urls: list = []
     for item in items:
         lower = item.lower()
