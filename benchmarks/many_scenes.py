@@ -69,7 +69,7 @@ def planning_s(urls: list[str], work: str) -> float:
     sample = job.sources[1:51] or job.sources
     t0 = time.perf_counter()
     for src in sample:
-        plan_scene(src, job, opts, job.dtype)
+        plan_scene(src, job.ctx, job.ctx.dtype)
     return (time.perf_counter() - t0) / len(sample)
 
 

@@ -1,17 +1,24 @@
 """geoseg: segment continent-scale satellite and agricultural imagery with Ray.
 
-The data path of ``geoseg predict`` reads top to bottom through these modules:
+The package is built in layers; a module imports only from its own layer or those below
+(``tests/test_layers.py`` checks it, ``docs/design.md`` draws it):
 
-    raster (read) -> tiling (tile) -> predictor / models (model) -> stitch -> output (write)
+    errors, console    what every layer says: GeosegError and its kinds, the progress line
+    data/              data I/O and grids: storage, rasters, tiles, bands, STAC, class maps, outputs
+    models/            models and model files: index models, the zoo, checkpoints, model files,
+                       the predictors, ModelRef
+    runtime/           where work runs: Ray (started or joined), task runners, I/O threads, Jobs API
+    predict/ train/ evaluate/ mosaic/ vectorize/ view/
+                       the capabilities, each planning + Ray-free stages + (a local runner) + a Ray layer
+    cli/               the command line
 
-``predict/`` (plan, stages, job) and ``train/`` (config, data, fit, job) wire
-them into jobs. Ray is imported only by ``predict/job.py``, ``train/job.py``,
-``runtime.py`` (starting or joining Ray) and ``submit.py`` (the Jobs API), and
-only inside their functions; every other module, the compute core included,
-runs without Ray. See ``docs/design.md``.
+The data path of ``geoseg predict`` reads top to bottom: data.raster (read) -> data.tiling (tile)
+-> models.predictor (model) -> data.stitch -> data.output (write). Ray is imported only in the
+capabilities' ``job.py`` and in ``runtime/`` (cluster, tasks, submit), inside their functions;
+everything else, the compute core included, runs without Ray. See ``docs/design.md``.
 """
 
-__version__ = "0.1.0"
+from geoseg.version import __version__  # noqa: F401 - geoseg.__version__
 
 
 def open_map(url: str, scene: str | None = None):
@@ -26,3 +33,10 @@ def segment(data, checkpoint: str, tile_size: int = 512, halo: int = 32):
     from geoseg.view.lazy import segment as _segment
 
     return _segment(data, checkpoint, tile_size, halo)
+
+
+def scheduler():
+    """The dask scheduler to compute geoseg's lazy arrays with (see :func:`geoseg.view.lazy.scheduler`)."""
+    from geoseg.view.lazy import scheduler as _scheduler
+
+    return _scheduler()

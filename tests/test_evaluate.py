@@ -12,7 +12,8 @@ from affine import Affine
 from geoseg.data.classes import LANDCOVER
 from geoseg.errors import InputError, RasterError
 from geoseg.evaluate import Pair, find_pairs, plan_scenes, run_evaluation, score_in_process
-from geoseg.evaluate.scene import plan_scene, score_chunk
+from geoseg.evaluate.plan import plan_scene
+from geoseg.evaluate.stages import score_chunk
 from geoseg.models.metrics import confusion, report
 from geoseg.data.tiling import Window
 
@@ -234,3 +235,31 @@ def test_labels_in_a_zarr_written_by_xarray(tmp_path, zarr_format):
     small = write_classes(tmp_path / "small.tif", PRED[:, :4])
     with pytest.raises(RasterError, match="not on the same grid"):
         evaluate(small, str(tmp_path / "l.zarr"))
+
+
+def test_evaluate_without_ray_is_the_same_driver_loop_and_the_same_report(tmp_path):
+    """evaluate_here: the driver loop of run_evaluation with the chunks, error maps and files in this
+    process; the report equals numpy over the whole arrays, and no Ray is started."""
+    import sys
+
+    from geoseg.evaluate.local import evaluate_here
+
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    arrays = {name: _scene(i, shape) for i, (name, shape) in enumerate({"a": (300, 260), "b": (130, 410)}.items())}
+    for d in ("pred", "lab"):
+        (tmp_path / d).mkdir()
+    for name, (lab, pred) in arrays.items():
+        write_classes(tmp_path / "pred" / f"{name}.tif", pred)
+        write_classes(tmp_path / "lab" / f"{name}.tif", lab)
+    rep = evaluate_here([str(tmp_path / "pred" / "*.tif")], [str(tmp_path / "lab")], out=str(tmp_path / "r"),
+                        chunk=128)
+    assert ("ray" in sys.modules and sys.modules["ray"].is_initialized()) == ray_before
+    total = np.zeros((4, 4), np.int64)
+    for name, (lab, pred) in arrays.items():
+        valid = (lab != 255) & (pred != 255)
+        direct = confusion(lab[valid], pred[valid], 4)
+        assert rep["scenes"][name]["confusion"] == direct.tolist()
+        total += direct
+    assert rep["confusion"] == total.tolist()
+    written = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert written["confusion"] == rep["confusion"] and (tmp_path / "r" / "errors" / "b.png").exists()

@@ -67,7 +67,8 @@ def test_label_vectors_give_the_label_rasters_chips(fields, tmp_path):
 
     from geoseg.data.raster import read_info
     from geoseg.train.data import open_pairs, plan_training, read_val_chips
-    from geoseg.vectorize.stages import Source, polygons_here
+    from geoseg.vectorize.local import polygons_here
+    from geoseg.vectorize.stages import Source
 
     with rasterio.open(fields["labels"]) as src:
         labels, transform, crs = src.read(1), src.transform, src.crs

@@ -80,3 +80,22 @@ def test_segment_over_an_odc_stac_item_equals_geoseg_predict(ray_local, model, t
     classes = geoseg.segment(image, model, tile_size=128, halo=32)
     assert classes.dims == ("y", "x") and classes.shape == want.shape
     np.testing.assert_array_equal(classes.values, want)
+
+
+def test_segment_leaves_dask_config_alone_and_runs_on_ray_per_call(ray_local, model):
+    """segment() does not switch dask's global scheduler; geoseg.scheduler() is Ray's with Ray up,
+    and computing with it per call gives the same class map as dask's threads."""
+    import dask
+    import xarray as xr
+    from ray.util.dask import ray_dask_get
+
+    rng = np.random.default_rng(3)
+    image = xr.DataArray(rng.integers(200, 3000, (4, 160, 200), dtype=np.uint16), dims=("band", "y", "x"),
+                         coords={"band": ["blue", "green", "red", "nir"]})
+    before = dask.config.get("scheduler", None)
+    classes = geoseg.segment(image, model, tile_size=64, halo=32)
+    assert dask.config.get("scheduler", None) == before
+    assert geoseg.scheduler() is ray_dask_get
+    on_ray = classes.compute(scheduler=geoseg.scheduler()).values
+    np.testing.assert_array_equal(on_ray, classes.compute(scheduler="threads").values)
+    assert dask.config.get("scheduler", None) == before

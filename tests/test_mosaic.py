@@ -192,3 +192,22 @@ def test_a_failing_scene_is_listed_and_the_job_goes_on(ray_local, zone_scenes, t
     assert (prefix / "mosaic.zarr").is_dir() and json.loads((prefix / "mosaic.json").read_text())["status"] == "complete"
     summary = json.loads((prefix / "_job.json").read_text())
     assert sorted(s["status"] for s in summary["scenes"]) == ["complete", "complete", "done", "done"]
+
+
+def test_mosaic_without_ray_is_the_same_driver_loop_and_the_same_store(ray_local, zone_scenes, tmp_path):
+    """mosaic_here runs the Ray job's driver loop with its tasks inline: the same store, chunk for chunk."""
+    from geoseg.mosaic import mosaic
+    from geoseg.mosaic.local import mosaic_here
+
+    scenes = [str(zone_scenes / n) for n in ("b33.tif", "a32.tif")]
+    prefix = tmp_path / "o"
+    predict(scenes, str(prefix), PredictOptions(model="index", tile_size=128, halo=16), log=lambda *_: None)
+    (on_ray,) = mosaic(str(prefix), "EPSG:3035:20", name="ray", chunk=128, log=lambda *_: None)
+    (here,) = mosaic_here(str(prefix), "EPSG:3035:20", name="here", chunk=128, log=lambda *_: None)
+    assert here["shape"] == on_ray["shape"] and here["transform"] == on_ray["transform"]
+    assert len(here["levels"]) == len(on_ray["levels"]) >= 2
+    for group in [None] + [f"overviews/{i}" for i in range(1, len(here["levels"]))]:
+        a = xr.open_zarr(prefix / "ray.zarr", group=group)["classes"].values
+        b = xr.open_zarr(prefix / "here.zarr", group=group)["classes"].values
+        np.testing.assert_array_equal(a, b)
+    assert (prefix / "here.json").exists() and (prefix / "here.collection.json").exists()

@@ -174,12 +174,12 @@ def _fitter(max_minutes, chips_per_epoch=64, batch_size=16, epochs=100):
     from geoseg.data.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model
     from geoseg.train.fit import Fitter
+    from geoseg.train.plan import LoopConfig
 
     cfg = TrainConfig(images=["a.tif"], labels=["b.tif"], out="run", arch="tinyfcn", chips_per_epoch=chips_per_epoch,
                       batch_size=batch_size, epochs=epochs, max_minutes=max_minutes, workers=1)
     mcfg = ModelConfig("tinyfcn", in_channels=4, num_classes=4)
-    setup = {"model": mcfg.to_dict(), "classes": LANDCOVER.to_dict(), "mean": [0.0] * 4, "std": [1.0] * 4}
-    return Fitter(build_model(mcfg), cfg, setup, torch.device("cpu"))
+    return Fitter(build_model(mcfg), LoopConfig(cfg, mcfg, LANDCOVER, [0.0] * 4, [1.0] * 4), torch.device("cpu"))
 
 
 def test_a_time_budget_is_planned_to_its_end_and_the_last_epoch_is_cut_to_fit():

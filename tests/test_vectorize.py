@@ -12,7 +12,8 @@ import rasterio
 import rasterio.features
 import shapely
 
-from geoseg.vectorize.stages import Source, polygons_here, simplify
+from geoseg.vectorize.local import polygons_here
+from geoseg.vectorize.stages import Source, simplify
 
 
 def _map(h: int = 203, w: int = 257) -> np.ndarray:
@@ -120,3 +121,31 @@ def test_predict_vectors_written_listed_and_read_back(ray_local, sample_dir, tmp
     water = gpd.read_parquet(tmp_path / "water.vectors.parquet")
     assert len(water) == res[0]["polygons"] > 0 and set(water["class_name"]) == {"water"}
     assert (water["area_ha"] >= 0.5).all()
+
+
+def test_vectorize_without_ray_is_the_same_driver_loop_and_the_same_files(tmp_path):
+    """vectorize_here runs the driver loop of the Ray job with its tasks inline: the same polygons
+    (geometry, class, area, pixels) as a class map's whole-raster polygonization, no Ray started."""
+    import sys
+
+    import geopandas as gpd
+
+    from geoseg.data.sample import write_sample
+    from geoseg.vectorize import VectorizeOptions
+    from geoseg.vectorize.local import vectorize_here
+
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    urls = write_sample(str(tmp_path / "s"), size=300, seed=4)
+    with rasterio.open(urls["labels"]) as src:
+        classes, transform = src.read(1), src.transform
+    (res,) = vectorize_here(urls["labels"], VectorizeOptions(chunk=64), out=str(tmp_path / "here"),
+                            log=lambda *_: None)
+    assert ("ray" in sys.modules and sys.modules["ray"].is_initialized()) == ray_before
+    frame = gpd.read_parquet(tmp_path / "here.vectors.parquet")
+    assert len(frame) == res["polygons"] > 1 and frame["id"].tolist() == list(range(len(frame)))
+    # across 5 x 5 chunks of 64 px, merged up the quad-tree: exactly the class map's pixels back
+    back = rasterio.features.rasterize(zip(frame.geometry, frame["class"]), out_shape=classes.shape,
+                                       transform=transform, fill=255, dtype="uint8")
+    np.testing.assert_array_equal(back, np.where(classes == 255, 255, classes))
+    assert int(frame["pixels"].sum()) == int((classes != 255).sum())
+    assert not list(tmp_path.glob("here.vectors.parts-*"))  # the parts are gone once assembled

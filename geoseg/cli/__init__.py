@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.data import storage
 from geoseg.runtime import cluster as runtime
 from geoseg.cli.args import Sub

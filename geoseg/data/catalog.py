@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import os
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.data import storage
 from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.data.raster import RasterInfo

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.data import storage
 from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import GeosegError, OutputExistsError

@@ -1,15 +1,20 @@
 """``geoseg evaluate``: class maps scored against labels, many scenes in parallel on Ray.
 
-    pairs.py    what was given -> (prediction, labels) pairs
-    scene.py    one pair, chunk by chunk, without Ray: checks and additive sums
-    job.py      the Ray layer: every chunk of every pair as Ray Data tasks; error maps
-    report.py   terminal table, metrics.json, metrics.md, confusion_matrix.png
+    plan.py       no Ray   what was given -> (prediction, labels) pairs -> one ScenePlan each, checked
+    stages.py     no Ray   one pair, chunk by chunk: additive sums (Counts); error maps
+    instances.py  no Ray   object-level scores of field instances (precision, recall, F1 at IoU 0.5)
+    report.py     no Ray   terminal table, metrics.json, metrics.md, confusion_matrix.png
+    driver.py     no Ray   the driver loop every runner shares: pairs, scores, report, instances, error maps
+    local.py      no Ray   LocalRunner: all of it in this process (evaluate_here; evaluate for one pair)
+    job.py        Ray      RayRunner: every chunk of every pair as Ray Data tasks; instances and error maps
+                           as Ray tasks (run_evaluation)
 """
 
 from __future__ import annotations
 
-from geoseg.evaluate.job import plan_scenes, run_evaluation, score_in_process
-from geoseg.evaluate.pairs import Pair, find_pairs
+from geoseg.evaluate.job import run_evaluation
+from geoseg.evaluate.local import score_in_process
+from geoseg.evaluate.plan import Pair, find_pairs, plan_scenes
 from geoseg.evaluate.report import build as build_report
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from geoseg.data import storage
 from geoseg.data.area import hectares
-from geoseg.evaluate.scene import Counts, ScenePlan
+from geoseg.evaluate.plan import ScenePlan
+from geoseg.evaluate.stages import Counts
 from geoseg.models.metrics import format_table, report
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from geoseg.data import storage
 from geoseg.data.classes import ClassScheme
 from geoseg.errors import CheckpointError, GeosegError
+from geoseg.models.runfolder import RunFolder
 from geoseg.models.weights import load_plain, load_weights
 from geoseg.models.zoo import ModelConfig, build_model, known_state_shapes, remember_state_shapes, state_shapes
 
@@ -95,13 +96,13 @@ def locate(path: str) -> str:
     """The checkpoint folder for a checkpoint folder or a training run folder."""
     if storage.exists(storage.join(path, META)):
         return path
-    for sub in ("best", "latest"):
-        cand = storage.join(path, sub)
+    run = RunFolder(path)
+    for cand in (run.best, run.latest):
         if storage.exists(storage.join(cand, META)):
             return cand
     names = [n for n in storage.listdir(path) if n.startswith("checkpoint")]
     for name in sorted(names, reverse=True):  # Ray Train names sort by time
-        cand = storage.join(path, name)
+        cand = run.checkpoint(name)
         if storage.exists(storage.join(cand, META)):
             return cand
     if not storage.exists(path):
@@ -155,17 +156,17 @@ def describe(path: str) -> CheckpointMeta:
     return _described(path)[1]
 
 
-def _described(path: str) -> tuple[str, CheckpointMeta, dict[str, tuple[int, ...]]]:
+def _described(path: str, meta: CheckpointMeta | None = None) -> tuple[str, CheckpointMeta, dict[str, tuple[int, ...]]]:
     """``(folder, description, tensor shapes of the weights)``."""
     folder = locate(path)
-    meta = read_meta(folder)
+    meta = meta if meta is not None else read_meta(folder)
     weights = storage.join(folder, WEIGHTS)
     if not storage.exists(weights):
         raise CheckpointError(f"{folder}: has no {WEIGHTS}")
     return folder, meta, _safetensors_shapes(weights)
 
 
-def verify(path: str, build: bool = True) -> CheckpointMeta | None:
+def verify(path: str, build: bool = True, meta: CheckpointMeta | None = None) -> CheckpointMeta | None:
     """The checkpoint's description, once its weights are known to fit the model it
     describes (tensor names and shapes, read from the weights' header): a checkpoint
     of another architecture fails here, in one line, before any output is written.
@@ -174,8 +175,9 @@ def verify(path: str, build: bool = True) -> CheckpointMeta | None:
     on this machine before, with the same libraries (milliseconds, no torch); else it
     builds the model, which imports torch and the architecture library (seconds on a
     small machine; ``geoseg predict`` then runs it while Ray starts), or with ``build``
-    False returns None."""
-    folder, meta, got = _described(path)
+    False returns None. ``meta``: the description, where the caller has it already (then only
+    the weights' header is read)."""
+    folder, meta, got = _described(path, meta)
     want = state_shapes(meta.model) if build else known_state_shapes(meta.model)
     if want is None:
         return None

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.data import storage
 from geoseg.models import checkpoint
 from geoseg.models.checkpoint import CheckpointMeta
 from geoseg.models.modelfile import KEY
+from geoseg.models.runfolder import RunFolder
 from geoseg.errors import InputError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -47,7 +48,7 @@ def export(run_dir: str, fmt: str = "onnx", out: str | None = None, log=print) -
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model, meta = checkpoint.load(run_dir)
-    out = out or storage.join(run_dir, f"model{FORMATS[fmt]}")
+    out = out or RunFolder(run_dir).model_file(f"model{FORMATS[fmt]}")
     if not str(out).lower().endswith(FORMATS[fmt]):
         raise InputError(f"--out {out}: a {fmt} model file ends with {FORMATS[fmt]}")
     with storage.staging_path(out, FORMATS[fmt]) as local:

@@ -53,14 +53,19 @@ class ModelRef:
         return self.meta.model.size_multiple if self.meta is not None else 1
 
 
+def check_choice(model: str | None, checkpoint_url: str | None) -> None:
+    """Exactly one of ``--model NAME`` (a known index model) or ``--checkpoint URL``; else one line."""
+    if (model is None) == (checkpoint_url is None):
+        raise InputError("give exactly one of --model NAME or --checkpoint RUN_DIR")
+    if model is not None and model not in INDEX_MODELS:
+        raise InputError(f"--model: unknown model {model!r} (built-in: {', '.join(INDEX_MODELS)})")
+
+
 def resolve(model: str | None = None, checkpoint_url: str | None = None) -> ModelRef:
     """The reference of ``--model NAME`` or ``--checkpoint URL`` (exactly one), described:
     a bad name, a missing folder or a bad model file fails here, in one line."""
-    if (model is None) == (checkpoint_url is None):
-        raise InputError("give exactly one of --model NAME or --checkpoint RUN_DIR")
+    check_choice(model, checkpoint_url)
     if model is not None:
-        if model not in INDEX_MODELS:
-            raise InputError(f"--model: unknown model {model!r} (built-in: {', '.join(INDEX_MODELS)})")
         return ModelRef(model, "index")
     kind = modelfile.kind_of(checkpoint_url) if modelfile.is_model_file(checkpoint_url) else "checkpoint"
     return ModelRef("checkpoint", kind, checkpoint_url, describe(checkpoint_url))
@@ -73,9 +78,12 @@ def describe(url: str) -> CheckpointMeta:
     return checkpoint.describe(url)
 
 
-def verify(url: str, build: bool = True) -> CheckpointMeta | None:
-    """:func:`geoseg.models.checkpoint.verify` for a checkpoint folder; a model file (a graph or a
-    traced module) is checked as it is read, so its description is its check."""
-    if modelfile.is_model_file(url):
-        return modelfile.describe(url)
-    return checkpoint.verify(url, build)
+def verify(ref: "ModelRef | str", build: bool = True) -> CheckpointMeta | None:
+    """:func:`geoseg.models.checkpoint.verify` for a checkpoint folder (a reference's description is
+    not read again: only its weights' header); a model file (a graph or a traced module) is checked
+    as it is read, so its description is its check."""
+    if isinstance(ref, str):
+        return modelfile.describe(ref) if modelfile.is_model_file(ref) else checkpoint.verify(ref, build)
+    if ref.is_file:
+        return ref.meta
+    return checkpoint.verify(ref.url, build, ref.meta)

@@ -6,7 +6,9 @@ Read top to bottom:
     plan.py    no Ray   MosaicScene (from a run record), MosaicPlan (one store per zone), the fingerprint
     stages.py  no Ray   mosaic_chunks (warp each covering scene into a chunk, merge), build_level (mode
                         overviews), finish (record, STAC Collection)
-    job.py     Ray      record reads and chunk ranges as Ray tasks, resume, the driver loop
+    driver.py  no Ray   the driver loop every runner shares: records read, chunk ranges, levels, resume
+    local.py   no Ray   the same in this process (mosaic_here)
+    job.py     Ray      the driver loop on Ray tasks
 """
 
 from geoseg.mosaic.grid import MosaicGrid, parse_grid

@@ -66,6 +66,11 @@ def read_scene(record_url: str) -> MosaicScene:
                        int(r["width"]), has_proba, rec.get("acquired"), tuple(float(v) for v in b))
 
 
+def read_scenes(urls: list[str]) -> list[MosaicScene]:
+    """The scenes of several run records (one task reads a batch of them)."""
+    return [read_scene(u) for u in urls]
+
+
 def scene_records(prefix: str) -> tuple[list[str], str]:
     """``(run record URLs in the job's order, what they are)`` of a prefix's finished scenes: those
     its job summary lists complete (one read), else every run record the prefix holds (one listing)."""

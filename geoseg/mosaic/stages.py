@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.data import output, storage
 from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.mosaic.plan import MosaicPlan, MosaicScene, kind

@@ -287,7 +287,7 @@ def start_ray(ctx: JobContext, address: str | None, model: DriverModel | None = 
     ref = ctx.ref
     check, verified = None, False
     if ref.deep and not (ray_connected() or "torch" in sys.modules):
-        verified = reference.verify(ref.url, build=False) is not None
+        verified = reference.verify(ref, build=False) is not None
         if not verified and model is None:
             check = checkpoint.BackgroundCheck(ref.url)
     try:
@@ -299,7 +299,7 @@ def start_ray(ctx: JobContext, address: str | None, model: DriverModel | None = 
     if check is not None:
         check.result()
     elif ref.deep and not verified and not (model is not None and model.ready()):
-        reference.verify(ref.url)  # (where the driver built no model: a GPU machine)
+        reference.verify(ref)  # (where the driver built no model: a GPU machine)
 
 
 def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> list[dict]:

@@ -26,7 +26,6 @@ a CUDA device, ``--dashboard``, more scenes) runs on Ray, as before.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from typing import Iterator
@@ -41,16 +40,8 @@ from geoseg.predict.layout import ActorLayout, actor_layout
 from geoseg.predict.options import PredictOptions
 from geoseg.predict.plan import JobPlan
 from geoseg.runtime.cluster import handle_sigterm, ray_connected, requested_address, wants_dashboard
-from geoseg.runtime.tasks import InlineTasks
+from geoseg.runtime.tasks import InlineTasks, machine_cpus
 from geoseg.runtime.threads import io_threads
-
-
-def machine_cpus() -> int:
-    """The CPUs this process may run on (its affinity; what a local Ray would count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def runs_locally(job: JobPlan, opts: PredictOptions) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from geoseg.data.bands import Selection
 from geoseg.data.stac import Search, StackOptions
 from geoseg.errors import InputError
-from geoseg.models.index import INDEX_MODELS
+from geoseg.models.reference import check_choice
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,7 @@ class PredictOptions:
     vectors: bool = False  # --vectors: each finished scene's polygons (GeoParquet, FlatGeobuf), once they are done
 
     def __post_init__(self) -> None:
-        if (self.model is None) == (self.checkpoint is None):
-            raise InputError("give exactly one of --model NAME or --checkpoint RUN_DIR")
-        if self.model is not None and self.model not in INDEX_MODELS:
-            raise InputError(f"--model: unknown model {self.model!r} (built-in: {', '.join(INDEX_MODELS)})")
+        check_choice(self.model, self.checkpoint)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.halo >= self.tile_size * 4:

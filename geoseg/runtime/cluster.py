@@ -276,3 +276,14 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def dask_scheduler():
+    """Ray's dask scheduler (``ray.util.dask.ray_dask_get``: each block a Ray task) when this
+    process has started or joined Ray, else None. For one call's ``scheduler=``: dask's global
+    configuration is never changed."""
+    if not ray_connected():
+        return None
+    from ray.util.dask import ray_dask_get
+
+    return ray_dask_get

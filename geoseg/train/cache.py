@@ -43,6 +43,7 @@ from geoseg.data.classes import NODATA
 from geoseg.errors import InputError, StorageError
 from geoseg.data.raster import tile_reader
 from geoseg.data.tiling import Window
+from geoseg.models.runfolder import RunFolder
 
 FORMAT = 1
 MANIFEST = "cache.json"
@@ -140,7 +141,7 @@ def cache_url(out: str, chip_cache: str | None) -> str | None:
     """Where a run's chip cache lives: ``RUN_DIR/chips`` by default, ``--chip-cache URL``,
     or None (``--chip-cache off``: chips read from the rasters every epoch)."""
     if chip_cache is None or chip_cache == "":
-        return storage.join(out, "chips")
+        return RunFolder(out).chips
     return None if str(chip_cache).lower() in OFF else str(chip_cache)
 
 

@@ -11,6 +11,7 @@ runs the same :func:`train_epoch` in a plain loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,13 +20,11 @@ import numpy as np
 
 from geoseg.models import checkpoint
 from geoseg.train.augment import Augment, AugmentConfig
-from geoseg.models.checkpoint import CheckpointMeta
-from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.classes import NODATA
 from geoseg.train.losses import make_loss
 from geoseg.models.metrics import scores
-from geoseg.models.zoo import ModelConfig
 from geoseg.models.predictor import as_float
-from geoseg.train.config import TrainConfig
+from geoseg.train.plan import LoopConfig
 
 
 def confusion_torch(pred, target, k: int, ignore: int = NODATA):
@@ -122,13 +121,14 @@ class Fitter:
     """One worker's training: build with the model (weights restored), then per epoch
     :meth:`train_epoch`, :meth:`validate`, :meth:`end_epoch` and (rank 0) :meth:`save`."""
 
-    def __init__(self, model, cfg: TrainConfig, setup: dict, device, world: int = 1, state: dict | None = None,
+    def __init__(self, model, loop: LoopConfig, device, world: int = 1, state: dict | None = None,
                  meta_epoch: int = 0):
         import torch
 
-        self.model, self.cfg, self.setup, self.device, self.world = model, cfg, setup, device, world
-        self.mcfg = ModelConfig(**setup["model"])
-        self.classes = ClassScheme.from_dict(setup["classes"])
+        cfg = loop.cfg
+        self.model, self.cfg, self.device, self.world = model, cfg, device, world
+        self.mcfg, self.classes = loop.model, loop.classes
+        self.meta = loop.checkpoint_meta()  # what every checkpoint says of the model (its epoch added in save)
         self.progress = Progress.from_state(state, meta_epoch) if state else Progress()
         # --batch-size is the global batch, so a run takes the same optimizer steps
         # (and the same learning-rate schedule) whatever the number of workers.
@@ -145,8 +145,8 @@ class Fitter:
         weights = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
         self.loss_fn = make_loss(cfg.loss, weights, NODATA)
         self.augment = Augment(AugmentConfig(**cfg.augment))
-        self.mean = torch.tensor(setup["mean"], device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(setup["std"], device=device).view(1, -1, 1, 1).clamp_min(1e-6)
+        self.mean = torch.tensor(loop.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(loop.std, device=device).view(1, -1, 1, 1).clamp_min(1e-6)
         cuda = getattr(device, "type", str(device)) == "cuda"
         self.amp = dict(device_type="cuda", dtype=torch.bfloat16) if cuda else dict(device_type="cpu", enabled=False)
         self.channels_last = cuda  # inputs in the model's layout (the caller converts a GPU model)
@@ -221,20 +221,10 @@ class Fitter:
 
     def save(self, folder: str, epoch: int, metrics: dict, stop: bool) -> None:
         """A self-describing checkpoint of this epoch (weights, description, train state)."""
-        meta = CheckpointMeta(
-            model=self.mcfg,
-            classes=self.classes,
-            mean=self.setup["mean"],
-            std=self.setup["std"],
-            band_roles=self.setup.get("band_roles"),
-            band_numbers=self.setup.get("band_numbers"),
-            epoch=epoch,
-            metrics=metrics,
-            extra={"stopped_early": bool(stop), "resumed_at": self.progress.resumed_at, "world_size": self.world,
-                   # how the bands were read: STAC assets stacked (names, resolution, resampling), scale/offset
-                   "inputs": self.setup.get("inputs") or {},
-                   **({"instances": self.setup["instances"]} if self.setup.get("instances") else {})},
-        )
+        # how the bands were read (STAC assets stacked, scale/offset) and the instances target: the run's own
+        meta = dataclasses.replace(self.meta, epoch=epoch, metrics=metrics, extra={
+            "stopped_early": bool(stop), "resumed_at": self.progress.resumed_at, "world_size": self.world,
+            **self.meta.extra})
         state = {
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),

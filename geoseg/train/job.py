@@ -1,6 +1,6 @@
 """The Ray layer of ``geoseg train``: Ray Train's TorchTrainer (DDP) around :class:`Fitter`.
 
-    plan_run (driver)                  bands, scene pairs (metadata: before Ray starts), every
+    plan_run (driver, plan.py)         bands, scene pairs (metadata: before Ray starts), every
                                        label scanned whole (Ray tasks, chunked: scan_labels_on_ray),
                                        spatial split, normalisation, class histogram
       -> build_chip_cache (Ray tasks)  every split block decoded once into the chip cache (resumable)
@@ -23,37 +23,35 @@ import tempfile
 import threading
 import time
 
-from geoseg.data import limits, storage
-from geoseg.models import checkpoint
-from geoseg.data.bands import select_bands
-from geoseg.errors import InputError
-from geoseg.data.inputs import expand_inputs
-from geoseg.data.stac import StackOptions
-from geoseg.models.metrics import format_table, report
-from geoseg.models.zoo import ModelConfig, build_model
-from geoseg.data.raster import read_info
 from geoseg.console import worker_print
+from geoseg.data import storage
+from geoseg.models import checkpoint
+from geoseg.models.metrics import format_table, report
+from geoseg.models.runfolder import RunFolder
+from geoseg.models.zoo import build_model
 from geoseg.runtime.cluster import check_address, cluster_cpus, cluster_gpus, cpu_nodes, init_ray, require_gpus
 from geoseg.train.config import TrainConfig
-from geoseg.train.data import (TrainingPlan, declared_classes, open_pairs, plan_training, read_val_chips,
-                               sample_train_chips)
+from geoseg.train.data import TrainingPlan, declared_classes, read_val_chips, sample_train_chips
 from geoseg.train.fit import Fitter
+from geoseg.train.plan import LoopConfig, plan_run, resume_point
 
 
 def train_loop(config: dict) -> None:
-    """One Ray Train worker: restore, then train / validate / report each epoch."""
+    """One Ray Train worker: restore, then train / validate / report each epoch. ``config``:
+    ``{"loop": LoopConfig}`` (Ray Train's train_loop_config)."""
     import ray.train
     import ray.train.torch
     import torch
 
-    cfg = TrainConfig(**config["cfg"])
+    loop: LoopConfig = config["loop"]
+    cfg = loop.cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    if device.type != "cuda" and config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
+    if device.type != "cuda" and loop.threads:
+        torch.set_num_threads(int(loop.threads))
     torch.manual_seed(cfg.seed + 1000 * rank)
-    model = build_model(ModelConfig(**config["model"]), cfg.encoder_weights, cfg.freeze_encoder)
+    model = build_model(loop.model, cfg.encoder_weights, cfg.freeze_encoder)
     state, meta_epoch = None, 0
     restored = ray.train.get_checkpoint()
     if restored:
@@ -63,7 +61,7 @@ def train_loop(config: dict) -> None:
         meta_epoch = meta.epoch
     if device.type == "cuda":  # bf16 convolutions are fastest channels-last
         model = model.to(memory_format=torch.channels_last)
-    fitter = Fitter(ray.train.torch.prepare_model(model), cfg, config, device, world, state, meta_epoch)
+    fitter = Fitter(ray.train.torch.prepare_model(model), loop, device, world, state, meta_epoch)
 
     # chips come in their raster's dtype (uint16: half of float32) and uint8 labels, and are converted on
     # the device (Fitter.normalize, train_epoch); the next batches are read while a step runs
@@ -169,61 +167,6 @@ def build_chip_cache(cfg: TrainConfig, plan: TrainingPlan, label_hists: list, lo
                                        "seconds": round(time.perf_counter() - t0, 2)}}
 
 
-def plan_run(cfg: TrainConfig, scan=None) -> tuple[TrainingPlan, ModelConfig, list[int], list[str] | None]:
-    """``(training plan, model config, band numbers, band roles)``: metadata, then each label's whole
-    scan (``scan(pairs)``: the class histograms, e.g. :func:`scan_labels_on_ray`; None: scanned
-    here), then decimated reads."""
-    storage.check_writable(cfg.out)
-    images = [_image_url(url, cfg) for url in cfg.images]
-    first = read_info(images[0])
-    if cfg.assets and not cfg.bands:  # stacked STAC assets: exactly the bands asked for, named as asked
-        bands, roles = list(range(1, first.count + 1)), list(cfg.assets)
-    else:
-        bands, roles = select_bands(images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
-    local_batch = cfg.local_batch
-    limits.check_fits(limits.batch_bytes(local_batch, len(bands), cfg.chip_size, cfg.arch != "tinyfcn"),
-                      f"--chip-size {cfg.chip_size} with a batch of {local_batch} per worker",
-                      "use a smaller --chip-size or --batch-size")
-    pairs = open_pairs(images, derived_labels(cfg, images), bands, cfg.allow_no_crs)
-    plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
-                         seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles,
-                         label_hists=scan(pairs) if scan is not None else None)
-    return plan, ModelConfig(cfg.arch, cfg.encoder, len(bands), len(plan.classes)), bands, roles
-
-
-def derived_labels(cfg: TrainConfig, images: list[str]) -> list[str]:
-    """The label rasters to train on: ``--label`` as given, or made under ``RUN_DIR/labels`` from
-    ``--label-vectors`` or from instances (:mod:`geoseg.train.targets`)."""
-    from geoseg.train import targets
-
-    if not cfg.label_vectors and not cfg.instances:
-        return list(cfg.labels)
-    if cfg.label_vectors and cfg.labels:
-        raise InputError("give --label rasters or --label-vectors, not both")
-    if not cfg.label_vectors and len(cfg.labels) != len(images):
-        raise InputError(f"{len(images)} --image but {len(cfg.labels)} --label: give one instance raster per image")
-    out = []
-    for i, url in enumerate(images):
-        info = read_info(url)
-        dst = storage.join(cfg.out, "labels", f"{i}-{storage.stem(url)}.tif")
-        out.append(targets.from_vectors(cfg.label_vectors, info, dst, cfg.class_field, cfg.instances)
-                   if cfg.label_vectors else targets.from_instances(cfg.labels[i], info, dst))
-    return out
-
-
-def stack_options(cfg: TrainConfig) -> StackOptions:
-    return StackOptions(tuple(cfg.assets) if cfg.assets else None, cfg.resolution,
-                        {k.lower(): v for k, v in (cfg.resampling or {}).items()} or None)
-
-
-def _image_url(url: str, cfg: TrainConfig) -> str:
-    """A training image: a raster, or a STAC item whose band assets are stacked in a VRT under ``RUN_DIR/inputs``."""
-    urls = expand_inputs([url], None, stack_options(cfg), None, storage.join(cfg.out, "inputs"))
-    if len(urls) != 1:
-        raise InputError(f"{url}: gives {len(urls)} images; pair each --image with one --label")
-    return urls[0]
-
-
 def chip_datasets(cfg: TrainConfig, plan: TrainingPlan, cache=None) -> dict:
     """Ray Data datasets of training chips (fresh random chips each epoch) and validation chips,
     cut from the chip cache (None: read from the rasters)."""
@@ -245,7 +188,7 @@ def chip_datasets(cfg: TrainConfig, plan: TrainingPlan, cache=None) -> dict:
     return {"train": train_ds, "val": val_ds}
 
 
-def make_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, cpus: int):
+def make_trainer(cfg: TrainConfig, loop: LoopConfig, datasets: dict, cpus: int):
     """The TorchTrainer: workers, resources, checkpoint storage and failure policy."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -258,7 +201,7 @@ def make_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, cpus: int)
         storage.makedirs(storage_path)
     return TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={"loop": loop},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers,
             use_gpu=cfg.gpus,
@@ -302,22 +245,7 @@ def _fit(trainer):
     return box["result"]
 
 
-def resume_point(out: str) -> dict | None:
-    """Where a rerun of the run in ``out`` resumes: the latest checkpoint Ray Train recorded in the
-    run's snapshot (what it restores the workers from), ``{"epoch", "checkpoint"}``; None for a
-    run not started yet."""
-    try:
-        snap = json.loads(storage.read_text(storage.join(out, "checkpoint_manager_snapshot.json")))
-    except (OSError, ValueError):
-        return None
-    latest = snap.get("latest_checkpoint_result") or {}
-    epoch = (latest.get("metrics") or {}).get("epoch")
-    if epoch is None or not latest.get("checkpoint_dir_name"):
-        return None
-    return {"epoch": int(epoch), "checkpoint": storage.join(out, latest["checkpoint_dir_name"])}
-
-
-def write_pictures(run_dir: str, plan: TrainingPlan, latest, best_url: str, log=print) -> dict:
+def write_pictures(run: RunFolder, plan: TrainingPlan, latest, log=print) -> dict:
     """``curves.png`` (the whole history, kept in the latest checkpoint) and ``val_quicklook.png``
     (the best checkpoint on a validation block) in the run folder."""
     from geoseg.train.pictures import write_curves, write_val_quicklook
@@ -325,8 +253,8 @@ def write_pictures(run_dir: str, plan: TrainingPlan, latest, best_url: str, log=
     with latest.as_directory() as d:
         _, _, state = checkpoint.load(d, with_state=True)
     history = json.loads(state.get("history") or "[]") if isinstance(state.get("history"), str) else []
-    out = {"curves": write_curves(run_dir, history, plan.classes),
-           "val_quicklook": write_val_quicklook(run_dir, plan, best_url)}
+    out = {"curves": write_curves(run.url, history, plan.classes),
+           "val_quicklook": write_val_quicklook(run.url, plan, run.best)}
     for name, url in out.items():
         if url:
             log(f"{name}: {url}")
@@ -346,7 +274,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         hists[:] = scan_labels_on_ray(pairs, cfg.num_classes, cfg.address, cache_url(cfg.out, cfg.chip_cache))
         return hists
 
-    plan, mcfg, bands, roles = plan_run(cfg, scan)
+    planned = plan_run(cfg, scan)
+    plan, mcfg, run = planned.training, planned.model, planned.run
     log(
         f"training {cfg.arch}/{cfg.encoder} on {len(plan.pairs)} scene(s): {len(plan.train_blocks)} train blocks, "
         f"{len(plan.val_chips)} validation chips, classes {list(plan.classes.names)}"
@@ -359,28 +288,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     threads = None if cfg.gpus else max(1, cpus // cfg.workers)
     log(f"{cfg.workers} Ray Train worker(s), " + (f"a GPU each, batch {cfg.local_batch} each" if cfg.gpus
                                                   else f"{threads} threads each, batch {cfg.local_batch} each"))
-    loop_config = {
-        "cfg": dataclasses.asdict(cfg),
-        "model": mcfg.to_dict(),
-        "classes": plan.classes.to_dict(),
-        "mean": plan.mean,
-        "std": plan.std,
-        "band_roles": roles,
-        "band_numbers": bands,
-        "threads": threads,
-        # the field-delineation target: predict's class maps become instances (geoseg vectorize --instances)
-        "instances": {"boundary": 1} if cfg.instances else None,
-        # how the bands were read, for predict to read them the same way
-        "inputs": {**stack_options(cfg).fingerprint(), "scaled": any(p.image.scaled for p in plan.pairs),
-                   "pixel_size": abs(plan.pairs[0].image.transform[0]),
-                   "scales": [plan.pairs[0].image.scales[b - 1] for b in bands] if plan.pairs[0].image.scales else None,
-                   "offsets": [plan.pairs[0].image.offsets[b - 1] for b in bands] if plan.pairs[0].image.offsets
-                   else None},
-    }
-    resumed = resume_point(cfg.out)
+    loop = planned.loop_config(cfg, threads)
+    resumed = resume_point(run)
     if resumed:
         log(f"resuming from the checkpoint of epoch {resumed['epoch']} ({resumed['checkpoint']})")
-    result = _fit(make_trainer(cfg, loop_config, chip_datasets(cfg, plan, chips.get("cache")), cpus))
+    result = _fit(make_trainer(cfg, loop, chip_datasets(cfg, plan, chips.get("cache")), cpus))
     if result.error:
         raise result.error
     best_ckpt, best_metrics = None, None
@@ -388,13 +300,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if best_metrics is None or m.get("val_miou", -1) > best_metrics.get("val_miou", -1):
             best_ckpt, best_metrics = ck, m
     best_ckpt = best_ckpt or result.checkpoint
-    best_url = storage.join(cfg.out, "best")
     with best_ckpt.as_directory() as d:
-        checkpoint.copy_folder(d, best_url)
-    pictures = write_pictures(cfg.out, plan, result.checkpoint or best_ckpt, best_url, log)
+        checkpoint.copy_folder(d, run.best)
+    pictures = write_pictures(run, plan, result.checkpoint or best_ckpt, log)
     summary = {
         "out": cfg.out,
-        "best_checkpoint": best_url,
+        "best_checkpoint": run.best,
         "best": best_metrics or result.metrics,
         "last": result.metrics,
         "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
@@ -411,5 +322,5 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "resumed": resumed,  # the checkpoint this run resumed from (None: it started afresh)
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(summary, indent=2, default=str))
+    storage.write_text(run.record, json.dumps(summary, indent=2, default=str))
     return summary

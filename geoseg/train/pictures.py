@@ -16,6 +16,7 @@ from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.data.plots import training_curves_png
 from geoseg.data.raster import tile_reader
 from geoseg.data.tiling import Window
+from geoseg.models.runfolder import RunFolder
 
 MAX_QUICKLOOK = 1024  # largest side of the validation window, in pixels
 
@@ -23,7 +24,7 @@ MAX_QUICKLOOK = 1024  # largest side of the validation window, in pixels
 def write_curves(run_dir: str, history: list[dict], classes: ClassScheme) -> str | None:
     if not history:
         return None
-    url = storage.join(run_dir, "curves.png")
+    url = RunFolder(run_dir).curves
     storage.write_bytes(url, training_curves_png(history, classes.names, classes.colors))
     return url
 
@@ -70,6 +71,6 @@ def write_val_quicklook(run_dir: str, plan, best_checkpoint: str) -> str | None:
               ("best checkpoint", quicklook.class_colours(pred, colours)),
               ("errors", quicklook.error_colours(labels, pred, colours))]
     entries = quicklook.class_entries(plan.classes.names, colours) + quicklook.ERROR_LEGEND
-    url = storage.join(run_dir, "val_quicklook.png")
+    url = RunFolder(run_dir).val_quicklook
     quicklook.write_png(url, quicklook.compose(panels, entries))
     return url

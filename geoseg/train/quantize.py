@@ -29,6 +29,7 @@ from geoseg.models import checkpoint, export
 from geoseg.data.classes import NODATA
 from geoseg.errors import CheckpointError, InputError
 from geoseg.models.metrics import confusion, scores
+from geoseg.models.runfolder import RunFolder
 
 PRECISIONS = {"int8": ".onnx", "bf16": ".pt"}
 
@@ -37,15 +38,15 @@ def run_plan(run_dir: str):
     """The training plan of a run (its rasters, bands and spatial split, from ``run.json``),
     re-made without Ray: the same blocks, so the same validation chips."""
     from geoseg.train.config import TrainConfig
-    from geoseg.train.job import plan_run
+    from geoseg.train.plan import plan_run
 
     try:
-        summary = json.loads(storage.read_text(storage.join(run_dir, "run.json")))
+        summary = json.loads(storage.read_text(RunFolder(run_dir).record))
     except (OSError, ValueError):
         raise InputError(f"{run_dir}: no run.json: quantize a training run folder (its validation "
                          "blocks score the quantized model)") from None
     cfg = TrainConfig(**{**summary["config"], "out": run_dir})
-    plan, *_ = plan_run(cfg, scan=_kept_scan(cfg))
+    plan = plan_run(cfg, scan=_kept_scan(cfg)).training
     cache = None
     from geoseg.train import cache as chip_cache
 
@@ -130,7 +131,7 @@ def quantize(run_dir: str, precision: str = "int8", calibration: list[str] | Non
         raise InputError(f"--precision must be int8 or bf16, got {precision!r}")
     if not 0 <= max_miou_drop <= 1:
         raise InputError(f"--max-miou-drop must be between 0 and 1, got {max_miou_drop}")
-    out = out or storage.join(run_dir, f"model.{precision}{PRECISIONS[precision]}")
+    out = out or RunFolder(run_dir).model_file(f"model.{precision}{PRECISIONS[precision]}")
     if not str(out).lower().endswith(PRECISIONS[precision]):
         raise InputError(f"--out {out}: a {precision} model file ends with {PRECISIONS[precision]}")
     if precision == "bf16" and not cpu_flags() & {"avx512_bf16", "amx_bf16"}:

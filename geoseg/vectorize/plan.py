@@ -11,9 +11,11 @@ polygons (what touches its edges).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from geoseg.data import storage
+from geoseg.data.classmap import scene_maps
 from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import InputError
 from geoseg.data.classes import BOUNDARY, INSTANCE_CLASSES
@@ -83,6 +85,28 @@ def _chosen(asked, names: tuple[str, ...], url: str) -> tuple[int, ...]:
         else:
             raise InputError(f"--classes: {a!r} is not a class of {url} (classes: {', '.join(names) or 'numbered'})")
     return tuple(sorted(set(out)))
+
+
+def plan_sources(target: str, opts: VectorizeOptions, out: str | None = None,
+                 missing_only: bool = False) -> list[tuple[Source, str, dict | None]]:
+    """What to vectorize: ``(source, base of its files, its scene's record or None)`` for a predict
+    PREFIX (every finished scene, or with ``missing_only`` those whose record lists no vectors
+    yet) or one class map (``out``: the files' base name, default beside it)."""
+    from geoseg.data.classmap import is_zarr
+
+    if not is_zarr(target) and storage.isdir(target):
+        maps = scene_maps(target)
+        if missing_only:
+            maps = [m for m in maps if not (m[2].get("outputs") or {}).get("vectors_parquet")]
+            if not maps:
+                return []
+        if not maps:
+            raise InputError(f"{target}: no finished scene to vectorize (no run record of a complete scene)")
+        return [(source_of(url, opts, stem), storage.join(target, stem), rec) for stem, url, rec in maps]
+    src = source_of(target, opts)
+    stripped = target.rstrip("/")
+    base = out or (stripped[: -len(".zarr")] if is_zarr(target) else os.path.splitext(stripped)[0])
+    return [(src, base, None)]
 
 
 def outputs(base: str, formats: tuple[str, ...]) -> dict[str, str]:

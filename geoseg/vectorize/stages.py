@@ -371,20 +371,45 @@ def nodata_free(values: np.ndarray) -> np.ndarray:
     return values[values != NODATA]
 
 
-def polygons_here(src: Source, read, chunk: int = CHUNK, read_probs=None, area=None) -> Piece:
-    """Every polygon of a class map, the quad-tree run here window after window (tests, small maps,
-    a machine without Ray): the closed polygons of every level, in pixel space."""
-    tree = src.tree(chunk)
-    out, opened = Piece(), {}
-    for g in tree.groups(0):
-        closed, opened[g] = polygonize_chunk(src, tree.window(0, *g), read, read_probs, area)
-        out.extend(closed)
-    for level in range(1, tree.levels + 1):
-        below, opened = opened, {}
-        for g in tree.groups(level):
-            kids = [below[c] for c in tree.children(level, *g)]
-            closed, opened[g] = merge_group(src, tree.window(level, *g), kids)
-            out.extend(closed)
-    for left in opened.values():
-        out.extend(left)
-    return out
+# --- the tasks up the quad-tree: each reads its own window, writes what it closes -----------------
+
+
+def _reader(src: Source):
+    from geoseg.data.classmap import open_class_map
+
+    cmap = open_class_map(src.url).__enter__()
+    return cmap.read
+
+
+def _prob_reader(src: Source):
+    if not src.probabilities:
+        return None
+    import zarr
+
+    arr = zarr.open_group(storage.zarr_store(src.probabilities, read_only=True), mode="r")["probabilities"]
+    return lambda w: arr[:, w.slices[0], w.slices[1]]
+
+
+def _area(src: Source):
+    from geoseg.data.area import PixelArea
+
+    return PixelArea.of(src.crs, src.transform)
+
+
+def chunk_task(src: Source, gy: int, gx: int, chunk: int, parts: str, tolerance: float) -> Piece:
+    """Level 0: one chunk polygonized; its closed polygons written as a part; its open ones returned."""
+    win = src.tree(chunk).window(0, gy, gx)
+    area = _area(src)
+    closed, opened = polygonize_chunk(src, win, _reader(src), _prob_reader(src), area)
+    finish_polygons(src, closed, storage.join(parts, f"0-{gy}-{gx}.parquet"), tolerance, area is not None)
+    return opened
+
+
+def merge_task(src: Source, level: int, gy: int, gx: int, chunk: int, parts: str, tolerance: float,
+               *below: Piece) -> Piece:
+    """Level L: the open polygons of the four windows below merged; the closed ones written."""
+    win = src.tree(chunk).window(level, gy, gx)
+    closed, opened = merge_group(src, win, list(below))
+    finish_polygons(src, closed, storage.join(parts, f"{level}-{gy}-{gx}.parquet"), tolerance,
+                           _area(src) is not None)
+    return opened

@@ -7,9 +7,10 @@
 * :func:`segment`: a model run lazily over a dask-backed ``DataArray`` of imagery, ``(band, y,
   x)`` or ``(y, x, band)`` (odc-stac, stackstac, rioxarray), cut into the same tiles as
   ``geoseg predict`` (each chunk one tile core, read with its halo slid inside the raster at its
-  edges, as predict reads it): the class map equals predict's on the same pixels. It runs on
-  the Ray cluster (Ray's dask scheduler) when this process has started or joined Ray, else on
-  dask's own scheduler.
+  edges, as predict reads it): the class map equals predict's on the same pixels.
+* :func:`scheduler`: the scheduler to compute them with, per call: Ray's (the blocks as Ray
+  tasks) when this process has started or joined Ray, else dask's threads. Nothing here changes
+  dask's configuration; Ray is reached only through :mod:`geoseg.runtime.cluster`.
 """
 
 from __future__ import annotations
@@ -113,10 +114,10 @@ def segment(data, checkpoint: str, tile_size: int = 512, halo: int = 32, scale: 
     import dask.array as da
     import xarray as xr
 
-    from geoseg.models import checkpoint as ckpt
     from geoseg.data.tiling import TileGrid
+    from geoseg.models import reference
 
-    meta = ckpt.describe(checkpoint)
+    meta = reference.describe(checkpoint)
     data, ydim, xdim = _bands_first(data, meta)
     if tile_size + 2 * halo > 0 and (tile_size + 2 * halo) % meta.model.size_multiple:
         raise InputError(f"segment: tile_size + 2 x halo = {tile_size + 2 * halo} px, but {meta.model.arch} needs a "
@@ -142,7 +143,6 @@ def segment(data, checkpoint: str, tile_size: int = 512, halo: int = 32, scale: 
                        name="classes", attrs={"class_names": list(meta.classes.names),
                                               "class_colors": [list(c) for c in meta.classes.colors],
                                               "nodata": NODATA})
-    _use_ray_if_up()
     return out
 
 
@@ -162,12 +162,10 @@ def _tile_classes(window: np.ndarray, tile, checkpoint: str, nodata, scale, offs
     return out
 
 
-def _use_ray_if_up() -> None:
-    """Dask's scheduler set to Ray's (``ray.util.dask.ray_dask_get``) when this process has started or
-    joined Ray: the blocks then run as Ray tasks across the cluster."""
-    import sys
+def scheduler():
+    """The dask scheduler to compute geoseg's lazy arrays with, per call (``classes.compute(scheduler=
+    geoseg.scheduler())``): Ray's (the blocks as Ray tasks across the cluster) when this process has
+    started or joined Ray, else dask's threads. Dask's own configuration is left as the caller set it."""
+    from geoseg.runtime.cluster import dask_scheduler
 
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        from ray.util.dask import enable_dask_on_ray
-
-        enable_dask_on_ray()
+    return dask_scheduler() or "threads"

@@ -1,4 +1,5 @@
-"""Which prediction goes with which labels: what ``geoseg evaluate`` was given, as pairs.
+"""Planning ``geoseg evaluate``, without Ray: what was given, as (prediction, labels) pairs, and one
+:class:`ScenePlan` per pair, checked before any pixel is read.
 
 Predictions: class rasters (GeoTIFF / COG) or predict's Zarr stores, globs of them,
 ``.txt`` lists, predict's run records (``<stem>.json``), its STAC items, item
@@ -8,16 +9,26 @@ of its own name, e.g. ``labels/<stem>.tif``), or rasters / globs / lists, paired
 in order. Without ``--labels``, each STAC prediction takes the ``labels`` asset
 (``--label-asset``) of its item or of the input item it was derived from; and
 ``geoseg evaluate PREDICTION LABELS`` (two rasters) is one pair.
+
+:func:`plan_scene` reads both rasters' metadata and refuses, in one line, what cannot be
+compared (not class maps, different grids, different class names); :func:`plan_scenes` plans
+every pair (metadata of many objects, read in threads) and refuses pairs of other classes.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from geoseg.data import stac, storage
-from geoseg.errors import InputError
+from geoseg.data.area import PixelArea
+from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.classmap import open_class_map, scheme_of
 from geoseg.data.inputs import expand_glob, is_glob, read_list
+from geoseg.data.raster import RasterInfo, check_class_map, grid_difference
+from geoseg.data.tiling import Window
+from geoseg.errors import InputError, RasterError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".zarr", ".vrt", ".jp2", ".img")
 
@@ -169,3 +180,91 @@ def _labels_for(found: list[_Prediction], labels: list[str]) -> list[str]:
         raise InputError(f"{len(found)} prediction(s) but {len(urls)} label raster(s); give one label raster "
                          "per prediction (paired in order) or one --labels FOLDER")
     return urls
+
+
+CHUNK = 2048  # side of a scoring chunk: a multiple of predict's 512-px tiles and of common block sizes
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """What scoring one pair needs, all of it small: both rasters' metadata, the classes,
+    the nodata values and the pixel area."""
+
+    pair: Pair
+    prediction: RasterInfo
+    labels: RasterInfo
+    names: tuple[str, ...]
+    label_nodata: tuple[int, ...]
+    prediction_nodata: tuple[int, ...]
+    area: PixelArea | None
+    chunk: int = CHUNK
+
+    @property
+    def k(self) -> int:
+        return len(self.names)
+
+    @property
+    def pixels(self) -> int:
+        return self.labels.height * self.labels.width
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.labels.height // self.chunk) * -(-self.labels.width // self.chunk)
+
+    def window(self, i: int) -> Window:
+        """Chunk ``i`` (row-major) of the scene."""
+        per_row = -(-self.labels.width // self.chunk)
+        r, c = (i // per_row) * self.chunk, (i % per_row) * self.chunk
+        return Window(r, c, min(self.chunk, self.labels.height - r), min(self.chunk, self.labels.width - c))
+
+    def windows(self) -> list[Window]:
+        return [self.window(i) for i in range(self.n_chunks)]
+
+
+def plan_scene(pair: Pair, num_classes: int | None = None, chunk: int = CHUNK) -> ScenePlan:
+    """Check a pair and describe it; every refusal is one line naming the files."""
+    pred, labels = open_class_map(pair.prediction).info, open_class_map(pair.labels).info
+    check_class_map(pred)
+    check_class_map(labels, "label raster")
+    diff = grid_difference(pred, labels)
+    if diff:
+        raise RasterError(f"{pair.prediction} and {pair.labels} are not on the same grid ({diff})")
+    names = class_names(pair, scheme_of(labels), scheme_of(pred), num_classes)
+    return ScenePlan(pair, pred, labels, names, _nodata(labels), _nodata(pred),
+                     PixelArea.of(labels.crs, labels.transform), chunk)
+
+
+def class_names(pair: Pair, from_labels: ClassScheme | None, from_pred: ClassScheme | None,
+                num_classes: int | None) -> tuple[str, ...]:
+    """The classes scored: the label raster's names (``CLASS_NAMES``), else the prediction's;
+    ``num_classes`` says how many when neither has names, or overrides them."""
+    if from_labels and from_pred and from_labels.names != from_pred.names:
+        raise RasterError(f"{pair.prediction} and {pair.labels} name their classes differently "
+                          f"({list(from_pred.names)} vs {list(from_labels.names)})")
+    scheme = from_labels or from_pred
+    if num_classes is None:
+        if scheme is None:
+            raise RasterError(f"{pair.labels}: no class names (CLASS_NAMES tag); pass --num-classes")
+        return tuple(scheme.names)
+    known = list(scheme.names) if scheme else []
+    return tuple(known[i] if i < len(known) else f"class_{i}" for i in range(num_classes))
+
+
+def _nodata(info: RasterInfo) -> tuple[int, ...]:
+    """Values that mean "no class here": the raster's nodata and geoseg's 255."""
+    values = {NODATA}
+    if info.nodata is not None and float(info.nodata).is_integer():
+        values.add(int(info.nodata))
+    return tuple(sorted(values))
+
+
+def plan_scenes(pairs: list[Pair], num_classes: int | None = None, chunk: int = CHUNK) -> list[ScenePlan]:
+    """Every pair checked before any pixel is read (metadata of many objects, read in threads)."""
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(pairs)))) as pool:
+        plans = list(pool.map(lambda p: plan_scene(p, num_classes, chunk), pairs))
+    first = plans[0]
+    for p in plans[1:]:
+        if p.names != first.names:
+            raise RasterError(f"{p.pair.labels} has classes {list(p.names)} but {first.pair.labels} has "
+                              f"{list(first.names)}; score them separately")
+    return plans

@@ -1,7 +1,5 @@
-"""Scoring one prediction against its labels, chunk by chunk, without Ray.
+"""The stages of ``geoseg evaluate``, without Ray: one prediction scored against its labels, chunk by chunk.
 
-:func:`plan_scene` reads both rasters' metadata and refuses, in one line, what
-cannot be compared (not class maps, different grids, different class names);
 :func:`score_chunk` reads one window of both and returns its additive sums
 (:class:`Counts`: confusion matrix, class areas, ignored pixels), so chunks can
 be scored anywhere, in any order, and summed. Memory is one chunk per call.
@@ -17,52 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg.data.area import PixelArea
-from geoseg.data.classes import NODATA, ClassScheme
-from geoseg.data.classmap import open_class_map, scheme_of
-from geoseg.errors import RasterError
-from geoseg.evaluate.pairs import Pair
-from geoseg.models.metrics import confusion
-from geoseg.data.raster import RasterInfo, check_class_map, grid_difference
+from geoseg.data.classmap import open_class_map
 from geoseg.data.tiling import Window
-
-CHUNK = 2048  # side of a scoring chunk: a multiple of predict's 512-px tiles and of common block sizes
-
-
-@dataclass(frozen=True)
-class ScenePlan:
-    """What scoring one pair needs, all of it small: both rasters' metadata, the classes,
-    the nodata values and the pixel area."""
-
-    pair: Pair
-    prediction: RasterInfo
-    labels: RasterInfo
-    names: tuple[str, ...]
-    label_nodata: tuple[int, ...]
-    prediction_nodata: tuple[int, ...]
-    area: PixelArea | None
-    chunk: int = CHUNK
-
-    @property
-    def k(self) -> int:
-        return len(self.names)
-
-    @property
-    def pixels(self) -> int:
-        return self.labels.height * self.labels.width
-
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.labels.height // self.chunk) * -(-self.labels.width // self.chunk)
-
-    def window(self, i: int) -> Window:
-        """Chunk ``i`` (row-major) of the scene."""
-        per_row = -(-self.labels.width // self.chunk)
-        r, c = (i // per_row) * self.chunk, (i % per_row) * self.chunk
-        return Window(r, c, min(self.chunk, self.labels.height - r), min(self.chunk, self.labels.width - c))
-
-    def windows(self) -> list[Window]:
-        return [self.window(i) for i in range(self.n_chunks)]
+from geoseg.errors import RasterError
+from geoseg.evaluate.plan import ScenePlan
+from geoseg.models.metrics import confusion
 
 
 @dataclass
@@ -85,43 +42,6 @@ class Counts:
         for key, v in other.ignored.items():
             self.ignored[key] = self.ignored.get(key, 0) + int(v)
         return self
-
-
-def plan_scene(pair: Pair, num_classes: int | None = None, chunk: int = CHUNK) -> ScenePlan:
-    """Check a pair and describe it; every refusal is one line naming the files."""
-    pred, labels = open_class_map(pair.prediction).info, open_class_map(pair.labels).info
-    check_class_map(pred)
-    check_class_map(labels, "label raster")
-    diff = grid_difference(pred, labels)
-    if diff:
-        raise RasterError(f"{pair.prediction} and {pair.labels} are not on the same grid ({diff})")
-    names = class_names(pair, scheme_of(labels), scheme_of(pred), num_classes)
-    return ScenePlan(pair, pred, labels, names, _nodata(labels), _nodata(pred),
-                     PixelArea.of(labels.crs, labels.transform), chunk)
-
-
-def class_names(pair: Pair, from_labels: ClassScheme | None, from_pred: ClassScheme | None,
-                num_classes: int | None) -> tuple[str, ...]:
-    """The classes scored: the label raster's names (``CLASS_NAMES``), else the prediction's;
-    ``num_classes`` says how many when neither has names, or overrides them."""
-    if from_labels and from_pred and from_labels.names != from_pred.names:
-        raise RasterError(f"{pair.prediction} and {pair.labels} name their classes differently "
-                          f"({list(from_pred.names)} vs {list(from_labels.names)})")
-    scheme = from_labels or from_pred
-    if num_classes is None:
-        if scheme is None:
-            raise RasterError(f"{pair.labels}: no class names (CLASS_NAMES tag); pass --num-classes")
-        return tuple(scheme.names)
-    known = list(scheme.names) if scheme else []
-    return tuple(known[i] if i < len(known) else f"class_{i}" for i in range(num_classes))
-
-
-def _nodata(info: RasterInfo) -> tuple[int, ...]:
-    """Values that mean "no class here": the raster's nodata and geoseg's 255."""
-    values = {NODATA}
-    if info.nodata is not None and float(info.nodata).is_integer():
-        values.add(int(info.nodata))
-    return tuple(sorted(values))
 
 
 def score_chunk(plan: ScenePlan, window: Window, sources: dict | None = None) -> Counts:
@@ -176,3 +96,66 @@ def score_scene(plan: ScenePlan) -> Counts:
         for s in sources.values():
             s.__exit__(None, None, None)
     return total
+
+
+@dataclass
+class Evaluation:
+    """The sums of each scene (``counts[i]`` for ``plans[i]``); :func:`geoseg.evaluate.report.build`
+    adds them up and reports them."""
+
+    plans: list[ScenePlan]
+    counts: list[Counts]
+    seconds: float = 0.0
+
+
+_SOURCES: dict = {}  # per worker process: class maps kept open between chunks (few at a time)
+_SOURCES_JOB: list = [None]  # the job they were opened for: a later job may read rewritten files
+
+
+def _sources(job: str) -> dict:
+    if _SOURCES_JOB[0] != job:
+        for opened in _SOURCES.values():
+            opened.__exit__(None, None, None)
+        _SOURCES.clear()
+        _SOURCES_JOB[0] = job
+    return _SOURCES
+
+
+def score_ranges(batch: dict, plans: list[ScenePlan], offsets: np.ndarray, job: str) -> dict:
+    """The sums of the chunks numbered ``lo..hi-1`` (all scenes' chunks
+    numbered one after another), one row per scene touched. Class maps stay open in the
+    worker between chunks of one job (``job``: its id)."""
+    sources = _sources(job)
+    k = plans[0].k
+    per_scene: dict[int, Counts] = {}
+    chunks: dict[int, int] = {}
+    for lo, hi in zip(batch["lo"], batch["hi"]):
+        for g in range(int(lo), int(hi)):
+            s = int(np.searchsorted(offsets, g, side="right") - 1)
+            counts = score_chunk(plans[s], plans[s].window(g - int(offsets[s])), sources)
+            if s in per_scene:
+                per_scene[s] += counts
+            else:
+                per_scene[s] = counts
+            chunks[s] = chunks.get(s, 0) + 1
+    scenes = sorted(per_scene)
+    return {
+        "scene": np.array(scenes, dtype=np.int64),
+        "confusion": np.stack([per_scene[s].confusion.ravel() for s in scenes]) if scenes
+        else np.zeros((0, k * k), np.int64),
+        "label_m2": np.stack([per_scene[s].label_m2 for s in scenes]) if scenes else np.zeros((0, k)),
+        "predicted_m2": np.stack([per_scene[s].predicted_m2 for s in scenes]) if scenes else np.zeros((0, k)),
+        "label_nodata": np.array([per_scene[s].ignored["label_nodata"] for s in scenes], dtype=np.int64),
+        "prediction_nodata": np.array([per_scene[s].ignored["prediction_nodata"] for s in scenes], dtype=np.int64),
+        "chunks": np.array([chunks[s] for s in scenes], dtype=np.int64),
+    }
+
+
+def error_map(plan: ScenePlan, url: str) -> str:
+    """One scene's error map (decimated reads of both class maps): a task of its own."""
+    from geoseg.data.classmap import scheme_of
+    from geoseg.data.quicklook import write_error_map
+
+    scheme = scheme_of(plan.labels) or scheme_of(plan.prediction)
+    return write_error_map(plan.pair.prediction, plan.pair.labels, plan.names, scheme, url,
+                           plan.label_nodata, plan.prediction_nodata)

@@ -1,0 +1,64 @@
+"""The driver loop of ``geoseg vectorize``, shared by its runners (no Ray).
+
+    drive(sources, tasks)   each class map in turn:
+      -> vectorize_map      its windows' tasks level by level up the quad-tree (stages.chunk_task,
+                            stages.merge_task): polygonize each chunk, merge 2 x 2 windows' open
+                            polygons; every task writes the polygons it closes as a GeoParquet part
+      -> assemble           the parts into one GeoParquet and one FlatGeobuf (finish.py)
+      -> record             the scene's run record and STAC item list them
+
+The runner is the ``tasks`` it is handed (:mod:`geoseg.runtime.tasks`): Ray tasks
+(:mod:`geoseg.vectorize.job`), or inline in this process (:mod:`geoseg.vectorize.local`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from geoseg.data import storage
+from geoseg.vectorize.finish import assemble, record
+from geoseg.vectorize.plan import VectorizeOptions, outputs
+from geoseg.vectorize.stages import Source, chunk_task, merge_task
+
+
+def drive(sources: list, opts: VectorizeOptions, tasks, log=print) -> list[dict]:
+    """Every ``(source, base, record)`` of :func:`geoseg.vectorize.plan.plan_sources` vectorized
+    on ``tasks``; a scene's record (where it has one) lists its files."""
+    results = []
+    for src, base, rec in sources:
+        result = vectorize_map(src, opts, base, tasks, log)
+        if rec is not None:
+            record(base, rec, result)
+        results.append({"scene": src.scene, **result})
+    return results
+
+
+def vectorize_map(src: Source, opts: VectorizeOptions, base: str, tasks, log=print) -> dict:
+    """One class map to ``<base>.vectors.parquet`` / ``.fgb``, its windows' tasks on ``tasks``
+    level by level up the quad-tree; returns what its record says of them."""
+    t0 = time.perf_counter()
+    parts = f"{base}.vectors.parts-{uuid.uuid4().hex[:8]}"
+    tree = src.tree(opts.chunk)
+    top = tree.levels
+    refs = {g: tasks.submit(chunk_task, src, *g, opts.chunk, parts, opts.simplify) for g in tree.groups(0)}
+    for level in range(1, top + 1):  # each merge takes the open polygons of the windows below
+        refs = {g: tasks.submit(merge_task, src, level, *g, opts.chunk, parts, opts.simplify,
+                                *[refs[c] for c in tree.children(level, *g)])
+                for g in tree.groups(level)}
+    try:
+        left = tasks.gather(list(refs.values()))
+    except Exception as exc:  # noqa: BLE001 - the task's own error, not its runner's wrapper
+        raise tasks.cause(exc)
+    if any(len(p) for p in left):  # the top window has no inner edge: nothing stays open
+        raise RuntimeError(f"{src.url}: {sum(len(p) for p in left)} polygons left open at the top window")
+    try:
+        files, counts = assemble(parts, outputs(base, opts.formats), opts.min_area_ha, src.crs)
+    finally:
+        storage.remove(parts, recursive=True)
+    rec = {"files": files, "polygons": counts["polygons"], "by_class": counts["by_class"],
+           "classes": [src.names[k] if k < len(src.names) else f"class_{k}" for k in src.classes],
+           "simplify": opts.simplify, "min_area_ha": opts.min_area_ha, "crs": src.crs,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    log(f"{src.scene}: {counts['polygons']} polygons -> " + ", ".join(files.values()))
+    return rec

@@ -1,0 +1,137 @@
+"""The last stages of ``geoseg vectorize``, without Ray: a class map's polygon parts into its files,
+and the scene's record and STAC item listing them.
+
+    assemble   the parts streamed into one GeoParquet (bbox covering column) and one FlatGeobuf,
+               written whole (staged, then moved or put): a file that is there is complete
+    record     the scene's run record and STAC item list the vector files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from geoseg.data import storage
+
+
+def assemble(parts: str, files: dict[str, str], min_area_ha: float, crs: str | None) -> tuple[dict, dict]:
+    """The parts streamed, one at a time, into each output file (numbered ``id``, polygons smaller
+    than ``min_area_ha`` dropped): GeoParquet with its bbox covering column, FlatGeobuf with its
+    spatial index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = sorted(n for n in storage.listdir(parts) if n.endswith(".parquet"))
+    counts: dict = {"polygons": 0, "by_class": {}}
+
+    def batches(count: bool):
+        next_id = 0
+        for name in names:
+            fs, path = storage.filesystem(storage.join(parts, name))
+            with fs.open(path, "rb") as f:
+                table = pq.read_table(f)
+            if min_area_ha > 0:
+                area = table.column("area_ha").to_numpy(zero_copy_only=False)
+                table = table.filter(pa.array(~(area < min_area_ha)))
+            if not table.num_rows:
+                continue
+            table = table.add_column(0, "id", pa.array(np.arange(next_id, next_id + table.num_rows, dtype=np.int64)))
+            next_id += table.num_rows
+            if count:
+                counts["polygons"] += table.num_rows
+                values, n = np.unique(table.column("class_name").to_numpy(zero_copy_only=False), return_counts=True)
+                for v, k in zip(values, n):
+                    counts["by_class"][str(v)] = counts["by_class"].get(str(v), 0) + int(k)
+            yield table
+
+    written = {}
+    for i, (fmt, url) in enumerate(files.items()):
+        (_write_parquet if fmt == "parquet" else _write_fgb)(batches(count=i == 0), url, crs)
+        written[fmt] = url
+    return written, counts
+
+
+def _geo_metadata(crs: str | None) -> bytes:
+    """GeoParquet 1.1 metadata of the ``geometry`` column (WKB polygons, CRS as PROJJSON, and its
+    ``bbox`` covering column)."""
+    projjson = None
+    if crs:
+        from pyproj import CRS
+
+        projjson = CRS.from_user_input(crs).to_json_dict()
+    col = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": projjson,
+           "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}}}
+    return json.dumps({"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": col}}).encode()
+
+
+def _with_bbox(table):
+    import pyarrow as pa
+    import shapely
+
+    geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    b = shapely.bounds(geoms)
+    bbox = pa.StructArray.from_arrays([pa.array(b[:, i]) for i in range(4)], names=["xmin", "ymin", "xmax", "ymax"])
+    if "bbox" in table.column_names:
+        table = table.drop_columns(["bbox"])
+    return table.append_column("bbox", bbox)
+
+
+def _write_parquet(tables, url: str, crs: str | None) -> None:
+    import pyarrow.parquet as pq
+
+    with storage.staging_path(url, ".parquet") as local:
+        writer = None
+        for table in tables:
+            table = _with_bbox(table)
+            table = table.replace_schema_metadata({b"geo": _geo_metadata(crs)})
+            if writer is None:
+                writer = pq.ParquetWriter(local, table.schema)
+            writer.write_table(table.cast(writer.schema))
+        if writer is None:  # no polygon at all: an empty file with the columns
+            import geopandas as gpd
+
+            gpd.GeoDataFrame({"id": [], "class": [], "class_name": [], "area_ha": [], "pixels": [],
+                              "mean_probability": [], "scene": []}, geometry=[], crs=crs).to_parquet(
+                local, write_covering_bbox=True)
+        else:
+            writer.close()
+        storage.publish(local, url)
+
+
+def _write_fgb(tables, url: str, crs: str | None) -> None:
+    import geopandas as gpd
+    import pyogrio
+    import shapely
+
+    with storage.staging_path(url, ".fgb") as local:
+        first = True
+        for table in tables:
+            frame = gpd.GeoDataFrame(table.drop_columns([c for c in ("bbox",) if c in table.column_names])
+                                     .drop_columns(["geometry"]).to_pandas(),
+                                     geometry=shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)),
+                                     crs=crs)
+            pyogrio.write_dataframe(frame, local, driver="FlatGeobuf", append=not first, layer="polygons",
+                                    SPATIAL_INDEX="NO" if not first else "YES")
+            first = False
+        if first:
+            gpd.GeoDataFrame({"id": []}, geometry=[], crs=crs).to_file(local, driver="FlatGeobuf", engine="pyogrio")
+        storage.publish(local, url)
+
+
+def record(base: str, rec: dict, result: dict) -> None:
+    """The scene's run record and STAC item list its vector files."""
+    rec.setdefault("outputs", {}).update({f"vectors_{k}": v for k, v in result["files"].items()})
+    rec["vectors"] = {k: v for k, v in result.items() if k != "files"}
+    storage.write_text(f"{base}.json", json.dumps(rec, indent=2, default=str))
+    item_url = f"{base}.item.json"
+    if storage.exists(item_url):
+        item = json.loads(storage.read_text(item_url))
+        types = {"parquet": "application/vnd.apache.parquet", "fgb": "application/vnd.flatgeobuf"}
+        for k, v in result["files"].items():
+            item.setdefault("assets", {})[f"vectors-{k}"] = {
+                "href": os.path.basename(v) if not storage.is_remote(v) else v, "type": types[k],
+                "title": f"polygons of the class map ({'GeoParquet' if k == 'parquet' else 'FlatGeobuf'})",
+                "roles": ["data"]}
+        storage.write_text(item_url, json.dumps(item, indent=2))
