@@ -69,7 +69,7 @@ def test_denied_access_names_the_url(s3, _moto_server, sample_dir, tmp_path):
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
     requests.post(f"{_moto_server}/moto-api/reset-auth", data=b"0", timeout=10)  # IAM on from now
     try:
-        code = ("import sys\nfrom geoseg import storage\nfrom geoseg.errors import StorageError\n"
+        code = ("import sys\nfrom geoseg.data import storage\nfrom geoseg.errors import StorageError\n"
                 "try:\n    storage.read_text(sys.argv[1])\nexcept StorageError as e:\n    print(e)\n")
         res = subprocess.run([sys.executable, "-c", code, scene], env=env, capture_output=True, text=True, timeout=60)
         assert res.stdout.strip() == f"{scene}: access denied", res.stdout + res.stderr
