@@ -222,8 +222,7 @@ class RayRunner:
 
     def __init__(self, job: JobPlan, opts: PredictOptions, model: DriverModel | None):
         self.job, self.opts, self.model = job, opts, model
-        self.metrics = _Metrics(job.ctx.job)
-        self.cpus, self.tasks = 1.0, None
+        self.cpus, self.tasks, self.metrics = 1.0, None, None
         self._driver: DriverModel | None = None  # the model in the driver, where the layout says so
         self._block_size: int | None = None
 
@@ -232,6 +231,7 @@ class RayRunner:
         if self.job.todo:
             start_ray(self.job.ctx, self.opts.address, self.model)
             self.cpus = cluster_cpus()
+        self.metrics = _Metrics(self.job.ctx.job)
         self.tasks = RayTasks({_blend_on_node: 0.25, complete_scene: 0.5})
 
     def layout(self) -> ActorLayout:
