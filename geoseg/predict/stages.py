@@ -1,8 +1,10 @@
 """The stages of a predict job, without Ray: each a plain function (or class) over a batch.
 
-A batch is a dict of numpy arrays, as Ray Data hands them over; the Ray layer
-(:mod:`geoseg.predict.job`) only wires these into one dataset and follows, in the
-driver, which scenes are finished. In order::
+A batch is a dict of numpy arrays, as Ray Data hands them over; each stage takes its rows and
+the job's :class:`~geoseg.predict.plan.JobContext`, never the user's options. The runners only
+wire these together (:mod:`geoseg.predict.job`: one Ray Data dataset; :mod:`geoseg.predict.local`:
+threads in this process), and the driver loop (:mod:`geoseg.predict.driver`) follows which
+scenes are finished. In order::
 
     plan_scenes    scene sources -> tile ranges of each scene, its plan with them  (planning tasks)
     read_tiles     tile ranges -> image tiles, validity, core crops
