@@ -78,7 +78,6 @@ def test_capabilities_reach_each_other_only_through_their_package():
 
 def test_no_import_circles():
     graph = {m: {imp for imp, _ in imports(m) if imp in MODULES and imp != m} for m in MODULES}
-    # a package's __init__ re-exports its modules: importing the package is importing them
     index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
 
     def visit(v):
@@ -106,31 +105,7 @@ def test_no_import_circles():
     for m in graph:
         if m not in index:
             visit(m)
-    # a package and its own modules (its __init__ importing them, they importing a sibling by
-    # the package's name) are one unit; a circle through two units is not
-    real = [c for c in cycles if len({".".join(m.split(".")[:2]) for m in c}) > 1 or not _package_only(c)]
-    assert not real, real
-
-
-def _package_only(cycle: list[str]) -> bool:
-    """A cycle that runs only through a package's __init__ (e.g. geoseg.predict -> geoseg.predict.job ->
-    geoseg.predict.options -> ...), which Python resolves: the __init__ is imported first."""
-    packages = [m for m in cycle if MODULES[m].name == "__init__.py"]
-    if not packages:
-        return False
-    rest = [m for m in cycle if m not in packages]
-    graph = {m: {imp for imp, _ in imports(m) if imp in rest and imp != m} for m in rest}
-    seen, done = set(), set()
-
-    def cyclic(v) -> bool:
-        seen.add(v)
-        for w in graph[v]:
-            if w in seen and w not in done or w not in seen and cyclic(w):
-                return True
-        done.add(v)
-        return False
-
-    return not any(cyclic(m) for m in rest if m not in seen)
+    assert not cycles, cycles
 
 
 def _design_ray_modules() -> set[str]:
