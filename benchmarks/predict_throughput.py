@@ -109,7 +109,7 @@ def throughput(size: int, tile: int, halo: int, batch: int, arch: str, encoder: 
     import torch
 
     from geoseg.models import checkpoint
-    from geoseg.runtime import cluster as runtime
+    from geoseg.execution import runtime
     from geoseg.models.checkpoint import CheckpointMeta
     from geoseg.data.classes import LANDCOVER
     from geoseg.models.zoo import ModelConfig, build_model

@@ -61,7 +61,7 @@ def main() -> int:
     workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
     ray.init(address=cluster.address, logging_level="ERROR")
     cluster.wait_for_nodes()
-    from geoseg.runtime.cluster import quiet_ray
+    from geoseg.execution.runtime import quiet_ray
 
     quiet_ray(verbose=False)
     rng = random.Random(args.seed)

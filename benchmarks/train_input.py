@@ -70,7 +70,7 @@ def uss_mib() -> float:
 
 def ray_rate(plan, cache, chips: int, cores: int) -> float:
     """Chips/s of the training dataset as a train worker iterates it (all cores' read tasks)."""
-    from geoseg.runtime.cluster import init_ray, shutdown
+    from geoseg.execution.runtime import init_ray, shutdown
     from geoseg.train.config import TrainConfig
     from geoseg.train.job import chip_datasets
 

@@ -93,7 +93,7 @@ def main() -> None:
                     help="geoseg train's sampling towards rare classes (its default; the plain loop draws by area)")
     a = ap.parse_args()
 
-    from geoseg.runtime.cluster import init_ray, shutdown
+    from geoseg.execution.runtime import init_ray, shutdown
 
     from geoseg.evaluate import evaluate
     from geoseg.models.metrics import format_table

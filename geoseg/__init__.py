@@ -7,14 +7,15 @@ The package is built in layers; a module imports only from its own layer or thos
     data/              data I/O and grids: storage, rasters, tiles, bands, STAC, class maps, outputs
     models/            models and model files: index models, the zoo, checkpoints, model files,
                        the predictors, ModelRef
-    runtime/           where work runs: Ray (started or joined), task runners, I/O threads, Jobs API
+    execution/         where work runs: the Ray runtime (started or joined), task runners, I/O threads,
+                       the Jobs API
     predict/ train/ evaluate/ mosaic/ vectorize/ view/
                        the capabilities, each planning + Ray-free stages + (a local runner) + a Ray layer
     cli/               the command line
 
 The data path of ``geoseg predict`` reads top to bottom: data.raster (read) -> data.tiling (tile)
 -> models.predictor (model) -> data.stitch -> data.output (write). Ray is imported only in the
-capabilities' ``job.py`` and in ``runtime/`` (cluster, tasks, submit), inside their functions;
+capabilities' ``job.py`` and in ``execution/runtime.py`` and ``execution/submit.py``, inside their functions;
 everything else, the compute core included, runs without Ray. See ``docs/design.md``.
 """
 

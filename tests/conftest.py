@@ -87,7 +87,7 @@ def ray_local():
     the tests that need one: a job's model runs in the driver on it unless actors are asked for."""
     import ray
 
-    from geoseg.runtime import cluster as runtime
+    from geoseg.execution import runtime
     from geoseg.predict.job import PRELOAD
 
     if not runtime.owns_ray():
@@ -97,7 +97,7 @@ def ray_local():
 
 
 def _shutdown_ray() -> None:
-    from geoseg.runtime import cluster as runtime
+    from geoseg.execution import runtime
 
     runtime.shutdown()  # geoseg's own local Ray too (its watchdog with it)
 

@@ -19,7 +19,7 @@ def gpu_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from geoseg.runtime import cluster as runtime
+    from geoseg.execution import runtime
 
     runtime.shutdown()  # geoseg's own local Ray too
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

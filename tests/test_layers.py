@@ -1,7 +1,7 @@
 """The house's rules, read from the code: the layers of docs/design.md and what each may import.
 
 Every module of ``geoseg/`` is parsed (imports inside functions included). The layers, from the
-bottom: the base (errors, console, version), ``data/``, ``models/``, ``runtime/``, the
+bottom: the base (errors, console, version), ``data/``, ``models/``, ``execution/``, the
 capabilities (predict, train, evaluate, mosaic, vectorize, view), ``cli/``. A module imports only
 from its own layer or below; a capability reaches another only through that package's own names
 (``geoseg.mosaic``, never ``geoseg.mosaic.job``); Ray is imported only where docs/design.md says;
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "geoseg"
 LAYERS = {"geoseg.errors": 0, "geoseg.console": 0, "geoseg.version": 0, "geoseg.data": 1, "geoseg.models": 2,
-          "geoseg.runtime": 3, "geoseg.predict": 4, "geoseg.train": 4, "geoseg.evaluate": 4, "geoseg.mosaic": 4,
+          "geoseg.execution": 3, "geoseg.predict": 4, "geoseg.train": 4, "geoseg.evaluate": 4, "geoseg.mosaic": 4,
           "geoseg.vectorize": 4, "geoseg.view": 4, "geoseg.cli": 5, "geoseg.__main__": 5, "geoseg": 5}
 FEATURES = ("predict", "train", "evaluate", "mosaic", "vectorize", "view")
 MAX_LINES = 500
@@ -118,8 +118,9 @@ def _design_ray_modules() -> set[str]:
 def test_ray_is_imported_only_where_the_design_says():
     importing = {m for m in MODULES for imp, _ in imports(m) if imp == "ray" or imp.startswith("ray.")}
     assert importing == _design_ray_modules()
-    # and only in the Ray layers (each capability's job.py) and the runtime
-    assert all(m.startswith("geoseg.runtime.") or m.endswith(".job") for m in importing), importing
+    # and only in the Ray layers (each capability's job.py), the Ray runtime and the Jobs API
+    assert all(m in ("geoseg.execution.runtime", "geoseg.execution.submit") or m.endswith(".job") for m in importing), \
+        importing
 
 
 def test_ray_is_imported_inside_functions_only():

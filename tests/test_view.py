@@ -19,7 +19,7 @@ from geoseg.data.classes import LANDCOVER
 @pytest.fixture(scope="module")
 def served(sample_dir, tmp_path_factory):
     from geoseg.predict import PredictOptions, predict
-    from geoseg.runtime.cluster import init_ray
+    from geoseg.execution.runtime import init_ray
     from geoseg.view import serve
 
     init_ray(None)

@@ -20,7 +20,7 @@ import sys
 
 from geoseg.version import __version__
 from geoseg.data import storage
-from geoseg.runtime import cluster as runtime
+from geoseg.execution import runtime
 from geoseg.cli.args import Sub
 from geoseg.console import filtered_stderr
 from geoseg.errors import GeosegError, StorageError, one_line

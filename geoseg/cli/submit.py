@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from geoseg.cli.args import command
-from geoseg.runtime.submit import submit
+from geoseg.execution.submit import submit
 
 
 def add(sub) -> None:

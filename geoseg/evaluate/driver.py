@@ -6,7 +6,7 @@
       -> instances, error maps     the runner's tasks (one per scene)
       -> report.write              metrics.json, metrics.md, confusion_matrix.png
 
-A runner has ``start()``, ``score(plans, progress)`` and ``tasks`` (:mod:`geoseg.runtime.tasks`):
+A runner has ``start()``, ``score(plans, progress)`` and ``tasks`` (:mod:`geoseg.execution.tasks`):
 :class:`geoseg.evaluate.job.RayRunner` (Ray Data and Ray tasks) or
 :class:`geoseg.evaluate.local.LocalRunner` (this process).
 """

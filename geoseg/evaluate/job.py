@@ -23,7 +23,7 @@ from geoseg.evaluate.driver import drive
 from geoseg.evaluate.instances import score_instances
 from geoseg.evaluate.plan import CHUNK, ScenePlan
 from geoseg.evaluate.stages import Counts, Evaluation, error_map, score_ranges
-from geoseg.runtime.tasks import RayTasks
+from geoseg.execution.runtime import RayTasks
 
 
 def score_on_ray(plans: list[ScenePlan], progress: Progress | None = None) -> Evaluation:
@@ -31,7 +31,7 @@ def score_on_ray(plans: list[ScenePlan], progress: Progress | None = None) -> Ev
     import ray
 
     from geoseg.data.tiling import tile_ranges
-    from geoseg.runtime.cluster import cluster_cpus
+    from geoseg.execution.runtime import cluster_cpus
 
     t0 = time.perf_counter()
     sizes = np.array([p.n_chunks for p in plans], dtype=np.int64)
@@ -63,7 +63,7 @@ class RayRunner:
         self.address, self.tasks = address, None
 
     def start(self) -> None:
-        from geoseg.runtime.cluster import init_ray
+        from geoseg.execution.runtime import init_ray
 
         init_ray(self.address)
         self.tasks = RayTasks({score_instances: 1, error_map: 1})
@@ -78,7 +78,7 @@ def run_evaluation(predictions: list[str], labels: list[str] | None = None, *, l
     (and each scene's error map) under ``out``; returns the report. ``instances``: reference
     instances (rasters or vector files), one per pair in order: the predicted instance polygons
     beside each prediction are scored against them too (``instances`` in the report)."""
-    from geoseg.runtime.cluster import check_address
+    from geoseg.execution.runtime import check_address
 
     check_address(address)
     return drive(predictions, labels, RayRunner(address), label_asset=label_asset, num_classes=num_classes,

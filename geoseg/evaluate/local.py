@@ -8,7 +8,7 @@ import time
 from geoseg.evaluate.driver import drive
 from geoseg.evaluate.plan import CHUNK, ScenePlan
 from geoseg.evaluate.stages import Evaluation, score_scene
-from geoseg.runtime.tasks import InlineTasks
+from geoseg.execution.tasks import InlineTasks
 
 
 def score_in_process(plans: list[ScenePlan]) -> Evaluation:

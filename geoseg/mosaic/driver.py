@@ -8,7 +8,7 @@
       -> finish                      records (last), STAC Collection
 
 The runner is what ``start`` returns once the inputs are checked: its tasks
-(:mod:`geoseg.runtime.tasks`: Ray tasks in :mod:`geoseg.mosaic.job`, inline in
+(:mod:`geoseg.execution.tasks`: Ray tasks in :mod:`geoseg.mosaic.job`, inline in
 :mod:`geoseg.mosaic.local`) and the CPUs they spread over.
 """
 
@@ -24,7 +24,7 @@ from geoseg.data.tiling import tile_ranges
 from geoseg.mosaic import stages
 from geoseg.mosaic.grid import parse_grid
 from geoseg.mosaic.plan import order_scenes, plan_mosaic, prepare, read_scenes, scene_records
-from geoseg.runtime.tasks import as_done
+from geoseg.execution.tasks import as_done
 
 RECORDS_PER_TASK = 64
 # the CPUs each kind of task asks for (on Ray)

@@ -4,14 +4,14 @@ records read and chunks written as Ray tasks (a quarter, a half and a half CPU e
 from __future__ import annotations
 
 from geoseg.mosaic.driver import CPUS, drive
-from geoseg.runtime.tasks import RayTasks
+from geoseg.execution.runtime import RayTasks
 
 
 def mosaic(prefix: str, grid: str, out: str | None = None, name: str = "mosaic", chunk: int = 1024,
            rule: str = "auto", overwrite: bool = False, address: str | None = None, log=print) -> list[dict]:
     """Mosaic every finished scene under ``prefix`` onto ``grid`` on Ray (started, or joined at
     ``address``, once the inputs are checked): see :func:`geoseg.mosaic.driver.drive`."""
-    from geoseg.runtime.cluster import check_address, cluster_cpus, init_ray
+    from geoseg.execution.runtime import check_address, cluster_cpus, init_ray
 
     check_address(address)
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from geoseg.mosaic.driver import drive
-from geoseg.runtime.tasks import InlineTasks, machine_cpus
+from geoseg.execution.tasks import InlineTasks, machine_cpus
 
 
 def mosaic_here(prefix: str, grid: str, out: str | None = None, name: str = "mosaic", chunk: int = 1024,

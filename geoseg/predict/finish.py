@@ -21,7 +21,7 @@ from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import ReadError
 from geoseg.predict.plan import JobContext, ScenePlan
 from geoseg.predict.stages import is_set
-from geoseg.runtime.threads import low_priority
+from geoseg.execution.threads import low_priority
 
 
 # --- blend (hann, pass 2) ------------------------------------------------------

@@ -43,9 +43,9 @@ from geoseg.predict.layout import ActorLayout, actor_layout
 from geoseg.predict.local import LocalRunner, runs_locally
 from geoseg.predict.options import PredictOptions
 from geoseg.predict.plan import JobContext, JobPlan, ScenePlan, plan_job
-from geoseg.runtime.cluster import (check_address, cluster_cpus, cluster_gpus, init_ray, owns_ray, ray_connected,
+from geoseg.execution.runtime import (check_address, cluster_cpus, cluster_gpus, init_ray, owns_ray, ray_connected,
                                     require_gpus, requested_address)
-from geoseg.runtime.tasks import RayTasks
+from geoseg.execution.runtime import RayTasks
 
 # What the workers of every stage import: a local Ray's workers import it as they start, while Ray starts
 PRELOAD = ("ray.data", "geoseg.predict.job")

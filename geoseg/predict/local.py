@@ -16,7 +16,7 @@ same stages run in the driver, in the same order, on threads, and the same drive
                            I/O threads of :mod:`~geoseg.predict.stages` (as in a read task)
       -> Infer, writes     DriverModel: one single-threaded call per core, the writes on the I/O thread
       -> SceneTracker      as for a Ray job, its blend and completion tasks run inline
-                           (:class:`~geoseg.runtime.tasks.InlineTasks`)
+                           (:class:`~geoseg.execution.tasks.InlineTasks`)
 
 A bounded queue between the readers and the model keeps memory at a few batches,
 whatever the scene's size; the Zarr progress log makes an interrupted job resume as
@@ -39,9 +39,9 @@ from geoseg.predict.finish import blend_tiles, complete_scene
 from geoseg.predict.layout import ActorLayout, actor_layout
 from geoseg.predict.options import PredictOptions
 from geoseg.predict.plan import JobPlan
-from geoseg.runtime.cluster import handle_sigterm, ray_connected, requested_address, wants_dashboard
-from geoseg.runtime.tasks import InlineTasks, machine_cpus
-from geoseg.runtime.threads import io_threads
+from geoseg.execution.runtime import handle_sigterm, ray_connected, requested_address, wants_dashboard
+from geoseg.execution.tasks import InlineTasks, machine_cpus
+from geoseg.execution.threads import io_threads
 
 
 def runs_locally(job: JobPlan, opts: PredictOptions) -> bool:

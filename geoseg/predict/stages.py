@@ -39,7 +39,7 @@ from geoseg.errors import ReadError, one_line
 from geoseg.models.predictor import ModelSpec
 from geoseg.predict.plan import (JobContext, SceneSource, ScenePlan, is_scene_error, plan_scene, prepare_scene,
                                  scene_read_ranges)
-from geoseg.runtime.threads import low_priority
+from geoseg.execution.threads import low_priority
 
 CARRY = ("plan", "accounted", "error")  # the columns every row carries from planning to the driver
 

@@ -29,7 +29,7 @@ from geoseg.models import checkpoint
 from geoseg.models.metrics import format_table, report
 from geoseg.models.runfolder import RunFolder
 from geoseg.models.zoo import build_model
-from geoseg.runtime.cluster import check_address, cluster_cpus, cluster_gpus, cpu_nodes, init_ray, require_gpus
+from geoseg.execution.runtime import check_address, cluster_cpus, cluster_gpus, cpu_nodes, init_ray, require_gpus
 from geoseg.train.config import TrainConfig
 from geoseg.train.data import TrainingPlan, declared_classes, read_val_chips, sample_train_chips
 from geoseg.train.fit import Fitter

@@ -7,7 +7,7 @@
       -> assemble           the parts into one GeoParquet and one FlatGeobuf (finish.py)
       -> record             the scene's run record and STAC item list them
 
-The runner is the ``tasks`` it is handed (:mod:`geoseg.runtime.tasks`): Ray tasks
+The runner is the ``tasks`` it is handed (:mod:`geoseg.execution.tasks`): Ray tasks
 (:mod:`geoseg.vectorize.job`), or inline in this process (:mod:`geoseg.vectorize.local`).
 """
 

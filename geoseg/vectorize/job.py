@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from geoseg.runtime.tasks import RayTasks
+from geoseg.execution.runtime import RayTasks
 from geoseg.vectorize.driver import drive
 from geoseg.vectorize.plan import VectorizeOptions, plan_sources
 from geoseg.vectorize.stages import chunk_task, merge_task
@@ -20,7 +20,7 @@ def vectorize(target: str, opts: VectorizeOptions, out: str | None = None, log=p
     """Vectorize a predict PREFIX (every finished scene, or with ``missing_only`` those whose record
     lists no vectors yet; each record and STAC item then lists its vector files) or one class map
     (``out``: the files' base name, default beside it)."""
-    from geoseg.runtime.cluster import init_ray
+    from geoseg.execution.runtime import init_ray
 
     sources = plan_sources(target, opts, out, missing_only)
     if not sources:

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from geoseg.runtime.tasks import InlineTasks
+from geoseg.execution.tasks import InlineTasks
 from geoseg.vectorize.driver import drive
 from geoseg.vectorize.plan import VectorizeOptions, plan_sources
 from geoseg.vectorize.stages import CHUNK, Piece, Source, merge_group, polygonize_chunk

@@ -10,7 +10,7 @@
   edges, as predict reads it): the class map equals predict's on the same pixels.
 * :func:`scheduler`: the scheduler to compute them with, per call: Ray's (the blocks as Ray
   tasks) when this process has started or joined Ray, else dask's threads. Nothing here changes
-  dask's configuration; Ray is reached only through :mod:`geoseg.runtime.cluster`.
+  dask's configuration; Ray is reached only through :mod:`geoseg.execution.runtime`.
 """
 
 from __future__ import annotations
@@ -166,6 +166,6 @@ def scheduler():
     """The dask scheduler to compute geoseg's lazy arrays with, per call (``classes.compute(scheduler=
     geoseg.scheduler())``): Ray's (the blocks as Ray tasks across the cluster) when this process has
     started or joined Ray, else dask's threads. Dask's own configuration is left as the caller set it."""
-    from geoseg.runtime.cluster import dask_scheduler
+    from geoseg.execution.runtime import dask_scheduler
 
     return dask_scheduler() or "threads"

@@ -1,4 +1,4 @@
-"""Watchdog of a local Ray: ``python -m geoseg.runtime.reaper DRIVER_PID`` (started by :mod:`geoseg.runtime.cluster`).
+"""Watchdog of a local Ray: ``python -m geoseg.execution.reaper DRIVER_PID`` (started by :mod:`geoseg.execution.runtime`).
 
 It keeps a list of the processes the driver has started (Ray's GCS, raylet,
 dashboard, agents and workers), refreshed every second, and reads its stdin,

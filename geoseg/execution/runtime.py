@@ -9,7 +9,7 @@
 
 A local Ray that geoseg started is stopped when the command ends, on SIGINT and
 SIGTERM, and, after a SIGKILL of the driver, by a small watchdog process
-(:mod:`geoseg.runtime.reaper`) that stops every process the driver had started.
+(:mod:`geoseg.execution.reaper`) that stops every process the driver had started.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 import threading
 
 from geoseg.data import storage
+from geoseg.execution.tasks import cause_of
 from geoseg.console import WORKER_MARK
 from geoseg.errors import InputError
 
@@ -251,7 +252,7 @@ def _start_reaper():
     """The watchdog of a local Ray: it stops the driver's processes once the driver is gone."""
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "geoseg.runtime.reaper", str(os.getpid())],
+            [sys.executable, "-m", "geoseg.execution.reaper", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # not hit by the terminal's Ctrl-C, outlives a killed driver
         )
@@ -287,3 +288,38 @@ def dask_scheduler():
     from ray.util.dask import ray_dask_get
 
     return ray_dask_get
+
+
+class RayTasks:
+    """Tasks as Ray tasks: ``cpus`` maps each function to the CPUs its tasks ask for."""
+
+    def __init__(self, cpus: dict):
+        import ray
+
+        self._remote = {fn: ray.remote(num_cpus=n)(fn) for fn, n in cpus.items()}
+
+    def submit(self, fn, *args):
+        return self._remote[fn].remote(*args)
+
+    def ready(self, refs: list, block: bool) -> list:
+        import ray
+
+        ready, _ = ray.wait(refs, num_returns=1 if block else len(refs), timeout=None if block else 0)
+        return ready
+
+    def get(self, ref):
+        import ray
+
+        return ray.get(ref)
+
+    def gather(self, refs: list) -> list:
+        import ray
+
+        return ray.get(list(refs))
+
+    def put(self, value):
+        import ray
+
+        return ray.put(value)
+
+    cause = staticmethod(cause_of)

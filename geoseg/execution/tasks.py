@@ -62,38 +62,3 @@ class InlineTasks:
         return value
 
     cause = staticmethod(cause_of)
-
-
-class RayTasks:
-    """Tasks as Ray tasks: ``cpus`` maps each function to the CPUs its tasks ask for."""
-
-    def __init__(self, cpus: dict):
-        import ray
-
-        self._remote = {fn: ray.remote(num_cpus=n)(fn) for fn, n in cpus.items()}
-
-    def submit(self, fn, *args):
-        return self._remote[fn].remote(*args)
-
-    def ready(self, refs: list, block: bool) -> list:
-        import ray
-
-        ready, _ = ray.wait(refs, num_returns=1 if block else len(refs), timeout=None if block else 0)
-        return ready
-
-    def get(self, ref):
-        import ray
-
-        return ray.get(ref)
-
-    def gather(self, refs: list) -> list:
-        import ray
-
-        return ray.get(list(refs))
-
-    def put(self, value):
-        import ray
-
-        return ray.put(value)
-
-    cause = staticmethod(cause_of)
