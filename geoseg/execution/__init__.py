@@ -1,10 +1,11 @@
-"""The runtime layer: where work runs and what the user sees of it.
+"""The execution layer: where work runs, in this process or on Ray.
 
-    cluster.py  which Ray (a local one geoseg owns, or --address checked first), SIGTERM, Ray's
-                console quieted, cluster resources, Ray's dask scheduler (Ray)
-    tasks.py    task runners with one interface: InlineTasks (this process) and RayTasks (Ray tasks)
+    runtime.py  the Ray runtime: which Ray (a local one geoseg owns, or --address checked first),
+                SIGTERM, Ray's console quieted, cluster resources, RayTasks, Ray's dask scheduler (Ray)
+    tasks.py    task runners with one interface: InlineTasks (this process); as_done, machine_cpus
+    threads.py  low-priority I/O threads (readers and writers beside the model)
     reaper.py   watchdog process: stops a killed driver's Ray processes (no Ray, psutil)
     submit.py   the Ray Jobs API: geoseg submit (Ray)
 
-Only ``cluster.py``, ``tasks.py`` (its Ray runner) and ``submit.py`` import Ray, inside their functions.
+Only ``runtime.py`` and ``submit.py`` import Ray, inside their functions.
 """
