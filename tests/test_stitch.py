@@ -77,7 +77,7 @@ def test_blend_mixes_neighbours_at_seams_only_and_masks_nodata():
         softmax[tile.iy, tile.ix] = w
     softmax[2, 1][:, grid[2, 1].crop.row_off, grid[2, 1].crop.col_off] = np.nan  # one nodata pixel
     for tile in grid:
-        probs, valid = stitch.blend_core(grid, tile, lambda iy, ix: softmax[iy, ix])
+        probs, valid, _ = stitch.blend_core(grid, tile, lambda iy, ix: softmax[iy, ix])
         assert probs.shape == (k, tile.core.height, tile.core.width)
         np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
         own = (tile.iy + 2 * tile.ix) % k
@@ -94,6 +94,6 @@ def test_blend_mixes_neighbours_at_seams_only_and_masks_nodata():
             assert (row[: h // 2] == 0).all() and 0.35 < row[-1] < 0.5 and np.all(np.diff(row) >= 0)
         assert valid.sum() == valid.size - ((tile.iy, tile.ix) == (2, 1))
     # a missing neighbour (no softmax stored) simply does not count
-    probs, valid = stitch.blend_core(grid, grid[1, 1], lambda iy, ix: None if (iy, ix) != (1, 1) else softmax[1, 1])
+    probs, valid, _ = stitch.blend_core(grid, grid[1, 1], lambda iy, ix: None if (iy, ix) != (1, 1) else softmax[1, 1])
     np.testing.assert_array_equal(probs[(1 + 2) % k], 1.0)
     assert valid.all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from geoseg.data import storage
 from geoseg.data.bands import parse_bands
+from geoseg.data.masks import parse_mask
 from geoseg.cli.args import BANDS_HELP, add_stack_flags, command, nonneg, positive, search_options, stack_options, workers
 from geoseg.errors import InputError
 from geoseg.predict import PredictOptions, predict
@@ -45,6 +46,15 @@ def add(sub) -> None:
     se.add_argument("--filter", help="CQL2 filter, as text or JSON")
     se.add_argument("--query", help="query-extension JSON, e.g. '{\"eo:cloud_cover\": {\"lt\": 20}}'")
     se.add_argument("--max-items", type=positive("--max-items"), help="at most this many items")
+    se.add_argument("--max-cloud", type=float, metavar="PCT",
+                    help="leave out STAC items (searched or listed) whose eo:cloud_cover is above PCT percent")
+    pr.add_argument("--mask", default="none", metavar="SOURCE",
+                    help="validity mask of each scene; masked pixels are not classified (class 254, 'masked'): "
+                         "scl (Sentinel-2 L2A: no data, saturated, cloud shadow, medium/high cloud, cirrus; or "
+                         "scl:VALUES), qa_pixel (Landsat C2: dilated cloud, cirrus, cloud, shadow bits; or "
+                         "qa_pixel:bits=BITS), ASSET:VALUES or ASSET:bits=BITS (any band of that name), model "
+                         "(ukis-csmask's cloud and shadow model, pip install 'geoseg[clouds]'; model:l1c for "
+                         "top-of-atmosphere inputs), none (default)")
     pr.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
     pr.add_argument("--skip-bad-tiles", action="store_true",
                     help="tiles whose input cannot be read (corrupt blocks) are written as nodata and listed in the "
@@ -93,7 +103,13 @@ def predict_options(a):
         fail_fast=a.fail_fast,
         mosaic=a.mosaic,
         vectors=a.vectors,
+        mask=parse_mask(a.mask),
+        max_cloud=a.max_cloud,
     )
+
+
+def masked_tiles(tiles: dict) -> str:
+    return f", {tiles['masked_skipped']} masked" if tiles.get("masked_skipped") else ""
 
 
 def run(a) -> None:
@@ -109,9 +125,11 @@ def run(a) -> None:
     for rec in records:
         t = rec["tiles"]
         bad = f", {t['bad']} UNREADABLE (left nodata, listed in the record)" if t.get("bad") else ""
+        if "masked" in rec:
+            bad += f", {100 * rec['masked']['fraction']:.1f} % of valid pixels masked ({rec['masked']['source']})"
         print(
             f"{rec['input']}: {t['predicted']} tiles predicted, {t['nodata_skipped']} nodata, "
-            f"{t['resumed']} resumed{bad} in {rec['timings_s']['total']:.1f}s\n"
+            f"{t['resumed']} resumed{masked_tiles(t)}{bad} in {rec['timings_s']['total']:.1f}s\n"
             f"  zarr:   {rec['outputs']['zarr']}\n  cog:    {rec['outputs']['cog']}\n"
             f"  record: {rec['outputs']['record']}"
             + (f"\n  quicklook: {rec['outputs']['quicklook']}" if rec["outputs"].get("quicklook") else "")

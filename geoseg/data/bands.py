@@ -21,6 +21,12 @@ _ALIASES = {
 }
 ROLES = tuple(_ALIASES)  # the band roles geoseg recognises
 
+
+def same_band(a: str, b: str) -> bool:
+    """Whether two band names name the same band: equal, or aliases of one role (``nir``, ``B08``)."""
+    a, b = a.strip().lower(), b.strip().lower()
+    return a == b or any(a in names and b in names for names in _ALIASES.values())
+
 Selection = dict[str, int] | list[int]  # a role map or band numbers
 
 

@@ -18,7 +18,7 @@ import os
 
 from geoseg.version import __version__
 from geoseg.data import storage
-from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.classes import MASKED, NODATA, ClassScheme
 from geoseg.data.raster import RasterInfo
 
 EXTENSIONS = [
@@ -70,6 +70,8 @@ def _proj(info: RasterInfo) -> dict:
 def _classes(classes: ClassScheme) -> list[dict]:
     return [{"value": i, "name": n, "color_hint": "%02X%02X%02X" % tuple(c)}
             for i, (n, c) in enumerate(zip(classes.names, classes.colors))] + [
+        {"value": MASKED, "name": "masked", "description": "not classified: masked (--mask: cloud, shadow...)",
+         "nodata": True},
         {"value": NODATA, "name": "nodata", "nodata": True}]
 
 

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 
 NODATA = 255  # class-map nodata value, also the training ignore index
+MASKED = 254  # a pixel a validity mask (--mask: cloud, shadow...) kept from being classified
+MASKED_COLOR = (255, 255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -16,8 +18,8 @@ class ClassScheme:
     def __post_init__(self) -> None:
         if len(self.names) != len(self.colors):
             raise ValueError("one colour per class name")
-        if not 0 < len(self.names) < NODATA:
-            raise ValueError(f"between 1 and {NODATA - 1} classes")
+        if not 0 < len(self.names) < MASKED:
+            raise ValueError(f"between 1 and {MASKED - 1} classes")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -32,6 +34,7 @@ class ClassScheme:
 
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         cmap = {i: (*c, 255) for i, c in enumerate(self.colors)}
+        cmap[MASKED] = MASKED_COLOR
         cmap[NODATA] = (0, 0, 0, 0)
         return cmap
 
@@ -40,6 +43,7 @@ class ClassScheme:
             "CLASS_NAMES": json.dumps(list(self.names)),
             "CLASS_COLORS": json.dumps([list(c) for c in self.colors]),
             "NODATA_CLASS": str(NODATA),
+            "MASKED_CLASS": str(MASKED),
         }
 
     def to_dict(self) -> dict:

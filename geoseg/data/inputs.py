@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+from dataclasses import dataclass, field
 
 from geoseg.data import stac, storage
 from geoseg.errors import InputError
@@ -43,17 +44,61 @@ def read_list(url: str) -> list[str]:
     return listed
 
 
+@dataclass
+class ItemSelection:
+    """Which items of STAC inputs are kept, and what each one adds to its stack.
+
+    ``extra``: bands read beside the model's (a ``--mask`` asset such as ``scl``, or the cloud
+    model's bands), stacked after them; ``max_cloud``: items whose ``eo:cloud_cover`` is higher
+    are left out (``--max-cloud``), counted in ``skipped``."""
+
+    extra: tuple[str, ...] = ()
+    max_cloud: float | None = None
+    skipped: list = field(default_factory=list)  # (item id, its cloud cover) of the items left out
+    seen: int = 0  # items looked at
+
+    def keeps(self, item: dict) -> bool:
+        self.seen += 1
+        cover = (item.get("properties") or {}).get("eo:cloud_cover")
+        if self.max_cloud is None or not isinstance(cover, (int, float)) or cover <= self.max_cloud:
+            return True
+        self.skipped.append((item.get("id"), cover))
+        return False
+
+    def stack_names(self, names: tuple[str, ...], item: dict, where: str) -> tuple[str, ...]:
+        """The model's band names and, after them, the extra bands not among them already."""
+        from geoseg.data.bands import same_band
+
+        out = list(names)
+        for extra in self.extra:
+            if any(same_band(extra, n) for n in out):
+                continue
+            try:
+                stac.find_asset(item, extra, where)
+            except InputError:
+                raise InputError(f"{where}: item {item.get('id')!r} has no asset {extra!r} for --mask "
+                                 f"(assets: {', '.join(sorted(item.get('assets') or {}))})") from None
+            out.append(extra)
+        return tuple(out)
+
+
 def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOptions | None,
-                 default_assets: tuple[str, ...] | None, folder: str | None, defer: bool = False) -> list:
+                 default_assets: tuple[str, ...] | None, folder: str | None, defer: bool = False,
+                 select: ItemSelection | None = None) -> list:
     """One raster URL per item: the ``--asset`` given, the item's one GeoTIFF asset, or a
     VRT stacking its band assets (``--assets``, else the model's own bands; with ``defer``
     a :class:`~geoseg.data.stac.Stack` to build later, in a planning task)."""
     features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
+    select = select or ItemSelection()
     urls = []
     for item in features or []:
+        if not select.keeps(item):
+            continue
         where = stac.self_href(item, source)  # an API's items: their own URL
         assets = item.get("assets") or {}
         names = (stack.assets if stack else None) or None
+        if asset is None and names is None and select.extra:
+            names = tuple(default_assets or ())
         if asset is None and names is None:
             candidates = [k for k, a in assets.items() if "image/tiff" in str(a.get("type", ""))]
             if len(candidates) == 1 or not default_assets:
@@ -64,12 +109,16 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
             else:
                 names = tuple(default_assets)
         if names is not None:
+            names = select.stack_names(tuple(names), item, where)
             if folder is None:
                 raise InputError(f"{where}: stacking band assets needs an output folder")
             request = stac.Stack.of(item, where, list(names), folder, stack.resolution if stack else None,
                                     stack.resampling if stack else None)
             urls.append(request if defer else request.build())
             continue
+        if select.extra:
+            raise InputError(f"{where}: --mask reads {', '.join(select.extra)} beside the bands, which needs the item's "
+                             f"bands stacked (--assets), not one --asset {asset!r}")
         if asset not in assets:
             raise InputError(f"{where}: item {item.get('id')!r} has no asset {asset!r} (has {sorted(assets)})")
         urls.append(stac.resolve_href(assets[asset]["href"], where))
@@ -78,15 +127,15 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
 
 def searched_inputs(search: stac.Search, asset: str | None = None, stack: stac.StackOptions | None = None,
                     default_assets: tuple[str, ...] | None = None, folder: str | None = None,
-                    defer: bool = False) -> list:
+                    defer: bool = False, select: ItemSelection | None = None) -> list:
     """Raster URLs of the items a STAC API search finds (one per item, as for item files)."""
     doc = {"type": "FeatureCollection", "features": search.items()}
-    return _stac_assets(doc, search.url, asset, stack, default_assets, folder, defer)
+    return _stac_assets(doc, search.url, asset, stack, default_assets, folder, defer, select)
 
 
 def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackOptions | None = None,
                   default_assets: tuple[str, ...] | None = None, folder: str | None = None,
-                  defer: bool = False) -> list:
+                  defer: bool = False, select: ItemSelection | None = None) -> list:
     """Expand inputs into raster URLs, in order, without duplicates.
 
     STAC items with one asset per band become VRTs written under ``folder``
@@ -98,7 +147,7 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
         if is_glob(item):
             urls.extend(expand_glob(item))
         elif lower.endswith(".txt"):
-            urls.extend(expand_inputs(read_list(item), asset, stack, default_assets, folder, defer))
+            urls.extend(expand_inputs(read_list(item), asset, stack, default_assets, folder, defer, select))
         elif lower.endswith(".json") or lower.endswith(".geojson"):
             try:
                 doc = json.loads(storage.read_text(item))
@@ -106,11 +155,14 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
                 raise InputError(f"{item}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
             if doc.get("type") not in ("Feature", "FeatureCollection"):
                 raise InputError(f"{item}: not a STAC Item or ItemCollection")
-            urls.extend(_stac_assets(doc, item, asset, stack, default_assets, folder, defer))
+            urls.extend(_stac_assets(doc, item, asset, stack, default_assets, folder, defer, select))
         else:
             urls.append(item)
     seen: set = set()
     unique = [u for u in urls if not (_key(u) in seen or seen.add(_key(u)))]
     if not unique:
+        if select is not None and select.skipped:
+            raise InputError(f"--max-cloud {select.max_cloud:g}: all {len(select.skipped)} items have more cloud "
+                             f"(eo:cloud_cover from {min(c for _, c in select.skipped):g} %)")
         raise InputError("no inputs given")
     return unique

@@ -30,7 +30,7 @@ import numpy as np
 
 from geoseg.version import __version__
 from geoseg.data import storage
-from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.classes import MASKED, NODATA, ClassScheme
 from geoseg.errors import GeosegError, OutputExistsError
 from geoseg.data.cog import CogWriter
 from geoseg.data.raster import RasterInfo
@@ -236,7 +236,8 @@ def log_done(out: SceneOutput, tiles: np.ndarray, kind: str = "done") -> None:
     storage.write_text(storage.join(out.progress, name), json.dumps(sorted(int(t) for t in tiles)))
 
 
-FINISHED = ("done", "nodata", "bad")  # a tile's output chunk is final ("bad": unreadable input, left nodata)
+# a tile's output chunk is final ("bad": unreadable input, left nodata; "masked": every valid pixel masked)
+FINISHED = ("done", "nodata", "bad", "masked")
 
 
 def _logged(out: SceneOutput, kinds: tuple[str, ...]):
@@ -361,14 +362,15 @@ def zarr_to_cog(out: SceneOutput, info: RasterInfo, classes: ClassScheme, block:
     ) as cog:
         k = len(classes)
         area = PixelArea.of(info.crs, info.transform)
-        pixels, m2 = np.zeros(k, np.int64), np.zeros(k)
+        pixels, m2, masked = np.zeros(k, np.int64), np.zeros(k), 0
         for win in iter_windows(height, width, block):
             data = np.asarray(arr[win.slices])
             cog.write(win, data)
             pixels += np.bincount(data[data < k].ravel(), minlength=k)[:k]
+            masked += int(np.count_nonzero(data == MASKED))
             if area is not None:
                 m2 += area.class_areas_m2(data, win.row_off, k)
-    return {"pixels": pixels.tolist(), "areas_m2": m2.tolist() if area is not None else None}
+    return {"pixels": pixels.tolist(), "areas_m2": m2.tolist() if area is not None else None, "masked": masked}
 
 
 def class_areas(classes: ClassScheme, counted: dict) -> dict:

@@ -197,7 +197,8 @@ class TileReader:
     (``GEOSEG_READ_THREADS``, default 1: readers already run in parallel).
     """
 
-    def __init__(self, url: str, bands: list[int] | None = None, threads: int | None = None):
+    def __init__(self, url: str, bands: list[int] | None = None, threads: int | None = None,
+                 valid_bands: int | None = None):
         from rasterio.enums import MaskFlags
 
         self.url = str(url)
@@ -206,6 +207,7 @@ class TileReader:
         self._env.__enter__()
         self._src = open_raster(self.url)
         self.bands = bands or list(range(1, self._src.count + 1))
+        self.valid_bands = valid_bands or len(self.bands)  # the first bands say which pixels are valid
         self.nodata = self._src.nodata
         flags = self._src.mask_flag_enums[0] if self._src.count else []
         self._dataset_mask = self.nodata is None and (MaskFlags.per_dataset in flags)
@@ -364,6 +366,7 @@ class TileReader:
         return self._cells[key]
 
     def _valid(self, block: np.ndarray, win) -> np.ndarray:
+        block = block[: self.valid_bands]  # bands read for a mask do not make a pixel valid
         if self.nodata is not None:
             if np.isnan(self.nodata):
                 return ~np.all(np.isnan(block), axis=0)
@@ -403,12 +406,13 @@ def _root_message(exc: BaseException) -> str:
 _READERS: dict[tuple[str, tuple[int, ...] | None], TileReader] = {}
 
 
-def tile_reader(url: str, bands: list[int] | None = None) -> TileReader:
-    """A per-process cached :class:`TileReader` (few scenes open at a time)."""
-    key = (str(url), tuple(bands) if bands else None)
+def tile_reader(url: str, bands: list[int] | None = None, valid_bands: int | None = None) -> TileReader:
+    """A per-process cached :class:`TileReader` (few scenes open at a time); ``valid_bands``: how
+    many of ``bands`` say which pixels are valid (the others are read for a mask)."""
+    key = (str(url), tuple(bands) if bands else None, valid_bands)
     reader = _READERS.get(key)
     if reader is None:
         if len(_READERS) >= 8:
             _READERS.pop(next(iter(_READERS))).close()
-        reader = _READERS[key] = TileReader(url, bands)
+        reader = _READERS[key] = TileReader(url, bands, valid_bands=valid_bands)
     return reader

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from geoseg.data.classes import NODATA
+
+MASKED_SOFTMAX = -1.0  # a masked pixel in a stored softmax (--stitch hann); NaN is nodata
 from geoseg.data.tiling import Tile, TileGrid
 
 
@@ -86,12 +88,13 @@ def tile_weights(grid: TileGrid, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     return wy, wx
 
 
-def blend_core(grid: TileGrid, tile: Tile, fetch) -> tuple[np.ndarray, np.ndarray]:
-    """Blended probabilities ``(K, h, w)`` of ``tile``'s core and its validity ``(h, w)``.
+def blend_core(grid: TileGrid, tile: Tile, fetch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blended probabilities ``(K, h, w)`` of ``tile``'s core, its validity and what is masked ``(h, w)``.
 
     ``fetch(iy, ix)``: that tile's softmax ``(K, T, T)`` (NaN = nodata or
-    never predicted), or None. Pixels that are NaN in ``tile``'s own softmax are
-    nodata; a neighbour's NaN pixels simply do not count. A tile's own weight is
+    never predicted, :data:`MASKED_SOFTMAX` = masked), or None. Pixels that are NaN in
+    ``tile``'s own softmax are nodata, and masked where it says so; a neighbour's NaN or
+    masked pixels simply do not count. A tile's own weight is
     at least 1/2 all over its core, so every valid pixel has a value.
     """
     core = tile.core
@@ -112,26 +115,34 @@ def blend_core(grid: TileGrid, tile: Tile, fetch) -> tuple[np.ndarray, np.ndarra
             ry, rx = r0 - rd.row_off, c0 - rd.col_off
             p = probs[:, ry : ry + r1 - r0, rx : rx + c1 - c0]
             w = wy[ry : ry + r1 - r0, None] * wx[None, rx : rx + c1 - c0]
-            w = np.where(np.isnan(p[0]), 0.0, w).astype(np.float32)
+            gone = np.isnan(p[0]) | (p[0] < 0)
+            w = np.where(gone, 0.0, w).astype(np.float32)
             if acc is None:
                 acc = np.zeros((probs.shape[0], core.height, core.width), np.float32)
                 wsum = np.zeros((core.height, core.width), np.float32)
                 own = np.zeros((core.height, core.width), bool)
+                masked = np.zeros((core.height, core.width), bool)
             sl = (slice(r0 - core.row_off, r1 - core.row_off), slice(c0 - core.col_off, c1 - core.col_off))
-            acc[(slice(None), *sl)] += w * np.nan_to_num(p)
+            acc[(slice(None), *sl)] += w * np.where(gone, 0.0, p)
             wsum[sl] += w
             if (iy, ix) == (tile.iy, tile.ix):
                 own[sl] = ~np.isnan(p[0])
+                masked[sl] = p[0] < 0
     if acc is None:
-        return np.zeros((0, core.height, core.width), np.float32), np.zeros((core.height, core.width), bool)
-    return acc / np.maximum(wsum, 1e-12), own
+        empty = np.zeros((core.height, core.width), bool)
+        return np.zeros((0, core.height, core.width), np.float32), empty, empty
+    return acc / np.maximum(wsum, 1e-12), own, masked
 
 
-def mask_softmax(proba: np.ndarray, valid: np.ndarray, crops: np.ndarray) -> np.ndarray:
-    """Softmax of whole tiles ``(N, K, T, T)`` float32 with NaN on each core's nodata pixels
-    (in place when ``proba`` is already a writable float32 array)."""
+def mask_softmax(proba: np.ndarray, valid: np.ndarray, crops: np.ndarray, masked: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """Softmax of whole tiles ``(N, K, T, T)`` float32 with NaN on each core's nodata pixels and
+    :data:`MASKED_SOFTMAX` on its ``masked`` ones (in place when ``proba`` is already a writable
+    float32 array)."""
     out = np.require(proba, np.float32, ["W"])
     for i, (r, c, h, w) in enumerate(np.asarray(crops, dtype=np.int64)):
         core = out[i, :, r : r + h, c : c + w]
         core[:, ~valid[i, :h, :w]] = np.nan
+        if masked is not None:
+            core[:, masked[i, :h, :w]] = MASKED_SOFTMAX
     return out

@@ -69,7 +69,8 @@ class DriverModel:
     """
 
     def __init__(self, ctx: JobContext):
-        self.kwargs = {"core": ctx.core, "probabilities": ctx.probabilities, "softmax": ctx.hann}
+        self.kwargs = {"core": ctx.core, "probabilities": ctx.probabilities, "softmax": ctx.hann,
+                       "mask": ctx.mask, "cloud_index": ctx.cloud_index}
         # the whole model on this process's CPUs: one single-threaded call per core
         self.spec = ctx.spec if not ctx.ref.deep else replace(
             ctx.spec, options={**ctx.spec.options, "device": "cpu", "threads": 1})
@@ -326,6 +327,8 @@ class SceneTracker:
                 entry["stac_item"] = {"href": src.source.source, "id": src.stem}
             if src.index in self.errors:
                 entry["error"] = self.errors[src.index]
+            if "masked" in self.records.get(src.index, {}):  # --mask: the scene's measured masked share
+                entry["masked_fraction"] = self.records[src.index]["masked"]["fraction"]
             scenes.append(entry)
         counts = {k: sum(1 for e in scenes if e["status"] == k) for k in ("complete", "done", "failed", "unfinished")}
         return {"status": "failed" if counts["failed"] else "complete", "fingerprint": self.ctx.job_fingerprint,

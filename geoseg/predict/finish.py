@@ -17,7 +17,8 @@ from collections import OrderedDict
 import numpy as np
 
 from geoseg.data import catalog, output, stitch, storage
-from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.classes import MASKED, NODATA, ClassScheme
+from geoseg.data.masks import masked_share
 from geoseg.errors import ReadError
 from geoseg.predict.plan import JobContext, ScenePlan
 from geoseg.predict.stages import is_set
@@ -50,12 +51,17 @@ def _blend_tiles(plan: ScenePlan, lo: int, hi: int, probabilities: bool) -> dict
         if is_set(plan.done, t):
             continue
         tile = plan.grid[plan.grid.index(t)]
-        probs, valid = stitch.blend_core(plan.grid, tile, fetch)
+        probs, valid, masked = stitch.blend_core(plan.grid, tile, fetch)
         if not valid.any():
-            continue  # no softmax stored: logged as nodata by the model pass
+            continue  # no softmax stored: logged as nodata (or masked) by the model pass
         classes = probs.argmax(0).astype(np.uint8)
         classes[~valid] = NODATA
-        output.write_tile(plan.out, tile.core, classes, stitch.to_uint8(probs) if probabilities else None)
+        classes[masked] = MASKED
+        proba = None
+        if probabilities:
+            proba = stitch.to_uint8(probs)
+            proba[:, masked] = 0
+        output.write_tile(plan.out, tile.core, classes, proba)
         tiles.append(t)
         pixels += tile.core.size
     output.log_done(plan.out, np.asarray(tiles, dtype=np.int64))
@@ -91,7 +97,8 @@ def finish_scene(plan: ScenePlan, classes: ClassScheme, quicklook: bool = False)
     pictures = _quicklooks(plan.url, plan.out, classes) if quicklook else {}
     storage.remove(plan.out.progress, recursive=True)
     return {"counts": counts, "bad_tiles": bad, "cog_seconds": round(cog_s, 3),
-            "classes": output.class_areas(classes, counted), "quicklooks": pictures}
+            "classes": output.class_areas(classes, counted), "masked": masked_share(counted),
+            "quicklooks": pictures}
 
 
 def complete_scene(plan: ScenePlan, ctx: JobContext, timings: dict, placement: dict, started) -> dict:
@@ -118,6 +125,8 @@ def complete_scene(plan: ScenePlan, ctx: JobContext, timings: dict, placement: d
             # this run only; tiles finished by an interrupted earlier run count as resumed
             "predicted": counts.get("done", 0) - previous.get("done", 0),
             "nodata_skipped": counts.get("nodata", 0) - previous.get("nodata", 0),
+            # every valid pixel masked (--mask): written masked, without the model
+            "masked_skipped": counts.get("masked", 0) - previous.get("masked", 0),
             "resumed": sum(previous.values()),
             # unreadable input (--skip-bad-tiles): left nodata; each with its core window
             "bad": counts.get("bad", 0),
@@ -129,6 +138,8 @@ def complete_scene(plan: ScenePlan, ctx: JobContext, timings: dict, placement: d
         classes=finished["classes"],
         quicklooks=finished["quicklooks"],
     )
+    if ctx.mask.active:  # the pixels the mask kept from the model, and their share of the valid ones
+        rec["masked"] = {**finished["masked"], "source": str(ctx.mask)}
     rec["placement"] = placement  # which nodes ran each stage (node ids), so far in the job
     model = {**rec["model"], "bands": [plan.info.descriptions[b - 1] or f"band{b}" for b in plan.bands],
              "arch": ctx.meta.model.arch if ctx.meta else None}

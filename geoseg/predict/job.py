@@ -163,7 +163,8 @@ def build_pipeline(job: JobPlan, layout: ActorLayout, cpus: float, model: Driver
     ds = ds.map_batches(
         _InferOnNode,
         fn_constructor_kwargs={"spec": spec, "core": ctx.core, "probabilities": ctx.probabilities,
-                               "softmax": ctx.hann, "job": ctx.job},
+                               "softmax": ctx.hann, "mask": ctx.mask, "cloud_index": ctx.cloud_index,
+                               "job": ctx.job},
         batch_size=ctx.batch_size,
         compute=actor_strategy(layout),
         num_cpus=layout.num_cpus,
@@ -312,7 +313,7 @@ def predict(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     check_address(opts.address)
-    job = plan_job(inputs, prefix, opts)  # bad input of a one-scene job fails here, before Ray starts
+    job = plan_job(inputs, prefix, opts, log)  # bad input of a one-scene job fails here, before Ray starts
     model = DriverModel(job.ctx).start() if job.first is not None and driver_expected(opts) else None
     try:
         # one scene with its model in this process: no Ray at all (geoseg.predict.local)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from geoseg.data.bands import Selection
+from geoseg.data.masks import MaskSpec
 from geoseg.data.stac import Search, StackOptions
 from geoseg.errors import InputError
 from geoseg.models.reference import check_choice
@@ -41,6 +42,8 @@ class PredictOptions:
     fail_fast: bool = False  # the first scene that fails stops the job (else it is listed and skipped)
     mosaic: str | None = None  # --mosaic GRID: every scene into one Zarr on that grid, once they are done
     vectors: bool = False  # --vectors: each finished scene's polygons (GeoParquet, FlatGeobuf), once they are done
+    mask: MaskSpec = MaskSpec()  # --mask: where each scene's validity mask comes from (clouds, shadows...)
+    max_cloud: float | None = None  # --max-cloud PCT: STAC items with a higher eo:cloud_cover are left out
 
     def __post_init__(self) -> None:
         check_choice(self.model, self.checkpoint)
@@ -55,6 +58,8 @@ class PredictOptions:
             raise InputError(f"--stitch must be crop or hann, got {self.stitch!r}")
         if self.gpus_per_worker < 0:
             raise InputError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.max_cloud is not None and not 0 <= self.max_cloud <= 100:
+            raise InputError(f"--max-cloud must be a percentage from 0 to 100, got {self.max_cloud:g}")
         if self.mosaic is not None:
             from geoseg.mosaic import parse_grid
 
@@ -79,6 +84,7 @@ class PredictOptions:
             "tta": self.tta,
             "stitch": self.stitch,
             **({"stack": self.stack.fingerprint()} if self.stack and self.stack.fingerprint() else {}),
+            **({"mask": str(self.mask)} if self.mask.active else {}),
         }
 
     def job_fingerprint(self) -> dict:

@@ -21,7 +21,8 @@ import numpy as np
 from geoseg.data import limits, output, storage
 from geoseg.data.bands import Selection, select_bands
 from geoseg.data.classes import ClassScheme
-from geoseg.data.inputs import expand_inputs, searched_inputs
+from geoseg.data.inputs import ItemSelection, expand_inputs, searched_inputs
+from geoseg.data.masks import MaskSpec
 from geoseg.data.output import SceneOutput
 from geoseg.data.raster import RasterInfo, check_image, read_info
 from geoseg.data.stac import Stack
@@ -63,6 +64,9 @@ class JobContext:
     quicklook: bool = False
     dtype: str = "float32"  # tiles travel in it: the first scene's pixel type
     clamped: bool = False  # core is the first scene's side, smaller than --tile-size
+    mask: MaskSpec = MaskSpec()  # --mask: where each scene's validity mask comes from
+    mask_reads: tuple[str, ...] = ()  # bands every scene reads beside the model's, for the mask (stacked after)
+    cloud_index: tuple[int, ...] = ()  # the cloud model's blue, green, red, nir among the bands read
 
     @property
     def ref(self) -> ModelRef:
@@ -90,16 +94,40 @@ class JobContext:
         return SceneOutput(self.prefix, stem, self.job)
 
 
+def model_roles(ref: ModelRef) -> tuple[str, ...] | None:
+    """The names of the bands the model reads, in its order (None: band numbers only)."""
+    meta = ref.meta
+    if meta is None:
+        return tuple(BAND_ROLES)
+    return tuple(meta.extra.get("inputs", {}).get("assets") or meta.band_roles or ()) or None
+
+
+def mask_bands(mask: MaskSpec, roles: tuple[str, ...] | None) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``(bands read beside the model's, positions of the cloud model's bands among all bands read)``."""
+    from geoseg.data.bands import same_band
+
+    if mask.kind != "model":
+        return mask.reads, ()
+    roles = roles or ()
+    reads = tuple(b for b in mask.reads if not any(same_band(b, r) for r in roles))
+    index = []
+    for b in mask.reads:
+        hit = [i for i, r in enumerate(roles) if same_band(b, r)]
+        index.append(hit[0] if hit else len(roles) + reads.index(b))
+    return reads, tuple(index)
+
+
 def context_of(opts: PredictOptions, ref: ModelRef, prefix: str) -> JobContext:
     """The context of a job of ``opts`` with the model ``ref`` (before its first scene is planned)."""
     options = {"precision": opts.precision, "compile": opts.compile, "tta": opts.tta} if ref.deep else {}
+    reads, cloud_index = mask_bands(opts.mask, model_roles(ref))
     return JobContext(
         job=uuid.uuid4().hex, prefix=prefix, spec=ModelSpec(ref, options=options), classes=ref.classes,
         core=opts.tile_size, halo=opts.halo, batch_size=opts.batch_size, stitch=opts.stitch,
         probabilities=opts.probabilities, precision=opts.precision, params=opts.fingerprint([]),
         job_fingerprint=opts.job_fingerprint(), bands=opts.bands, allow_no_crs=opts.allow_no_crs,
         overwrite=opts.overwrite, skip_bad_tiles=opts.skip_bad_tiles, fail_fast=opts.fail_fast,
-        quicklook=opts.quicklook)
+        quicklook=opts.quicklook, mask=opts.mask, mask_reads=reads, cloud_index=cloud_index)
 
 
 @dataclass(frozen=True)
@@ -132,6 +160,14 @@ class ScenePlan:
     previous: dict = field(default_factory=dict)  # tile counts by kind of an interrupted earlier run
     params: dict | None = None  # the scene's own model parameters (index-otsu thresholds)
     strip: int = 0  # tile columns of the strips its readers go down (tiling.ReadOrder); 0: whole rows
+    extra: tuple[int, ...] = ()  # band numbers read beside the model's, for the mask (JobContext.mask_reads)
+    cloud_scale: float = 1.0  # the cloud model's inputs: reflectance = value x this
+    cloud_factor: int = 1  # raster pixels per pixel of the cloud model's input (about 30 m)
+
+    @property
+    def read_bands(self) -> list[int]:
+        """Every band a tile read takes: the model's, then the mask's."""
+        return [*self.bands, *self.extra]
 
     @property
     def order(self) -> ReadOrder:
@@ -177,7 +213,7 @@ def is_scene_error(exc: BaseException) -> bool:
     return isinstance(exc, GeosegError) and not isinstance(exc, OutputExistsError)
 
 
-def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
+def plan_job(inputs: list[str], prefix: str, opts: PredictOptions, log=print) -> JobPlan:
     """Plan the job: the model resolved and described (once), the inputs (expanded, stems
     checked), the scenes complete already and the first scene to predict, but nothing written
     to the outputs yet.
@@ -189,15 +225,20 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
     if ref.meta is not None:
         _check_stride(opts, ref.meta.model)
     storage.check_writable(prefix)
-    # STAC items with one asset per band: the bands asked for, else the model's own
-    meta = ref.meta
-    model_bands = BAND_ROLES if meta is None else (
-        tuple(meta.extra.get("inputs", {}).get("assets") or meta.band_roles or ()) or None)
+    # STAC items with one asset per band: the bands asked for, else the model's own; then the mask's
+    ctx = context_of(opts, ref, prefix)
+    select = ItemSelection(ctx.mask_reads, opts.max_cloud)
+    model_bands = model_roles(ref)
     folder = storage.join(prefix, ".geoseg", "_inputs")
-    found = expand_inputs(inputs, opts.asset, opts.stack, model_bands, folder, defer=True) if inputs else []
+    found = expand_inputs(inputs, opts.asset, opts.stack, model_bands, folder, True, select) if inputs else []
     if opts.search:
-        found += searched_inputs(opts.search, opts.asset, opts.stack, model_bands, folder, defer=True)
+        found += searched_inputs(opts.search, opts.asset, opts.stack, model_bands, folder, True, select)
+    if select.skipped:
+        log(f"--max-cloud {opts.max_cloud:g}: left out {len(select.skipped)} of {select.seen} items with more "
+            f"cloud (eo:cloud_cover {min(c for _, c in select.skipped):g} to {max(c for _, c in select.skipped):g} %)")
     if not found:
+        if select.skipped:
+            raise InputError(f"--max-cloud {opts.max_cloud:g}: every item has more cloud than that")
         raise InputError("no inputs given: name rasters or STAC items, or search with --stac-api")
     sources: list[SceneSource] = []
     stems: dict[str, str] = {}
@@ -209,7 +250,6 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions) -> JobPlan:
         stems[stem] = url
         sources.append(SceneSource(i, src, stem))
     del stems
-    ctx = context_of(opts, ref, prefix)
     job = JobPlan(ctx, sources, frozenset(finished_scenes(prefix, sources, ctx.job_fingerprint, ctx.overwrite)))
     todo = job.todo
     if not todo:
@@ -277,7 +317,8 @@ def plan_scene(src: SceneSource, ctx: JobContext, dtype: str | None = None) -> S
     core = ctx.core if ctx.clamped else limits.clamp_tile(ctx.core, ctx.halo, info.height, info.width,
                                                            ctx.ref.size_multiple)
     grid = TileGrid(info.height, info.width, core, ctx.halo)
-    limits.check_fits(limits.batch_bytes(ctx.batch_size, len(bands), grid.input_size, meta is not None),
+    extra = mask_band_numbers(url, info, ctx)
+    limits.check_fits(limits.batch_bytes(ctx.batch_size, len(bands) + len(extra), grid.input_size, meta is not None),
                       f"{url}: --tile-size {core} with --halo {ctx.halo} and --batch-size {ctx.batch_size} "
                       f"({grid.input_size} px model inputs)", "use a smaller --tile-size or --batch-size")
     fp = ctx.fingerprint(bands)
@@ -290,7 +331,43 @@ def plan_scene(src: SceneSource, ctx: JobContext, dtype: str | None = None) -> S
         if ctx.hann:
             softmax, _ = output.read_done(out, len(grid), kinds=("softmax",))
     params = fit_otsu(url, bands).to_dict() if ctx.spec.name == "index-otsu" and status != "done" else None
-    return ScenePlan(src.index, url, info, grid, out, bands, fp, status, done, softmax, previous or {}, params)
+    cloud = {}
+    if ctx.mask.kind == "model":
+        from geoseg.models.cloud import factor_for
+
+        cloud = {"cloud_scale": 1.0 if info.scaled else 1e-4, "cloud_factor": factor_for(_metres(info))}
+    return ScenePlan(src.index, url, info, grid, out, bands, fp, status, done, softmax, previous or {}, params,
+                     extra=extra, **cloud)
+
+
+def mask_band_numbers(url: str, info: RasterInfo, ctx: JobContext) -> tuple[int, ...]:
+    """The band numbers of the bands a scene reads for its mask (a band named ``scl``, the cloud
+    model's blue, green, red, nir), found by name; one line naming the band where one is missing."""
+    from geoseg.data.bands import resolve_roles
+
+    if not ctx.mask_reads:
+        return ()
+    try:
+        found = resolve_roles(info.descriptions, None, url, needed=ctx.mask_reads)
+    except InputError:
+        names = [d for d in info.descriptions]
+        missing = [b for b in ctx.mask_reads
+                   if not any(d and d.strip().lower() == b.lower() for d in names)][:1] or list(ctx.mask_reads[:1])
+        raise InputError(f"{url}: --mask {ctx.mask} reads a band {missing[0]!r}, which this raster does not name "
+                         f"(band descriptions {names})") from None
+    return tuple(found[b] for b in ctx.mask_reads)
+
+
+def _metres(info: RasterInfo) -> float | None:
+    """The raster's pixel size in metres (None: not in a projected CRS in metres)."""
+    if not info.crs:
+        return None
+    from rasterio.crs import CRS
+
+    crs = CRS.from_user_input(info.crs)
+    if crs.is_geographic:
+        return None
+    return abs(info.transform[0]) * (crs.linear_units_factor[1] if crs.linear_units_factor else 1.0)
 
 
 def prepare_scene(plan: ScenePlan, ctx: JobContext) -> None:

@@ -34,6 +34,8 @@ import time
 import numpy as np
 
 from geoseg.data import output, stitch
+from geoseg.data.classes import MASKED, NODATA
+from geoseg.data.masks import MaskSpec
 from geoseg.data.raster import tile_reader
 from geoseg.errors import ReadError, one_line
 from geoseg.models.predictor import ModelSpec
@@ -41,6 +43,7 @@ from geoseg.predict.plan import (JobContext, SceneSource, ScenePlan, is_scene_er
                                  scene_read_ranges)
 from geoseg.execution.threads import low_priority
 
+NO_MASK = MaskSpec()
 CARRY = ("plan", "accounted", "error")  # the columns every row carries from planning to the driver
 
 # --- helpers -------------------------------------------------------------------
@@ -140,6 +143,7 @@ def read_tiles(batch: dict, ctx: JobContext, shape: tuple[int, int, int]):
     record); ``--fail-fast``: the job stops.
     """
     dtype, batch_size, skip_bad, fail_fast = ctx.dtype, ctx.batch_size, ctx.skip_bad_tiles, ctx.fail_fast
+    shape = (*shape[:3], n_extra(ctx))
     for i in range(len(batch["lo"])):
         lo, hi, packed = int(batch["lo"][i]), int(batch["hi"][i]), batch["plan"][i]
         scene, error = int(batch["scene"][i]), batch["error"][i]
@@ -150,7 +154,7 @@ def read_tiles(batch: dict, ctx: JobContext, shape: tuple[int, int, int]):
         ids = plan.order.tiles(lo, hi)  # positions in the scene's reading order -> tile numbers
         for j in range(0, len(ids), batch_size):
             try:
-                out, dropped = low_priority(_read_tiles, ids[j : j + batch_size], plan, dtype, skip_bad)
+                out, dropped = low_priority(_read_tiles, ids[j : j + batch_size], plan, dtype, skip_bad, ctx.mask)
             except ReadError as exc:
                 if fail_fast:
                     raise
@@ -167,25 +171,35 @@ def read_tiles(batch: dict, ctx: JobContext, shape: tuple[int, int, int]):
                 yield marker(scene, packed, pending, "", dtype, shape)
 
 
-def marker(scene: int, packed: bytes, accounted: int, error: str, dtype: str, shape: tuple[int, int, int]) -> dict:
+def n_extra(ctx: JobContext) -> int:
+    """Bands each tile carries beside the model's (``extra``): the cloud model's own, where the
+    model reads other bands. (An asset mask is decoded as the tiles are read: it travels as ``masked``.)"""
+    return len(ctx.mask_reads) if ctx.mask.kind == "model" else 0
+
+
+def marker(scene: int, packed: bytes, accounted: int, error: str, dtype: str, shape: tuple[int, ...]) -> dict:
     """A row standing for tiles with nothing to predict (and for a scene's error)."""
-    nb, size, core = shape
-    return {"scene": np.array([scene], np.int32), "tile": np.array([-1], np.int64),
-            "image": np.zeros((1, nb, size, size), dtype), "valid": np.zeros((1, core, core), bool),
-            "crop": np.zeros((1, 4), np.int32), "plan": np.array([packed], dtype=object),
-            "accounted": np.array([accounted], np.int32), "error": np.array([error], dtype=object)}
+    nb, size, core, ne = (*shape, 0)[:4]
+    out = {"scene": np.array([scene], np.int32), "tile": np.array([-1], np.int64),
+           "image": np.zeros((1, nb, size, size), dtype), "valid": np.zeros((1, core, core), bool),
+           "masked": np.zeros((1, core, core), bool),
+           "crop": np.zeros((1, 4), np.int32), "plan": np.array([packed], dtype=object),
+           "accounted": np.array([accounted], np.int32), "error": np.array([error], dtype=object)}
+    if ne:
+        out["extra"] = np.zeros((1, ne, size, size), dtype)
+    return out
 
 
 def _read_scene_tiles(plan: ScenePlan, tiles: list, dtype: str, skip_bad: bool) -> tuple[np.ndarray, list]:
     """``(images (N, bands, T, T), [valid or None, ...])``: None for a tile with an unreadable
     block (``skip_bad``; its image is left empty)."""
-    reader = tile_reader(plan.url, plan.bands)
+    reader = tile_reader(plan.url, plan.read_bands, len(plan.bands))
     try:
         return reader.read_tiles(tiles, dtype, plan.order)
     except ReadError:
         if not skip_bad:
             raise
-    size, nb = plan.grid.input_size, len(plan.bands)
+    size, nb = plan.grid.input_size, len(plan.read_bands)
     images, valids = np.zeros((len(tiles), nb, size, size), dtype), []
     for i, tile in enumerate(tiles):  # one by one: only the tiles that need the bad block are lost
         try:
@@ -198,21 +212,27 @@ def _read_scene_tiles(plan: ScenePlan, tiles: list, dtype: str, skip_bad: bool) 
     return images, valids
 
 
-def _read_tiles(ids: np.ndarray, plan: ScenePlan, dtype: str, skip_bad: bool = False) -> tuple[dict, int]:
-    """Tile numbers of one scene -> ``({scene, tile, image, valid, crop, plan, accounted, error}, dropped)``.
+def _read_tiles(ids: np.ndarray, plan: ScenePlan, dtype: str, skip_bad: bool = False,
+                mask: MaskSpec = NO_MASK) -> tuple[dict, int]:
+    """Tile numbers of one scene -> ``({scene, tile, image, valid, masked, crop, plan, accounted,
+    error[, extra]}, dropped)``.
 
     ``image``: ``(N, bands, T, T)`` model inputs; ``valid``: ``(N, core, core)``
-    input validity of each core; ``crop``: ``(N, 4)`` the core's place in its
-    input. Tiles already finished (or whose softmax is stored) are dropped; tiles
-    without a single valid pixel are dropped and logged as ``nodata``; ``dropped``
-    counts them. The tiles are read together
-    (:meth:`geoseg.data.raster.TileReader.read_tiles`), straight into the batch.
+    input validity of each core; ``masked``: ``(N, core, core)`` the valid pixels a
+    mask band (``--mask scl``...) masks; ``extra``: ``(N, E, T, T)`` the bands read
+    for the cloud model beside the model's (``--mask model``); ``crop``: ``(N, 4)``
+    the core's place in its input. Tiles already finished (or whose softmax is
+    stored) are dropped; tiles without a single valid pixel are dropped and logged
+    as ``nodata``; tiles whose valid pixels are all masked are written (masked) and
+    logged as ``masked``, without the model; ``dropped`` counts them. The tiles are
+    read together (:meth:`geoseg.data.raster.TileReader.read_tiles`), straight into the batch.
     """
     todo = [(int(t), plan.grid[plan.grid.index(int(t))]) for t in ids
             if not (is_set(plan.done, int(t)) or is_set(plan.softmax, int(t)))]
     core, size, nb = plan.grid.core, plan.grid.input_size, len(plan.bands)
-    tiles, valids, crops, empty, bad, keep = [], [], [], [], [], []
-    images = np.empty((0, nb, size, size), dtype)
+    ne = len(plan.extra) if mask.kind == "model" else 0
+    tiles, valids, maskeds, crops, empty, bad, covered, keep = [], [], [], [], [], [], [], []
+    images = np.empty((0, len(plan.read_bands), size, size), dtype)
     if todo:
         images, read_valid = _read_scene_tiles(plan, [tile for _, tile in todo], dtype, skip_bad)
         for i, ((t, tile), valid) in enumerate(zip(todo, read_valid)):
@@ -224,25 +244,46 @@ def _read_tiles(ids: np.ndarray, plan: ScenePlan, dtype: str, skip_bad: bool = F
                 continue
             full = np.zeros((core, core), dtype=bool)
             full[: valid.shape[0], : valid.shape[1]] = valid
+            masked = np.zeros((core, core), dtype=bool)
+            if mask.kind in ("values", "bits"):  # the mask band, stacked after the model's
+                r, c, h, w = tile.crop.row_off, tile.crop.col_off, tile.crop.height, tile.crop.width
+                masked[:h, :w] = mask.decode(images[i, nb, r : r + h, c : c + w])
+                masked &= full
+                if masked.sum() == full.sum():  # nothing clear: no model
+                    write_masked(plan, tile, full)
+                    covered.append(t)
+                    continue
             keep.append(i)
             tiles.append(t)
             valids.append(full)
+            maskeds.append(masked)
             crops.append((tile.crop.row_off, tile.crop.col_off, tile.crop.height, tile.crop.width))
         if len(keep) != len(todo):
             images = images[keep]  # a copy only where tiles were dropped
         output.log_done(plan.out, np.asarray(empty, dtype=np.int64), kind="nodata")
         output.log_done(plan.out, np.asarray(bad, dtype=np.int64), kind="bad")
+        output.log_done(plan.out, np.asarray(covered, dtype=np.int64), kind="masked")
     n = len(tiles)
-    return {
+    out = {
         "scene": np.full(n, plan.index, dtype=np.int32),
         "tile": np.asarray(tiles, dtype=np.int64),
-        "image": images,
+        "image": images if not plan.extra else np.ascontiguousarray(images[:, :nb]),
         "valid": np.stack(valids) if valids else np.empty((0, core, core), bool),
+        "masked": np.stack(maskeds) if maskeds else np.empty((0, core, core), bool),
         "crop": np.asarray(crops, dtype=np.int32).reshape(-1, 4),
         "plan": np.empty(n, dtype=object),
         "accounted": np.ones(n, dtype=np.int32),
         "error": np.full(n, "", dtype=object),
-    }, len(ids) - n
+    }
+    if ne:
+        out["extra"] = np.ascontiguousarray(images[:, nb:])
+    return out, len(ids) - n
+
+
+def write_masked(plan: ScenePlan, tile, valid: np.ndarray) -> None:
+    """A tile whose valid pixels are all masked: its chunk, masked where valid, nodata elsewhere."""
+    chunk = np.where(valid, np.uint8(MASKED), np.uint8(NODATA))
+    output.write_tile(plan.out, tile.core, chunk)
 
 
 # --- infer ---------------------------------------------------------------------
@@ -253,13 +294,20 @@ class Infer:
     cores (and probabilities), or with ``softmax`` into whole-tile softmax for blending.
     Ray runs it as an actor pool, or the driver calls it (a local job's model on CPU);
     it is a plain callable class. ``predictor``: one built already (else ``spec`` builds it).
-    Marker rows (``tile`` -1) pass through without reaching the model."""
+    Marker rows (``tile`` -1) pass through without reaching the model.
+
+    ``mask``: the job's ``--mask``. A mask band's pixels come decoded (``masked``); the cloud
+    model (``--mask model``) runs here, on the same tiles, its blue, green, red and nir at
+    ``cloud_index`` among the model's bands and the ``extra`` ones. Masked pixels are
+    :data:`~geoseg.data.classes.MASKED` in the classes (probabilities 0, softmax -1), and a
+    tile with no clear pixel does not reach the segmentation model."""
 
     def __init__(self, spec: ModelSpec, core: int, probabilities: bool = False, softmax: bool = False,
-                 predictor=None):
+                 predictor=None, mask: MaskSpec = NO_MASK, cloud_index: tuple[int, ...] = ()):
         self.predictor = predictor if predictor is not None else spec.build()
         self.core, self.probabilities, self.softmax = core, probabilities, softmax
         self.k = self.predictor.num_classes or 1
+        self.mask, self.cloud_index = mask, tuple(cloud_index)
         self._scenes: set[int] = set()  # scenes whose own parameters the model has
 
     def __call__(self, batch: dict) -> dict:
@@ -277,13 +325,47 @@ class Infer:
         self._learn_scenes(batch)
         out = {"scene": scenes, "tile": tiles}
         t0 = time.perf_counter()
+        masked = self._masked(batch)
+        clear = (batch["valid"] & ~masked).any(axis=(1, 2)) if len(tiles) else np.zeros(0, bool)
+        sub = batch if clear.all() else {k: v[clear] for k, v in batch.items()}
         if self.softmax:
-            out["softmax"] = self._softmax(batch)
+            soft = self._softmax(sub)
+            if not clear.all():
+                full = np.full((len(tiles), *soft.shape[1:]), np.nan, np.float32)
+                full[clear] = soft
+                soft = full
+            out["softmax"] = stitch.mask_softmax(soft, batch["valid"], batch["crop"], masked)
         else:
-            out.update(self._classes(batch))
+            res = self._classes(sub)
+            if not clear.all():
+                res = {k: _scatter(v, clear, len(tiles)) for k, v in res.items()}
+            res["classes"][~clear] = NODATA
+            res["classes"][masked] = MASKED
+            if "proba" in res:
+                res["proba"][np.broadcast_to(masked[:, None], res["proba"].shape)] = 0
+            out.update(res)
         out["model_s"] = np.full(len(tiles), (time.perf_counter() - t0) / max(1, len(tiles)))
         out.update({k: batch[k] for k in CARRY})
         return out
+
+    def _masked(self, batch: dict) -> np.ndarray:
+        """The valid pixels of each core that are masked: the mask band's, or the cloud model's."""
+        masked = np.asarray(batch.get("masked", np.zeros_like(batch["valid"])), bool)
+        if self.mask.kind != "model" or len(masked) == 0:
+            return masked
+        from geoseg.models.cloud import cloud_model
+
+        model = cloud_model(self.mask.level)
+        image = batch["image"]
+        bands = np.concatenate([image, batch["extra"]], axis=1) if "extra" in batch else image
+        masked = masked.copy()
+        scenes = np.asarray(batch["scene"])
+        for s, plan in plans_of(batch).items():
+            rows = np.flatnonzero(scenes == s)
+            whole = model.masked(bands[rows][:, list(self.cloud_index)], plan.cloud_scale, plan.cloud_factor)
+            cores = stitch.crop_cores(whole, batch["crop"][rows], self.core, fill=False)
+            masked[rows] |= cores
+        return masked & np.asarray(batch["valid"], bool)
 
     def _learn_scenes(self, batch: dict) -> None:
         """A scene's own model parameters (``index-otsu`` thresholds), from its plan, once."""
@@ -300,8 +382,7 @@ class Infer:
         images = batch["image"]
         if len(images) == 0:
             return np.empty((0, self.k, images.shape[-1], images.shape[-1]), np.float32)
-        proba = self.predictor.predict_proba(images, batch["scene"])
-        return stitch.mask_softmax(proba, batch["valid"], batch["crop"])
+        return np.asarray(self.predictor.predict_proba(images, batch["scene"]))
 
     def _classes(self, batch: dict) -> dict:
         images, scenes, crops = batch["image"], batch["scene"], batch["crop"]
