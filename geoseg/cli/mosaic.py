@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from geoseg.cli.args import at_least, command
+from geoseg.mosaic import RULES
 
 
 def add(sub) -> None:
@@ -15,17 +16,25 @@ def add(sub) -> None:
     mo.add_argument("--out", help="where the store(s) go (default: the prefix)")
     mo.add_argument("--name", default="mosaic", help="store name: NAME.zarr, NAME.json, NAME.collection.json")
     mo.add_argument("--chunk", type=at_least("--chunk", 64), default=1024, help="chunk side in pixels (default 1024)")
-    mo.add_argument("--merge", choices=["auto", "confidence", "latest"], default="auto",
-                    help="overlapping scenes: confidence (the most confident prediction, needs --probabilities), "
-                         "latest (the latest scene's valid pixel), auto (confidence where every scene has "
-                         "probabilities, else latest; default)")
+    mo.add_argument("--merge", choices=list(RULES), default="auto",
+                    help="overlapping scenes, by place: confidence (the most confident prediction, needs "
+                         "--probabilities), latest (the latest scene's valid pixel); by time, over the clear "
+                         "(unmasked, predict --mask) observations: mode (the most frequent class; ties: the "
+                         "higher mean probability where stored, then the latest), mean-probability (argmax of "
+                         "the mean probabilities, needs --probabilities), latest-clear, first-clear; auto "
+                         "(confidence where every scene has probabilities, else latest; default)")
+    mo.add_argument("--from", dest="since", metavar="DATE", help="only scenes acquired on or after DATE (ISO 8601)")
+    mo.add_argument("--to", dest="until", metavar="DATE", help="only scenes acquired on or before DATE (ISO 8601)")
+    mo.add_argument("--frequencies", action="store_true",
+                    help="also each class's share of the clear observations of each pixel (a 'frequencies' "
+                         "array, one layer per class)")
     mo.add_argument("--overwrite", action="store_true", help="replace a mosaic made with other settings or scenes")
     mo.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     mo.set_defaults(run=run)
 
 
 def run(a) -> None:
-    from geoseg.mosaic import mosaic
+    from geoseg.mosaic import Period, mosaic
 
     mosaic(a.prefix, a.grid, out=a.out, name=a.name, chunk=a.chunk, rule=a.merge, overwrite=a.overwrite,
-           address=a.address)
+           address=a.address, frequencies=a.frequencies, period=Period(a.since, a.until))

@@ -3,7 +3,9 @@
 Read top to bottom:
 
     grid.py    no Ray   MosaicGrid (--grid CRS:RESOLUTION or utm:RESOLUTION), zones, snapped extents
-    plan.py    no Ray   MosaicScene (from a run record), MosaicPlan (one store per zone), the fingerprint
+    plan.py    no Ray   MosaicScene (from a run record), Period (--from/--to), MosaicPlan (one store per
+                        zone), the fingerprint
+    merge.py   no Ray   Merge: the rules by place and by time, running sums over a chunk's scenes
     stages.py  no Ray   mosaic_chunks (warp each covering scene into a chunk, merge), build_level (mode
                         overviews), finish (record, STAC Collection)
     driver.py  no Ray   the driver loop every runner shares: records read, chunk ranges, levels, resume
@@ -12,6 +14,7 @@ Read top to bottom:
 """
 
 from geoseg.mosaic.grid import MosaicGrid, parse_grid
+from geoseg.mosaic.plan import RULES, Period
 
 
 def mosaic(*args, **kwargs):
@@ -21,4 +24,4 @@ def mosaic(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-__all__ = ["MosaicGrid", "mosaic", "parse_grid"]
+__all__ = ["RULES", "MosaicGrid", "Period", "mosaic", "parse_grid"]

@@ -2,8 +2,8 @@
 
     scene_records                    the job summary's complete scenes (one read), or a listing
       -> read_scenes (tasks)         each scene's grid, from its run record, in batches
-      plan_mosaic                    one store per grid or UTM zone; resume state
-      -> mosaic_chunks (tasks)       ranges of chunk numbers: warp, merge, write, log
+      plan_mosaic                    the scenes of --from/--to; one store per grid or UTM zone; resume state
+      -> mosaic_chunks (tasks)       ranges of chunk numbers: warp, merge (by place or time), write, log
       -> build_level (tasks)         each overview level from the one below (mode)
       -> finish                      records (last), STAC Collection
 
@@ -23,7 +23,7 @@ from geoseg.data.classes import ClassScheme
 from geoseg.data.tiling import tile_ranges
 from geoseg.mosaic import stages
 from geoseg.mosaic.grid import parse_grid
-from geoseg.mosaic.plan import order_scenes, plan_mosaic, prepare, read_scenes, scene_records
+from geoseg.mosaic.plan import Period, order_scenes, plan_mosaic, prepare, read_scenes, scene_records
 from geoseg.execution.tasks import as_done
 
 RECORDS_PER_TASK = 64
@@ -36,7 +36,8 @@ def _classes_of(record_url: str) -> ClassScheme:
 
 
 def drive(prefix: str, grid: str, start, out: str | None = None, name: str = "mosaic", chunk: int = 1024,
-          rule: str = "auto", overwrite: bool = False, log=print) -> list[dict]:
+          rule: str = "auto", overwrite: bool = False, log=print, frequencies: bool = False,
+          period: Period = Period()) -> list[dict]:
     """Mosaic every finished scene under ``prefix`` onto ``grid`` (``--grid``), into ``out``
     (default: the prefix) as ``<name>.zarr`` (or one ``<name>-utmNNX.zarr`` per UTM zone), on the
     runner ``start()`` gives (``(tasks, cpus)``, asked for once the inputs are checked); returns
@@ -51,7 +52,10 @@ def drive(prefix: str, grid: str, start, out: str | None = None, name: str = "mo
     parts = [urls[i : i + RECORDS_PER_TASK] for i in range(0, len(urls), RECORDS_PER_TASK)]
     scenes = order_scenes([s for part in tasks.gather([tasks.submit(read_scenes, p) for p in parts]) for s in part])
     classes = _classes_of(urls[0])
-    plans = plan_mosaic(scenes, mgrid, out, name, chunk, rule, basis, overwrite)
+    plans = plan_mosaic(scenes, mgrid, out, name, chunk, rule, basis, overwrite, len(classes), frequencies, period)
+    if period.active:
+        kept = sum(len(p.scenes) for p in plans)
+        log(f"--from {period.since or '..'} --to {period.until or '..'}: {kept} of {len(scenes)} scenes")
     t_plan = time.perf_counter() - t0
     records = []
     for plan in plans:

@@ -4,11 +4,13 @@ records read and chunks written as Ray tasks (a quarter, a half and a half CPU e
 from __future__ import annotations
 
 from geoseg.mosaic.driver import CPUS, drive
+from geoseg.mosaic.plan import Period
 from geoseg.execution.runtime import RayTasks
 
 
 def mosaic(prefix: str, grid: str, out: str | None = None, name: str = "mosaic", chunk: int = 1024,
-           rule: str = "auto", overwrite: bool = False, address: str | None = None, log=print) -> list[dict]:
+           rule: str = "auto", overwrite: bool = False, address: str | None = None, log=print,
+           frequencies: bool = False, period: Period = Period()) -> list[dict]:
     """Mosaic every finished scene under ``prefix`` onto ``grid`` on Ray (started, or joined at
     ``address``, once the inputs are checked): see :func:`geoseg.mosaic.driver.drive`."""
     from geoseg.execution.runtime import check_address, cluster_cpus, init_ray
@@ -19,4 +21,4 @@ def mosaic(prefix: str, grid: str, out: str | None = None, name: str = "mosaic",
         init_ray(address)
         return RayTasks(CPUS), cluster_cpus()
 
-    return drive(prefix, grid, start, out, name, chunk, rule, overwrite, log)
+    return drive(prefix, grid, start, out, name, chunk, rule, overwrite, log, frequencies, period)

@@ -20,10 +20,12 @@ from geoseg.data import output, storage
 from geoseg.data.classes import ClassScheme
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.mosaic.grid import MosaicGrid, snap, utm_zone, zone_name
+from geoseg.mosaic.merge import NEEDS_PROBABILITIES
+from geoseg.mosaic.merge import RULES as MERGE_RULES
 from geoseg.data.raster import RasterInfo
 from geoseg.data.tiling import Window
 
-RULES = ("auto", "confidence", "latest")
+RULES = ("auto", *MERGE_RULES)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,10 @@ class MosaicPlan:
     fingerprint: dict
     status: str = "new"  # new / resume / done
     done: dict = field(default_factory=dict)  # level -> packed bitmap of chunks logged done (resume)
+    k: int = 1  # classes of the scheme (a larger value is nodata or masked)
+    frequencies: bool = False  # also each class's share of the clear observations
+    since: str | None = None  # --from: scenes acquired on or after it
+    until: str | None = None  # --to: scenes acquired on or before it
 
     @property
     def url(self) -> str:
@@ -173,8 +179,53 @@ class MosaicPlan:
                           self.level_transform(level), 255, ("classes",))
 
 
+@dataclass(frozen=True)
+class Period:
+    """``--from`` / ``--to``: the dates (or date-times, ISO 8601) of the scenes a mosaic merges."""
+
+    since: str | None = None
+    until: str | None = None
+
+    def __post_init__(self) -> None:
+        for flag, v in (("--from", self.since), ("--to", self.until)):
+            if v is not None:
+                _instant(v, flag)
+        if self.since and self.until and _instant(self.since, "--from") > _instant(self.until, "--to", end=True):
+            raise InputError(f"--from {self.since} is after --to {self.until}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.since or self.until)
+
+    def holds(self, acquired: str | None) -> bool:
+        if not self.active:
+            return True
+        if not acquired:
+            return False
+        t = _instant(acquired, "acquired")
+        return ((not self.since or t >= _instant(self.since, "--from"))
+                and (not self.until or t <= _instant(self.until, "--to", end=True)))
+
+
+def _instant(text: str, flag: str, end: bool = False):
+    """An ISO 8601 date or date-time as an aware datetime (UTC where no zone is given); a bare
+    date as ``end`` is the last instant of that day."""
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: not an ISO 8601 date or date-time, e.g. 2025-06-01") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    if end and len(text.strip()) == 10:  # a date: the whole day
+        t += dt.timedelta(days=1, microseconds=-1)
+    return t
+
+
 def plan_mosaic(scenes: list[MosaicScene], grid: MosaicGrid, prefix: str, name: str, chunk: int, rule: str,
-                basis: str, overwrite: bool = False) -> list[MosaicPlan]:
+                basis: str, overwrite: bool = False, k: int = 1, frequencies: bool = False,
+                period: Period = Period()) -> list[MosaicPlan]:
     """The stores of a mosaic of ``scenes`` (ordered, :func:`order_scenes`) on ``grid``: one, or one per
     UTM zone; each with its state (a rerun resumes, a complete store is left as it is)."""
     from rasterio.warp import transform_bounds
@@ -183,6 +234,13 @@ def plan_mosaic(scenes: list[MosaicScene], grid: MosaicGrid, prefix: str, name: 
         raise InputError(f"--merge must be one of {', '.join(RULES)}, got {rule!r}")
     if chunk < 64:
         raise InputError(f"--chunk must be >= 64, got {chunk}")
+    if period.active:
+        kept = [s for s in scenes if period.holds(s.acquired)]
+        if not kept:
+            raise InputError(f"no scene was acquired between --from {period.since or '..'} and --to "
+                             f"{period.until or '..'} ({len(scenes)} scenes, "
+                             f"{sum(1 for s in scenes if not s.acquired)} without an acquisition time)")
+        scenes = kept
     zones: dict[str, list[MosaicScene]] = {}
     for s in scenes:
         zones.setdefault(utm_zone(s.crs, s.bounds_4326) if grid.per_zone else grid.crs, []).append(s)
@@ -198,11 +256,16 @@ def plan_mosaic(scenes: list[MosaicScene], grid: MosaicGrid, prefix: str, name: 
         transform, height, width = snap((b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()),
                                         grid.resolution)
         use = rule if rule != "auto" else ("confidence" if all(s.probabilities for s in members) else "latest")
-        if use == "confidence" and not all(s.probabilities for s in members):
-            raise InputError("--merge confidence needs every scene predicted with --probabilities")
+        if use in NEEDS_PROBABILITIES and not all(s.probabilities for s in members):
+            first = next(s for s in members if not s.probabilities)
+            raise InputError(f"--merge {use} needs every scene predicted with --probabilities "
+                             f"({first.stem} was predicted without)")
         store = f"{name}-{zone_name(crs)}" if grid.per_zone else name
-        fp = {"grid": str(grid), "crs": crs, "chunk": chunk, "rule": use, "scenes": basis}
-        plans.append(MosaicPlan(store, prefix, crs, transform, height, width, chunk, use, members, b, fp))
+        fp = {"grid": str(grid), "crs": crs, "chunk": chunk, "rule": use, "scenes": basis,
+              **({"frequencies": True} if frequencies else {}),
+              **({"from": period.since, "to": period.until} if period.active else {})}
+        plans.append(MosaicPlan(store, prefix, crs, transform, height, width, chunk, use, members, b, fp, k=k,
+                                frequencies=frequencies, since=period.since, until=period.until))
     return [_state(p, overwrite) for p in plans]
 
 
@@ -251,6 +314,7 @@ def prepare(plan: MosaicPlan, classes: ClassScheme) -> None:
     attrs = {"geoseg_mosaic": plan.fingerprint,
              "multiscales": {"resampling": "mode", "levels": levels}}
     output.create_class_map(plan.url, plan.info(0), plan.chunk, classes, attrs)
+    _extra_layers(plan, len(classes))
     if plan.levels:  # an explicit group, so that consolidated metadata finds the levels in it
         import zarr
 
@@ -258,3 +322,19 @@ def prepare(plan: MosaicPlan, classes: ClassScheme) -> None:
     for lvl in range(1, plan.levels + 1):
         output.create_class_map(storage.join(plan.url, "overviews", str(lvl)), plan.info(lvl), plan.chunk, classes,
                                 {"geoseg_mosaic_level": lvl})
+
+
+def _extra_layers(plan: MosaicPlan, k: int) -> None:
+    """The store's ``count`` of clear observations, and with ``--frequencies`` each class's share."""
+    import zarr
+
+    root = zarr.open_group(storage.zarr_store(plan.url), mode="r+")
+    geo = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+    root.create_array("count", shape=(plan.height, plan.width), chunks=(plan.chunk, plan.chunk), dtype="uint16",
+                      fill_value=0, dimension_names=("y", "x"),
+                      attributes={**geo, "long_name": "clear observations (not nodata, not masked)"})
+    if plan.frequencies:
+        root.create_array("frequencies", shape=(k, plan.height, plan.width), chunks=(k, plan.chunk, plan.chunk),
+                          dtype="uint8", fill_value=0, dimension_names=("class", "y", "x"),
+                          attributes={**geo, "scale_factor": 1 / 255,
+                                      "long_name": "share of the clear observations in each class"})

@@ -7,11 +7,11 @@
 Warping is nearest neighbour with exact PROJ transforms of every pixel centre
 (:func:`source_pixels`, through GDAL's ``rasterio.warp.transform``), chunk by
 chunk: only the window of a scene that a chunk covers is read, never a whole
-scene, and a pixel is the same whichever chunk computes it. Overlaps are merged by a rule (:data:`RULES`):
-``confidence`` keeps the pixel of the scene whose top class probability is the
-highest (ties: the later scene); ``latest`` keeps the valid pixel of the latest
-scene (by acquisition time where known, else the job's order). Nodata where no
-scene covers.
+scene, and a pixel is the same whichever chunk computes it. Overlaps are merged by a rule
+(:mod:`geoseg.mosaic.merge`: by place, ``confidence`` and ``latest``; by time, ``mode``,
+``mean-probability``, ``latest-clear`` and ``first-clear``), streaming over the scenes of a
+chunk. Beside the classes, ``count`` holds each pixel's clear observations and, with
+``--frequencies``, ``frequencies`` each class's share of them. Nodata where no scene covers.
 """
 
 from __future__ import annotations
@@ -25,14 +25,9 @@ import numpy as np
 from geoseg.version import __version__
 from geoseg.data import output, storage
 from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.mosaic.merge import NEEDS_PROBABILITIES, RULES, Merge
 from geoseg.mosaic.plan import MosaicPlan, MosaicScene, kind
 from geoseg.data.tiling import Window
-
-RULES = {
-    "confidence": "the pixel of the scene whose top class probability is highest (ties: the later scene)",
-    "latest": "the valid pixel of the latest scene (acquisition time where known, else the job's order)",
-}
-
 
 def _is_set(bitmap, i: int) -> bool:
     return bitmap is not None and bool((bitmap[i >> 3] >> (7 - (i & 7))) & 1)
@@ -70,9 +65,9 @@ def source_pixels(scene: MosaicScene, crs: str, dst_t, height: int, width: int, 
     return r, c, ok
 
 
-def warp_scene(scene: MosaicScene, plan: MosaicPlan, win: Window, confidence: bool, box=None
+def warp_scene(scene: MosaicScene, plan: MosaicPlan, win: Window, proba: bool, box=None
                ) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """``(classes, top probability or None)`` of ``scene`` on the chunk ``win`` (nearest
+    """``(classes, probabilities (k, h, w) or None)`` of ``scene`` on the chunk ``win`` (nearest
     neighbour, :func:`source_pixels`), NODATA / 0 outside it; None where the scene does not
     reach the chunk. Only the window of the scene the chunk needs is read."""
     import rasterio
@@ -88,53 +83,42 @@ def warp_scene(scene: MosaicScene, plan: MosaicPlan, win: Window, confidence: bo
     out = np.full((win.height, win.width), NODATA, np.uint8)
     rr, cc = r[ok] - r0, c[ok] - c0
     out[ok] = classes[rr, cc]
-    conf = None
-    if confidence:
+    probs = None
+    if proba:
         import zarr
 
-        proba = zarr.open_array(storage.zarr_store(scene.zarr, read_only=True), path="probabilities", mode="r")
+        arr = zarr.open_array(storage.zarr_store(scene.zarr, read_only=True), path="probabilities", mode="r")
         rows, cols = src_win.slices
-        top = np.asarray(proba[:, rows, cols]).max(axis=0)
-        conf = np.zeros((win.height, win.width), np.uint8)
-        conf[ok] = top[rr, cc]
-        conf[out == NODATA] = 0
-    return out, conf
+        stored = np.asarray(arr[:, rows, cols])
+        probs = np.zeros((stored.shape[0], win.height, win.width), np.uint8)
+        probs[:, ok] = stored[:, rr, cc]
+        probs[:, out == NODATA] = 0
+    return out, probs
 
 
-def merge(best: np.ndarray, best_conf: np.ndarray | None, classes: np.ndarray, conf: np.ndarray | None) -> None:
-    """Merge one scene's warped ``classes`` into ``best`` in place, later scenes after earlier ones."""
-    valid = classes != NODATA
-    if best_conf is None:  # latest: the later scene's valid pixel
-        best[valid] = classes[valid]
-        return
-    take = valid & ((best == NODATA) | (conf >= best_conf))
-    best[take] = classes[take]
-    best_conf[take] = conf[take]
-
-
-def mosaic_chunk(plan: MosaicPlan, i: int) -> np.ndarray:
-    """Chunk ``i`` of the full resolution: every scene that reaches it, warped and merged in order."""
+def mosaic_chunk(plan: MosaicPlan, i: int) -> Merge:
+    """Chunk ``i`` of the full resolution: every scene that reaches it, warped and merged in order
+    (:class:`~geoseg.mosaic.merge.Merge`: running sums, flat in the number of scenes)."""
     win = plan.window(i)
     t = chunk_transform(plan, win)
     west, north = t.c, t.f
     east, south = west + t.a * win.width, north + t.e * win.height
     b = plan.bounds
     hit = np.flatnonzero((b[:, 0] < east) & (b[:, 2] > west) & (b[:, 1] < north) & (b[:, 3] > south))
-    confidence = plan.rule == "confidence"
-    best = np.full((win.height, win.width), NODATA, np.uint8)
-    best_conf = np.zeros_like(best) if confidence else None
+    proba = plan.rule in NEEDS_PROBABILITIES or (plan.rule == "mode" and all(s.probabilities for s in plan.scenes))
+    merged = Merge(plan.rule, (win.height, win.width), plan.k, proba, plan.frequencies)
     for k in sorted(hit, key=lambda k: plan.scenes[k].order):
-        warped = warp_scene(plan.scenes[k], plan, win, confidence, b[k])
+        warped = warp_scene(plan.scenes[k], plan, win, proba, b[k])
         if warped is not None:
-            merge(best, best_conf, *warped)
-    return best
+            merged.add(*warped)
+    return merged
 
 
-def _array(url: str, level: int, mode: str = "r+"):
+def _array(url: str, level: int, mode: str = "r+", path: str = "classes"):
     import zarr
 
-    path = url if level == 0 else storage.join(url, "overviews", str(level))
-    return zarr.open_array(storage.zarr_store(path, read_only=mode == "r"), path="classes", mode=mode)
+    where = url if level == 0 else storage.join(url, "overviews", str(level))
+    return zarr.open_array(storage.zarr_store(where, read_only=mode == "r"), path=path, mode=mode)
 
 
 def mosaic_chunks(plan: MosaicPlan, lo: int, hi: int) -> dict:
@@ -142,14 +126,20 @@ def mosaic_chunks(plan: MosaicPlan, lo: int, hi: int) -> dict:
     log them done. Returns ``{"chunks", "pixels", "seconds"}``."""
     t0 = time.perf_counter()
     arr = _array(plan.url, 0)
+    counts = _array(plan.url, 0, path="count")
+    frequencies = _array(plan.url, 0, path="frequencies") if plan.frequencies else None
     done, pixels, todo = plan.done.get(0), 0, []
     for i in range(lo, hi):
         if _is_set(done, i):
             continue
         win = plan.window(i)
-        block = mosaic_chunk(plan, i)
+        merged = mosaic_chunk(plan, i)
+        block = merged.result()
         if (block != NODATA).any():  # a chunk no scene reaches stays the fill value (nodata)
             arr[win.slices] = block
+            counts[win.slices] = merged.count
+            if frequencies is not None:
+                frequencies[(slice(None), *win.slices)] = merged.frequencies()
         pixels += win.size
         todo.append(i)
     output.log_done(plan.log, np.asarray(todo, np.int64), kind=kind(0))
@@ -221,7 +211,10 @@ def finish(plan: MosaicPlan, classes: ClassScheme, timings: dict, extra: dict | 
         "chunk": plan.chunk,
         "levels": [{"level": lvl, "shape": list(plan.shape(lvl)),
                     "path": "." if lvl == 0 else f"overviews/{lvl}"} for lvl in range(plan.levels + 1)],
-        "merge": {"rule": plan.rule, "meaning": RULES[plan.rule]},
+        "merge": {"rule": plan.rule, "meaning": RULES[plan.rule], "from": plan.since, "to": plan.until},
+        "layers": {"classes": "the merged class", "count": "clear observations (uint16)",
+                   **({"frequencies": "share of the clear observations in each class (uint8, 255 = all)"}
+                      if plan.frequencies else {})},
         "scenes": [{"stem": s.stem, "cog": s.cog, "order": s.order, "acquired": s.acquired} for s in plan.scenes],
         "bbox_4326": list(transform_bounds(plan.crs, "EPSG:4326", west, south, east, north, densify_pts=21)),
         "interval": [times[0], times[-1]] if times else None,
