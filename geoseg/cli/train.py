@@ -14,7 +14,7 @@ TRAIN_FLAGS = (
     "num_classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
     "max_minutes", "batch_size", "lr", "loss", "workers", "gpus", "cpus_per_worker", "num_to_keep",
     "max_failures", "seed", "address", "allow_no_crs", "resolution", "chip_cache", "prefetch_batches",
-    "label_vectors", "class_field", "instances",
+    "label_vectors", "class_field", "instances", "mask",
 )
 
 
@@ -63,6 +63,10 @@ def add(sub) -> None:
     t.add_argument("--chip-cache", metavar="URL|off",
                    help="where each block of the split is decoded once, for every epoch to cut chips from "
                         "(default RUN_DIR/chips; off: read every chip from the rasters)")
+    t.add_argument("--mask", metavar="SOURCE",
+                   help="a mask band of each image (scl, qa_pixel, ASSET:VALUES, ASSET:bits=BITS, as for predict): "
+                        "masked pixels are left out of the loss and the statistics, chips mostly masked are "
+                        "not drawn")
     t.add_argument("--prefetch-batches", type=int, help="batches read ahead of each step (default 4 on a GPU, 2 on CPU)")
     add_stack_flags(t)
     t.set_defaults(run=run)

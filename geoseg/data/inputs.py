@@ -97,8 +97,8 @@ def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOpt
         where = stac.self_href(item, source)  # an API's items: their own URL
         assets = item.get("assets") or {}
         names = (stack.assets if stack else None) or None
-        if asset is None and names is None and select.extra:
-            names = tuple(default_assets or ())
+        if asset is None and names is None and select.extra and default_assets:
+            names = tuple(default_assets)
         if asset is None and names is None:
             candidates = [k for k, a in assets.items() if "image/tiff" in str(a.get("type", ""))]
             if len(candidates) == 1 or not default_assets:

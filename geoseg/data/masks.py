@@ -124,3 +124,13 @@ def masked_share(counted: dict) -> dict:
     masked = int(counted.get("masked", 0))
     seen = masked + int(sum(counted["pixels"]))
     return {"pixels": masked, "fraction": round(masked / seen, 6) if seen else 0.0}
+
+
+def mask_band(url: str, descriptions: tuple[str | None, ...], spec: MaskSpec) -> int:
+    """The band number (1-based) of a raster's mask band: the band described as ``spec.band``
+    (a stacked item's asset key); one line naming the raster and the band where there is none."""
+    for i, d in enumerate(descriptions, start=1):
+        if d and d.strip().lower() == str(spec.band).lower():
+            return i
+    raise InputError(f"{url}: --mask {spec} reads a band {spec.band!r}, which this raster does not name "
+                     f"(band descriptions {list(descriptions)})")

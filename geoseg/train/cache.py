@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoseg.data import storage
-from geoseg.data.classes import NODATA
+from geoseg.data.classes import MASKED, NODATA
 from geoseg.errors import InputError, StorageError
 from geoseg.data.raster import tile_reader
 from geoseg.data.tiling import Window
@@ -60,6 +60,8 @@ class PairLayout:
     bands: tuple[int, ...]
     dtype: str  # what the image reader returns: the raster's dtype, or float32 when scaled
     label_nodata: float | None
+    mask_band: int | None = None  # --mask: labelled pixels it masks are stored as MASKED
+    mask: object = None  # its MaskSpec
 
     @property
     def count(self) -> int:
@@ -148,14 +150,16 @@ def cache_url(out: str, chip_cache: str | None) -> str | None:
 def layout(url: str, block: int, pairs) -> ChipCache:
     """The cache of a plan's pairs (:class:`geoseg.train.data.Pair`) at ``url``."""
     return ChipCache(url, block, tuple(
-        PairLayout(p.image.url, p.label.url, tuple(p.bands), p.image.pixel_dtype, p.label.nodata) for p in pairs))
+        PairLayout(p.image.url, p.label.url, tuple(p.bands), p.image.pixel_dtype, p.label.nodata, p.mask_band, p.mask)
+        for p in pairs))
 
 
 def fingerprint(cache: ChipCache, signatures: dict[str, str]) -> dict:
     """What the block files depend on: the rasters (and their versions), bands, dtypes, block size."""
     return {"format": FORMAT, "block": cache.block,
             "pairs": [{"image": p.image, "image_signature": signatures[p.image], "label": p.label,
-                       "label_signature": signatures[p.label], "bands": list(p.bands), "dtype": p.dtype}
+                       "label_signature": signatures[p.label], "bands": list(p.bands), "dtype": p.dtype,
+                       **({"mask": str(p.mask), "mask_band": p.mask_band} if p.mask_band is not None else {})}
                       for p in cache.pairs]}
 
 
@@ -260,6 +264,9 @@ def build_blocks(cache: ChipCache, blocks: list[tuple[int, int, int, int]], k: i
                 lab = np.where(valid, lab, NODATA)
                 outside_values(layout.label, lab, k, where=f" (window rows {win.row_off}:{win.row_off + h}, "
                                                           f"cols {c0}:{c0 + size})")
+                if layout.mask_band is not None:
+                    hidden = layout.mask.decode(tile_reader(layout.image, [layout.mask_band]).read_window(win)[0][0])
+                    lab = np.where(hidden & (lab != NODATA), MASKED, lab)
                 f.seek(y * row_bytes)
                 f.write(np.ascontiguousarray(data.astype(dtype, copy=False).transpose(1, 0, 2)).data)
                 f.seek(size * row_bytes + y * size)

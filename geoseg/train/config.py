@@ -63,6 +63,13 @@ class TrainConfig:
     instances: bool = False  # the field-delineation target: instance ids (or polygons) -> background/field/boundary
     chip_cache: str | None = None  # where blocks are decoded once (default RUN_DIR/chips; "off": read each chip)
     prefetch_batches: int | None = None  # batches read ahead of each step (default 4 on a GPU, 2 on CPU)
+    mask: str | None = None  # --mask: a mask band of each image (scl, qa_pixel, ASSET:VALUES...); masked: no loss
+
+    @property
+    def mask_spec(self):
+        from geoseg.data.masks import parse_mask
+
+        return parse_mask(self.mask if isinstance(self.mask, str) else None)
 
     def __post_init__(self) -> None:
         def bad(msg):
@@ -106,6 +113,9 @@ class TrainConfig:
             bad(f"chip_cache must be a folder or URL, or off, got {self.chip_cache!r}")
         if self.max_failures < -1:
             bad(f"max_failures must be >= -1, got {self.max_failures!r}")
+        if self.mask_spec.kind == "model":
+            bad("mask: training reads a mask band (scl, qa_pixel, ASSET:VALUES or ASSET:bits=BITS); the cloud "
+                "model is predict's (geoseg predict --mask model)")
         AugmentConfig(**self.augment) if self.augment else None
         if self.encoder_weights and not os.path.exists(self.encoder_weights):
             bad(f"encoder_weights: {self.encoder_weights}: not found")

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoseg.data.classes import NODATA, ClassScheme
+from geoseg.data.classes import MASKED, NODATA, ClassScheme
+from geoseg.data.masks import MaskSpec, mask_band
 from geoseg.errors import InputError, RasterError
 from geoseg.data.raster import (RasterInfo, check_class_map, check_image, grid_difference, read_decimated, read_info,
                            tile_reader)
@@ -32,6 +33,18 @@ class Pair:
     image: RasterInfo
     label: RasterInfo
     bands: list[int]
+    mask_band: int | None = None  # the image's band holding its validity mask (--mask), or None
+    mask: MaskSpec | None = None
+
+    def masked(self, window: Window) -> np.ndarray | None:
+        """The masked pixels of ``window`` (None: no mask)."""
+        if self.mask_band is None:
+            return None
+        data, _ = tile_reader(self.image.url, [self.mask_band]).read_window(window)
+        return self.mask.decode(data[0])
+
+
+MAX_MASKED = 0.5  # a training chip with more of its labelled pixels masked is drawn again
 
 
 @dataclass
@@ -51,7 +64,7 @@ class TrainingPlan:
 
 
 def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = None,
-               allow_no_crs: bool = False) -> list[Pair]:
+               allow_no_crs: bool = False, mask: MaskSpec | None = None) -> list[Pair]:
     if len(images) != len(labels):
         raise InputError(f"{len(images)} --image but {len(labels)} --label: give one label per image")
     if not images:
@@ -69,7 +82,9 @@ def open_pairs(images: list[str], labels: list[str], bands: list[int] | None = N
             raise RasterError(f"{img_url}: band {max(b)} requested but it has {img.count} bands")
         if pairs and len(b) != len(pairs[0].bands):
             raise RasterError(f"{img_url}: {len(b)} bands, but {pairs[0].image.url} has {len(pairs[0].bands)}")
-        pairs.append(Pair(img, lab, b))
+        active = mask is not None and mask.active
+        pairs.append(Pair(img, lab, b, mask_band(img_url, img.descriptions, mask) if active else None,
+                          mask if active else None))
     return pairs
 
 
@@ -135,7 +150,10 @@ def plan_training(
         val_blocks=np.array(val_blocks, dtype=np.int64).reshape(-1, 4),
         band_roles=band_roles,
         info={"block": block, "val_fraction": val_fraction, "seed": seed, "balanced": balanced,
-              "class_pixels": {name: int(n) for name, n in zip(classes.names, hist_total[:k])}},
+              "class_pixels": {name: int(n) for name, n in zip(classes.names, hist_total[:k])},
+              **({"masked": {"source": str(pairs[0].mask), "fraction_of_labelled": {
+                  p.image.url: round(f, 4) for p, f in zip(pairs, stats.masked)}}}
+                 if pairs[0].mask is not None else {})},
     )
 
 
@@ -145,6 +163,7 @@ class _BandStats:
     def __init__(self):
         self.sums = self.sumsq = None
         self.count = 0
+        self.masked: list[float] = []  # each scene's share of labelled pixels masked (--mask)
 
     def add(self, v: np.ndarray) -> None:
         """``v``: ``(bands, pixels)`` float64."""
@@ -172,7 +191,18 @@ def _decimated_scene(pair: Pair, stats: _BandStats) -> tuple[np.ndarray, np.ndar
             ignore |= ~valid_px
     else:
         valid_px = np.ones(img.shape[1:], bool)
+    masked = 0.0
+    if pair.mask_band is not None:  # masked pixels: no statistics, no labels
+        band, _, _ = read_decimated(pair.image.url, [pair.mask_band], 1024, "nearest")
+        hidden = pair.mask.decode(band[0])
+        if hidden.shape == ignore.shape:
+            labelled = ~ignore
+            masked = float((hidden & labelled).sum() / max(1, labelled.sum()))
+            ignore |= hidden
+        if hidden.shape == valid_px.shape:
+            valid_px &= ~hidden
     stats.add(img[:, valid_px].astype(np.float64))
+    stats.masked.append(masked)
     return lab, ignore, lscale
 
 
@@ -289,6 +319,9 @@ def read_chip(pair: Pair, row: int, col: int, chip: int, k: int = NODATA) -> tup
         labels = np.where(labels == lab_nodata, NODATA, labels)
     labels = np.where(valid, labels, NODATA)  # no image, no label
     outside_values(pair.label.url, labels, k, where=f" (window rows {row}:{row + chip}, cols {col}:{col + chip})")
+    masked = pair.masked(win)
+    if masked is not None:  # a labelled pixel masked: MASKED until the chip is drawn, then ignored
+        labels = np.where(masked & (labels != NODATA), MASKED, labels)
     return image, labels.astype(np.uint8)
 
 
@@ -305,11 +338,36 @@ def _read_chips(plan: TrainingPlan, picks: list[tuple[int, int, int, int, int, i
     return {"image": images, "label": labels}
 
 
+def mostly_masked(labels: np.ndarray) -> np.ndarray:
+    """Which chips ``(N, h, w)`` have more than :data:`MAX_MASKED` of their labelled pixels masked."""
+    masked = (labels == MASKED).sum(axis=(1, 2))
+    labelled = masked + ((labels != NODATA) & (labels != MASKED)).sum(axis=(1, 2))
+    return masked > MAX_MASKED * np.maximum(labelled, 1)
+
+
+def unmask(chips: dict) -> dict:
+    """Masked labels become the ignore value: the loss and the metrics leave them out."""
+    chips["label"][chips["label"] == MASKED] = NODATA
+    return chips
+
+
 def sample_train_chips(batch: dict, plan: TrainingPlan, cache=None) -> dict:
     """Ray Data UDF: one random training chip per input row (fresh randomness each epoch): a
     block drawn by its weight, a uniform offset inside it."""
-    n = len(batch["id"])
     rng = np.random.default_rng()
+    chips = _read_chips(plan, _draw(plan, rng, len(batch["id"])), cache)
+    if plan.pairs[0].mask is not None:  # chips mostly masked are drawn again (a few times at most)
+        for _ in range(4):
+            redo = np.flatnonzero(mostly_masked(chips["label"]))
+            if not len(redo):
+                break
+            again = _read_chips(plan, _draw(plan, rng, len(redo)), cache)
+            chips["image"][redo], chips["label"][redo] = again["image"], again["label"]
+    return unmask(chips)
+
+
+def _draw(plan: TrainingPlan, rng, n: int) -> list[tuple[int, int, int, int, int, int]]:
+    """``n`` random chips: a block drawn by its weight, a uniform offset inside it."""
     blocks = plan.train_blocks[rng.choice(len(plan.train_blocks), size=n, p=plan.train_weights)]
     picks = []
     for p_i, r0, c0, size in blocks.tolist():
@@ -318,7 +376,7 @@ def sample_train_chips(batch: dict, plan: TrainingPlan, cache=None) -> dict:
         w = min(size, pair.image.width - c0)
         picks.append((p_i, r0, c0, size, r0 + int(rng.integers(0, h - plan.chip + 1)),
                       c0 + int(rng.integers(0, w - plan.chip + 1))))
-    return _read_chips(plan, picks, cache)
+    return picks
 
 
 def read_val_chips(batch: dict, plan: TrainingPlan, cache=None) -> dict:
@@ -329,4 +387,4 @@ def read_val_chips(batch: dict, plan: TrainingPlan, cache=None) -> dict:
     for p_i, r, c in zip(batch["pair"].tolist(), batch["row"].tolist(), batch["col"].tolist()):
         r0, c0 = r // b * b, c // b * b
         picks.append((p_i, r0, c0, sizes.get((p_i, r0, c0), b), r, c))
-    return _read_chips(plan, picks, cache)
+    return unmask(_read_chips(plan, picks, cache))

@@ -280,6 +280,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
         f"training {cfg.arch}/{cfg.encoder} on {len(plan.pairs)} scene(s): {len(plan.train_blocks)} train blocks, "
         f"{len(plan.val_chips)} validation chips, classes {list(plan.classes.names)}"
     )
+    if "masked" in plan.info:  # --mask: how much of each scene's labels the mask hides
+        shares = plan.info["masked"]["fraction_of_labelled"]
+        log(f"--mask {plan.info['masked']['source']}: " + ", ".join(
+            f"{storage.stem(u)} {100 * f:.1f} %" for u, f in list(shares.items())[:10])
+            + " of the labelled pixels masked (left out of the loss)" + (" ..." if len(shares) > 10 else ""))
     init_ray(cfg.address)
     require_gpus(1 if cfg.gpus else 0, "--gpus")
     cfg = cfg.resolved_for(cluster_gpus(), cpu_nodes())

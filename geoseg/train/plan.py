@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from geoseg.data import limits, storage
 from geoseg.data.bands import select_bands
 from geoseg.data.classes import ClassScheme
-from geoseg.data.inputs import expand_inputs
+from geoseg.data.inputs import ItemSelection, expand_inputs
+from geoseg.data.masks import MaskSpec, mask_band
 from geoseg.data.raster import read_info
 from geoseg.data.stac import StackOptions
 from geoseg.errors import InputError
@@ -84,17 +85,25 @@ def plan_run(cfg: TrainConfig, scan=None) -> RunPlan:
     decimated reads."""
     storage.check_writable(cfg.out)
     run = RunFolder(cfg.out)
-    images = [_image_url(url, cfg, run) for url in cfg.images]
+    mask = cfg.mask_spec
+    images = [_image_url(url, cfg, run, mask) for url in cfg.images]
     first = read_info(images[0])
+    skip = mask_band(images[0], first.descriptions, mask) if mask.active else None  # read for the mask only
     if cfg.assets and not cfg.bands:  # stacked STAC assets: exactly the bands asked for, named as asked
-        bands, roles = list(range(1, first.count + 1)), list(cfg.assets)
+        bands, roles = [b for b in range(1, first.count + 1) if b != skip], list(cfg.assets)
     else:
         bands, roles = select_bands(images[0], first.descriptions, roles=cfg.band_roles, override=cfg.bands)
+        if skip in bands:
+            if cfg.bands:
+                raise InputError(f"--bands: band {skip} of {images[0]} is the --mask band {mask.band!r}, "
+                                 "not a model input")
+            keep = [i for i, b in enumerate(bands) if b != skip]
+            bands, roles = [bands[i] for i in keep], [roles[i] for i in keep] if roles else roles
     local_batch = cfg.local_batch
     limits.check_fits(limits.batch_bytes(local_batch, len(bands), cfg.chip_size, cfg.arch != "tinyfcn"),
                       f"--chip-size {cfg.chip_size} with a batch of {local_batch} per worker",
                       "use a smaller --chip-size or --batch-size")
-    pairs = open_pairs(images, derived_labels(cfg, images, run), bands, cfg.allow_no_crs)
+    pairs = open_pairs(images, derived_labels(cfg, images, run), bands, cfg.allow_no_crs, mask)
     plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
                          seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles,
                          label_hists=scan(pairs) if scan is not None else None)
@@ -126,9 +135,10 @@ def stack_options(cfg: TrainConfig) -> StackOptions:
                         {k.lower(): v for k, v in (cfg.resampling or {}).items()} or None)
 
 
-def _image_url(url: str, cfg: TrainConfig, run: RunFolder) -> str:
-    """A training image: a raster, or a STAC item whose band assets are stacked in a VRT under ``RUN_DIR/inputs``."""
-    urls = expand_inputs([url], None, stack_options(cfg), None, run.inputs)
+def _image_url(url: str, cfg: TrainConfig, run: RunFolder, mask: MaskSpec) -> str:
+    """A training image: a raster, or a STAC item whose band assets are stacked in a VRT under
+    ``RUN_DIR/inputs`` (with its ``--mask`` asset after them)."""
+    urls = expand_inputs([url], None, stack_options(cfg), None, run.inputs, select=ItemSelection(mask.reads))
     if len(urls) != 1:
         raise InputError(f"{url}: gives {len(urls)} images; pair each --image with one --label")
     return urls[0]
