@@ -126,7 +126,7 @@ def complete_scene(plan: ScenePlan, ctx: JobContext, timings: dict, placement: d
             "predicted": counts.get("done", 0) - previous.get("done", 0),
             "nodata_skipped": counts.get("nodata", 0) - previous.get("nodata", 0),
             # every valid pixel masked (--mask): written masked, without the model
-            "masked_skipped": counts.get("masked", 0) - previous.get("masked", 0),
+            **({"masked_skipped": counts.get("masked", 0) - previous.get("masked", 0)} if ctx.mask.active else {}),
             "resumed": sum(previous.values()),
             # unreadable input (--skip-bad-tiles): left nodata; each with its core window
             "bad": counts.get("bad", 0),
