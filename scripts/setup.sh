@@ -18,7 +18,7 @@ if [[ "$(cat .venv/.geoseg-stamp 2>/dev/null)" != "$stamp" ]]; then
   echo "setup: installing geoseg and its dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
-  .venv/bin/python -c 'import geoseg, ray, torch, rasterio, zarr, segmentation_models_pytorch, moto, onnxruntime, geopandas, pyogrio, rio_tiler' \
+  .venv/bin/python -c 'import geoseg, ray, torch, rasterio, zarr, segmentation_models_pytorch, moto, onnxruntime, geopandas, pyogrio, rio_tiler, ukis_csmask' \
     || { echo "setup: install failed" >&2; exit 1; }
   echo "$stamp" > .venv/.geoseg-stamp
 fi
