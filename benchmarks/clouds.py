@@ -86,10 +86,14 @@ def accuracy(map_url: str, labels_url: str, grid_from: str | None = None) -> tup
 
     with rasterio.open(labels_url) as src:
         truth = src.read(1)
-    if map_url.endswith(".zarr"):
+        lt = src.transform
+    if map_url.endswith(".zarr"):  # a mosaic on the labels' CRS and resolution: the labels' window of it
         import xarray as xr
 
-        pred = xr.open_zarr(map_url)["classes"].values
+        ds = xr.open_zarr(map_url)
+        x0 = int(round((lt.c - (float(ds.x[0]) - lt.a / 2)) / lt.a))
+        y0 = int(round((lt.f - (float(ds.y[0]) - lt.e / 2)) / lt.e))
+        pred = ds["classes"].values[y0 : y0 + truth.shape[0], x0 : x0 + truth.shape[1]]
     else:
         with rasterio.open(map_url) as src:
             pred = src.read(1)
@@ -128,7 +132,7 @@ def masking_costs(size: int = 2048) -> dict:
         t0 = time.perf_counter()
         net(x)
     unet = 8 * 512 * 512 / 1e6 / (time.perf_counter() - t0)
-    from geoseg.models.index import IndexPredictor
+    from geoseg.models.predictor import IndexPredictor
 
     index = IndexPredictor()
     t0 = time.perf_counter()
@@ -143,7 +147,7 @@ from geoseg.mosaic import Period
 from geoseg.mosaic.local import mosaic_here
 prefix, name, until = sys.argv[1:4]
 t0 = time.perf_counter()
-(rec,) = mosaic_here(prefix, "EPSG:32632:10", name=name, chunk=512, rule="mode", period=Period(None, until),
+(rec,) = mosaic_here(prefix, "utm:10", name=name, chunk=512, rule="mode", period=Period(None, until),
                      log=lambda *_: None, overwrite=True)
 print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "pixels": rec["shape"][0] * rec["shape"][1], "scenes": len(rec["scenes"]),
@@ -170,6 +174,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dates, clear, labels = write_series(tmp, a.dates, a.size)
         first = dates[: a.accuracy_dates]
+        import rasterio
+
+        with rasterio.open(labels) as src:
+            grid = f"EPSG:{src.crs.to_epsg()}:{abs(src.transform.a):g}"
         base = PredictOptions(model="index", tile_size=256, halo=16, probabilities=True)
         from dataclasses import replace
 
@@ -190,7 +198,7 @@ def main() -> None:
                                    (sub, "latest-clear", "--mask scl, --merge latest-clear"),
                                    (sub, "mode", "--mask scl, --merge mode"),
                                    (sub, "mean-probability", "--mask scl, --merge mean-probability")):
-            (rec,) = mosaic(prefix, "EPSG:32632:10", name=rule, chunk=512, rule=rule, **quiet)
+            (rec,) = mosaic(prefix, grid, name=rule, chunk=512, rule=rule, **quiet)
             acc, cov = accuracy(rec["zarr"], labels)
             print(f"   {what:<37}{acc:.4f}  ({cov:.3f})")
         costs = masking_costs()
