@@ -68,9 +68,6 @@ class MaskSpec:
         listed = ",".join(str(v) for v in self.values)
         return f"{self.band}:{'bits=' if self.kind == 'bits' else ''}{listed}"
 
-    def to_dict(self) -> dict:
-        return {"source": str(self), "kind": self.kind, "band": self.band, "values": list(self.values)}
-
     def decode(self, band: np.ndarray) -> np.ndarray:
         """Masked pixels (bool) of a mask band's values (any shape, any numeric dtype)."""
         data = np.asarray(band)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from geoseg.data.classes import NODATA
+from geoseg.data.tiling import Tile, TileGrid
 
 MASKED_SOFTMAX = -1.0  # a masked pixel in a stored softmax (--stitch hann); NaN is nodata
-from geoseg.data.tiling import Tile, TileGrid
 
 
 def crop_cores(pred: np.ndarray, crops: np.ndarray, core: int, fill=0) -> np.ndarray:

@@ -51,9 +51,11 @@ class Merge:
         clear = classes < self.k
         self.count += clear
         self.seen_masked |= classes == MASKED
-        if self.hits is not None:
-            for c in np.unique(classes[clear]):
-                self.hits[c] += classes == c
+        for c in np.unique(classes[clear]) if self.hits is not None else ():
+            seen = classes == c
+            self.hits[c] += seen
+            if self.last is not None:
+                self.last[c][seen] = order
         if self.psum is not None and proba is not None:
             self.psum += np.where(clear, proba, 0)
         rule = self.rule
@@ -69,9 +71,6 @@ class Merge:
             conf = np.where(classes == NODATA, 0, proba.max(axis=0)).astype(np.uint8)
             take = (classes != NODATA) & ((self.best == NODATA) | (conf >= self.conf))
             self.best[take], self.conf[take] = classes[take], conf[take]
-        elif rule == "mode":
-            for c in np.unique(classes[clear]):
-                self.last[c][classes == c] = order
 
     def result(self) -> np.ndarray:
         """The merged classes of the chunk."""

@@ -22,7 +22,7 @@ from geoseg.data import limits, output, storage
 from geoseg.data.bands import Selection, select_bands
 from geoseg.data.classes import ClassScheme
 from geoseg.data.inputs import ItemSelection, expand_inputs, searched_inputs
-from geoseg.data.masks import MaskSpec
+from geoseg.data.masks import MaskSpec, mask_band
 from geoseg.data.output import SceneOutput
 from geoseg.data.raster import RasterInfo, check_image, read_info
 from geoseg.data.stac import Stack
@@ -121,6 +121,10 @@ def context_of(opts: PredictOptions, ref: ModelRef, prefix: str) -> JobContext:
     """The context of a job of ``opts`` with the model ``ref`` (before its first scene is planned)."""
     options = {"precision": opts.precision, "compile": opts.compile, "tta": opts.tta} if ref.deep else {}
     reads, cloud_index = mask_bands(opts.mask, model_roles(ref))
+    if opts.mask.kind == "model":
+        from geoseg.models.cloud import package_dir
+
+        package_dir()  # the cloud model is installed, or one line says how to install it
     return JobContext(
         job=uuid.uuid4().hex, prefix=prefix, spec=ModelSpec(ref, options=options), classes=ref.classes,
         core=opts.tile_size, halo=opts.halo, batch_size=opts.batch_size, stitch=opts.stitch,
@@ -342,19 +346,18 @@ def plan_scene(src: SceneSource, ctx: JobContext, dtype: str | None = None) -> S
 
 def mask_band_numbers(url: str, info: RasterInfo, ctx: JobContext) -> tuple[int, ...]:
     """The band numbers of the bands a scene reads for its mask (a band named ``scl``, the cloud
-    model's blue, green, red, nir), found by name; one line naming the band where one is missing."""
+    model's blue, green, red, nir), found by name; one line naming the raster where one is missing."""
     from geoseg.data.bands import resolve_roles
 
     if not ctx.mask_reads:
         return ()
+    if ctx.mask.kind != "model":
+        return (mask_band(url, info.descriptions, ctx.mask),)
     try:
         found = resolve_roles(info.descriptions, None, url, needed=ctx.mask_reads)
     except InputError:
-        names = [d for d in info.descriptions]
-        missing = [b for b in ctx.mask_reads
-                   if not any(d and d.strip().lower() == b.lower() for d in names)][:1] or list(ctx.mask_reads[:1])
-        raise InputError(f"{url}: --mask {ctx.mask} reads a band {missing[0]!r}, which this raster does not name "
-                         f"(band descriptions {names})") from None
+        raise InputError(f"{url}: --mask {ctx.mask} reads {', '.join(ctx.mask_reads)}, which the band "
+                         f"descriptions {list(info.descriptions)} do not all name") from None
     return tuple(found[b] for b in ctx.mask_reads)
 
 
