@@ -242,12 +242,12 @@ def build_blocks(cache: ChipCache, blocks: list[tuple[int, int, int, int]], k: i
     Each block is read in strips of rows (flat memory for any block size) through the
     per-process :class:`geoseg.data.raster.TileReader`, so raster blocks shared by two split
     blocks are decoded once when neighbours are built by the same task."""
-    from geoseg.train.data import outside_values
+    from geoseg.train.data import outside_values, read_image
 
     written = 0
     for p, r0, c0, size in blocks:
         layout = cache.pairs[p]
-        image, labels = tile_reader(layout.image, list(layout.bands)), tile_reader(layout.label, [1])
+        labels = tile_reader(layout.label, [1])
         dtype = np.dtype(layout.dtype)
         row_bytes = layout.count * size * dtype.itemsize
         url = cache.block_url(p, r0, c0, size)
@@ -257,15 +257,14 @@ def build_blocks(cache: ChipCache, blocks: list[tuple[int, int, int, int]], k: i
             for y in range(0, size, strip):
                 h = min(strip, size - y)
                 win = Window(r0 + y, c0, h, size)
-                data, valid = image.read_window(win)
+                data, valid, hidden = read_image(layout.image, layout.bands, win, layout.mask_band, layout.mask)
                 lab = labels.read_window(win)[0][0]
                 if layout.label_nodata is not None:
                     lab = np.where(lab == layout.label_nodata, NODATA, lab)
                 lab = np.where(valid, lab, NODATA)
                 outside_values(layout.label, lab, k, where=f" (window rows {win.row_off}:{win.row_off + h}, "
                                                           f"cols {c0}:{c0 + size})")
-                if layout.mask_band is not None:
-                    hidden = layout.mask.decode(tile_reader(layout.image, [layout.mask_band]).read_window(win)[0][0])
+                if hidden is not None:
                     lab = np.where(hidden & (lab != NODATA), MASKED, lab)
                 f.seek(y * row_bytes)
                 f.write(np.ascontiguousarray(data.astype(dtype, copy=False).transpose(1, 0, 2)).data)

@@ -36,12 +36,17 @@ class Pair:
     mask_band: int | None = None  # the image's band holding its validity mask (--mask), or None
     mask: MaskSpec | None = None
 
-    def masked(self, window: Window) -> np.ndarray | None:
-        """The masked pixels of ``window`` (None: no mask)."""
-        if self.mask_band is None:
-            return None
-        data, _ = tile_reader(self.image.url, [self.mask_band]).read_window(window)
-        return self.mask.decode(data[0])
+
+
+def read_image(url: str, bands, window: Window, mask_band: int | None = None, mask: MaskSpec | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(image (C, h, w), valid (h, w), masked (h, w) or None)`` of ``window``: the mask band
+    (``--mask``) read in the same read as the image's bands, decoded."""
+    if mask_band is None:
+        image, valid = tile_reader(url, list(bands)).read_window(window)
+        return image, valid, None
+    data, valid = tile_reader(url, [*bands, mask_band], len(bands)).read_window(window)
+    return data[: len(bands)], valid, mask.decode(data[len(bands)])
 
 
 MAX_MASKED = 0.5  # a training chip with more of its labelled pixels masked is drawn again
@@ -310,8 +315,7 @@ def read_chip(pair: Pair, row: int, col: int, chip: int, k: int = NODATA) -> tup
     """``(image (C, chip, chip) in the reader's dtype, label (chip, chip) uint8)`` read from the
     rasters; nodata -> ignore. Label values ``>= k`` are refused here too."""
     win = Window(row, col, chip, chip)
-    reader = tile_reader(pair.image.url, pair.bands)
-    image, valid = reader.read_window(win)
+    image, valid, masked = read_image(pair.image.url, pair.bands, win, pair.mask_band, pair.mask)
     labels, _ = tile_reader(pair.label.url, [1]).read_window(win)
     labels = labels[0]
     lab_nodata = pair.label.nodata
@@ -319,7 +323,6 @@ def read_chip(pair: Pair, row: int, col: int, chip: int, k: int = NODATA) -> tup
         labels = np.where(labels == lab_nodata, NODATA, labels)
     labels = np.where(valid, labels, NODATA)  # no image, no label
     outside_values(pair.label.url, labels, k, where=f" (window rows {row}:{row + chip}, cols {col}:{col + chip})")
-    masked = pair.masked(win)
     if masked is not None:  # a labelled pixel masked: MASKED until the chip is drawn, then ignored
         labels = np.where(masked & (labels != NODATA), MASKED, labels)
     return image, labels.astype(np.uint8)
