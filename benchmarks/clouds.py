@@ -142,14 +142,16 @@ def masking_costs(size: int = 2048) -> dict:
 
 
 MOSAIC = """
-import json, resource, sys, time
+import json, sys, time
 from geoseg.mosaic import Period
 from geoseg.mosaic.local import mosaic_here
 prefix, name, until = sys.argv[1:4]
 t0 = time.perf_counter()
 (rec,) = mosaic_here(prefix, "utm:10", name=name, chunk=512, rule="mode", period=Period(None, until),
                      log=lambda *_: None, overwrite=True)
-print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM: this process's peak RSS (ru_maxrss would carry the parent's peak across fork and exec)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": hwm / 1024,
                   "pixels": rec["shape"][0] * rec["shape"][1], "scenes": len(rec["scenes"]),
                   "chunks_s": rec["timings_s"]["chunks"]}))
 """
