@@ -19,6 +19,12 @@ def test_confusion_and_scores_by_hand():
     assert s["miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
     assert s["dice"][1] == pytest.approx(2 * 2 / (2 * 2 + 1))
     assert s["precision"][0] == pytest.approx(0.5) and s["recall"][0] == pytest.approx(0.5)
+    # a fourth class never labelled but predicted on one pixel: IoU 0 in mIoU, left out of miou_labelled
+    pred4 = pred.copy()
+    pred4[0, 1] = 3
+    s4 = scores(confusion(truth, pred4, 4))
+    assert s4["iou"] == pytest.approx([1 / 3, 1.0, 0.0, 0.0]) and s4["miou"] == pytest.approx((1 / 3 + 1) / 4)
+    assert s4["miou_labelled"] == pytest.approx((1 / 3 + 1) / 3)
 
 
 @pytest.mark.parametrize("name", ["ce", "dice", "focal", "ce+dice"])

@@ -31,6 +31,10 @@ def scores(cm: np.ndarray) -> dict:
     """Per-class IoU, Dice/F1, precision, recall; mIoU, mean Dice, pixel accuracy.
 
     Classes absent from both truth and prediction get NaN and are left out of the means.
+    ``miou_labelled`` is the mean over the classes with labelled pixels only: a class absent
+    from the labels but predicted somewhere does not count as 0 there. It is the metric to
+    compare two models on one validation split (model selection, int8 against fp32), where a
+    few stray pixels of an unlabelled class would otherwise move the mean by 1/K.
     """
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
@@ -41,12 +45,14 @@ def scores(cm: np.ndarray) -> dict:
     precision = _div(tp, tp + fp)
     recall = _div(tp, tp + fn)
     total = cm.sum()
+    labelled = iou[cm.sum(1) > 0]
     return {
         "iou": iou.tolist(),
         "dice": dice.tolist(),
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "miou_labelled": float(labelled.mean()) if labelled.size else float("nan"),
         "mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
         "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
         "pixels": int(total),
@@ -64,7 +70,9 @@ def report(cm: np.ndarray, names: list[str] | tuple[str, ...]) -> dict:
     (labelled pixels), ``predicted`` (predicted pixels), ``absent`` (in neither the labels
     nor the prediction: its scores are ``None``, not 0, and it is left out of the means).
     A class only predicted has IoU 0 and no recall; one only labelled has IoU 0 and no
-    precision. ``miou`` / ``mean_dice`` / ``pixel_accuracy`` are ``None`` when no pixel counts.
+    precision. ``miou`` / ``mean_dice`` / ``pixel_accuracy`` are ``None`` when no pixel counts;
+    ``miou_labelled`` (the mean over labelled classes) and ``unlabelled`` (classes without a
+    labelled pixel) tell model selection what it may compare.
     """
     cm = np.asarray(cm, dtype=np.int64)
     if cm.shape != (len(names), len(names)):
@@ -81,11 +89,13 @@ def report(cm: np.ndarray, names: list[str] | tuple[str, ...]) -> dict:
         }
     return {
         "miou": _value(s["miou"]),
+        "miou_labelled": _value(s["miou_labelled"]),
         "mean_dice": _value(s["mean_dice"]),
         "pixel_accuracy": _value(s["pixel_accuracy"]),
         "pixels": s["pixels"],
         "classes": [str(n) for n in names],
         "absent": [str(n) for n in names if per_class[str(n)]["absent"]],
+        "unlabelled": [str(n) for n in names if per_class[str(n)]["support"] == 0],
         "per_class": per_class,
         "confusion": cm.tolist(),
     }
