@@ -49,6 +49,9 @@ def test_instance_scores_hand_counted():
     counts.add(p, r)
     s = scores(counts)
     assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 2) and s["f1"] == pytest.approx(0.4)
+    counts.predicted_features = 3  # the file holds a third polygon, too thin to cover a pixel centre
+    s = scores(counts)
+    assert (s["predicted"], s["fp"]) == (3, 2)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,30 @@ def fields(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("fields")
     return write_sample(str(d), size=320, seed=4, instances=True)
+
+
+def test_sample_instances_keep_background_apart_from_nodata(fields, tmp_path):
+    """0 is background (no parcel) and -1 nodata in the sample's instances.tif, so the target has
+    background wherever the swath holds no parcel; an instance raster declaring 0 as nodata is refused."""
+    from geoseg.data.raster import read_info
+    from geoseg.errors import InputError
+
+    with rasterio.open(fields["instances"]) as src:
+        ids, prof = src.read(1), src.profile
+    with rasterio.open(fields["scene"]) as src:
+        imaged = src.read_masks(1) > 0
+    assert prof["nodata"] == -1 and (ids == 0).any()
+    np.testing.assert_array_equal(ids == -1, ~imaged)
+    made = targets.from_instances(fields["instances"], read_info(fields["scene"]), str(tmp_path / "t.tif"))
+    with rasterio.open(made) as src:
+        t = src.read(1)
+    np.testing.assert_array_equal(t == 0, imaged & (ids == 0))  # background: imaged, no parcel
+    assert ((t == 1) | (t == 2)).sum() == (ids > 0).sum()
+    prof.update(nodata=0)
+    with rasterio.open(tmp_path / "zero-nodata.tif", "w", **prof) as dst:
+        dst.write(np.maximum(ids, 0), 1)
+    with pytest.raises(InputError, match=r"zero-nodata.tif: declares 0, the value of no instance"):
+        targets.from_instances(str(tmp_path / "zero-nodata.tif"), read_info(fields["scene"]), str(tmp_path / "z.tif"))
 
 
 def test_label_vectors_give_the_label_rasters_chips(fields, tmp_path):
@@ -147,3 +174,64 @@ def test_field_delineation_recipe_end_to_end(ray_local, fields, tmp_path):
     assert rec["vectors"]["classes"] == ["field"]
     rep = run_evaluation([str(tmp_path / "pred" / "scene.tif")], [made], instances=[fields["instances"]])
     assert rep["instances"]["reference"] == inst["reference"] and 0 <= rep["instances"]["tp"] <= inst["reference"]
+
+
+def _field_map() -> np.ndarray:
+    """A background / field / boundary map drawn by hand: two fields side by side (their rings
+    touching), a ring-shaped field around a small one in its hole, a field whose predicted boundary
+    is two pixels wide, and a lone speck of boundary far from every interior."""
+    m = np.zeros((60, 70), np.uint8)
+
+    def field(r0, c0, r1, c1, ring=1):
+        m[r0:r1, c0:c1] = 2
+        m[r0 + ring : r1 - ring, c0 + ring : c1 - ring] = 1
+
+    field(2, 2, 20, 18)
+    field(2, 18, 20, 40)  # shares its left ring with the first field's right ring
+    field(24, 2, 56, 40)  # the ring field: its interior with a hole ...
+    m[33:47, 13:29] = 2  # ... its inner ring ...
+    field(34, 14, 46, 28)  # ... around a field of its own
+    field(4, 44, 40, 66, ring=2)  # a predicted boundary two pixels wide (GROW)
+    m[50, 60] = 2  # a speck of boundary: nobody's
+    return m
+
+
+@pytest.mark.parametrize("chunk", [70, 16])
+def test_instances_are_disjoint_and_tile_the_fields(tmp_path, chunk):
+    """Each closed interior grows over the boundary pixels nearest to it: the polygons never overlap,
+    an instance in another's hole stays a hole of it, ``pixels`` and ``area_ha`` are the polygon's,
+    and chunk seams change nothing."""
+    import geopandas as gpd
+    import shapely
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    from geoseg.data.classes import INSTANCE_CLASSES
+    from geoseg.data.cog import CogWriter
+    from geoseg.vectorize import VectorizeOptions
+    from geoseg.vectorize.local import vectorize_here
+
+    m = _field_map()
+    transform = Affine(10, 0, 500000, 0, -10, 5000000)
+    url = str(tmp_path / "fields.tif")
+    with CogWriter(url, height=m.shape[0], width=m.shape[1], count=1, dtype="uint8", crs="EPSG:32633",
+                   transform=transform, nodata=255, tags=INSTANCE_CLASSES.to_tags()) as dst:
+        from geoseg.data.tiling import Window
+
+        dst.write(Window(0, 0, *m.shape), m)
+    (res,) = vectorize_here(url, VectorizeOptions(chunk=chunk), out=str(tmp_path / "v"), log=lambda *_: None)
+    f = gpd.read_parquet(res["files"]["parquet"])
+    assert len(f) == 5 and set(f.class_name) == {"field"}
+    assert f.area.sum() == pytest.approx(shapely.union_all(f.geometry.values).area)  # disjoint
+    np.testing.assert_allclose(f.pixels * 100.0, f.area)
+    np.testing.assert_allclose(f.area_ha * 1e4, f.area)
+    burnt = rasterize(((g, i + 1) for i, g in enumerate(f.geometry)), out_shape=m.shape, transform=transform)
+    covered = burnt > 0
+    speck = np.zeros(m.shape, bool)
+    speck[50, 60] = True
+    np.testing.assert_array_equal(covered, (m > 0) & ~speck)  # every field pixel but the speck, once
+    sizes = sorted(int((burnt == i + 1).sum()) for i in range(len(f)))
+    assert sizes == sorted([18 * 16, 18 * 22, 32 * 38 - 12 * 14, 12 * 14, 36 * 22])  # each field's own pixels
+    inner = f.geometry[np.argmin(f.pixels)]
+    ring = f.geometry[int(np.argmax([len(g.interiors) for g in f.geometry]))]
+    assert len(ring.interiors) == 1 and not ring.intersects(inner.buffer(-1))  # the inner field is its hole

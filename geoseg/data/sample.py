@@ -32,6 +32,7 @@ from geoseg.data.tiling import Window
 BAND_NAMES = ("blue", "green", "red", "nir")
 PIXEL_SIZE = 10.0
 CRS = "EPSG:32633"  # UTM zone 33N
+INSTANCE_NODATA = -1  # instances.tif outside the swath (0 is "no parcel": background)
 ORIGIN = (399960.0, 5900040.0)  # upper-left corner (x, y)
 
 # Surface reflectance x 10000 for (blue, green, red, nir), and the label of each material.
@@ -274,7 +275,9 @@ class SampleScene:
             return image, labels
         field = ~(np.broadcast_to(margin, shape) | forest | scrub | settled | road | (water_frac >= 0.5) | ~valid)
         ids = np.broadcast_to((prow + (1 << 14)) * (1 << 15) + (pcol + (1 << 14)) + 1, shape).astype(np.int64)
-        return image, labels, np.where(field, ids % (2**31 - 1), 0).astype(np.int32)
+        ids = np.where(field, ids % (2**31 - 1), 0).astype(np.int32)
+        ids[~valid] = INSTANCE_NODATA  # 0 is background: a value of its own, never nodata
+        return image, labels, ids
 
     def _footprint(self, R, C) -> np.ndarray:
         H, W, s = self.height, self.width, self.seed
@@ -302,7 +305,8 @@ def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024
                  instances: bool = False) -> dict[str, str]:
     """Write ``scene.tif`` and ``labels.tif`` COGs into ``outdir``; return their URLs.
 
-    ``instances``: also ``instances.tif``, the field parcels' instance ids (int32, 0: no parcel),
+    ``instances``: also ``instances.tif``, the field parcels' instance ids (int32, 0: no parcel,
+    ``INSTANCE_NODATA`` (-1) outside the swath),
     for the field-delineation recipe (``geoseg train --instances``); ``urls["instances"]``.
 
     ``stac``: also the scene as a Sentinel-2-like STAC item (``item.json``): one
@@ -345,7 +349,7 @@ def write_sample(outdir: str, size: int = 2048, seed: int = 0, block: int = 1024
                     url, height=size // factor, width=size // factor, count=1, dtype="uint16", nodata=0, crs=CRS,
                     transform=transform, descriptions=[name], resampling="AVERAGE"))
         inst_out = stack.enter_context(CogWriter(
-            storage.join(outdir, "instances.tif"), count=1, dtype="int32", nodata=0, tags=tags,
+            storage.join(outdir, "instances.tif"), count=1, dtype="int32", nodata=INSTANCE_NODATA, tags=tags,
             descriptions=["field parcel instance id"], resampling="NEAREST", **common)) if instances else None
         for window in iter_windows(size, size, block):
             image, labels, *ids = scene.render(window, instances)

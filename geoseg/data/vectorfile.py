@@ -80,6 +80,18 @@ class Features:
             frame = frame[frame.geometry.intersects(_box(bbox))]
         return frame
 
+    def count(self) -> int:
+        """How many features the file holds (from its metadata: nothing is read)."""
+        if _is_parquet(self.url):
+            import pyarrow.parquet as pq
+
+            fs, path = storage.filesystem(self.url)
+            with fs.open(path, "rb") as f:
+                return int(pq.read_metadata(f).num_rows)
+        import pyogrio
+
+        return int(pyogrio.read_info(self.url, force_feature_count=True)["features"])
+
     def in_window(self, affine, win, columns: list[str] | None = None):
         """The features over pixel window ``win`` of the grid of ``affine``, in the grid's CRS."""
         from rasterio.warp import transform_bounds

@@ -32,6 +32,7 @@ class InstanceCounts:
     pred: dict = field(default_factory=dict)
     ref: dict = field(default_factory=dict)
     pairs: dict = field(default_factory=dict)
+    predicted_features: int = 0  # polygons in the predicted file: one that covers no pixel centre is a false positive
 
     def add(self, p: np.ndarray, r: np.ndarray) -> None:
         for ids, into in ((p, self.pred), (r, self.ref)):
@@ -51,6 +52,7 @@ class InstanceCounts:
             mine = getattr(self, name)
             for k, v in getattr(other, name).items():
                 mine[k] = mine.get(k, 0) + v
+        self.predicted_features += other.predicted_features
         return self
 
 
@@ -62,12 +64,13 @@ def scores(c: InstanceCounts, iou: float = IOU) -> dict:
             matched_p.add(p)
             matched_r.add(r)
     tp = len(matched_p)
-    fp, fn = len(c.pred) - tp, len(c.ref) - tp
+    predicted = max(len(c.pred), c.predicted_features)
+    fp, fn = predicted - tp, len(c.ref) - tp
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
     f1 = 2 * precision * recall / (precision + recall) if precision and recall else (0.0 if tp == 0 and (fp or fn)
                                                                                      else None)
-    return {"iou_threshold": iou, "predicted": len(c.pred), "reference": len(c.ref), "tp": tp, "fp": fp, "fn": fn,
+    return {"iou_threshold": iou, "predicted": predicted, "reference": len(c.ref), "tp": tp, "fp": fp, "fn": fn,
             "precision": precision, "recall": recall, "f1": f1}
 
 
@@ -111,9 +114,11 @@ def score_instances(class_map: str, predicted: str, reference: str, iou: float =
     of ``class_map``."""
     from geoseg.data.classmap import open_class_map
 
+    from geoseg.data.vectorfile import Features
+
     grid = open_class_map(class_map).info
     pred, ref = _vector_reader(predicted, grid), reader_of(reference, grid)
-    counts = InstanceCounts()
+    counts = InstanceCounts(predicted_features=Features(predicted).count())
     for win in iter_windows(grid.height, grid.width, WINDOW):
         counts.add(pred(win), ref(win))
     return scores(counts, iou)

@@ -77,6 +77,10 @@ def from_instances(instances: str, image: RasterInfo, out: str, width: int = BOU
                           "band of integer instance ids, 0 for no instance)")
     if (info.height, info.width) != (image.height, image.width) or tuple(info.transform) != tuple(image.transform):
         raise RasterError(f"{instances} and {image.url} do not share a grid")
+    if info.nodata == 0:
+        raise InputError(f"{instances}: declares 0, the value of no instance (background), as nodata, so training "
+                         "would see no background; declare another nodata (gdal_edit.py -a_nodata -1 FILE) or "
+                         "none (gdal_edit.py -unsetnodata FILE); the image's nodata still marks what is not imaged")
     signature = _signature([instances, image.url], {"kind": "instances", "boundary": width})
     if _kept(out, signature):
         return out

@@ -18,7 +18,8 @@ from geoseg.data import storage
 from geoseg.data.classmap import scene_maps
 from geoseg.data.classes import NODATA, ClassScheme
 from geoseg.errors import InputError
-from geoseg.data.classes import BOUNDARY, INSTANCE_CLASSES
+from geoseg.data.classes import INSTANCE_CLASSES
+from geoseg.vectorize.instances import GROW
 from geoseg.vectorize.stages import CHUNK, Source
 
 FORMATS = ("parquet", "fgb")
@@ -69,7 +70,7 @@ def source_of(url: str, opts: VectorizeOptions, scene: str | None = None) -> Sou
     return Source(url, info.height, info.width, tuple(info.transform), info.crs, keep,
                   names or tuple(f"class_{i}" for i in range(max(keep, default=0) + 1)),
                   scene or storage.stem(url.rstrip("/").removesuffix(".zarr")), probabilities,
-                  grow=BOUNDARY if instances else 0)
+                  grow=GROW if instances else 0)
 
 
 def _chosen(asked, names: tuple[str, ...], url: str) -> tuple[int, ...]:

@@ -73,7 +73,7 @@ class Source:
     names: tuple[str, ...]  # every class's name, by number
     scene: str  # the scene's stem (attribute)
     probabilities: str | None = None  # the Zarr holding "probabilities" (class, y, x) uint8, or None
-    grow: int = 0  # instances: each polygon (a connected interior) grown back over its boundary, in px
+    grow: int = 0  # instances: steps each closed interior grows over the boundary (vectorize/instances.py)
 
     def tree(self, chunk: int) -> QuadTree:
         """The map's quad-tree of ``chunk``-square windows (the merge's order)."""
@@ -322,9 +322,11 @@ def _simplify_chain(line: np.ndarray, tol: float) -> np.ndarray:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, area_known: bool) -> int:
-    """Closed polygons to one GeoParquet part: simplified (``tolerance`` in CRS units), moved to the
-    CRS, with their attributes. Returns how many were written."""
+def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, area_known: bool,
+                    read=None) -> int:
+    """Closed polygons to one GeoParquet part: instances grown over their boundary
+    (:mod:`geoseg.vectorize.instances`, ``read`` the class map), simplified (``tolerance`` in CRS
+    units), moved to the CRS, with their attributes. Returns how many were written."""
     import geopandas as gpd
     import shapely
 
@@ -334,23 +336,19 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
     tol_px = tolerance / max(abs(a), 1e-12) if tolerance else 0.0
     geoms = shapely.from_wkb(np.asarray(piece.wkb, dtype=object))
     areas = np.asarray(piece.area_m2, np.float64)
-    if src.grow:  # instances: each interior grown back over its boundary pixels (mitred: square corners stay)
-        from geoseg.data.area import PixelArea
-
-        grown = shapely.buffer(geoms, src.grow, join_style="mitre")
-        pixel = PixelArea.of(src.crs, src.transform)
-        if pixel is not None:
-            rows = np.clip(shapely.get_y(shapely.centroid(grown)).astype(int), 0, src.height - 1)
-            areas = shapely.area(grown) * np.array([pixel.rows_m2(int(r), 1)[0] for r in rows])
-        geoms = grown
-        if tol_px > 0:  # instances touch but share no pixel edge of the class map: each simplified alone
-            geoms = shapely.simplify(geoms, tol_px, preserve_topology=True)
-    elif tol_px > 0:
-        geoms = np.asarray([simplify(g, j, src.width, tol_px) for g, j in zip(geoms, piece.junctions)], dtype=object)
-    geoms = shapely.transform(geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c,
-                                                                  d * xy[:, 0] + e * xy[:, 1] + f]))
     pixels = np.asarray(piece.pixels, np.int64)
     prob = np.asarray(piece.prob_sum) / np.maximum(pixels, 1) if src.probabilities else np.full(len(pixels), np.nan)
+    junctions = piece.junctions
+    if src.grow:  # instances: each interior grown over the boundary pixels nearest to it (disjoint)
+        from geoseg.vectorize.instances import grow
+
+        geoms, pixels, grown_m2, junctions = grow(list(geoms), src.grow, read, src.height, src.width, _area(src))
+        areas = grown_m2 if area_known else areas
+        geoms = np.asarray(geoms, dtype=object)
+    if tol_px > 0:
+        geoms = np.asarray([simplify(g, j, src.width, tol_px) for g, j in zip(geoms, junctions)], dtype=object)
+    geoms = shapely.transform(geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c,
+                                                                  d * xy[:, 0] + e * xy[:, 1] + f]))
     cls = np.asarray(piece.cls, np.int32)
     frame = gpd.GeoDataFrame({
         "class": cls,
@@ -401,7 +399,8 @@ def chunk_task(src: Source, gy: int, gx: int, chunk: int, parts: str, tolerance:
     win = src.tree(chunk).window(0, gy, gx)
     area = _area(src)
     closed, opened = polygonize_chunk(src, win, _reader(src), _prob_reader(src), area)
-    finish_polygons(src, closed, storage.join(parts, f"0-{gy}-{gx}.parquet"), tolerance, area is not None)
+    finish_polygons(src, closed, storage.join(parts, f"0-{gy}-{gx}.parquet"), tolerance, area is not None,
+                    _reader(src) if src.grow else None)
     return opened
 
 
@@ -411,5 +410,5 @@ def merge_task(src: Source, level: int, gy: int, gx: int, chunk: int, parts: str
     win = src.tree(chunk).window(level, gy, gx)
     closed, opened = merge_group(src, win, list(below))
     finish_polygons(src, closed, storage.join(parts, f"{level}-{gy}-{gx}.parquet"), tolerance,
-                           _area(src) is not None)
+                    _area(src) is not None, _reader(src) if src.grow else None)
     return opened
