@@ -87,3 +87,55 @@ def test_a_real_browser_shows_the_class_colours(served, tmp_path):
     share = {name: float((np.abs(pixels.astype(int) - c).sum(1) <= 6).mean())
              for name, c in zip(LANDCOVER.names, LANDCOVER.colors)}
     assert share["vegetation"] > 0.05 and share["bare_soil"] > 0.01, share  # the class map, drawn
+
+
+def test_a_fresh_server_serves_concurrent_first_requests(sample_dir, tmp_path):
+    """``geoseg view`` in a process of its own, its input without overviews: 16 tile requests at once,
+    the server's very first, all answered 200, and nothing of rio-tiler's on the console."""
+    import os
+    import re
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import morecantile
+    import rasterio
+
+    from geoseg.predict import PredictOptions, predict
+
+    with rasterio.open(sample_dir / "scene.tif") as src:  # a plain tiled GeoTIFF: no overviews
+        prof, data, names = src.profile, src.read(), src.descriptions
+    prof.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(tmp_path / "plain.tif", "w", **prof) as dst:
+        dst.write(data)
+        dst.descriptions = names
+    out = tmp_path / "out"
+    predict([str(tmp_path / "plain.tif")], str(out), PredictOptions(model="index", tile_size=320, halo=16),
+            log=lambda *_: None)
+    proc = subprocess.Popen([sys.executable, "-m", "geoseg", "view", str(out), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        base = re.search(r"(http://127\.0\.0\.1:\d+)/", line).group(1)
+        with rasterio.open(tmp_path / "plain.tif") as src:
+            from rasterio.warp import transform_bounds
+
+            w, s, e, n = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+        tms = morecantile.tms.get("WebMercatorQuad")
+        tiles = list(tms.tiles(w, s, e, n, [14]))[:8]
+        urls = [f"{base}/tiles/{layer}/plain/{t.z}/{t.x}/{t.y}.png" for t in tiles for layer in ("classes", "input")]
+        assert len(urls) == 16
+
+        def get(url):
+            try:
+                return _get(url)[0]
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(get, urls))
+        assert codes == [200] * 16
+    finally:
+        proc.terminate()
+        console = proc.communicate(timeout=30)[0]
+    assert "Warning" not in console and "rio_tiler" not in console, console

@@ -20,6 +20,8 @@ import json
 import mimetypes
 import os
 import threading
+import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -57,6 +59,7 @@ class MapSource:
         from geoseg.data.classes import ClassScheme
 
         self.scheme = ClassScheme.from_tags(info.tags)
+        self.readers = Readers()
 
     def summary(self) -> dict:
         from rasterio.warp import transform_bounds
@@ -79,6 +82,62 @@ class MapSource:
         classes = [{"name": n, "color": "#%02x%02x%02x" % tuple(c), "area_ha": totals.get(n)}
                    for n, c in zip(self.scheme.names, self.scheme.colors)] if self.scheme else []
         return {"scenes": scenes, "classes": classes}
+
+
+def load() -> None:
+    """Import what a tile request uses, once, before the server takes requests: an import that
+    several request threads run at once can see a module half made (rio-tiler's ``io``). Also keeps
+    rio-tiler's warnings (a COG without overviews: one per tile) out of the console."""
+    import morecantile  # noqa: F401
+    import rio_tiler.errors
+    import rio_tiler.io  # noqa: F401
+    import rio_tiler.models  # noqa: F401
+    import rio_tiler.utils  # noqa: F401
+
+    from geoseg.view import lazy  # noqa: F401 - Zarr class maps
+
+    warnings.filterwarnings("ignore", category=rio_tiler.errors.NoOverviewWarning)
+    warnings.filterwarnings("ignore", module=r"rio_tiler(\..*)?$")
+
+
+class Readers:
+    """Open rio-tiler readers by URL, each lent to one request at a time (a dataset is not safe
+    across threads) and kept open for the next: a pool that grows to the number of requests a
+    URL serves at once."""
+
+    def __init__(self):
+        self._free: dict[str, list] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lend(self, url: str):
+        with self._lock:
+            free = self._free.setdefault(url, [])
+            reader = free.pop() if free else None
+        if reader is None:
+            reader = _reader(url)
+        from rio_tiler.errors import TileOutsideBounds
+
+        keep = False
+        try:
+            yield reader
+            keep = True
+        except TileOutsideBounds:
+            keep = True  # a tile outside the map leaves the reader as it was; any other error drops it
+            raise
+        finally:
+            if keep:
+                with self._lock:
+                    free.append(reader)
+            else:
+                getattr(reader, "close", lambda: None)()
+
+    def close(self) -> None:
+        with self._lock:
+            for free in self._free.values():
+                for reader in free:
+                    getattr(reader, "close", lambda: None)()
+            self._free.clear()
 
 
 def _reader(url: str):
@@ -133,7 +192,7 @@ def tile(source: MapSource, layer: str, scene: str, z: int, x: int, y: int) -> b
         raise KeyError(scene)
     url = s[layer]
     try:
-        with storage.gdal_env(), _reader(url) as src:
+        with storage.gdal_env(), source.readers.lend(url) as src:
             if layer == "classes":
                 img = src.tile(x, y, z, resampling_method="nearest", **({} if url.endswith(".zarr") else
                                                                         {"indexes": 1}))
@@ -191,6 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
 def serve(target: str, host: str = "127.0.0.1", port: int = 8765, background: bool = False, log=print):
     """Serve ``target``'s map at ``http://host:port/``; until Ctrl-C, or with ``background`` on a thread
     (returns the server: ``server.shutdown()`` stops it)."""
+    load()
     source = MapSource(target)
     handler = type("Handler", (_Handler,), {"source": source})
     try:
