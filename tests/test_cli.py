@@ -28,6 +28,14 @@ def run(*args, cwd=None):
         (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--bands", "1,2,3"], 1,
          "3 bands given, but the model reads 4"),
         (["evaluate", "{labels}", "{tmp}/small.tif"], 1, "are not on the same grid"),
+        (["evaluate", "{labels}", "{tmp}/outside.tif"], 1, "outside.tif: class value(s) [9] outside the 4 classes"),
+        (["train", "--image", "{scene}", "--label", "{tmp}/missing.tif", "--out", "{tmp}/r"], 1, "missing.tif: not found"),
+        (["mosaic", "{tmp}/nojob", "--grid", "EPSG:6933:10"], 1, "nojob"),
+        (["vectorize", "{tmp}/missing.tif"], 1, "missing.tif: not found"),
+        (["export", "{tmp}/norun", "--format", "onnx"], 1, "norun: not found"),
+        (["quantize", "{tmp}/norun"], 1, "norun: not found"),
+        (["view", "{tmp}/missing"], 1, "missing: not found"),
+        (["quicklook", "{tmp}/missing.tif"], 1, "missing.tif: not found"),
     ],
 )
 def test_user_errors_are_one_line(args, code, needle, sample_dir, tmp_path):
@@ -41,6 +49,13 @@ def test_user_errors_are_one_line(args, code, needle, sample_dir, tmp_path):
         crs="EPSG:4326", transform=Affine(1, 0, 0, 0, -1, 0),
     ) as dst:
         dst.write(__import__("numpy").zeros((1, 8, 8), "uint8"))
+    with rasterio.open(sample_dir / "labels.tif") as src:  # a label value no class has
+        prof, labels, tags = src.profile, src.read(1), src.tags()
+    labels[10:20, 10:20] = 9
+    prof.update(driver="GTiff")
+    with rasterio.open(tmp_path / "outside.tif", "w", **prof) as dst:
+        dst.write(labels, 1)
+        dst.update_tags(**tags)
     args = [a.format(tmp=tmp_path, scene=sample_dir / "scene.tif", labels=sample_dir / "labels.tif") for a in args]
     res = run(*args)
     assert res.returncode == code, res.stderr

@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 
@@ -23,6 +24,7 @@ from geoseg.data import storage
 from geoseg.execution import runtime
 from geoseg.cli.args import Sub
 from geoseg.console import filtered_stderr
+from geoseg import errors
 from geoseg.errors import GeosegError, StorageError, one_line
 
 COMMANDS = ("sample", "predict", "mosaic", "vectorize", "train", "export", "quantize", "evaluate", "view",
@@ -38,11 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# a geoseg error as a worker's traceback names it (Ray Data wraps a UDF's error in its own, and
+# the worker's exception reaches the driver only as that traceback's text)
+_REMOTE = re.compile(r"^geoseg\.errors\.(\w+): (.+)$", re.M)
+
+
 def _user_error(exc: BaseException) -> GeosegError | None:
     """The GeosegError behind an exception, also when Ray wrapped it in a task error."""
-    seen = set()
+    seen, texts = set(), []
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        texts.append(str(exc))
         cause = getattr(exc, "cause", None)  # a Ray task error: the worker's own exception
         if isinstance(cause, BaseException):
             exc = cause
@@ -50,6 +58,12 @@ def _user_error(exc: BaseException) -> GeosegError | None:
         if isinstance(exc, GeosegError):
             return exc
         exc = exc.__cause__ or exc.__context__
+    for text in texts:
+        found = _REMOTE.findall(text)
+        if found:
+            name, message = found[0]
+            kind = getattr(errors, name, GeosegError)
+            return kind(message) if isinstance(kind, type) and issubclass(kind, GeosegError) else GeosegError(message)
     return None
 
 
