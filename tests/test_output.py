@@ -31,3 +31,38 @@ def test_shards_spanning_several_tiles_are_refused(tmp_path):
     root.create_array("classes", shape=(300, 200), chunks=(64, 64), shards=(128, 128), dtype="uint8")
     with pytest.raises(GeosegError, match=r"shards \(128, 128\) do not match the 64x64 tiles"):
         check_alignment(out, TileGrid(300, 200, core=64, halo=8))
+
+
+def test_a_prefix_made_with_relative_paths_works_from_any_folder(ray_local, sample_dir, tmp_path, monkeypatch):
+    """``cd D && geoseg predict in/scene.tif --out out``; then, from another folder, vectorize, mosaic
+    and view ``D/out``: every path the records keep is absolute."""
+    import json
+    import os
+    import shutil
+
+    from geoseg.cli import main
+    from geoseg.view.server import MapSource, load, tile
+
+    d, elsewhere = tmp_path / "d", tmp_path / "elsewhere"
+    (d / "in").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(sample_dir / "scene.tif", d / "in" / "scene.tif")
+    monkeypatch.chdir(d)
+    assert main(["predict", "in/scene.tif", "--out", "out", "--model", "index", "--tile-size", "320"]) == 0
+    rec = json.loads((d / "out" / "scene.json").read_text())
+    paths = [rec["input"], *(v for v in rec["outputs"].values() if isinstance(v, str))]
+    assert paths and all(os.path.isabs(p) for p in paths), paths
+    job = json.loads((d / "out" / "_job.json").read_text())
+    assert all(os.path.isabs(s["record"]) and os.path.isabs(s["input"]) for s in job["scenes"])
+    monkeypatch.chdir(elsewhere)
+    assert main(["vectorize", "../d/out"]) == 0
+    assert (d / "out" / "scene.vectors.parquet").exists()
+    assert main(["mosaic", str(d / "out"), "--grid", "EPSG:32633:20", "--out", "mosaic"]) == 0
+    assert any(n.endswith(".zarr") for n in os.listdir(elsewhere / "mosaic"))
+    load()
+    source = MapSource("../d/out")
+    import morecantile
+
+    (s, w), (n, e) = source.summary()["scenes"][0]["bounds"]
+    t = morecantile.tms.get("WebMercatorQuad").tile((w + e) / 2, (s + n) / 2, 13)
+    assert tile(source, "input", "scene", t.z, t.x, t.y)[:4] == b"\x89PNG"

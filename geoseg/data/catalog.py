@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 
 from geoseg.version import __version__
 from geoseg.data import storage
@@ -28,10 +27,6 @@ EXTENSIONS = [
     "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
     "https://stac-extensions.github.io/mlm/v1.4.0/schema.json",
 ]
-
-
-def _abs(url: str) -> str:
-    return url if storage.is_remote(url) else os.path.abspath(storage.local_path(url))
 
 
 def item_url(prefix: str, stem: str) -> str:
@@ -103,7 +98,7 @@ def scene_item(stem: str, outputs: dict, info: RasterInfo, classes: ClassScheme,
     raster_band = {"data_type": "uint8", "nodata": NODATA, "spatial_resolution": abs(info.transform[0])}
     links = []
     if input_item:
-        links.append({"rel": "derived_from", "href": _abs(input_item["href"]), "type": "application/geo+json",
+        links.append({"rel": "derived_from", "href": storage.absolute(input_item["href"]), "type": "application/geo+json",
                       "title": f"input item {input_item.get('id')}"})
     return {
         "type": "Feature",
@@ -115,12 +110,12 @@ def scene_item(stem: str, outputs: dict, info: RasterInfo, classes: ClassScheme,
         "properties": props,
         "links": links,
         "assets": {
-            "classes": {"href": _abs(outputs["cog"]), "title": "class map (COG)",
+            "classes": {"href": storage.absolute(outputs["cog"]), "title": "class map (COG)",
                         "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"],
                         "raster:bands": [raster_band], "classification:classes": _classes(classes)},
-            "zarr": {"href": _abs(outputs["zarr"]), "title": "class map (Zarr v3; classes, spatial_ref)",
+            "zarr": {"href": storage.absolute(outputs["zarr"]), "title": "class map (Zarr v3; classes, spatial_ref)",
                      "type": "application/vnd+zarr", "roles": ["data"]},
-            "record": {"href": _abs(outputs["record"]), "title": "geoseg run record",
+            "record": {"href": storage.absolute(outputs["record"]), "title": "geoseg run record",
                        "type": "application/json", "roles": ["metadata"]},
             **quicklook_assets(outputs),
         },
@@ -132,14 +127,14 @@ def quicklook_assets(outputs: dict) -> dict:
     titles = {"quicklook": ("input and classes side by side", ["overview"]),
               "quicklook_rgb": ("input in true colour", ["overview"]),
               "quicklook_classes": ("class map with legend", ["overview", "visual"])}
-    return {key: {"href": _abs(outputs[key]), "title": title, "type": "image/png", "roles": roles}
+    return {key: {"href": storage.absolute(outputs[key]), "title": title, "type": "image/png", "roles": roles}
             for key, (title, roles) in titles.items() if outputs.get(key)}
 
 
 def write_item(prefix: str, stem: str, item: dict) -> str:
     url = item_url(prefix, stem)
     doc = dict(item)
-    doc["links"] = [*item["links"], {"rel": "self", "href": _abs(url), "type": "application/geo+json"}]
+    doc["links"] = [*item["links"], {"rel": "self", "href": storage.absolute(url), "type": "application/geo+json"}]
     storage.write_text(url, json.dumps(doc, indent=2, default=str))
     return url
 
@@ -156,10 +151,10 @@ def update_catalog(prefix: str, item_urls: list[str]) -> str:
                    "description": "Class maps made by geoseg predict", "links": []}
     known = {ln.get("href") for ln in catalog["links"] if ln.get("rel") == "item"}
     for item in item_urls:
-        if _abs(item) not in known:
-            catalog["links"].append({"rel": "item", "href": _abs(item), "type": "application/geo+json"})
+        if storage.absolute(item) not in known:
+            catalog["links"].append({"rel": "item", "href": storage.absolute(item), "type": "application/geo+json"})
     catalog["links"] = [ln for ln in catalog["links"] if ln.get("rel") not in ("self", "root")] + [
-        {"rel": "root", "href": _abs(url), "type": "application/json"},
-        {"rel": "self", "href": _abs(url), "type": "application/json"}]
+        {"rel": "root", "href": storage.absolute(url), "type": "application/json"},
+        {"rel": "self", "href": storage.absolute(url), "type": "application/json"}]
     storage.write_text(url, json.dumps(catalog, indent=2))
     return url

@@ -29,7 +29,7 @@ def expand_glob(pattern: str) -> list[str]:
         proto = pattern.split("://", 1)[0]
         found = [f"{proto}://{p}" for p in sorted(fs.glob(pattern.split("://", 1)[1]))]
     else:
-        found = sorted(glob.glob(pattern))
+        found = [storage.absolute(p) for p in sorted(glob.glob(pattern))]
     if not found:
         raise InputError(f"{pattern}: no files match")
     return found
@@ -157,7 +157,7 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
                 raise InputError(f"{item}: not a STAC Item or ItemCollection")
             urls.extend(_stac_assets(doc, item, asset, stack, default_assets, folder, defer, select))
         else:
-            urls.append(item)
+            urls.append(storage.absolute(item))  # a local path reads the same on every worker, from any folder
     seen: set = set()
     unique = [u for u in urls if not (_key(u) in seen or seen.add(_key(u)))]
     if not unique:

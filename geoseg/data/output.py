@@ -45,6 +45,9 @@ class SceneOutput:
     stem: str
     job: str = ""  # id of the job writing it: worker-side caches never outlive a job
 
+    def __post_init__(self) -> None:  # a worker in another folder writes to the same place
+        object.__setattr__(self, "prefix", storage.absolute(self.prefix))
+
     @property
     def zarr(self) -> str:
         return storage.join(self.prefix, f"{self.stem}.zarr")
@@ -435,7 +438,7 @@ def scene_record(
     """The run record of one finished scene: what was read, made, how and how fast."""
     return {
         "status": "complete",
-        "input": url,
+        "input": storage.absolute(url),
         **({"stac_item": item_of(info.tags)} if item_of(info.tags) else {}),  # the item a stacked VRT came from
         "acquired": acquired(info),  # when the scene was taken, where known (a mosaic's "latest")
         "outputs": {"zarr": out.zarr, "cog": out.cog, "record": out.record, **(quicklooks or {})},

@@ -39,17 +39,8 @@ GDAL_OPTIONS: dict[str, Any] = {
 
 # Environment variables forwarded to Ray workers so they reach the same store.
 FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_PROFILE",
-    "AWS_S3_ENDPOINT",
-    "AWS_HTTPS",
-    "AWS_VIRTUAL_HOSTING",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING",
     "AWS_NO_SIGN_REQUEST",
 )
 
@@ -66,12 +57,18 @@ def local_path(url: str) -> str:
     return urlparse(url).path if url.startswith("file://") else url
 
 
+def absolute(url: str) -> str:
+    """A URL as it reads from any folder: a local path made absolute, a remote URL as it is."""
+    return str(url) if is_remote(url) else os.path.abspath(local_path(url))
+
+
 def join(base: str, *parts: str) -> str:
-    """Join path parts onto a path or URL."""
+    """Join path parts onto a path or URL (a local path made absolute: what is derived from it, and
+    stored in records, reads the same from any folder)."""
     base = str(base)
     if is_remote(base):
         return posixpath.join(base.rstrip("/") + "/", *parts)
-    return os.path.join(local_path(base), *parts)
+    return os.path.join(absolute(base), *parts)
 
 
 def stem(url: str) -> str:
@@ -103,7 +100,7 @@ def arrow_filesystem(url: str):
     GDAL and fsspec; local paths are made absolute; other URLs are left to Arrow."""
     url = str(url)
     if not is_remote(url):
-        return os.path.abspath(local_path(url)), None
+        return absolute(url), None
     scheme, rest = url.split("://", 1)
     if scheme not in ("s3", "s3a"):
         return url, None
@@ -142,7 +139,7 @@ def filesystem(url: str):
 
     url = str(url)
     if not is_remote(url):
-        return fsspec.filesystem("file"), os.path.abspath(local_path(url))
+        return fsspec.filesystem("file"), absolute(url)
     fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
     return fs, path
 

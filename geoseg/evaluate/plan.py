@@ -51,6 +51,8 @@ class _Prediction:
 
 def find_pairs(predictions: list[str], labels: list[str] | None = None, label_asset: str = "labels") -> list[Pair]:
     """The pairs to score, in the order given, each with a unique name."""
+    predictions = [storage.absolute(p) for p in predictions]  # the same files on every worker, from any folder
+    labels = [storage.absolute(u) for u in labels] if labels else labels
     found = [p for arg in predictions for p in _predictions(arg, label_asset)]
     if not found:
         raise InputError("no predictions given")

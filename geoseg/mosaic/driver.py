@@ -45,7 +45,8 @@ def drive(prefix: str, grid: str, start, out: str | None = None, name: str = "mo
     the chunk it stopped at."""
     t0 = time.perf_counter()
     mgrid = parse_grid(grid)
-    out = out or prefix
+    prefix = storage.absolute(prefix)  # records and workers: the same place from any folder
+    out = storage.absolute(out or prefix)
     urls, basis = scene_records(prefix)
     storage.check_writable(out)
     tasks, cpus = start()

@@ -231,19 +231,19 @@ def finish(plan: MosaicPlan, classes: ClassScheme, timings: dict, extra: dict | 
 
 def write_collection(prefix: str, name: str, records: list[dict], classes: ClassScheme) -> str:
     """``PREFIX/<name>.collection.json``: a STAC Collection of the mosaic, one Zarr asset per store."""
-    from geoseg.data.catalog import _abs, _classes
+    from geoseg.data.catalog import _classes
 
     boxes = np.asarray([r["bbox_4326"] for r in records])
     times = sorted(t for r in records if r["interval"] for t in r["interval"])
     assets = {}
     for r in records:
         key = storage.stem(r["zarr"])
-        assets[key] = {"href": _abs(r["zarr"]), "type": "application/vnd+zarr", "roles": ["data"],
+        assets[key] = {"href": storage.absolute(r["zarr"]), "type": "application/vnd+zarr", "roles": ["data"],
                        "title": f"class map on {r['crs']} ({r['merge']['rule']} merge)",
                        "proj:code": r["crs"] if r["crs"].startswith(("EPSG:", "ESRI:")) else None,
                        "proj:shape": r["shape"], "proj:transform": r["transform"][:6],
                        "classification:classes": _classes(classes)}
-        assets[f"{key}-record"] = {"href": _abs(storage.join(prefix, f"{key}.json")), "type": "application/json",
+        assets[f"{key}-record"] = {"href": storage.absolute(storage.join(prefix, f"{key}.json")), "type": "application/json",
                                    "roles": ["metadata"]}
     url = storage.join(prefix, f"{name}.collection.json")
     doc = {
@@ -257,8 +257,8 @@ def write_collection(prefix: str, name: str, records: list[dict], classes: Class
                    "temporal": {"interval": [[times[0], times[-1]] if times else [None, None]]}},
         "summaries": {"classification:classes": _classes(classes)},
         "assets": assets,
-        "links": [{"rel": "self", "href": _abs(url), "type": "application/json"},
-                  *[{"rel": "derived_from", "href": _abs(storage.join(prefix, f"{s['stem']}.item.json")),
+        "links": [{"rel": "self", "href": storage.absolute(url), "type": "application/json"},
+                  *[{"rel": "derived_from", "href": storage.absolute(storage.join(prefix, f"{s['stem']}.item.json")),
                      "type": "application/geo+json"} for r in records for s in r["scenes"][:1000]]],
     }
     storage.write_text(url, json.dumps(doc, indent=1))

@@ -321,7 +321,7 @@ class SceneTracker:
         scenes = []
         for src in self.job.sources:
             status = "done" if src.index in self.job.done else self.status.get(src.index, "unfinished")
-            entry = {"stem": src.stem, "input": src.url, "status": status,
+            entry = {"stem": src.stem, "input": storage.absolute(src.url), "status": status,
                      "record": self.job.output(src.stem).record}
             if not isinstance(src.source, str):  # an item's bands, stacked
                 entry["stac_item"] = {"href": src.source.source, "id": src.stem}

@@ -228,6 +228,7 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions, log=print) ->
     ref = resolve(opts.model, opts.checkpoint)
     if ref.meta is not None:
         _check_stride(opts, ref.meta.model)
+    prefix = storage.absolute(prefix)  # records and workers: the same place from any folder
     storage.check_writable(prefix)
     # STAC items with one asset per band: the bands asked for, else the model's own; then the mask's
     ctx = context_of(opts, ref, prefix)

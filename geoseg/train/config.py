@@ -75,6 +75,15 @@ class TrainConfig:
         def bad(msg):
             raise InputError(msg)
 
+        # local paths made absolute: Ray Train's workers and the run record read them from any folder
+        for name in ("images", "labels"):
+            if isinstance(getattr(self, name), (list, tuple)):
+                object.__setattr__(self, name, [storage.absolute(u) if isinstance(u, str) else u
+                                                for u in getattr(self, name)])
+        for name in ("out", "label_vectors"):
+            if isinstance(getattr(self, name), str) and getattr(self, name):
+                object.__setattr__(self, name, storage.absolute(getattr(self, name)))
+
         for f in dataclasses.fields(self):  # numbers must be numbers (a YAML file can hold anything)
             v = getattr(self, f.name)
             if isinstance(f.default, (int, float)) and not isinstance(f.default, bool) or f.name in NUMBERS:

@@ -95,6 +95,8 @@ def plan_sources(target: str, opts: VectorizeOptions, out: str | None = None,
     yet) or one class map (``out``: the files' base name, default beside it)."""
     from geoseg.data.classmap import is_zarr
 
+    target = storage.absolute(target)  # records and workers: the same place from any folder
+    out = storage.absolute(out) if out else None
     if not is_zarr(target) and storage.isdir(target):
         maps = scene_maps(target)
         if missing_only:
