@@ -211,3 +211,45 @@ def test_mosaic_without_ray_is_the_same_driver_loop_and_the_same_store(ray_local
         b = xr.open_zarr(prefix / "here.zarr", group=group)["classes"].values
         np.testing.assert_array_equal(a, b)
     assert (prefix / "here.json").exists() and (prefix / "here.collection.json").exists()
+
+
+def _core_validator(kind: str):
+    """A jsonschema validator of STAC 1.1.0's core ``item``, ``collection`` or ``catalog`` schema, from
+    the copies pystac ships (no network)."""
+    from jsonschema import Draft7Validator
+    from pystac.validation.local_validator import get_local_schema_cache
+    from referencing import Registry, Resource
+
+    cache = get_local_schema_cache()
+    registry = Registry().with_resources((uri, Resource.from_contents(doc)) for uri, doc in cache.items())
+    uri = next(u for u in cache if u.endswith(f"/{kind}-spec/json-schema/{kind}.json"))
+    return Draft7Validator(cache[uri], registry=registry)
+
+
+def test_stac_outputs_validate_and_items_carry_acquisition_times(ray_local, zone_scenes, tmp_path):
+    """Items, the catalog and the mosaic's collection validate against the core schemas; an item's
+    ``datetime`` is the scene's acquisition time (its TIFF datetime, taken as UTC) where it has one,
+    the processing time apart (``created``)."""
+    import json
+
+    from geoseg.mosaic.job import mosaic
+    from geoseg.vectorize import VectorizeOptions, vectorize
+
+    prefix = tmp_path / "o"
+    predict([str(zone_scenes / n) for n in ("a32.tif", "c32.tif")], str(prefix),
+            PredictOptions(model="index", tile_size=128, halo=16), log=lambda *_: None)
+    mosaic(str(prefix), "EPSG:4326:0.0002", chunk=256, log=lambda *_: None)
+    vectorize(str(prefix / "a32.zarr"), VectorizeOptions(), out=str(prefix / "a32"), log=lambda *_: None)
+    docs = {"item": [prefix / "a32.item.json", prefix / "c32.item.json"], "catalog": [prefix / "catalog.json"],
+            "collection": [prefix / "mosaic.collection.json"]}
+    for kind, paths in docs.items():
+        validator = _core_validator(kind)
+        for path in paths:
+            errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(json.loads(path.read_text()))]
+            assert not errors, (path.name, errors[:3])
+    a32, c32 = (json.loads((prefix / f"{n}.item.json").read_text())["properties"] for n in ("a32", "c32"))
+    assert a32["datetime"] == "2025-06-01T10:00:00Z" and a32["created"].endswith("Z") and a32["created"] != a32["datetime"]
+    assert c32["datetime"] == c32["created"]  # no acquisition time known: the processing time, and it says so
+    assert "processing time" in c32["geoseg:datetime_is"]
+    interval = json.loads((prefix / "mosaic.collection.json").read_text())["extent"]["temporal"]["interval"]
+    assert interval == [["2025-06-01T10:00:00Z", "2025-06-01T10:00:00Z"]]

@@ -29,6 +29,19 @@ EXTENSIONS = [
 ]
 
 
+def utc_time(when: str | None) -> str | None:
+    """An ISO 8601 time as STAC wants it (RFC 3339 in UTC, ``Z``): one without a zone (a TIFF's
+    ``DATETIME``) taken as UTC, one with another zone converted; None where it does not parse."""
+    if not when:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(str(when).strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    t = t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    return t.isoformat().replace("+00:00", "Z")
+
+
 def item_url(prefix: str, stem: str) -> str:
     return storage.join(prefix, f"{stem}.item.json")
 
@@ -74,13 +87,17 @@ def scene_item(stem: str, outputs: dict, info: RasterInfo, classes: ClassScheme,
                model: dict, input_item: dict | None) -> dict:
     """The STAC Item of one scene's outputs (``outputs``: URLs of cog, zarr and record)."""
     bbox, geometry = _footprint(info)
-    when = (input_item or {}).get("datetime") or record.get("finished") or dt.datetime.now(dt.timezone.utc).isoformat()
+    made = utc_time(record.get("finished")) or utc_time(dt.datetime.now(dt.timezone.utc).isoformat())
+    # when the scene was taken (its input item, else the raster's own time); the processing time apart
+    when = utc_time((input_item or {}).get("datetime")) or utc_time(record.get("acquired"))
     props = {
-        "datetime": when,
+        "datetime": when or made,
+        **({} if when else {"geoseg:datetime_is": "processing time: the input carries no acquisition time"}),
+        "created": made,
         **_proj(info),
         "classification:classes": _classes(classes),
         "processing:software": {"geoseg": __version__},
-        "processing:datetime": record.get("finished"),
+        "processing:datetime": made,
         "processing:lineage": f"geoseg predict with model {model.get('name')}"
                               + (f" ({model.get('checkpoint')})" if model.get("checkpoint") else ""),
         "mlm:name": model.get("checkpoint") or model.get("name"),

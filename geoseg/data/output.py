@@ -462,18 +462,18 @@ def scene_record(
 
 
 def acquired(info: RasterInfo) -> str | None:
-    """The scene's acquisition time (ISO 8601): its STAC item's datetime, else the raster's
-    ``TIFFTAG_DATETIME``, else None."""
+    """The scene's acquisition time (RFC 3339, UTC): its STAC item's datetime, else the raster's
+    ``TIFFTAG_DATETIME`` (taken as UTC), else None."""
+    from geoseg.data.catalog import utc_time
+
     item = item_of(info.tags) or {}
     if item.get("datetime"):
-        return str(item["datetime"])
+        return utc_time(item["datetime"])
     stamp = info.tags.get("TIFFTAG_DATETIME")
-    if stamp:
-        try:
-            return dt.datetime.strptime(stamp.strip(), "%Y:%m:%d %H:%M:%S").isoformat()
-        except ValueError:
-            return None
-    return None
+    try:
+        return utc_time(dt.datetime.strptime(stamp.strip(), "%Y:%m:%d %H:%M:%S").isoformat()) if stamp else None
+    except ValueError:
+        return None
 
 
 def write_record(out: SceneOutput, record: dict) -> None:

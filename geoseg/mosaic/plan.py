@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geoseg.data import output, storage
+from geoseg.data.catalog import utc_time
 from geoseg.data.classes import ClassScheme
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.mosaic.grid import MosaicGrid, snap, utm_zone, zone_name
@@ -65,7 +66,7 @@ def read_scene(record_url: str) -> MosaicScene:
     zarr_url = rec["outputs"]["zarr"]
     has_proba = storage.exists(storage.join(zarr_url, "probabilities", "zarr.json"))
     return MosaicScene(-1, storage.stem(record_url), rec["outputs"]["cog"], zarr_url, crs, t, int(r["height"]),
-                       int(r["width"]), has_proba, rec.get("acquired"), tuple(float(v) for v in b))
+                       int(r["width"]), has_proba, utc_time(rec.get("acquired")), tuple(float(v) for v in b))
 
 
 def read_scenes(urls: list[str]) -> list[MosaicScene]:

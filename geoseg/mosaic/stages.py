@@ -234,7 +234,9 @@ def write_collection(prefix: str, name: str, records: list[dict], classes: Class
     from geoseg.data.catalog import _classes
 
     boxes = np.asarray([r["bbox_4326"] for r in records])
-    times = sorted(t for r in records if r["interval"] for t in r["interval"])
+    from geoseg.data.catalog import utc_time
+
+    times = sorted(utc_time(t) for r in records if r["interval"] for t in r["interval"] if utc_time(t))
     assets = {}
     for r in records:
         key = storage.stem(r["zarr"])

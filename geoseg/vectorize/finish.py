@@ -9,7 +9,6 @@ and the scene's record and STAC item listing them.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
@@ -131,7 +130,7 @@ def record(base: str, rec: dict, result: dict) -> None:
         types = {"parquet": "application/vnd.apache.parquet", "fgb": "application/vnd.flatgeobuf"}
         for k, v in result["files"].items():
             item.setdefault("assets", {})[f"vectors-{k}"] = {
-                "href": os.path.basename(v) if not storage.is_remote(v) else v, "type": types[k],
+                "href": storage.absolute(v), "type": types[k],
                 "title": f"polygons of the class map ({'GeoParquet' if k == 'parquet' else 'FlatGeobuf'})",
                 "roles": ["data"]}
         storage.write_text(item_url, json.dumps(item, indent=2))
