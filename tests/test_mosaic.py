@@ -124,7 +124,8 @@ def test_mosaic_of_two_zones_equals_direct_warp_and_merge(ray_local, zone_scenes
                                       _direct(zc, z["classes"].shape, Affine(*r["transform"]), r["crs"]))
 
 
-def test_half_written_mosaic_resumes_identical(ray_local, zone_scenes, tmp_path):
+def test_half_written_mosaic_resumes_identical(ray_local, zone_scenes, tmp_path, monkeypatch):
+    from geoseg.mosaic import stages
     from geoseg.mosaic.grid import parse_grid
     from geoseg.mosaic.job import mosaic
     from geoseg.mosaic.plan import order_scenes, plan_mosaic, prepare, read_scene, scene_records
@@ -140,10 +141,18 @@ def test_half_written_mosaic_resumes_identical(ray_local, zone_scenes, tmp_path)
                           "half", 128, "auto", basis)
     from geoseg.data.classes import LANDCOVER
     prepare(plan, LANDCOVER)
-    assert mosaic_chunks(plan, 0, 3)["chunks"] == 3
+    # killed inside its range, at its fourth chunk: the three before it are logged done (chunk by chunk)
+    real = stages.mosaic_chunk
+    monkeypatch.setattr(stages, "LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(stages, "mosaic_chunk", lambda p, i: (_ for _ in ()).throw(KeyboardInterrupt) if i == 3
+                        else real(p, i))
+    with pytest.raises(KeyboardInterrupt):
+        mosaic_chunks(plan, 0, plan.n_chunks(0))
+    monkeypatch.setattr(stages, "mosaic_chunk", real)
     assert not (prefix / "half.json").exists()
     logs = []
     (resumed,) = mosaic(str(prefix), "EPSG:3035:20", name="half", chunk=128, log=logs.append)
+    assert any(f"resuming, 3 of {plan.n_chunks(0)} chunks done already" in line for line in logs), logs
     assert resumed["shape"] == clean["shape"]
     np.testing.assert_array_equal(xr.open_zarr(prefix / "half.zarr")["classes"].values,
                                   xr.open_zarr(prefix / "clean.zarr")["classes"].values)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
+
 from geoseg.console import Progress
 from geoseg.data import storage
 from geoseg.data.classes import ClassScheme
@@ -68,7 +70,13 @@ def drive(prefix: str, grid: str, start, out: str | None = None, name: str = "mo
         t1 = time.perf_counter()
         ref = tasks.put(plan)  # once, for every task (its scenes' grids and bounds)
         total = sum(plan.n_chunks(lvl) for lvl in range(plan.levels + 1))
+        found = {lvl: int(np.unpackbits(bits)[: plan.n_chunks(lvl)].sum()) for lvl, bits in plan.done.items()}
+        if plan.status == "resume":
+            log(f"{plan.url}: resuming, {found.get(0, 0)} of {plan.n_chunks(0)} chunks done already"
+                + (f" and {sum(found.values()) - found.get(0, 0)} of {total - plan.n_chunks(0)} overview chunks"
+                   if plan.levels else "") + "; those are kept")
         progress = Progress(total, f"chunks of {plan.name}")
+        progress.update(sum(found.values()))
         ranges = tile_ranges(plan.n_chunks(0), 1, cpus)
         pixels = 0
         for res in as_done(tasks, [tasks.submit(stages.mosaic_chunks, ref, r["lo"], r["hi"]) for r in ranges]):

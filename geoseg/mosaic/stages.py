@@ -29,6 +29,9 @@ from geoseg.mosaic.merge import NEEDS_PROBABILITIES, RULES, Merge
 from geoseg.mosaic.plan import MosaicPlan, MosaicScene, kind
 from geoseg.data.tiling import Window
 
+LOG_EVERY_S = 5.0  # a task logs the chunks it finished at least this often (one small object each time)
+
+
 def _is_set(bitmap, i: int) -> bool:
     return bitmap is not None and bool((bitmap[i >> 3] >> (7 - (i & 7))) & 1)
 
@@ -128,10 +131,13 @@ def mosaic_chunks(plan: MosaicPlan, lo: int, hi: int) -> dict:
     arr = _array(plan.url, 0)
     counts = _array(plan.url, 0, path="count")
     frequencies = _array(plan.url, 0, path="frequencies") if plan.frequencies else None
-    done, pixels, todo = plan.done.get(0), 0, []
+    done, pixels, todo, logged, last = plan.done.get(0), 0, [], 0, time.perf_counter()
     for i in range(lo, hi):
         if _is_set(done, i):
             continue
+        if time.perf_counter() - last >= LOG_EVERY_S:  # a kill redoes at most this much of the task's work
+            output.log_done(plan.log, np.asarray(todo[logged:], np.int64), kind=kind(0))
+            logged, last = len(todo), time.perf_counter()
         win = plan.window(i)
         merged = mosaic_chunk(plan, i)
         block = merged.result()
@@ -142,7 +148,7 @@ def mosaic_chunks(plan: MosaicPlan, lo: int, hi: int) -> dict:
                 frequencies[(slice(None), *win.slices)] = merged.frequencies()
         pixels += win.size
         todo.append(i)
-    output.log_done(plan.log, np.asarray(todo, np.int64), kind=kind(0))
+    output.log_done(plan.log, np.asarray(todo[logged:], np.int64), kind=kind(0))
     return {"chunks": len(todo), "pixels": pixels, "seconds": time.perf_counter() - t0}
 
 
@@ -170,10 +176,13 @@ def build_level(plan: MosaicPlan, level: int, lo: int, hi: int) -> dict:
     t0 = time.perf_counter()
     below, arr = _array(plan.url, level - 1, "r"), _array(plan.url, level)
     h, w = plan.shape(level - 1)
-    done, todo = plan.done.get(level), []
+    done, todo, logged, last = plan.done.get(level), [], 0, time.perf_counter()
     for i in range(lo, hi):
         if _is_set(done, i):
             continue
+        if time.perf_counter() - last >= LOG_EVERY_S:
+            output.log_done(plan.log, np.asarray(todo[logged:], np.int64), kind=kind(level))
+            logged, last = len(todo), time.perf_counter()
         win = plan.window(i, level)
         r0, c0 = 2 * win.row_off, 2 * win.col_off
         src = np.asarray(below[r0 : min(h, r0 + 2 * win.height), c0 : min(w, c0 + 2 * win.width)])
@@ -181,7 +190,7 @@ def build_level(plan: MosaicPlan, level: int, lo: int, hi: int) -> dict:
         if (block != NODATA).any():
             arr[win.slices] = block
         todo.append(i)
-    output.log_done(plan.log, np.asarray(todo, np.int64), kind=kind(level))
+    output.log_done(plan.log, np.asarray(todo[logged:], np.int64), kind=kind(level))
     return {"chunks": len(todo), "seconds": time.perf_counter() - t0}
 
 
