@@ -19,7 +19,7 @@ def test_the_instance_target_marks_interiors_and_boundaries():
     ids[1:5, 1:4] = 7  # two fields side by side, one pixel row of background above and below
     ids[1:5, 4:8] = 9
     padded = np.pad(ids, 1)
-    t = targets.instance_target(padded, np.ones(ids.shape, bool))
+    t = targets.instance_target(padded, np.ones(ids.shape, bool), width=1)
     want = np.array([[0, 0, 0, 0, 0, 0, 0, 0, 0],
                      [0, 2, 2, 2, 2, 2, 2, 2, 0],
                      [0, 2, 1, 2, 2, 1, 1, 2, 0],

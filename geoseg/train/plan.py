@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from geoseg.data import limits, storage
 from geoseg.data.bands import select_bands
-from geoseg.data.classes import ClassScheme
+from geoseg.data.classes import BOUNDARY, ClassScheme
 from geoseg.data.inputs import ItemSelection, expand_inputs
 from geoseg.data.masks import MaskSpec, mask_band
 from geoseg.data.raster import read_info
@@ -42,7 +42,7 @@ class LoopConfig:
     band_roles: list | None = None
     band_numbers: list | None = None
     threads: int | None = None  # torch threads of a CPU worker
-    instances: dict | None = None  # the field-delineation target: {"boundary": 1}
+    instances: dict | None = None  # the field-delineation target: {"boundary": BOUNDARY}
     inputs: dict = dataclasses.field(default_factory=dict)  # how the bands were read (STAC stacking, scales)
 
     def checkpoint_meta(self) -> CheckpointMeta:
@@ -71,7 +71,7 @@ class RunPlan:
             cfg=cfg, model=self.model, classes=plan.classes, mean=plan.mean, std=plan.std,
             band_roles=self.roles, band_numbers=self.bands, threads=threads,
             # the field-delineation target: predict's class maps become instances (geoseg vectorize --instances)
-            instances={"boundary": 1} if cfg.instances else None,
+            instances={"boundary": BOUNDARY} if cfg.instances else None,
             # how the bands were read, for predict to read them the same way
             inputs={**stack_options(cfg).fingerprint(), "scaled": any(p.image.scaled for p in plan.pairs),
                     "pixel_size": abs(first.transform[0]),
