@@ -11,7 +11,7 @@ from geoseg.train import TrainConfig, train
 
 TRAIN_FLAGS = (
     "images", "labels", "out", "arch", "encoder", "encoder_weights", "freeze_encoder", "bands",
-    "num_classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
+    "num_classes", "classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
     "max_minutes", "batch_size", "lr", "loss", "workers", "gpus", "cpus_per_worker", "num_to_keep",
     "max_failures", "seed", "address", "allow_no_crs", "resolution", "chip_cache", "prefetch_batches",
     "label_vectors", "class_field", "instances", "mask",
@@ -30,7 +30,9 @@ def add(sub) -> None:
     t.add_argument("--encoder-weights", help="local encoder weights file (nothing is downloaded)")
     t.add_argument("--freeze-encoder", action="store_true", default=None)
     t.add_argument("--bands", help=BANDS_HELP + " (default: blue, green, red, nir by band description, else all)")
-    t.add_argument("--num-classes", type=int)
+    t.add_argument("--num-classes", type=int, help="the labels' number of classes (declares them: values 0..N-1)")
+    t.add_argument("--classes", help="the labels' classes by name, for values 0, 1, ... (e.g. "
+                                     "bare,vegetation,water,built); declares them, as a CLASS_NAMES tag does")
     t.add_argument("--chip-size", type=int)
     t.add_argument("--block-size", type=int, help="side of the blocks of the spatial train/validation split")
     t.add_argument("--val-fraction", type=float)

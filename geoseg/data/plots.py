@@ -72,7 +72,8 @@ def training_curves_png(history: list[dict], names: list[str] | tuple[str, ...],
     axes[1].legend(loc="lower right", fontsize=8)
     for i, name in enumerate(names):
         colour = tuple(v / 255 for v in colours[i]) if colours and i < len(colours) else None
-        axes[2].plot(epochs, [h.get(f"val_iou_{name}", np.nan) for h in history], marker=".", label=str(name),
+        iou = [h.get(f"val_iou_{name}") for h in history]  # None: not labelled in validation
+        axes[2].plot(epochs, [np.nan if v is None else v for v in iou], marker=".", label=str(name),
                      color=colour)
     axes[2].set_title("validation IoU per class")
     axes[2].set_ylim(0, 1)

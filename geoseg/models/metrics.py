@@ -53,6 +53,7 @@ def scores(cm: np.ndarray) -> dict:
         "recall": recall.tolist(),
         "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
         "miou_labelled": float(labelled.mean()) if labelled.size else float("nan"),
+        "support": cm.sum(1).astype(np.int64).tolist(),
         "mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
         "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
         "pixels": int(total),
@@ -117,8 +118,15 @@ def format_table(rep: dict) -> str:
         if c["absent"]:
             lines.append(f"{name:<16}{'absent (neither labelled nor predicted)':>44}" + area)
             continue
+        if c["support"] == 0:
+            note = f"not labelled here (predicted on {c['predicted']:,} px)"
+            lines.append(f"{name:<16}{note:>44}" + area)
+            continue
         lines.append(f"{name:<16}" + "".join(_cell(c[k]) for k in ("iou", "dice", "precision", "recall"))
                      + f"{c['support']:>12,}" + area)
     lines.append(f"{'mean':<16}{_cell(rep['miou'])}{_cell(rep['mean_dice'])}"
                  f"   pixel accuracy {_cell(rep['pixel_accuracy']).strip()} over {rep['pixels']:,} pixels")
+    if set(rep.get("unlabelled") or []) - set(rep.get("absent") or []) and rep.get("miou_labelled") is not None:
+        lines.append(f"{'mean labelled':<16}{_cell(rep['miou_labelled'])}   over the classes labelled here "
+                     f"(not {', '.join(rep['unlabelled'])})")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ class TrainConfig:
     bands: Selection | None = None  # --bands: band numbers or a role map
     band_roles: list[str] | None = None  # the roles of the band numbers in `bands`, when they are numbers
     num_classes: int | None = None
+    classes: list[str] | None = None  # --classes: the labels' classes, by name, numbered 0, 1, ... (declares them)
     chip_size: int | None = None  # default 128, or 512 with --gpus (fills a GPU)
     block_size: int | None = None
     val_fraction: float = 0.2
@@ -109,6 +110,15 @@ class TrainConfig:
             bad(f"lr must be a number in (0, 10), got {self.lr!r}")
         if not 0 < self.val_fraction < 1:
             bad(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
+        if isinstance(self.classes, str):  # --classes a,b,c (YAML may give a list)
+            object.__setattr__(self, "classes", [c.strip() for c in self.classes.split(",") if c.strip()])
+        if self.classes is not None:
+            if not self.classes or len(set(self.classes)) != len(self.classes):
+                bad(f"classes must be distinct names, got {self.classes!r}")
+            if self.num_classes is None:
+                object.__setattr__(self, "num_classes", len(self.classes))
+            elif self.num_classes != len(self.classes):
+                bad(f"--classes names {len(self.classes)} classes but --num-classes says {self.num_classes}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             bad(f"max_minutes must be > 0, got {self.max_minutes!r}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:

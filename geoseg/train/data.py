@@ -107,6 +107,7 @@ def plan_training(
     val_fraction: float = 0.2,
     seed: int = 0,
     num_classes: int | None = None,
+    class_names: list[str] | None = None,
     balanced: bool = False,
     band_roles: list[str] | None = None,
     max_val_chips: int = 2048,
@@ -128,18 +129,23 @@ def plan_training(
         label_hists = scan_labels([p.label for p in pairs], k, source)
     hist_total = np.sum(label_hists, axis=0)  # every label pixel, at full resolution
     stats = _BandStats()
-    blocks, weights_hist, val_blocks = [], [], []
+    recs, hists, is_val = [], [], []
     for p_i, pair in enumerate(pairs):
         lab, ignore, lscale = _decimated_scene(pair, stats)
         for rec, hist in _labelled_blocks(p_i, pair, lab, ignore, lscale, block, chip):
-            if _block_hash(seed, p_i, rec[1] // block, rec[2] // block) < val_fraction:
-                val_blocks.append(rec)
-            else:
-                blocks.append(rec)
-                weights_hist.append(hist)
-    _ensure_both_sides(blocks, weights_hist, val_blocks, block)
-    classes = _class_scheme(pairs[0].label, hist_total, num_classes)
+            recs.append(rec)
+            hists.append(hist)
+            is_val.append(_block_hash(seed, p_i, rec[1] // block, rec[2] // block) < val_fraction)
+    if not num_classes and not ClassScheme.from_tags(pairs[0].label.tags):  # undeclared: no gaps taken at face value
+        refuse_gaps(pairs[0].label.url, hist_total, recs, hists, block)
+    classes = _class_scheme(pairs[0].label, hist_total, num_classes, class_names)
     k = len(classes)
+    is_val, notes = stratify(np.array(hists, dtype=np.int64).reshape(-1, NODATA)[:, :k], np.array(is_val, bool),
+                             classes.names, hist_total[:k], block)
+    blocks = [r for r, v in zip(recs, is_val) if not v]
+    weights_hist = [h for h, v in zip(hists, is_val) if not v]
+    val_blocks = [r for r, v in zip(recs, is_val) if v]
+    _ensure_both_sides(blocks, weights_hist, val_blocks, block)
     freq = hist_total[:k] / max(1, hist_total[:k].sum())
     mean, std = stats.mean_std()
     return TrainingPlan(
@@ -155,6 +161,10 @@ def plan_training(
         val_blocks=np.array(val_blocks, dtype=np.int64).reshape(-1, 4),
         band_roles=band_roles,
         info={"block": block, "val_fraction": val_fraction, "seed": seed, "balanced": balanced,
+              "split_notes": notes,
+              "classes_from": ("--classes" if class_names else f"--num-classes {num_classes}" if num_classes else
+                               "the CLASS_NAMES tag" if ClassScheme.from_tags(pairs[0].label.tags) else
+                               "the label values (no CLASS_NAMES tag)"),
               "class_pixels": {name: int(n) for name, n in zip(classes.names, hist_total[:k])},
               **({"masked": {"source": str(pairs[0].mask), "fraction_of_labelled": {
                   p.image.url: round(f, 4) for p, f in zip(pairs, stats.masked)}}}
@@ -229,6 +239,42 @@ def _labelled_blocks(p_i: int, pair: Pair, lab, ignore, lscale: float, block: in
                 yield (p_i, r0, c0, min(size_r, size_c)), hist
 
 
+def stratify(hist: np.ndarray, is_val: np.ndarray, names, pixels: np.ndarray, block: int
+             ) -> tuple[np.ndarray, list[str]]:
+    """The spatial split made to see every class: a class labelled in two blocks or more but on
+    one side only gets a block on the other side (the one holding the least of it, so training
+    keeps the most; rarest classes first, a block moved never takes the last of a class from its
+    side). ``hist``: each block's class pixels; returns the new split and one line per class that
+    cannot be on both sides (in one block only, or every block of it needed where it is)."""
+    is_val = is_val.copy()
+    notes = []
+    present = hist > 0
+    for c in np.argsort(pixels, kind="stable"):
+        holders = np.flatnonzero(present[:, c])
+        if not len(holders):
+            continue
+        sides = {bool(v) for v in is_val[holders]}
+        if len(sides) == 2:
+            continue
+        if len(holders) < 2:
+            side = "validation" if is_val[holders[0]] else "training"
+            notes.append(f"class {names[c]}: its {int(pixels[c]):,} labelled pixels lie in one --block-size {block} "
+                         f"block, so it is in {side} only (a smaller --block-size may split it)")
+            continue
+        src = bool(is_val[holders[0]])
+        # a block may move where it takes no class's last block from its side
+        side_counts = present[is_val == src].sum(0)
+        movable = [b for b in holders if not np.any(present[b] & (side_counts <= 1))]
+        if not movable:
+            notes.append(f"class {names[c]}: {int(pixels[c]):,} labelled pixels, in "
+                         f"{'validation' if src else 'training'} only (each of its blocks holds another class's "
+                         f"last one there)")
+            continue
+        pick = min(movable, key=lambda b: (-hist[b, c] if src else hist[b, c], b))  # training gets the most
+        is_val[pick] = not src
+    return is_val, notes
+
+
 def _ensure_both_sides(blocks: list, weights_hist: list, val_blocks: list, block: int) -> None:
     """Tiny datasets: make sure training and validation get at least one block each."""
     if blocks and val_blocks:
@@ -255,13 +301,31 @@ def declared_classes(label: RasterInfo, num_classes: int | None) -> tuple[int | 
     return (len(scheme), "the classes named in its CLASS_NAMES tag") if scheme else (None, "")
 
 
-def _class_scheme(label: RasterInfo, hist_total: np.ndarray, num_classes: int | None) -> ClassScheme:
+def refuse_gaps(url: str, hist_total: np.ndarray, recs: list, hists: list, block: int) -> None:
+    """Labels that declare no classes: values with a gap below them (0..3 and 7) are refused in one
+    line naming them, their pixels and a block holding them, rather than becoming classes."""
+    present = np.flatnonzero(hist_total[:NODATA])
+    if not present.size or present[-1] + 1 == present.size:
+        return
+    first_gap = int(np.flatnonzero(np.bincount(present, minlength=present[-1] + 1) == 0)[0])
+    odd = present[present > first_gap]
+    where = next(((r, h) for r, h in zip(recs, hists) if np.any(np.asarray(h)[odd] > 0)), None)
+    window = (f", e.g. in rows {where[0][1]}:{where[0][1] + block}, cols {where[0][2]}:{where[0][2] + block}"
+              if where else "")
+    shown = ", ".join(f"{int(v)} ({int(hist_total[v]):,} px)" for v in odd[:5]) + (", ..." if odd.size > 5 else "")
+    raise RasterError(f"{url}: label value(s) {shown} leave a gap after {first_gap - 1} (no class declared: no "
+                      f"CLASS_NAMES tag){window}; pass --classes NAME0,NAME1,... or --num-classes {int(odd.max()) + 1} "
+                      "to train on them, or fix the labels")
+
+
+def _class_scheme(label: RasterInfo, hist_total: np.ndarray, num_classes: int | None,
+                  names_given: list[str] | None = None) -> ClassScheme:
     """Classes from the label raster's tags (names, colours), or numbered ones.
 
     Label values outside the declared classes (the tags' names, or ``--num-classes``)
     are refused, naming them, rather than silently widening the model.
     """
-    scheme = ClassScheme.from_tags(label.tags)
+    scheme = ClassScheme.numbered(names_given) if names_given else ClassScheme.from_tags(label.tags)
     present = np.nonzero(hist_total)[0]
     k = num_classes or (len(scheme) if scheme else int(present.max()) + 1 if present.size else 2)
     outside_values(label.url, present, k, declared=scheme is not None and not num_classes)

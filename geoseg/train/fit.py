@@ -75,11 +75,12 @@ class Progress:
 
 
 def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, sched=None,
-                on_batch=None, max_batches: int | None = None) -> tuple[int, float, int, float]:
-    """One pass over ``batches`` (the first ``max_batches`` of them); returns ``(chips, summed loss,
-    batches, seconds waiting for data)``. Images may come in their raster's dtype and labels as
-    uint8: ``normalize`` converts the images on their device, labels are widened there.
-    ``on_batch(chips, mean loss)`` is called after each batch (progress display)."""
+                on_batch=None, max_batches: int | None = None, stop=None) -> tuple[int, float, int, float]:
+    """One pass over ``batches`` (the first ``max_batches`` of them, fewer where ``stop()`` says so
+    after a batch); returns ``(chips, summed loss, batches, seconds waiting for data)``. Images may
+    come in their raster's dtype and labels as uint8: ``normalize`` converts the images on their
+    device, labels are widened there. ``on_batch(chips, mean loss)`` is called after each batch
+    (progress display)."""
     import torch
 
     model.train()
@@ -105,6 +106,8 @@ def train_epoch(model, batches, *, opt, loss_fn, augment, normalize, amp: dict, 
         n_batches += 1
         if on_batch is not None:
             on_batch(n_chips, loss_sum / n_batches)
+        if stop is not None and stop():
+            break
     return n_chips, loss_sum, n_batches, waited
 
 
@@ -154,6 +157,7 @@ class Fitter:
         self.next_steps = self.steps_per_epoch  # the coming epoch's steps (the last one may be cut to the budget)
         self._cycle_start = None  # when the last epoch's bookkeeping ended (the cycle measures validation, saving)
         self.confusion = None  # the last epoch's validation confusion matrix, all workers combined
+        self.cut = False  # the last epoch ended early on the time budget
 
     def normalize(self, x):
         import torch
@@ -162,9 +166,28 @@ class Fitter:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_epoch(self, batches, on_batch=None) -> tuple[int, float, int]:
-        return train_epoch(self.model, batches, opt=self.opt, loss_fn=self.loss_fn, augment=self.augment,
-                           normalize=self.normalize, amp=self.amp, sched=self.sched, on_batch=on_batch,
-                           max_batches=self.next_steps)
+        first = self.cfg.max_minutes is not None and self._cycle_start is None
+        stats = train_epoch(self.model, batches, opt=self.opt, loss_fn=self.loss_fn, augment=self.augment,
+                            normalize=self.normalize, amp=self.amp, sched=self.sched, on_batch=on_batch,
+                            max_batches=self.next_steps, stop=self._first_epoch_deadline() if first else None)
+        self.cut = stats[2] < self.next_steps  # the budget ended the epoch early
+        return stats
+
+    def _first_epoch_deadline(self):
+        """The time budget inside the run's first epoch, before any epoch was measured: training
+        stops once the budget less what validation and the checkpoint will take (a fifth of the
+        budget, at least 10 s) is spent. Every worker asks at every step, the slowest decides (one
+        small all-reduce), so all take the same steps."""
+        import torch
+
+        budget = self.cfg.max_minutes * 60
+        deadline = self.t_start + budget - max(10.0, 0.2 * budget)
+
+        def stop() -> bool:
+            late = torch.tensor([1.0 if time.time() >= deadline else 0.0], dtype=torch.float64, device=self.device)
+            return bool(_all_reduce(late, "max").item() > 0)
+
+        return stop
 
     def validate(self, batches):
         """Confusion matrix over this worker's validation batches (on the device)."""
@@ -197,7 +220,8 @@ class Fitter:
         p = self.progress
         p.best = max(p.best, metrics["val_miou"])
         p.history.append(metrics)
-        cut_short = self.next_steps < self.steps_per_epoch  # the budget's last epoch: the plan ends here
+        # the budget's last epoch (planned short, or cut in the first epoch): the plan ends here
+        cut_short = self.next_steps < self.steps_per_epoch or self.cut
         around = (now - (self._cycle_start or t_epoch)) - seconds
         self._cycle_start = now
         budget = self.cfg.max_minutes
@@ -239,19 +263,31 @@ class Fitter:
 def epoch_metrics(epoch: int, totals: list, result: dict, seconds: float, elapsed: float, names,
                   world: int = 1) -> dict:
     """What each epoch reports: loss, validation mIoU / accuracy / Dice, per-class IoU, chips/s and
-    the share of the training time the workers spent waiting for chips (``data_wait``)."""
+    the share of the training time the workers spent waiting for chips (``data_wait``).
+
+    ``val_miou``, the metric that selects ``best/``, is the mean IoU over the classes labelled in the
+    validation split (``SELECTION``): a class without a validation pixel has no IoU (``None``, listed
+    in ``val_unlabelled``), never a 0 that a few stray predictions of it would bring in.
+    ``val_miou_all`` is the usual mean (a class only predicted counts 0)."""
     chips, loss_sum, n_batches = totals[:3]
     waited = totals[3] if len(totals) > 3 else 0.0
     metrics = {
         "epoch": epoch,
         "train_loss": float(loss_sum / max(n_batches, 1)),
-        "val_miou": float(np.nan_to_num(result["miou"])),
+        "val_miou": float(np.nan_to_num(result["miou_labelled"])),
+        "val_miou_all": float(np.nan_to_num(result["miou"])),
         "val_pixel_accuracy": float(np.nan_to_num(result["pixel_accuracy"])),
         "val_mean_dice": float(np.nan_to_num(result["mean_dice"])),
         "chips_per_s": float(chips / max(seconds, 1e-9)),
         "data_wait": float(min(1.0, waited / max(seconds * world, 1e-9))),
         "elapsed_s": elapsed,
     }
+    labelled = np.asarray(result["support"]) > 0
     for i, name in enumerate(names):
-        metrics[f"val_iou_{name}"] = float(np.nan_to_num(result["iou"][i]))
+        metrics[f"val_iou_{name}"] = float(np.nan_to_num(result["iou"][i])) if labelled[i] else None
+    metrics["val_unlabelled"] = [str(n) for i, n in enumerate(names) if not labelled[i]]
     return metrics
+
+
+SELECTION = {"metric": "val_miou", "over": "the classes labelled in the validation split",
+             "order": "max"}

@@ -32,7 +32,7 @@ from geoseg.models.zoo import build_model
 from geoseg.execution.runtime import check_address, cluster_cpus, cluster_gpus, cpu_nodes, init_ray, require_gpus
 from geoseg.train.config import TrainConfig
 from geoseg.train.data import TrainingPlan, declared_classes, read_val_chips, sample_train_chips
-from geoseg.train.fit import Fitter
+from geoseg.train.fit import SELECTION, Fitter
 from geoseg.train.plan import LoopConfig, plan_run, resume_point
 
 
@@ -280,6 +280,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
         f"training {cfg.arch}/{cfg.encoder} on {len(plan.pairs)} scene(s): {len(plan.train_blocks)} train blocks, "
         f"{len(plan.val_chips)} validation chips, classes {list(plan.classes.names)}"
     )
+    if plan.info.get("classes_from", "").startswith("the label values"):  # nothing declared them: say what was found
+        log("classes from the label values (no CLASS_NAMES tag, --classes or --num-classes): " + ", ".join(
+            f"{name} ({n:,} px)" for name, n in plan.info["class_pixels"].items()))
+    for note in plan.info.get("split_notes", []):  # a class the split cannot show on both sides
+        log(note)
     if "masked" in plan.info:  # --mask: how much of each scene's labels the mask hides
         shares = plan.info["masked"]["fraction_of_labelled"]
         log(f"--mask {plan.info['masked']['source']}: " + ", ".join(
@@ -312,6 +317,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "out": cfg.out,
         "best_checkpoint": run.best,
         "best": best_metrics or result.metrics,
+        # what picked best/: the mean IoU over the classes labelled in validation (others listed)
+        "selection": {**SELECTION, "unlabelled_in_validation": (best_metrics or result.metrics or {}).get(
+            "val_unlabelled", [])},
         "last": result.metrics,
         "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
         "model": mcfg.to_dict(),

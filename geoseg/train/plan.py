@@ -105,7 +105,8 @@ def plan_run(cfg: TrainConfig, scan=None) -> RunPlan:
                       "use a smaller --chip-size or --batch-size")
     pairs = open_pairs(images, derived_labels(cfg, images, run), bands, cfg.allow_no_crs, mask)
     plan = plan_training(pairs, chip=cfg.chip_size, block=cfg.block_size, val_fraction=cfg.val_fraction,
-                         seed=cfg.seed, num_classes=cfg.num_classes, balanced=cfg.balanced, band_roles=roles,
+                         seed=cfg.seed, num_classes=cfg.num_classes, class_names=cfg.classes,
+                         balanced=cfg.balanced, band_roles=roles,
                          label_hists=scan(pairs) if scan is not None else None)
     return RunPlan(run, plan, ModelConfig(cfg.arch, cfg.encoder, len(bands), len(plan.classes)), bands, roles)
 
