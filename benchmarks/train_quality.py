@@ -21,6 +21,24 @@ import time
 import numpy as np
 
 
+def selection(summary: dict, scene: str, labels: str, chip: int, seed: int) -> dict:
+    """Which epoch ``best/`` is, and whether the last epoch scored better on the classes labelled in
+    the run's validation split (re-planned with the same parameters, as the run planned it)."""
+    from geoseg.data.classes import NODATA
+    from geoseg.train.data import open_pairs, plan_training, read_val_chips
+
+    plan = plan_training(open_pairs([scene], [labels]), chip=chip, seed=seed, balanced=True)
+    rows = {"pair": plan.val_chips[:, 0], "row": plan.val_chips[:, 1], "col": plan.val_chips[:, 2]}
+    present = [plan.classes.names[c] for c in np.unique(read_val_chips(rows, plan)["label"]) if c != NODATA]
+
+    def labelled(m: dict) -> float:
+        return float(np.mean([m.get(f"val_iou_{n}") or 0.0 for n in present]))
+
+    best, last = summary["best"], summary["last"]
+    return {"best_epoch": best["epoch"], "last_epoch": last["epoch"], "best": labelled(best), "last": labelled(last),
+            "missing_in_validation": [n for n in plan.classes.names if n not in present]}
+
+
 def plain_loop(train_urls: dict, minutes: float, chip: int, batch: int, lr: float, work: str,
                seed: int = 0) -> tuple[str, float]:
     """Baseline: a plain PyTorch loop in this process, same chips, loss and epoch
@@ -119,6 +137,7 @@ def main() -> None:
             epochs=1000, max_minutes=a.minutes, lr=a.lr, workers=a.workers, balanced=a.balanced,
         ), log=lambda *_: None)
         train_s = time.perf_counter() - t0
+        picks = [selection(summary, train_urls["scene"], train_urls["labels"], a.chip, 0)]
         unet = score({"checkpoint": os.path.join(work, "run")}, "unet")
         agreement = stitch_agreement(os.path.join(work, "run"), test_urls["scene"], os.path.join(work, "stitch"))
         shutdown()
@@ -152,6 +171,7 @@ def main() -> None:
                     arch="unet", encoder="resnet18", chip_size=a.chip, batch_size=a.batch, chips_per_epoch=256,
                     epochs=1000, max_minutes=a.minutes, lr=a.lr, workers=a.workers, balanced=a.balanced, seed=seed,
                 ), log=lambda *_: None)
+                picks.append(selection(again, train_urls["scene"], train_urls["labels"], a.chip, seed))
                 g = score({"checkpoint": again["out"]}, f"unet{seed}")["miou"]
                 shutdown()
                 p = float("nan")
@@ -167,6 +187,13 @@ def main() -> None:
                 print(f"  {seed}: {g:.3f} | {p:.3f}")
             print(f"  mean: {np.mean([r[0] for r in runs]):.3f} | {np.mean([r[1] for r in runs]):.3f}; "
                   f"geoseg ahead in {sum(r[0] > r[1] for r in runs)} of {len(runs)}")
+        print("\nmodel selection (validation mIoU over the classes labelled in each run's validation split):")
+        for seed, s in enumerate(picks):
+            print(f"  run {seed}: best/ is epoch {s['best_epoch']} of {s['last_epoch'] + 1}; labelled-class mIoU "
+                  f"best/ {s['best']:.3f}, last {s['last']:.3f}; not in validation: {s['missing_in_validation'] or '-'}")
+        worse = sum(s["best_epoch"] != s["last_epoch"] and s["last"] > s["best"] for s in picks)
+        print(f"  runs where best/ is not the last epoch while the last is better on those classes: {worse} of "
+              f"{len(picks)}")
         print(f"stitched (default --tile-size/--halo) vs whole-image U-Net inference on the held-out scene: "
               f"{agreement:.5f} of pixels agree")
         print(f"pixel accuracy  geoseg U-Net {unet['pixel_accuracy']:.3f} | index {index['pixel_accuracy']:.3f}"
