@@ -66,3 +66,38 @@ def test_a_prefix_made_with_relative_paths_works_from_any_folder(ray_local, samp
     (s, w), (n, e) = source.summary()["scenes"][0]["bounds"]
     t = morecantile.tms.get("WebMercatorQuad").tile((w + e) / 2, (s + n) / 2, 13)
     assert tile(source, "input", "scene", t.z, t.x, t.y)[:4] == b"\x89PNG"
+
+
+def test_a_relative_input_read_into_s3_is_found_from_any_folder(s3, sample_dir, tmp_path, monkeypatch):
+    """``cd D && geoseg predict in/scene.tif --out s3://...`` (one scene on this machine's CPUs: no
+    Ray); from another folder, the prefix's record names the input wherever it is read, so the
+    map server shows it and vectorize reads the prefix."""
+    import json
+    import os
+    import shutil
+
+    from geoseg.cli import main
+    from geoseg.data import storage
+    from geoseg.vectorize import VectorizeOptions
+    from geoseg.vectorize.local import vectorize_here
+    from geoseg.view.server import MapSource, load, tile
+
+    d, elsewhere = tmp_path / "d", tmp_path / "elsewhere"
+    (d / "in").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(sample_dir / "scene.tif", d / "in" / "scene.tif")
+    monkeypatch.chdir(d)
+    assert main(["predict", "in/scene.tif", "--out", "s3://geoseg/rel", "--model", "index"]) == 0
+    rec = json.loads(storage.read_text("s3://geoseg/rel/scene.json"))
+    assert rec["input"] == str(d / "in" / "scene.tif") and rec["outputs"]["cog"] == "s3://geoseg/rel/scene.tif"
+    monkeypatch.chdir(elsewhere)
+    (res,) = vectorize_here("s3://geoseg/rel", VectorizeOptions(), log=lambda *_: None)
+    assert res["polygons"] > 0 and storage.exists("s3://geoseg/rel/scene.vectors.parquet")
+    load()
+    source = MapSource("s3://geoseg/rel")
+    import morecantile
+
+    (s, w), (n, e) = source.summary()["scenes"][0]["bounds"]
+    t = morecantile.tms.get("WebMercatorQuad").tile((w + e) / 2, (s + n) / 2, 13)
+    assert tile(source, "input", "scene", t.z, t.x, t.y)[:4] == b"\x89PNG"
+    assert not os.listdir(elsewhere)  # nothing written where the commands ran
