@@ -92,7 +92,13 @@ def test_geoseg_train_refuses_the_patch_in_one_line_and_records_the_histogram(ra
     # --chip-cache off: chips read from the rasters every epoch, as before the cache
     assert main([*args, "--label", str(labels), "--out", str(tmp_path / "run"), "--chip-cache", "off"]) in (0, None)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["selection"]["metric"] == "val_miou" and run["selection"]["unlabelled_in_validation"] == []
     assert run["input"]["chip_cache"] is None and not (tmp_path / "run" / "chips").exists()
     assert run["config"]["chip_cache"] == "off" and run["input"]["chips_per_s"] > 0
     want = np.bincount(lab[lab != NODATA].ravel(), minlength=4)
     assert run["split"]["class_pixels"] == dict(zip(NAMES.split(","), want.tolist()))
+    # a one-minute budget shorter than the first epoch (100,000 chips): that epoch is cut, validated inside it
+    budget = ["--chips-per-epoch", "100000", "--max-minutes", "1"]
+    assert main([*args, *budget, "--label", str(labels), "--out", str(tmp_path / "budget")]) in (0, None)
+    last = json.loads((tmp_path / "budget" / "run.json").read_text())["last"]
+    assert last["epoch"] == 0 and last["elapsed_s"] <= 60, last

@@ -131,6 +131,7 @@ class Fitter:
         cfg = loop.cfg
         self.model, self.cfg, self.device, self.world = model, cfg, device, world
         self.mcfg, self.classes = loop.model, loop.classes
+        self.loop_val_chips = loop.val_chips
         self.meta = loop.checkpoint_meta()  # what every checkpoint says of the model (its epoch added in save)
         self.progress = Progress.from_state(state, meta_epoch) if state else Progress()
         # --batch-size is the global batch, so a run takes the same optimizer steps
@@ -175,16 +176,23 @@ class Fitter:
 
     def _first_epoch_deadline(self):
         """The time budget inside the run's first epoch, before any epoch was measured: training
-        stops once the budget less what validation and the checkpoint will take (a fifth of the
-        budget, at least 10 s) is spent. Every worker asks at every step, the slowest decides (one
-        small all-reduce), so all take the same steps."""
+        stops once what is left of the budget is what validation will take (its batches at a
+        training step each, from the steps so far: on a CPU reading dominates) and the checkpoint (a tenth of the budget, at
+        least 5 s). Every worker asks at every step, the slowest decides (one small all-reduce),
+        so all take the same steps."""
         import torch
 
-        budget = self.cfg.max_minutes * 60
-        deadline = self.t_start + budget - max(10.0, 0.2 * budget)
+        end = self.t_start + self.cfg.max_minutes * 60
+        around = max(5.0, 6.0 * self.cfg.max_minutes)
+        val_batches = -(-self.loop_val_chips // max(1, self.local_batch * self.world))
+        begun, steps = time.time(), [0]
 
         def stop() -> bool:
-            late = torch.tensor([1.0 if time.time() >= deadline else 0.0], dtype=torch.float64, device=self.device)
+            steps[0] += 1
+            now = time.time()
+            validation = val_batches * (now - begun) / steps[0]  # a batch's read and forward: as long as a step
+            late = torch.tensor([1.0 if now + validation + around >= end else 0.0], dtype=torch.float64,
+                                device=self.device)
             return bool(_all_reduce(late, "max").item() > 0)
 
         return stop

@@ -44,6 +44,7 @@ class LoopConfig:
     threads: int | None = None  # torch threads of a CPU worker
     instances: dict | None = None  # the field-delineation target: {"boundary": BOUNDARY}
     inputs: dict = dataclasses.field(default_factory=dict)  # how the bands were read (STAC stacking, scales)
+    val_chips: int = 0  # validation chips of the split (a budget inside the first epoch leaves time for them)
 
     def checkpoint_meta(self) -> CheckpointMeta:
         """The description every checkpoint of the run carries (its epoch and metrics added per epoch)."""
@@ -69,7 +70,7 @@ class RunPlan:
         plan, first = self.training, self.training.pairs[0].image
         return LoopConfig(
             cfg=cfg, model=self.model, classes=plan.classes, mean=plan.mean, std=plan.std,
-            band_roles=self.roles, band_numbers=self.bands, threads=threads,
+            band_roles=self.roles, band_numbers=self.bands, threads=threads, val_chips=len(plan.val_chips),
             # the field-delineation target: predict's class maps become instances (geoseg vectorize --instances)
             instances={"boundary": BOUNDARY} if cfg.instances else None,
             # how the bands were read, for predict to read them the same way
