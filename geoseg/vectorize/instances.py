@@ -21,6 +21,7 @@ import numpy as np
 
 from geoseg.data.classes import BOUNDARY, INSTANCE_CLASSES
 from geoseg.data.tiling import Window
+from geoseg.vectorize.junctions import junction_keys
 
 FIELD, EDGE = INSTANCE_CLASSES.names.index("field"), INSTANCE_CLASSES.names.index("boundary")
 # the first assigned neighbour wins: up, left, right, down, then the diagonals (a corner pixel of a
@@ -83,8 +84,6 @@ def _grow_in(win: Window, polys, idx, steps, read, width, area, out, pixels, are
     import scipy.ndimage
     import shapely
     from affine import Affine
-
-    from geoseg.vectorize.stages import junction_keys
 
     classes = np.asarray(read(win))
     shift = Affine.translation(win.col_off, win.row_off)

@@ -29,6 +29,7 @@ from geoseg.data import storage
 from geoseg.data.classes import NODATA
 from geoseg.data.quadtree import QuadTree
 from geoseg.data.tiling import Window
+from geoseg.vectorize.junctions import junction_keys
 
 CHUNK = 2048  # px a side of a polygonizing task's window
 
@@ -78,19 +79,6 @@ class Source:
     def tree(self, chunk: int) -> QuadTree:
         """The map's quad-tree of ``chunk``-square windows (the merge's order)."""
         return QuadTree(self.height, self.width, chunk)
-
-
-def junction_keys(lab: np.ndarray, width: int, row_off: int, col_off: int) -> np.ndarray:
-    """Keys ``y * (width + 1) + x`` of the grid points inside a labelled window ``lab`` (with a
-    1-pixel apron: ``lab[1:-1, 1:-1]`` is the window) where three or more labels meet, or two
-    diagonally (a checkerboard 2 x 2): the ends of the edges that regions share."""
-    a, b = lab[:-1, :-1], lab[:-1, 1:]
-    c, d = lab[1:, :-1], lab[1:, 1:]
-    distinct = 1 + (b != a).astype(np.int8) + ((c != a) & (c != b)) + ((d != a) & (d != b) & (d != c))
-    diagonal = (a == d) & (b == c) & (a != b)
-    ys, xs = np.nonzero((distinct >= 3) | diagonal)
-    # grid point (y, x) of the window: between apron rows/cols; lab[i, j] is pixel (row_off - 1 + i, col_off - 1 + j)
-    return (ys + row_off).astype(np.int64) * (width + 1) + (xs + col_off)
 
 
 def polygonize_chunk(src: Source, win: Window, read, read_probs=None, area=None) -> tuple[Piece, Piece]:
