@@ -28,14 +28,6 @@ def run(*args, cwd=None):
         (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--bands", "1,2,3"], 1,
          "3 bands given, but the model reads 4"),
         (["evaluate", "{labels}", "{tmp}/small.tif"], 1, "are not on the same grid"),
-        (["evaluate", "{labels}", "{tmp}/outside.tif"], 1, "outside.tif: class value(s) [9] outside the 4 classes"),
-        (["train", "--image", "{scene}", "--label", "{tmp}/missing.tif", "--out", "{tmp}/r"], 1, "missing.tif: not found"),
-        (["mosaic", "{tmp}/nojob", "--grid", "EPSG:6933:10"], 1, "nojob"),
-        (["vectorize", "{tmp}/missing.tif"], 1, "missing.tif: not found"),
-        (["export", "{tmp}/norun", "--format", "onnx"], 1, "norun: not found"),
-        (["quantize", "{tmp}/norun"], 1, "norun: not found"),
-        (["view", "{tmp}/missing"], 1, "missing: not found"),
-        (["quicklook", "{tmp}/missing.tif"], 1, "missing.tif: not found"),
     ],
 )
 def test_user_errors_are_one_line(args, code, needle, sample_dir, tmp_path):
@@ -49,13 +41,6 @@ def test_user_errors_are_one_line(args, code, needle, sample_dir, tmp_path):
         crs="EPSG:4326", transform=Affine(1, 0, 0, 0, -1, 0),
     ) as dst:
         dst.write(__import__("numpy").zeros((1, 8, 8), "uint8"))
-    with rasterio.open(sample_dir / "labels.tif") as src:  # a label value no class has
-        prof, labels, tags = src.profile, src.read(1), src.tags()
-    labels[10:20, 10:20] = 9
-    prof.update(driver="GTiff")
-    with rasterio.open(tmp_path / "outside.tif", "w", **prof) as dst:
-        dst.write(labels, 1)
-        dst.update_tags(**tags)
     args = [a.format(tmp=tmp_path, scene=sample_dir / "scene.tif", labels=sample_dir / "labels.tif") for a in args]
     res = run(*args)
     assert res.returncode == code, res.stderr
@@ -72,3 +57,35 @@ def test_sample_and_evaluate_cli(tmp_path):
     res = run("evaluate", str(tmp_path / "s" / "labels.tif"), str(tmp_path / "s" / "labels.tif"))
     assert res.returncode == 0, res.stderr
     assert "pixel accuracy 1.000" in res.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["evaluate", "{labels}", "{tmp}/outside.tif"], "outside.tif: class value(s) [9] outside the 4 classes"),
+    (["train", "--image", "{scene}", "--label", "{tmp}/missing.tif", "--out", "{tmp}/r"], "missing.tif: not found"),
+    (["mosaic", "{tmp}/nojob", "--grid", "EPSG:6933:10"], "nojob"),
+    (["vectorize", "{tmp}/missing.tif"], "missing.tif: not found"),
+    (["export", "{tmp}/norun", "--format", "onnx"], "norun: not found"),
+    (["quantize", "{tmp}/norun"], "norun: not found"),
+    (["view", "{tmp}/missing"], "missing: not found"),
+    (["quicklook", "{tmp}/missing.tif"], "missing.tif: not found"),
+])
+def test_every_command_says_a_user_error_in_one_line(args, needle, ray_local, sample_dir, tmp_path, capsys):
+    """The other commands' error paths, in this process (the command line's own code, on the tests'
+    Ray): exit 1, one line on stderr, no traceback; evaluate's label value outside the classes is
+    found inside a Ray Data task."""
+    import rasterio
+
+    from geoseg.cli import main
+
+    with rasterio.open(sample_dir / "labels.tif") as src:  # a label value no class has
+        prof, labels, tags = src.profile, src.read(1), src.tags()
+    labels[10:20, 10:20] = 9
+    prof.update(driver="GTiff")
+    with rasterio.open(tmp_path / "outside.tif", "w", **prof) as dst:
+        dst.write(labels, 1)
+        dst.update_tags(**tags)
+    args = [a.format(tmp=tmp_path, scene=sample_dir / "scene.tif", labels=sample_dir / "labels.tif") for a in args]
+    code = main(args)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and err and err[-1].startswith("geoseg: error: ") and needle in err[-1], err
+    assert not any("Traceback" in line for line in err) and len(err) == 1, err

@@ -114,7 +114,7 @@ def test_predict_vectors_written_listed_and_read_back(ray_local, sample_dir, tmp
     info = pyogrio.read_info(files["fgb"])
     assert info["features"] == len(frame) and pyogrio.read_dataframe(files["fgb"]).crs == crs
     item = json.loads((prefix / "scene.item.json").read_text())
-    assert item["assets"]["vectors-parquet"]["href"] == "scene.vectors.parquet"
+    assert item["assets"]["vectors-parquet"]["href"] == str(prefix / "scene.vectors.parquet")
     # one class map, one class, small polygons dropped, simplified
     res = vectorize(str(prefix / "scene.tif"), VectorizeOptions(classes=("water",), min_area_ha=0.5, simplify=5.0),
                     out=str(tmp_path / "water"), log=lambda *_: None)
