@@ -301,8 +301,9 @@ def _registered_checkpoints(run_dir) -> int:
 
 
 @pytest.mark.slow
-def test_train_interrupted_is_one_line_and_the_rerun_says_where_it_resumes(sample_dir, tmp_path, ray_tmp):
-    """Ctrl-C (SIGINT) to ``geoseg train``; SIGTERM's counterpart is tests/test_runtime.py's."""
+def test_train_interrupted_is_one_line(sample_dir, tmp_path, ray_tmp):
+    """Ctrl-C (SIGINT) to ``geoseg train``: one line, exit 130, no run record; SIGTERM's counterpart,
+    with the rerun that resumes and finishes, is tests/test_runtime.py's."""
     sig = signal.SIGINT
     run_dir = tmp_path / "run"
     args = ["train", "--image", str(sample_dir / "scene.tif"), "--label", str(sample_dir / "labels.tif"),
@@ -322,11 +323,3 @@ def test_train_interrupted_is_one_line_and_the_rerun_says_where_it_resumes(sampl
     assert err.strip().splitlines()[-1] == f"geoseg: {what}; rerun the same command to resume", err
     assert "Traceback" not in err
     assert not (run_dir / "run.json").exists()
-    rerun = start_geoseg(args, env)
-    out, err = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, err
-    resumed = [ln for ln in out.splitlines() if ln.startswith("resuming from the checkpoint of epoch")]
-    assert len(resumed) == 1, out
-    summary = json.loads((run_dir / "run.json").read_text())
-    assert summary["resumed"]["epoch"] >= 0 and f"epoch {summary['resumed']['epoch']} " in resumed[0]
-    assert summary["last"]["epoch"] == 3
