@@ -262,3 +262,58 @@ def test_stac_outputs_validate_and_items_carry_acquisition_times(ray_local, zone
     assert "processing time" in c32["geoseg:datetime_is"]
     interval = json.loads((prefix / "mosaic.collection.json").read_text())["extent"]["temporal"]["interval"]
     assert interval == [["2025-06-01T10:00:00Z", "2025-06-01T10:00:00Z"]]
+
+
+@pytest.mark.parametrize("grid", ["EPSG:4326:0.0001", "EPSG:6933:10"])
+def test_the_fast_warp_is_the_exact_one_at_any_chunk(ray_local, zone_scenes, tmp_path, grid):
+    """Scenes of two UTM zones onto a geographic and an equal-area grid: positions interpolated on the
+    output grid's lattice (recomputed exactly near source pixel edges) give the exact warp's pixels,
+    at chunks of 256 and 1024 alike."""
+    from geoseg.mosaic.local import mosaic_here
+
+    prefix = tmp_path / "o"
+    predict([str(zone_scenes / n) for n in ("b33.tif", "a32.tif")], str(prefix),
+            PredictOptions(model="index", tile_size=128, halo=16), log=lambda *_: None)
+    got = {}
+    for chunk in (256, 1024):
+        (rec,) = mosaic_here(str(prefix), grid, name=f"c{chunk}", chunk=chunk, rule="latest", log=lambda *_: None)
+        got[chunk] = xr.open_zarr(prefix / f"c{chunk}.zarr")["classes"].values
+    np.testing.assert_array_equal(got[256], got[1024])
+    cogs = [prefix / f"{s['stem']}.tif" for s in sorted(rec["scenes"], key=lambda s: s["order"])]
+    np.testing.assert_array_equal(got[256], _direct(cogs, got[256].shape, Affine(*rec["transform"]), rec["crs"]))
+    assert (got[256] != NODATA).mean() > 0.3
+
+
+def test_positions_on_source_pixel_edges_are_recomputed_exactly(monkeypatch):
+    """A grid in the scene's own CRS spelled as WKT takes the lattice path with an identity transform,
+    offset by half a pixel: every centre lies on a source pixel edge, where an interpolation error
+    (here a made one, 1e-9 px, well inside the bound) would change the pixel; those are recomputed
+    exactly, so the pixels are still the exact transform's, and the same-CRS path agrees."""
+    from rasterio.crs import CRS
+
+    from geoseg.mosaic import stages
+    from geoseg.mosaic.plan import MosaicScene
+    from geoseg.mosaic.stages import source_pixels
+
+    interpolated = stages._interpolated
+    monkeypatch.setattr(stages, "_interpolated", lambda *a: tuple(v - 1e-9 for v in interpolated(*a)))
+
+    scene = MosaicScene(0, "s", "x", "x", "EPSG:32633", (10.0, 0.0, 399960.0, 0.0, -10.0, 5900040.0), 700, 900,
+                        False, None, (0.0, 0.0, 0.0, 0.0))
+    wkt = CRS.from_epsg(32633).to_wkt()
+    for res, shift in ((10.0, 5.0), (5.0, 2.5), (20.0, 0.0), (7.0, 3.0)):
+        dst = Affine(res, 0, 399960.0 - shift + 40 * res, 0, -res, 5900040.0 + shift - 30 * res)
+        for chunk, (r0, c0) in ((256, (0, 0)), (256, (256, 512)), (1024, (0, 0))):
+            t = dst * Affine.translation(c0, r0)
+            cols, rows = np.meshgrid(np.arange(chunk) + 0.5, np.arange(chunk) + 0.5)
+            xs, ys = t * (cols, rows)
+            sx, sy = transform(wkt, "EPSG:32633", xs.ravel(), ys.ravel())
+            fc, fr = ~Affine(*scene.transform) * (np.asarray(sx), np.asarray(sy))
+            want_r = np.floor(np.asarray(fr)).astype(int).reshape(xs.shape)
+            want_c = np.floor(np.asarray(fc)).astype(int).reshape(xs.shape)
+            want_ok = (want_r >= 0) & (want_r < 700) & (want_c >= 0) & (want_c < 900)
+            for crs in (wkt, "EPSG:32633"):  # the lattice path, the affine one
+                r, c, ok = source_pixels(scene, crs, t, chunk, chunk, None, (r0, c0))
+                np.testing.assert_array_equal(ok, want_ok)
+                np.testing.assert_array_equal(r[ok], want_r[ok])
+                np.testing.assert_array_equal(c[ok], want_c[ok])

@@ -32,7 +32,7 @@ def polygons_here(src: Source, read, chunk: int = CHUNK, read_probs=None, area=N
         below, opened = opened, {}
         for g in tree.groups(level):
             kids = [below[c] for c in tree.children(level, *g)]
-            closed, opened[g] = merge_group(src, tree.window(level, *g), kids)
+            closed, opened[g] = merge_group(src, tree.window(level, *g), kids, chunk << (level - 1))
             out.extend(closed)
     for left in opened.values():
         out.extend(left)

@@ -30,8 +30,11 @@ from geoseg.data.classes import NODATA
 from geoseg.data.quadtree import QuadTree
 from geoseg.data.tiling import Window
 from geoseg.vectorize.junctions import junction_keys
+from geoseg.vectorize.rings import Rings
+from geoseg.vectorize.seams import seam_pairs, union
 
 CHUNK = 2048  # px a side of a polygonizing task's window
+_NO_JUNCTIONS = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -52,6 +55,13 @@ class Piece:
         self.area_m2.append(float(area))
         self.prob_sum.append(float(prob))
         self.junctions.append(np.asarray(junctions, np.int64))
+
+    @classmethod
+    def of(cls, wkb, classes, pixels, area, prob, junctions, keep) -> "Piece":
+        """The polygons where ``keep`` of columns given whole (arrays, and a list of junctions)."""
+        idx = np.flatnonzero(keep)
+        return cls(list(wkb[idx]), classes[idx].tolist(), np.rint(pixels[idx]).astype(np.int64).tolist(),
+                   area[idx].tolist(), prob[idx].tolist(), [junctions[i] for i in idx])
 
     def __len__(self) -> int:
         return len(self.wkb)
@@ -81,83 +91,83 @@ class Source:
         return QuadTree(self.height, self.width, chunk)
 
 
-def polygonize_chunk(src: Source, win: Window, read, read_probs=None, area=None) -> tuple[Piece, Piece]:
+def polygonize_chunk(src: Source, win: Window, read, read_probs=None, area=None, junctions: bool = True
+                     ) -> tuple[Piece, Piece]:
     """``(closed, open)`` polygons of one chunk. ``read(window)`` gives class numbers, ``read_probs``
-    (class, h, w) uint8 probabilities or None, ``area`` a :class:`geoseg.data.area.PixelArea` or None."""
-    import rasterio.features
+    (class, h, w) uint8 probabilities or None, ``area`` a :class:`geoseg.data.area.PixelArea` or None;
+    ``junctions``: also each polygon's junction vertices (what simplification needs)."""
     import shapely
-    from affine import Affine
 
     H, W = src.height, src.width
     # the window and a 1-pixel apron (out of the raster: label -1), for the junctions on its edges
     ap = Window(max(0, win.row_off - 1), max(0, win.col_off - 1),
                 min(H, win.row_off + win.height + 1) - max(0, win.row_off - 1),
                 min(W, win.col_off + win.width + 1) - max(0, win.col_off - 1))
-    raw = np.asarray(read(ap))
-    keep = np.isin(raw, src.classes)
-    lab = np.full((win.height + 2, win.width + 2), -1, np.int32)
-    y0, x0 = ap.row_off - (win.row_off - 1), ap.col_off - (win.col_off - 1)
-    lab[y0 : y0 + ap.height, x0 : x0 + ap.width] = np.where(keep, raw, -2)  # -2: not vectorized
-    junctions = junction_keys(lab, W, win.row_off, win.col_off)
-    inner = (slice(win.row_off - ap.row_off, win.row_off - ap.row_off + win.height),
-             slice(win.col_off - ap.col_off, win.col_off - ap.col_off + win.width))
-    data, mask = raw[inner].astype(np.uint8), keep[inner]
-    closed, opened = Piece(), Piece()
-    if not mask.any():
-        return closed, opened
-    shift = Affine.translation(win.col_off, win.row_off)
-    geoms, values = [], []
-    for geom, value in rasterio.features.shapes(data, mask=mask, connectivity=4, transform=shift):
-        geoms.append(shapely.geometry.shape(geom))
-        values.append(int(value))
-    # each polygon's pixels: burnt back (numbered), then counted, their areas and probabilities summed
-    ids = rasterio.features.rasterize(((g, i + 1) for i, g in enumerate(geoms)), out_shape=data.shape,
-                                      transform=shift, fill=0, dtype="int32")
-    n = len(geoms) + 1
-    flat = ids.ravel()
-    pixels = np.bincount(flat, minlength=n)
+    raw = np.asarray(read(ap if junctions else win))
+    if raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:  # a lookup: several times np.isin's speed
+        wanted = np.zeros(1 << (8 * raw.dtype.itemsize), bool)
+        wanted[[c for c in src.classes if c < len(wanted)]] = True
+        keep = wanted[raw]
+    else:
+        keep = np.isin(raw, src.classes)
+    if junctions:
+        lab = np.full((win.height + 2, win.width + 2), -1, np.int32)
+        y0, x0 = ap.row_off - (win.row_off - 1), ap.col_off - (win.col_off - 1)
+        lab[y0 : y0 + ap.height, x0 : x0 + ap.width] = np.where(keep, raw, -2)  # -2: not vectorized
+        keys = junction_keys(lab, W, win.row_off, win.col_off)
+        inner = (slice(win.row_off - ap.row_off, win.row_off - ap.row_off + win.height),
+                 slice(win.col_off - ap.col_off, win.col_off - ap.col_off + win.width))
+        raw, keep = raw[inner], keep[inner]
+    data = raw.astype(np.uint8)
+    if not keep.any():
+        return Piece(), Piece()
+    rings = Rings.of(data, keep)
+    n = rings.n
+    pixels = rings.sums()  # the shoelace area of a pixel-space polygon is its pixel count
     if area is None:
         areas = np.zeros(n)
     elif area.constant_m2 is not None:
         areas = pixels * area.constant_m2
     else:
-        rows = np.broadcast_to(area.rows_m2(win.row_off, win.height)[:, None], data.shape)
-        areas = np.bincount(flat, weights=rows.ravel(), minlength=n)
+        areas = rings.sums(rows=np.concatenate([[0.0], np.cumsum(area.rows_m2(win.row_off, win.height))]))
     probs = np.zeros(n)
     if read_probs is not None:
         p = np.asarray(read_probs(win))  # (class, h, w) uint8, probability x 255
-        k = p.shape[0]
-        chosen = np.take_along_axis(p, np.minimum(data, k - 1)[None].astype(np.intp), 0)[0] / 255.0
-        probs = np.bincount(flat, weights=chosen.ravel(), minlength=n)
-    arr = np.asarray(geoms, dtype=object)
-    bounds = shapely.bounds(arr)
-    # the junctions on each polygon's rings: at its vertices, or inside a straight edge (a neighbour's corner)
-    points = shapely.points(np.column_stack([junctions % (W + 1), junctions // (W + 1)]).astype(float))
-    on_poly, on_point = shapely.STRtree(points).query(shapely.boundary(arr), predicate="intersects") \
-        if len(points) else (np.zeros(0, int), np.zeros(0, int))
-    order = np.argsort(on_poly, kind="stable")
-    split = np.split(junctions[on_point[order]], np.searchsorted(on_poly[order], np.arange(1, len(geoms))))
-    for i, g in enumerate(geoms):
-        mine = split[i]
-        reaches = _reaches_inner_edge(bounds[i], win, H, W)
-        (opened if reaches else closed).add(shapely.to_wkb(g), values[i], pixels[i + 1], areas[i + 1], probs[i + 1],
-                                             mine)
-    return closed, opened
+        chosen = np.take_along_axis(p, np.minimum(data, p.shape[0] - 1)[None].astype(np.intp), 0)[0]
+        table = np.zeros((win.height + 1, win.width + 1), np.int64)  # summed-area table
+        table[1:, 1:] = chosen.astype(np.int64).cumsum(0).cumsum(1)
+        probs = rings.sums(table=table) / 255.0
+    geoms = rings.polygons(win.col_off, win.row_off)
+    bounds = shapely.bounds(geoms)
+    reaches = _reaches_inner_edge(bounds, win, H, W)
+    if junctions:  # on each polygon's rings: at its vertices, or inside a straight edge (a neighbour's corner)
+        points = shapely.points(np.column_stack([keys % (W + 1), keys // (W + 1)]).astype(float))
+        on_poly, on_point = shapely.STRtree(points).query(shapely.boundary(geoms), predicate="intersects") \
+            if len(points) else (np.zeros(0, int), np.zeros(0, int))
+        order = np.argsort(on_poly, kind="stable")
+        split = np.split(keys[on_point[order]], np.searchsorted(on_poly[order], np.arange(1, n)))
+    else:
+        split = [_NO_JUNCTIONS] * n
+    wkb = shapely.to_wkb(geoms)
+    return (Piece.of(wkb, rings.values, pixels, areas, probs, split, ~reaches),
+            Piece.of(wkb, rings.values, pixels, areas, probs, split, reaches))
 
 
-def _reaches_inner_edge(b, win: Window, H: int, W: int) -> bool:
-    """True where bounds ``(minx, miny, maxx, maxy)`` (pixel space) reach an edge of ``win`` that is
-    not the raster's: the polygon may go on in the neighbouring window."""
-    minx, miny, maxx, maxy = b
-    return bool((minx <= win.col_off and win.col_off > 0) or (miny <= win.row_off and win.row_off > 0)
-                or (maxx >= win.col_off + win.width and win.col_off + win.width < W)
-                or (maxy >= win.row_off + win.height and win.row_off + win.height < H))
+def _reaches_inner_edge(b, win: Window, H: int, W: int):
+    """True where bounds ``(minx, miny, maxx, maxy)`` (pixel space; an ``(n, 4)`` array gives ``n``
+    answers) reach an edge of ``win`` that is not the raster's: the polygon may go on in the
+    neighbouring window."""
+    b = np.asarray(b, np.float64)
+    minx, miny, maxx, maxy = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    return (((minx <= win.col_off) & (win.col_off > 0)) | ((miny <= win.row_off) & (win.row_off > 0))
+            | ((maxx >= win.col_off + win.width) & (win.col_off + win.width < W))
+            | ((maxy >= win.row_off + win.height) & (win.row_off + win.height < H)))
 
 
-def merge_group(src: Source, win: Window, parts: list[Piece]) -> tuple[Piece, Piece]:
-    """``(closed, open)``: the open polygons of the windows making up ``win``, those of one class
-    that share an edge unioned (sums added, junctions joined), split by whether they still reach
-    an inner edge of ``win``."""
+def merge_group(src: Source, win: Window, parts: list[Piece], half: int) -> tuple[Piece, Piece]:
+    """``(closed, open)``: the open polygons of the windows making up ``win`` (``half`` pixels a
+    side), those of one class that share an edge across a seam unioned (sums added, junctions
+    joined), split by whether they still reach an inner edge of ``win``."""
     import shapely
 
     merged = Piece()
@@ -175,26 +185,23 @@ def merge_group(src: Source, win: Window, parts: list[Piece]) -> tuple[Piece, Pi
             i = parent[i]
         return i
 
-    tree = shapely.STRtree(geoms)
-    left, right = tree.query(geoms, predicate="touches")
-    pairs = (left < right) & (cls[left] == cls[right])
-    for a, b in zip(left[pairs], right[pairs]):
-        if shapely.length(shapely.intersection(shapely.boundary(geoms[a]), shapely.boundary(geoms[b]))) > 0:
-            ra, rb = root(int(a)), root(int(b))
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+    seams = (win.col_off + half, win.row_off + half)
+    for a, b in seam_pairs(geoms, cls, *seams):
+        ra, rb = root(int(a)), root(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
     groups: dict[int, list[int]] = {}
     for i in range(len(geoms)):
         groups.setdefault(root(i), []).append(i)
     closed, opened = Piece(), Piece()
     for members in groups.values():
-        geom = geoms[members[0]] if len(members) == 1 else shapely.union_all(geoms[members])
+        geom = geoms[members[0]] if len(members) == 1 else union(geoms[members], *seams)
         polys = [geom] if geom.geom_type == "Polygon" else list(getattr(geom, "geoms", []))
         sums = [sum(getattr(merged, name)[i] for i in members) for name in ("pixels", "area_m2", "prob_sum")]
         junctions = np.unique(np.concatenate([merged.junctions[i] for i in members]))
         for j, poly in enumerate(polys):  # a union is one polygon, unless edges met only at a corner
             share = poly.area / max(geom.area, 1e-12) if len(polys) > 1 else 1.0
-            target = opened if _reaches_inner_edge(poly.bounds, win, src.height, src.width) else closed
+            target = opened if bool(_reaches_inner_edge(poly.bounds, win, src.height, src.width)) else closed
             target.add(shapely.to_wkb(poly), cls[members[0]], round(sums[0] * share), sums[1] * share,
                        sums[2] * share, junctions)
     return closed, opened
@@ -312,10 +319,12 @@ def _simplify_chain(line: np.ndarray, tol: float) -> np.ndarray:
 
 def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, area_known: bool,
                     read=None) -> int:
-    """Closed polygons to one GeoParquet part: instances grown over their boundary
+    """Closed polygons to one Parquet part (WKB and attributes, the columns of the GeoParquet
+    :func:`geoseg.vectorize.finish.assemble` writes): instances grown over their boundary
     (:mod:`geoseg.vectorize.instances`, ``read`` the class map), simplified (``tolerance`` in CRS
     units), moved to the CRS, with their attributes. Returns how many were written."""
-    import geopandas as gpd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import shapely
 
     if not len(piece):
@@ -338,18 +347,23 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
     geoms = shapely.transform(geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c,
                                                                   d * xy[:, 0] + e * xy[:, 1] + f]))
     cls = np.asarray(piece.cls, np.int32)
-    frame = gpd.GeoDataFrame({
+    names = np.asarray([*src.names, *(f"class_{k}" for k in range(len(src.names), int(cls.max()) + 1))], object)
+    box = shapely.bounds(geoms)
+    table = pa.table({  # the columns assemble writes (finish.py), the bbox covering column already made
         "class": cls,
-        "class_name": [src.names[k] if k < len(src.names) else f"class_{k}" for k in cls],
+        "class_name": pa.array(names[cls], pa.string()),
         "area_ha": areas / 1e4 if area_known else np.full(len(cls), np.nan),
         "pixels": pixels,
-        "mean_probability": prob,
-        "scene": src.scene,
-    }, geometry=geoms, crs=src.crs)
+        "mean_probability": np.asarray(prob, np.float64),
+        "scene": pa.array([src.scene] * len(cls), pa.string()),
+        "geometry": pa.array(shapely.to_wkb(geoms), pa.binary()),
+        "bbox": pa.StructArray.from_arrays([pa.array(box[:, i]) for i in range(4)],
+                                           names=["xmin", "ymin", "xmax", "ymax"]),
+    })
     with storage.staging_path(part_url, ".parquet") as local:
-        frame.to_parquet(local, index=False)
+        pq.write_table(table, local)
         storage.publish(local, part_url)
-    return len(frame)
+    return len(table)
 
 
 def nodata_free(values: np.ndarray) -> np.ndarray:
@@ -386,7 +400,7 @@ def chunk_task(src: Source, gy: int, gx: int, chunk: int, parts: str, tolerance:
     """Level 0: one chunk polygonized; its closed polygons written as a part; its open ones returned."""
     win = src.tree(chunk).window(0, gy, gx)
     area = _area(src)
-    closed, opened = polygonize_chunk(src, win, _reader(src), _prob_reader(src), area)
+    closed, opened = polygonize_chunk(src, win, _reader(src), _prob_reader(src), area, junctions=tolerance > 0)
     finish_polygons(src, closed, storage.join(parts, f"0-{gy}-{gx}.parquet"), tolerance, area is not None,
                     _reader(src) if src.grow else None)
     return opened
@@ -396,7 +410,7 @@ def merge_task(src: Source, level: int, gy: int, gx: int, chunk: int, parts: str
                *below: Piece) -> Piece:
     """Level L: the open polygons of the four windows below merged; the closed ones written."""
     win = src.tree(chunk).window(level, gy, gx)
-    closed, opened = merge_group(src, win, list(below))
+    closed, opened = merge_group(src, win, list(below), chunk << (level - 1))
     finish_polygons(src, closed, storage.join(parts, f"{level}-{gy}-{gx}.parquet"), tolerance,
                     _area(src) is not None, _reader(src) if src.grow else None)
     return opened
