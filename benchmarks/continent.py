@@ -14,8 +14,9 @@ no training). Per stage, in MPix/s per core (the machine's cores: said in the fi
               (the record's ``mpix_per_s``), and in this process (``mosaic_here``, one core); peer:
               GDAL's nearest-neighbour warp of the same COGs onto the same grid
               (``rasterio.warp.reproject``, as many threads as cores)
-  vectorize   the N class maps to GeoParquet (seams merged), in this process (one core) and on the
-              warm Ray; peer: ``rasterio.features.shapes`` over the same maps (one core)
+  vectorize   the job's N class maps to GeoParquet (``vectorize PREFIX``, seams merged), in this
+              process (one core) and on the warm Ray; peer: ``rasterio.features.shapes`` over the
+              same maps (one core)
 
 and the core-hours each would take for 3 x 10^11 px (Africa at 10 m).
 
@@ -139,7 +140,8 @@ def mosaic_rows(prefix: str, grid: str, work: str, cores: int) -> None:
     print(f"  geoseg's exact nearest pixel vs GDAL's approximate warp: {float((got == dst)[both].mean()):.5f} agree")
 
 
-def vectorize_rows(maps: list[str], work: str, cores: int) -> None:
+def vectorize_rows(prefix: str, maps: list[str], work: str, cores: int) -> None:
+    """The job's class maps (``vectorize PREFIX``: the maps' tasks overlap), in this process and on Ray."""
     import rasterio
     import rasterio.features
 
@@ -159,13 +161,11 @@ def vectorize_rows(maps: list[str], work: str, cores: int) -> None:
             n += 1
         t_shapes += time.perf_counter() - t0
     t0 = time.perf_counter()
-    for i, url in enumerate(maps):
-        vectorize_here(url, opts, out=os.path.join(work, f"v-here-{i}"), log=quiet)
+    vectorize_here(prefix, opts, log=quiet)
     t_here = time.perf_counter() - t0
     vectorize(maps[0], opts, out=os.path.join(work, "v-ray-warm"), log=quiet)
     t0 = time.perf_counter()
-    for i, url in enumerate(maps):
-        vectorize(url, opts, out=os.path.join(work, f"v-ray-{i}"), log=quiet)
+    vectorize(prefix, opts, log=quiet)
     t_ray = time.perf_counter() - t0
     shapes, here, ray = px / t_shapes / 1e6, px / t_here / 1e6, px / t_ray / 1e6
     print(f"vectorize {len(maps)} maps ({n} polygons): in process {here:.2f} MPix/s (one core), on Ray {ray:.2f} "
@@ -209,7 +209,7 @@ def main() -> None:
     prefix, _ = predict_rows(scenes, models, work, a.side, cores, run)
     maps = sorted(glob.glob(os.path.join(prefix, "*.tif")))
     mosaic_rows(prefix, a.grid, work, cores)
-    vectorize_rows(maps, work, cores)
+    vectorize_rows(prefix, maps, work, cores)
 
 
 if __name__ == "__main__":

@@ -459,14 +459,15 @@ _boto_sessions: dict[tuple, Any] = {}
 
 def _boto_session():
     """This process's boto3 session for the current AWS settings (it refreshes expiring
-    credentials itself)."""
+    credentials itself), or None where boto3 finds no credentials: asked once, as botocore does
+    not remember finding none and asks the instance metadata service again on every call."""
     import boto3
 
     key = tuple(os.environ.get(k) for k in _AWS_ENV)
-    session = _boto_sessions.get(key)
-    if session is None:
-        session = _boto_sessions[key] = boto3.Session()
-    return session
+    if key not in _boto_sessions:
+        session = boto3.Session()
+        _boto_sessions[key] = session if session.get_credentials() is not None else None
+    return _boto_sessions[key]
 
 
 def gdal_env(**extra: Any):
@@ -478,8 +479,10 @@ def gdal_env(**extra: Any):
     try:
         ep = opts.get("AWS_S3_ENDPOINT")  # GDAL wants host:port, without the scheme
         unsigned = os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1", "ON")
-        session = AWSSession(session=None if unsigned else _boto_session(), endpoint_url=ep)
-        return rasterio.Env(session=session, **opts)
+        boto = None if unsigned else _boto_session()
+        if boto is None and not unsigned:
+            return rasterio.Env(**opts)  # no credentials to hand over: GDAL's own chain, as below
+        return rasterio.Env(session=AWSSession(session=boto, endpoint_url=ep), **opts)
     except Exception:  # noqa: BLE001 - no boto3 / no credentials: GDAL's own chain
         return rasterio.Env(**opts)
 

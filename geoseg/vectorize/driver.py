@@ -1,10 +1,10 @@
 """The driver loop of ``geoseg vectorize``, shared by its runners (no Ray).
 
-    drive(sources, tasks)   each class map in turn:
-      -> vectorize_map      its windows' tasks level by level up the quad-tree (stages.chunk_task,
+    drive(sources, tasks)   each class map (up to AHEAD in flight, finished in order):
+      -> submit_map         its windows' tasks level by level up the quad-tree (stages.chunk_task,
                             stages.merge_task): polygonize each chunk, merge 2 x 2 windows' open
                             polygons; every task writes the polygons it closes as a GeoParquet part
-      -> assemble           the parts into one GeoParquet and one FlatGeobuf (finish.py)
+      -> finish_map         awaited; assemble: the parts into one GeoParquet and one FlatGeobuf (finish.py)
       -> record             the scene's run record and STAC item list them
 
 The runner is the ``tasks`` it is handed (:mod:`geoseg.execution.tasks`): Ray tasks
@@ -22,32 +22,49 @@ from geoseg.vectorize.plan import VectorizeOptions, outputs
 from geoseg.vectorize.stages import Source, chunk_task, merge_task
 
 
+AHEAD = 4  # class maps whose tasks are in flight at once: one map's merge and files overlap the next's chunks
+
+
 def drive(sources: list, opts: VectorizeOptions, tasks, log=print) -> list[dict]:
     """Every ``(source, base, record)`` of :func:`geoseg.vectorize.plan.plan_sources` vectorized
-    on ``tasks``; a scene's record (where it has one) lists its files."""
-    results = []
-    for src, base, rec in sources:
-        result = vectorize_map(src, opts, base, tasks, log)
+    on ``tasks`` (up to ``AHEAD`` maps in flight); a scene's record (where it has one) lists its files."""
+    results, flight = [], []
+
+    def finish_first() -> None:
+        src, base, rec, started = flight.pop(0)
+        result = finish_map(src, opts, base, started, tasks, log)
         if rec is not None:
             record(base, rec, result)
         results.append({"scene": src.scene, **result})
+
+    for src, base, rec in sources:
+        flight.append((src, base, rec, submit_map(src, opts, base, tasks)))
+        if len(flight) >= AHEAD:
+            finish_first()
+    while flight:
+        finish_first()
     return results
 
 
-def vectorize_map(src: Source, opts: VectorizeOptions, base: str, tasks, log=print) -> dict:
-    """One class map to ``<base>.vectors.parquet`` / ``.fgb``, its windows' tasks on ``tasks``
-    level by level up the quad-tree; returns what its record says of them."""
+def submit_map(src: Source, opts: VectorizeOptions, base: str, tasks) -> tuple:
+    """A class map's window tasks, level by level up the quad-tree (each merge takes the open
+    polygons of the windows below), handed to ``tasks``: ``(start time, parts folder, top handles)``."""
     t0 = time.perf_counter()
     parts = f"{base}.vectors.parts-{uuid.uuid4().hex[:8]}"
     tree = src.tree(opts.chunk)
-    top = tree.levels
     refs = {g: tasks.submit(chunk_task, src, *g, opts.chunk, parts, opts.simplify) for g in tree.groups(0)}
-    for level in range(1, top + 1):  # each merge takes the open polygons of the windows below
+    for level in range(1, tree.levels + 1):
         refs = {g: tasks.submit(merge_task, src, level, *g, opts.chunk, parts, opts.simplify,
                                 *[refs[c] for c in tree.children(level, *g)])
                 for g in tree.groups(level)}
+    return t0, parts, list(refs.values())
+
+
+def finish_map(src: Source, opts: VectorizeOptions, base: str, started: tuple, tasks, log=print) -> dict:
+    """A submitted map's tasks awaited, its parts assembled into its files; what its record says."""
+    t0, parts, top = started
     try:
-        left = tasks.gather(list(refs.values()))
+        left = tasks.gather(top)
     except Exception as exc:  # noqa: BLE001 - the task's own error, not its runner's wrapper
         raise tasks.cause(exc)
     if any(len(p) for p in left):  # the top window has no inner edge: nothing stays open
