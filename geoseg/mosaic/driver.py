@@ -30,7 +30,7 @@ from geoseg.execution.tasks import as_done
 
 RECORDS_PER_TASK = 64
 # the CPUs each kind of task asks for (on Ray)
-CPUS = {read_scenes: 0.25, stages.mosaic_chunks: 0.5, stages.build_level: 0.5}
+CPUS = {read_scenes: 0.25, stages.mosaic_chunks: 1, stages.build_level: 0.5}
 
 
 def _classes_of(record_url: str) -> ClassScheme:

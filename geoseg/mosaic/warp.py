@@ -32,9 +32,9 @@ SLACK = 1e-6  # source px: interpolation error allowed beyond twice the largest 
 @dataclass(frozen=True)
 class Lookup:
     """A chunk's source pixels in one scene: ``window`` of the scene to read, and per chunk pixel an
-    index into that window padded with one row and column in front (index 0: the padding, no
-    source pixel). Separable (a north-up scene in the grid's CRS): ``rows`` (h,) and ``cols`` (w,);
-    otherwise ``flat`` (h, w) indices into the padded window's pixels."""
+    index into that window padded with one row and column on every side (an index on the padding:
+    no source pixel; 0 is one). Separable (a north-up scene in the grid's CRS): ``rows`` (h,) and
+    ``cols`` (w,); otherwise ``flat`` (h, w) indices into the padded window's pixels."""
 
     window: Window
     rows: np.ndarray | None = None
@@ -44,8 +44,8 @@ class Lookup:
     def take(self, data: np.ndarray, fill) -> np.ndarray:
         """``data`` (..., window height, window width) -> (..., h, w); ``fill`` where no source pixel."""
         lead = data.shape[:-2]
-        padded = np.full((*lead, data.shape[-2] + 1, data.shape[-1] + 1), fill, data.dtype)
-        padded[..., 1:, 1:] = data
+        padded = np.full((*lead, data.shape[-2] + 2, data.shape[-1] + 2), fill, data.dtype)
+        padded[..., 1:-1, 1:-1] = data
         if self.flat is None:
             return padded[..., self.rows[:, None], self.cols[None, :]]
         return padded.reshape(*lead, -1)[..., self.flat]
@@ -56,8 +56,8 @@ class Lookup:
         if self.flat is None:
             r, c = np.meshgrid(self.rows, self.cols, indexing="ij")
         else:
-            r, c = np.divmod(self.flat, w.width + 1)
-        ok = (r > 0) & (c > 0)
+            r, c = np.divmod(self.flat, w.width + 2)
+        ok = (r >= 1) & (r <= w.height) & (c >= 1) & (c <= w.width)
         return np.where(ok, r - 1 + w.row_off, -1), np.where(ok, c - 1 + w.col_off, -1), ok
 
 
@@ -90,21 +90,22 @@ def lookup(scene, crs: str, dst_t, height: int, width: int, box=None, offset=(0,
     if span is None:
         return None
     r0, r1, c0, c1 = span
-    ok = (fr >= r0) & (fr < r1) & (fc >= c0) & (fc < c1)
-    ok &= in_y[:, None]
-    ok &= in_x[None, :]
-    fr -= r0 - 1
-    fr *= c1 - c0 + 1
+    fr -= r0 - 1  # rows and columns of the padded window: outside it, clipped onto its padding
+    np.clip(fr, 0, r1 - r0 + 1, out=fr)
+    fr *= c1 - c0 + 2
+    fr[~in_y] = 0  # centres outside the box: padding
+    fc -= c0 - 1
+    np.clip(fc, 0, c1 - c0 + 1, out=fc)
+    fc[:, ~in_x] = 0
     fr += fc
-    fr -= c0 - 1
-    np.copyto(fr, 0.0, where=~ok)  # 0: the padding (also where a position is not finite)
     return Lookup(Window(r0, c0, r1 - r0, c1 - c0), flat=fr.astype(np.intp))
 
 
 def positions(scene, crs: str, dst_t, xs: np.ndarray, ys: np.ndarray, offset, inv):
     """``(cols, rows, lattice)``: the floor of every chunk pixel's position in the scene's pixel
-    space (float, ``(h, w)``; NaN where PROJ fails), interpolated on the output grid's lattice and
-    exact wherever the floor could differ; ``lattice``: the exact positions at the lattice points."""
+    space (float, ``(h, w)``; -1 where PROJ fails), interpolated on the output grid's lattice and
+    exact wherever the floor could differ; ``lattice``: the exact positions at the lattice points
+    (None where a transform failed near the chunk and every position is exact)."""
 
     def exact(x, y):
         if scene.crs != crs:
@@ -117,20 +118,26 @@ def positions(scene, crs: str, dst_t, xs: np.ndarray, ys: np.ndarray, offset, in
     lc, lr = _lattice(height, width, offset)
     lattice = _exact_at(exact, dst_t, lc, lr)
     bound = _bound(exact, dst_t, lc, lr, lattice)
-    near = np.zeros((height, width), bool)
     floors = []
-    for v in _interpolated(lattice, height, width, offset):
+    near = np.ones((height, width), bool)  # a transform failed near the chunk: every pixel exactly
+    for i, v in enumerate(_interpolated(lattice, height, width, offset)):
         low = np.floor(v)
-        v -= low  # the fraction: near an edge within the bound, or not finite (NaN: no comparison holds)
-        near |= ~((v > bound) & (v < 1 - bound))
         floors.append(low)
+        if np.isfinite(bound):  # (so is every position: the bound's checks reached every lattice point)
+            v -= low  # |fraction - 0.5| >= 0.5 - bound: within the bound of an edge
+            v -= 0.5
+            np.abs(v, out=v)
+            if i == 0:
+                np.greater_equal(v, 0.5 - bound, out=near)
+            else:
+                near |= v >= 0.5 - bound
     fc, fr = floors
     idx = np.flatnonzero(near)
     if len(idx):
         rows, cols = np.divmod(idx, width)
-        ec, er = exact(xs[cols], ys[rows])
-        fc.flat[idx], fr.flat[idx] = np.floor(ec), np.floor(er)
-    return fc, fr, lattice
+        ec, er = (np.floor(v) for v in exact(xs[cols], ys[rows]))
+        fc.flat[idx], fr.flat[idx] = (np.where(np.isnan(v), -1.0, v) for v in (ec, er))  # NaN: no pixel
+    return fc, fr, lattice if np.isfinite(bound) else None
 
 
 def _interpolated(lattice, height: int, width: int, offset) -> list[np.ndarray]:
@@ -144,10 +151,11 @@ def _interpolated(lattice, height: int, width: int, offset) -> list[np.ndarray]:
     for g in lattice:
         along = (1 - tx) * g[:, kx] + tx * g[:, kx + 1]
         full = np.empty((height, width))
+        step = along[1:] - along[:-1]
         for i0, i1 in zip(starts, [*starts[1:], height]):
-            k, t = ky[i0], ty[i0:i1, None]
-            np.multiply(1 - t, along[k], out=full[i0:i1])
-            full[i0:i1] += t * along[k + 1]
+            k = ky[i0]
+            np.multiply(ty[i0:i1, None], step[k], out=full[i0:i1])
+            full[i0:i1] += along[k]
         out.append(full)
     return out
 
@@ -155,10 +163,10 @@ def _interpolated(lattice, height: int, width: int, offset) -> list[np.ndarray]:
 def _span(fc, fr, lattice, scene) -> tuple[int, int, int, int] | None:
     """The scene rows ``r0:r1`` and columns ``c0:c1`` the chunk's positions can fall in: the
     lattice's range (interpolation stays within it) and a pixel more, clipped to the scene."""
-    lat_c, lat_r = lattice
-    if np.isfinite(lat_c).all() and np.isfinite(lat_r).all():
+    if lattice is not None:  # (finite: the interpolation's bound is)
+        lat_c, lat_r = lattice
         lo_c, hi_c, lo_r, hi_r = lat_c.min() - 1, lat_c.max() + 1, lat_r.min() - 1, lat_r.max() + 1
-    else:  # PROJ failed somewhere on the lattice: from the positions themselves
+    else:  # PROJ failed near the chunk, and every position is exact: from the positions themselves
         good = np.isfinite(fc) & np.isfinite(fr)
         if not good.any():
             return None
