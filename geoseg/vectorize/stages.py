@@ -39,17 +39,18 @@ _NO_JUNCTIONS = np.zeros(0, np.int64)
 
 @dataclass
 class Piece:
-    """Polygons with their sums, in pixel space: what tasks hand each other (WKB, picklable)."""
+    """Polygons with their sums, in pixel space: what tasks hand each other (pickled with its
+    polygons as WKB, in one call)."""
 
-    wkb: list = field(default_factory=list)
+    geoms: list = field(default_factory=list)  # shapely polygons (pickled as WKB between tasks)
     cls: list = field(default_factory=list)
     pixels: list = field(default_factory=list)
     area_m2: list = field(default_factory=list)
     prob_sum: list = field(default_factory=list)
     junctions: list = field(default_factory=list)  # per polygon: int64 keys y * (width + 1) + x
 
-    def add(self, wkb, cls, pixels, area, prob, junctions) -> None:
-        self.wkb.append(wkb)
+    def add(self, geom, cls, pixels, area, prob, junctions) -> None:
+        self.geoms.append(geom)
         self.cls.append(int(cls))
         self.pixels.append(int(pixels))
         self.area_m2.append(float(area))
@@ -57,17 +58,34 @@ class Piece:
         self.junctions.append(np.asarray(junctions, np.int64))
 
     @classmethod
-    def of(cls, wkb, classes, pixels, area, prob, junctions, keep) -> "Piece":
+    def of(cls, geoms, classes, pixels, area, prob, junctions, keep) -> "Piece":
         """The polygons where ``keep`` of columns given whole (arrays, and a list of junctions)."""
         idx = np.flatnonzero(keep)
-        return cls(list(wkb[idx]), classes[idx].tolist(), np.rint(pixels[idx]).astype(np.int64).tolist(),
+        return cls(list(geoms[idx]), classes[idx].tolist(), np.rint(pixels[idx]).astype(np.int64).tolist(),
                    area[idx].tolist(), prob[idx].tolist(), [junctions[i] for i in idx])
 
+    def __getstate__(self) -> dict:
+        import shapely
+
+        return {**self.__dict__, "geoms": shapely.to_wkb(np.asarray(self.geoms, dtype=object))}
+
+    def __setstate__(self, state: dict) -> None:
+        import shapely
+
+        self.__dict__.update({**state, "geoms": list(shapely.from_wkb(state["geoms"]))})
+
+    @property
+    def wkb(self) -> list:
+        """The polygons as WKB."""
+        import shapely
+
+        return list(shapely.to_wkb(np.asarray(self.geoms, dtype=object)))
+
     def __len__(self) -> int:
-        return len(self.wkb)
+        return len(self.geoms)
 
     def extend(self, other: "Piece") -> None:
-        for name in ("wkb", "cls", "pixels", "area_m2", "prob_sum", "junctions"):
+        for name in ("geoms", "cls", "pixels", "area_m2", "prob_sum", "junctions"):
             getattr(self, name).extend(getattr(other, name))
 
 
@@ -107,7 +125,11 @@ def polygonize_chunk(src: Source, win: Window, read, read_probs=None, area=None,
     if raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:  # a lookup: several times np.isin's speed
         wanted = np.zeros(1 << (8 * raw.dtype.itemsize), bool)
         wanted[[c for c in src.classes if c < len(wanted)]] = True
-        keep = wanted[raw]
+        top = int(raw.max(initial=0))
+        if wanted[: min(top + 1, NODATA)].all() and not wanted[NODATA:top + 1].any():
+            keep = raw < min(top + 1, NODATA)  # every value below the nodata one wanted: one comparison
+        else:
+            keep = wanted[raw]
     else:
         keep = np.isin(raw, src.classes)
     if junctions:
@@ -118,7 +140,7 @@ def polygonize_chunk(src: Source, win: Window, read, read_probs=None, area=None,
         inner = (slice(win.row_off - ap.row_off, win.row_off - ap.row_off + win.height),
                  slice(win.col_off - ap.col_off, win.col_off - ap.col_off + win.width))
         raw, keep = raw[inner], keep[inner]
-    data = raw.astype(np.uint8)
+    data = raw.astype(np.uint8, copy=False)
     if not keep.any():
         return Piece(), Piece()
     rings = Rings.of(data, keep)
@@ -148,9 +170,8 @@ def polygonize_chunk(src: Source, win: Window, read, read_probs=None, area=None,
         split = np.split(keys[on_point[order]], np.searchsorted(on_poly[order], np.arange(1, n)))
     else:
         split = [_NO_JUNCTIONS] * n
-    wkb = shapely.to_wkb(geoms)
-    return (Piece.of(wkb, rings.values, pixels, areas, probs, split, ~reaches),
-            Piece.of(wkb, rings.values, pixels, areas, probs, split, reaches))
+    return (Piece.of(geoms, rings.values, pixels, areas, probs, split, ~reaches),
+            Piece.of(geoms, rings.values, pixels, areas, probs, split, reaches))
 
 
 def _reaches_inner_edge(b, win: Window, H: int, W: int):
@@ -175,7 +196,7 @@ def merge_group(src: Source, win: Window, parts: list[Piece], half: int) -> tupl
         merged.extend(p)
     if not len(merged):
         return Piece(), Piece()
-    geoms = shapely.from_wkb(np.asarray(merged.wkb, dtype=object))
+    geoms = np.asarray(merged.geoms, dtype=object)
     cls = np.asarray(merged.cls)
     parent = np.arange(len(geoms))
 
@@ -202,7 +223,7 @@ def merge_group(src: Source, win: Window, parts: list[Piece], half: int) -> tupl
         for j, poly in enumerate(polys):  # a union is one polygon, unless edges met only at a corner
             share = poly.area / max(geom.area, 1e-12) if len(polys) > 1 else 1.0
             target = opened if bool(_reaches_inner_edge(poly.bounds, win, src.height, src.width)) else closed
-            target.add(shapely.to_wkb(poly), cls[members[0]], round(sums[0] * share), sums[1] * share,
+            target.add(poly, cls[members[0]], round(sums[0] * share), sums[1] * share,
                        sums[2] * share, junctions)
     return closed, opened
 
@@ -331,7 +352,7 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
         return 0
     a, b, c, d, e, f = src.transform[:6]
     tol_px = tolerance / max(abs(a), 1e-12) if tolerance else 0.0
-    geoms = shapely.from_wkb(np.asarray(piece.wkb, dtype=object))
+    geoms = np.asarray(piece.geoms, dtype=object)
     areas = np.asarray(piece.area_m2, np.float64)
     pixels = np.asarray(piece.pixels, np.int64)
     prob = np.asarray(piece.prob_sum) / np.maximum(pixels, 1) if src.probabilities else np.full(len(pixels), np.nan)
