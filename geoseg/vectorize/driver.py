@@ -4,7 +4,8 @@
       -> submit_map         its windows' tasks level by level up the quad-tree (stages.chunk_task,
                             stages.merge_task): polygonize each chunk, merge 2 x 2 windows' open
                             polygons; every task writes the polygons it closes as a GeoParquet part
-      -> finish_map         awaited; assemble: the parts into one GeoParquet and one FlatGeobuf (finish.py)
+      -> assemble_task      once they are done: the parts into one GeoParquet and one FlatGeobuf (finish.py)
+      -> finish_map         awaited
       -> record             the scene's run record and STAC item list them
 
 The runner is the ``tasks`` it is handed (:mod:`geoseg.execution.tasks`): Ray tasks
@@ -17,12 +18,12 @@ import time
 import uuid
 
 from geoseg.data import storage
-from geoseg.vectorize.finish import assemble, record
+from geoseg.vectorize.finish import assemble_task, record
 from geoseg.vectorize.plan import VectorizeOptions, outputs
 from geoseg.vectorize.stages import Source, chunk_task, merge_task
 
 
-AHEAD = 4  # class maps whose tasks are in flight at once: one map's merge and files overlap the next's chunks
+AHEAD = 8  # class maps whose tasks are in flight at once: one map's merge and files overlap the next's chunks
 
 
 def drive(sources: list, opts: VectorizeOptions, tasks, log=print) -> list[dict]:
@@ -48,7 +49,8 @@ def drive(sources: list, opts: VectorizeOptions, tasks, log=print) -> list[dict]
 
 def submit_map(src: Source, opts: VectorizeOptions, base: str, tasks) -> tuple:
     """A class map's window tasks, level by level up the quad-tree (each merge takes the open
-    polygons of the windows below), handed to ``tasks``: ``(start time, parts folder, top handles)``."""
+    polygons of the windows below), and the task assembling its files once they are done, handed
+    to ``tasks``: ``(start time, the assembling task's handle)``."""
     t0 = time.perf_counter()
     parts = f"{base}.vectors.parts-{uuid.uuid4().hex[:8]}"
     tree = src.tree(opts.chunk)
@@ -57,22 +59,17 @@ def submit_map(src: Source, opts: VectorizeOptions, base: str, tasks) -> tuple:
         refs = {g: tasks.submit(merge_task, src, level, *g, opts.chunk, parts, opts.simplify,
                                 *[refs[c] for c in tree.children(level, *g)])
                 for g in tree.groups(level)}
-    return t0, parts, list(refs.values())
+    files = outputs(base, opts.formats)
+    return t0, tasks.submit(assemble_task, src.url, src.crs, parts, files, opts.min_area_ha, *refs.values())
 
 
 def finish_map(src: Source, opts: VectorizeOptions, base: str, started: tuple, tasks, log=print) -> dict:
-    """A submitted map's tasks awaited, its parts assembled into its files; what its record says."""
-    t0, parts, top = started
+    """A submitted map's files awaited; what its record says of them."""
+    t0, handle = started
     try:
-        left = tasks.gather(top)
+        (files, counts), = tasks.gather([handle])
     except Exception as exc:  # noqa: BLE001 - the task's own error, not its runner's wrapper
         raise tasks.cause(exc)
-    if any(len(p) for p in left):  # the top window has no inner edge: nothing stays open
-        raise RuntimeError(f"{src.url}: {sum(len(p) for p in left)} polygons left open at the top window")
-    try:
-        files, counts = assemble(parts, outputs(base, opts.formats), opts.min_area_ha, src.crs)
-    finally:
-        storage.remove(parts, recursive=True)
     rec = {"files": files, "polygons": counts["polygons"], "by_class": counts["by_class"],
            "classes": [src.names[k] if k < len(src.names) else f"class_{k}" for k in src.classes],
            "simplify": opts.simplify, "min_area_ha": opts.min_area_ha, "crs": src.crs,

@@ -1,6 +1,7 @@
 """The last stages of ``geoseg vectorize``, without Ray: a class map's polygon parts into its files,
 and the scene's record and STAC item listing them.
 
+    assemble_task  a map's last task: its parts assembled (below), then removed
     assemble   the parts streamed into one GeoParquet (bbox covering column) and one FlatGeobuf,
                written whole (staged, then moved or put): a file that is there is complete
     record     the scene's run record and STAC item list the vector files
@@ -13,6 +14,18 @@ import json
 import numpy as np
 
 from geoseg.data import storage
+
+
+def assemble_task(url: str, crs: str | None, parts: str, files: dict[str, str], min_area_ha: float,
+                  *left) -> tuple[dict, dict]:
+    """The last task of a class map, once its top windows are done (``left``: their open polygons,
+    none): its parts assembled into its files (:func:`assemble`), the parts removed."""
+    if any(len(p) for p in left):  # the top window has no inner edge: nothing stays open
+        raise RuntimeError(f"{url}: {sum(len(p) for p in left)} polygons left open at the top window")
+    try:
+        return assemble(parts, files, min_area_ha, crs)
+    finally:
+        storage.remove(parts, recursive=True)
 
 
 def assemble(parts: str, files: dict[str, str], min_area_ha: float, crs: str | None) -> tuple[dict, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from geoseg.execution.runtime import RayTasks
 from geoseg.vectorize.driver import drive
 from geoseg.vectorize.plan import VectorizeOptions, plan_sources
+from geoseg.vectorize.finish import assemble_task
 from geoseg.vectorize.stages import chunk_task, merge_task
 
 
@@ -26,4 +27,4 @@ def vectorize(target: str, opts: VectorizeOptions, out: str | None = None, log=p
     if not sources:
         return []
     init_ray(opts.address)
-    return drive(sources, opts, RayTasks({chunk_task: 1, merge_task: 1}), log)
+    return drive(sources, opts, RayTasks({chunk_task: 1, merge_task: 1, assemble_task: 1}), log)
