@@ -372,19 +372,33 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
     box = shapely.bounds(geoms)
     table = pa.table({  # the columns assemble writes (finish.py), the bbox covering column already made
         "class": cls,
-        "class_name": pa.array(names[cls], pa.string()),
+        "class_name": pa.array(names[cls], pa.large_string()),
         "area_ha": areas / 1e4 if area_known else np.full(len(cls), np.nan),
         "pixels": pixels,
         "mean_probability": np.asarray(prob, np.float64),
-        "scene": pa.array([src.scene] * len(cls), pa.string()),
+        "scene": pa.array([src.scene] * len(cls), pa.large_string()),
         "geometry": pa.array(shapely.to_wkb(geoms), pa.binary()),
         "bbox": pa.StructArray.from_arrays([pa.array(box[:, i]) for i in range(4)],
                                            names=["xmin", "ymin", "xmax", "ymax"]),
     })
+    table = table.cast(table.schema.set(6, table.schema.field("geometry").with_metadata(_geoarrow(src.crs))))
     with storage.staging_path(part_url, ".parquet") as local:
         pq.write_table(table, local)
         storage.publish(local, part_url)
     return len(table)
+
+
+def _geoarrow(crs: str | None) -> dict:
+    """The geometry column's GeoArrow extension metadata (WKB and its CRS as PROJJSON), as
+    geopandas writes it."""
+    import json
+
+    meta = {}
+    if crs:
+        from pyproj import CRS
+
+        meta = {"crs": CRS.from_user_input(crs).to_json_dict()}
+    return {"ARROW:extension:name": "geoarrow.wkb", "ARROW:extension:metadata": json.dumps(meta)}
 
 
 def nodata_free(values: np.ndarray) -> np.ndarray:
