@@ -31,19 +31,26 @@ class Rings:
     @classmethod
     def of(cls, data: np.ndarray, mask: np.ndarray) -> "Rings":
         """The 4-connected polygons of ``data`` where ``mask`` (holes kept), from ``shapes``."""
+        import gc
         import itertools
 
         import rasterio.features
 
         values, n_rings, sizes, flat = [], [], [], []
-        for geom, value in rasterio.features.shapes(data, mask=mask, connectivity=4):
-            rings = geom["coordinates"]
-            values.append(value)
-            n_rings.append(len(rings))
-            for ring in rings:
-                sizes.append(len(ring))
-                flat.extend(ring)
-        xy = np.fromiter(itertools.chain.from_iterable(flat), np.float64, count=2 * len(flat)).reshape(-1, 2)
+        chain = itertools.chain.from_iterable
+        collecting = gc.isenabled()
+        gc.disable()  # millions of short-lived, acyclic dicts, lists and tuples: nothing to collect
+        try:
+            for geom, value in rasterio.features.shapes(data, mask=mask, connectivity=4):
+                rings = geom["coordinates"]
+                values.append(value)
+                n_rings.append(len(rings))
+                sizes.extend(map(len, rings))
+                flat.extend(chain(rings))
+            xy = np.fromiter(chain(flat), np.float64, count=2 * len(flat)).reshape(-1, 2)
+        finally:
+            if collecting:
+                gc.enable()
         return cls(xy, np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]),
                    np.concatenate([[0], np.cumsum(n_rings, dtype=np.int64)]), np.asarray(values, np.int64))
 

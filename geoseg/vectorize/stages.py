@@ -21,6 +21,7 @@ Memory: a task holds one chunk, or the open polygons of one group (what touches 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -383,11 +384,13 @@ def finish_polygons(src: Source, piece: Piece, part_url: str, tolerance: float, 
     })
     table = table.cast(table.schema.set(6, table.schema.field("geometry").with_metadata(_geoarrow(src.crs))))
     with storage.staging_path(part_url, ".parquet") as local:
-        pq.write_table(table, local)
+        # a part is read once, by the map's last task: compressed only where it crosses a network
+        pq.write_table(table, local, compression="snappy" if storage.is_remote(part_url) else "none")
         storage.publish(local, part_url)
     return len(table)
 
 
+@functools.lru_cache(maxsize=16)
 def _geoarrow(crs: str | None) -> dict:
     """The geometry column's GeoArrow extension metadata (WKB and its CRS as PROJJSON), as
     geopandas writes it."""
@@ -425,10 +428,15 @@ def _prob_reader(src: Source):
     return lambda w: arr[:, w.slices[0], w.slices[1]]
 
 
-def _area(src: Source):
+@functools.lru_cache(maxsize=16)
+def _pixel_area(crs: str | None, transform: tuple):
     from geoseg.data.area import PixelArea
 
-    return PixelArea.of(src.crs, src.transform)
+    return PixelArea.of(crs, transform)
+
+
+def _area(src: Source):
+    return _pixel_area(src.crs, tuple(src.transform))
 
 
 def chunk_task(src: Source, gy: int, gx: int, chunk: int, parts: str, tolerance: float) -> Piece:
