@@ -184,3 +184,29 @@ def test_merged_polygons_are_the_one_chunk_geometries(chunk):
     rows = np.broadcast_to(area.rows_m2(0, m.shape[0])[:, None], m.shape)
     np.testing.assert_allclose(np.bincount(ids.ravel(), rows.ravel(), len(geoms) + 1)[1:], whole.area_m2,
                                rtol=1e-9)
+
+
+def test_one_small_map_vectorizes_without_starting_ray(tmp_path):
+    """One class map on this machine (no cluster named, no Ray up): the job runs in its own process,
+    and its files are those of the Ray job."""
+    import subprocess
+    import sys
+
+    m = _map()
+    with rasterio.open(tmp_path / "m.tif", "w", driver="GTiff", height=m.shape[0], width=m.shape[1], count=1,
+                       dtype="uint8", nodata=255, crs="EPSG:32633",
+                       transform=rasterio.Affine(10, 0, 500000, 0, -10, 4000000)) as dst:
+        dst.write(m, 1)
+    code = ("import sys; from geoseg.vectorize import VectorizeOptions, vectorize; "
+            f"vectorize({str(tmp_path / 'm.tif')!r}, VectorizeOptions(formats=('parquet',), chunk=64), log=print); "
+            "print('ray started:', 'ray' in sys.modules and sys.modules['ray'].is_initialized())")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ray started: False" in out.stdout
+    import geopandas as gpd
+
+    frame = gpd.read_parquet(tmp_path / "m.vectors.parquet")
+    back = rasterio.features.rasterize(zip(frame.geometry, frame["class"]), out_shape=m.shape, fill=255,
+                                       transform=rasterio.Affine(10, 0, 500000, 0, -10, 4000000), dtype="uint8")
+    np.testing.assert_array_equal(back, m)

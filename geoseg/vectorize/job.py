@@ -12,7 +12,9 @@ from __future__ import annotations
 from geoseg.execution.runtime import RayTasks
 from geoseg.vectorize.driver import drive
 from geoseg.vectorize.plan import VectorizeOptions, plan_sources
+from geoseg.execution.tasks import InlineTasks
 from geoseg.vectorize.finish import assemble_task
+from geoseg.vectorize.local import runs_locally
 from geoseg.vectorize.stages import chunk_task, merge_task
 
 
@@ -26,5 +28,7 @@ def vectorize(target: str, opts: VectorizeOptions, out: str | None = None, log=p
     sources = plan_sources(target, opts, out, missing_only)
     if not sources:
         return []
+    if runs_locally(sources, opts):  # one map on this machine: no Ray to start
+        return drive(sources, opts, InlineTasks(), log)
     init_ray(opts.address)
     return drive(sources, opts, RayTasks({chunk_task: 1, merge_task: 1, assemble_task: 1}), log)
