@@ -14,6 +14,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -357,11 +358,9 @@ def makedirs(url: str) -> None:
 
 
 def check_writable(url: str) -> None:
-    """Fail early, in one line, when outputs cannot be written under the folder ``url``.
-
-    Writes and removes a small probe object: a read-only folder, a path below a
-    regular file, a missing bucket or a denied PUT are found before any work.
-    """
+    """Fail early, in one line, when outputs cannot be written under the folder ``url``: writes and
+    removes a small probe object (a read-only folder, a path below a regular file, a missing bucket
+    or a denied PUT are found before any work)."""
     probe = join(url, f".geoseg-probe-{uuid.uuid4().hex}")
     makedirs(url)
     try:
@@ -430,12 +429,8 @@ def publish(local: str, url: str) -> None:
 
 @contextlib.contextmanager
 def staging_path(url: str, suffix: str = "") -> Iterator[str]:
-    """A local scratch path for building a file that ends up at ``url``.
-
-    Local destinations get a scratch file beside them (same filesystem, so the
-    final move is a rename); remote ones get a temp file that is uploaded by the
-    caller with :func:`put_file`.
-    """
+    """A local scratch path for building a file that ends up at ``url``: beside it where local (same
+    filesystem, so the final move is a rename), else a temp file the caller uploads (:func:`put_file`)."""
     if is_remote(url):
         d = tempfile.mkdtemp(prefix="geoseg-")
     else:
@@ -448,30 +443,30 @@ def staging_path(url: str, suffix: str = "") -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-# The AWS settings a boto3 session is made from: a session is made once per process for each
-# set of them (making one reads botocore's data files and resolves the credential chain:
-# about 10 ms, and GDAL environments are entered per scene, per writer, per mosaic chunk).
+# The AWS settings a boto3 session is made from, once per process for each set of them (about
+# 10 ms each; GDAL environments are entered per scene, per writer, per mosaic chunk).
 _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
             "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_NO_SIGN_REQUEST", "AWS_SHARED_CREDENTIALS_FILE",
             "AWS_CONFIG_FILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
 _boto_sessions: dict[tuple, Any] = {}
+_aws_sessions: dict[tuple, tuple] = {}  # settings -> (rasterio AWSSession, until when; a minute if no credentials)
+NO_CREDENTIALS_S = 60.0
 
 
 def _boto_session():
-    """This process's boto3 session for the current AWS settings (it refreshes expiring
-    credentials itself), or None where boto3 finds no credentials: asked once, as botocore does
-    not remember finding none and asks the instance metadata service again on every call."""
+    """This process's boto3 session for the current AWS settings (it refreshes expiring credentials)."""
     import boto3
 
     key = tuple(os.environ.get(k) for k in _AWS_ENV)
     if key not in _boto_sessions:
-        session = boto3.Session()
-        _boto_sessions[key] = session if session.get_credentials() is not None else None
+        _boto_sessions[key] = boto3.Session()
     return _boto_sessions[key]
 
 
 def gdal_env(**extra: Any):
-    """A ``rasterio.Env`` with geoseg's GDAL settings (plus ``extra``) and the AWS credential chain."""
+    """A ``rasterio.Env`` with geoseg's GDAL settings (plus ``extra``) and the AWS credential chain,
+    its AWS session made once per settings (botocore does not remember finding no credentials and
+    asks the instance metadata service each time), anew after a minute where none were found."""
     import rasterio
     from rasterio.session import AWSSession
 
@@ -479,10 +474,13 @@ def gdal_env(**extra: Any):
     try:
         ep = opts.get("AWS_S3_ENDPOINT")  # GDAL wants host:port, without the scheme
         unsigned = os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1", "ON")
-        boto = None if unsigned else _boto_session()
-        if boto is None and not unsigned:
-            return rasterio.Env(**opts)  # no credentials to hand over: GDAL's own chain, as below
-        return rasterio.Env(session=AWSSession(session=boto, endpoint_url=ep), **opts)
+        key = (tuple(os.environ.get(k) for k in _AWS_ENV), ep, unsigned)
+        session, until = _aws_sessions.get(key, (None, 0.0))
+        if session is None or time.monotonic() > until:
+            session = AWSSession(session=None if unsigned else _boto_session(), endpoint_url=ep)
+            _aws_sessions[key] = (session, float("inf") if unsigned or session._creds is not None
+                                  else time.monotonic() + NO_CREDENTIALS_S)
+        return rasterio.Env(session=session, **opts)
     except Exception:  # noqa: BLE001 - no boto3 / no credentials: GDAL's own chain
         return rasterio.Env(**opts)
 
