@@ -7,7 +7,8 @@ import argparse
 
 from geoseg.errors import InputError
 
-BANDS_HELP = "bands the model reads: band numbers in the model's order (1,2,3,4) or roles (blue=1,green=2,red=3,nir=4)"
+BANDS_HELP = ("bands the model reads: band numbers in the model's order (1,2,3,4), roles (blue=1,green=2,red=3,nir=4), "
+              "or band names, e.g. a composite's windows: red@planting,nir@planting,red@harvest,nir@harvest")
 ADDRESS_HELP = "Ray cluster address (default: RAY_ADDRESS or a local Ray geoseg starts)"
 
 

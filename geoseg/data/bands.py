@@ -5,8 +5,13 @@ Words used throughout geoseg:
 * a **band number** is 1-based, as in GDAL and rasterio;
 * a **band role** names what a band holds (``blue``, ``nir``...), found in the
   raster's band descriptions (``blue``, ``B02``, ``SR_B2``...);
-* ``--bands`` (predict and train alike) is a band selection: either band
-  numbers in the model's order (``1,2,3,4``) or a role map (``blue=1,green=2,...``).
+* ``--bands`` (predict and train alike) is a band selection: band numbers in the
+  model's order (``1,2,3,4``), a role map (``blue=1,green=2,...``), or band names
+  (``red@planting,nir@planting,red@harvest,nir@harvest``), found by the raster's band
+  descriptions;
+* a **windowed band** ``BAND@WINDOW`` is a band of a composite over one time window
+  (``geoseg composite``): a model that reads windowed bands reads them by name only, never by
+  band number, so an input that lacks one of its windows is refused in one line.
 """
 
 from __future__ import annotations
@@ -27,7 +32,33 @@ def same_band(a: str, b: str) -> bool:
     a, b = a.strip().lower(), b.strip().lower()
     return a == b or any(a in names and b in names for names in _ALIASES.values())
 
-Selection = dict[str, int] | list[int]  # a role map or band numbers
+Selection = dict[str, int] | list[int] | list[str]  # a role map, band numbers or band names
+COUNT = "count"  # a composite's count of clear observations per window (count@WINDOW)
+WINDOW_TAG = "GEOSEG_WINDOW_"  # a composite's tag GEOSEG_WINDOW_<name> = "START/END", per window
+
+
+def window_of(name: str | None) -> str | None:
+    """``"red@planting"`` -> ``"planting"``; None for a band of no window."""
+    base, sep, window = (name or "").partition("@")
+    return window if sep and base and window else None
+
+
+def windows_of(names) -> list[str]:
+    """The windows that band names read, in their first order."""
+    out: list[str] = []
+    for n in names or ():
+        w = window_of(n)
+        if w and w not in out:
+            out.append(w)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
 
 
 def parse_bands(spec: str) -> Selection:
@@ -35,6 +66,15 @@ def parse_bands(spec: str) -> Selection:
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if not parts:
         raise InputError("--bands: empty; give band numbers (1,2,3,4) or roles (blue=1,green=2,...)")
+    if all("=" not in p for p in parts) and not all(_is_number(p) for p in parts):
+        named = [p for p in parts if not _is_number(p)]
+        if len(named) != len(parts):
+            raise InputError(f"--bands: {spec!r} mixes band numbers and names; give one kind")
+        lowered = [p.lower() for p in parts]
+        if len(set(lowered)) != len(lowered):
+            twice = sorted({p for p in lowered if lowered.count(p) > 1})
+            raise InputError(f"--bands: band {twice[0]} given more than once")
+        return list(parts)
     if all("=" not in p for p in parts):
         numbers = []
         for part in parts:
@@ -136,7 +176,14 @@ def select_bands(
        name them, else every band in file order.
     """
     count = len(descriptions)
-    if isinstance(override, list):
+    if isinstance(override, list) and override and isinstance(override[0], str):  # band names
+        if roles and len(override) != len(roles):
+            raise InputError(f"--bands: {len(override)} bands given, but the model reads {len(roles)} "
+                             f"({', '.join(roles)})")
+        chosen, named = by_name(url, descriptions, list(override), "--bands"), list(roles or override)
+    elif roles and windows_of(roles) and not isinstance(override, list):  # a multi-date model: by name only
+        chosen, named = by_name(url, descriptions, list(roles), "the model"), list(roles)
+    elif isinstance(override, list):
         if roles and len(override) != len(roles):
             raise InputError(
                 f"--bands: {len(override)} bands given, but the model reads {len(roles)} ({', '.join(roles)})"
@@ -154,9 +201,41 @@ def select_bands(
     elif _names_roles(descriptions, ROLES, url):
         mapping = resolve_roles(descriptions, None, url)
         chosen, named = list(mapping.values()), list(mapping)
+    elif all(descriptions) and windows_of(descriptions):  # a composite: its bands, not its counts
+        chosen = [i for i, d in enumerate(descriptions, start=1) if d.partition("@")[0].lower() != COUNT]
+        named = [descriptions[i - 1] for i in chosen]
     else:
         chosen = list(range(1, count + 1))
         named = list(descriptions) if all(descriptions) else None
     if max(chosen) > count:
         raise InputError(f"{url}: band {max(chosen)} is needed but the raster has {count} bands")
     return chosen, named
+
+
+def by_name(url: str, descriptions: tuple[str | None, ...], names: list[str], who: str) -> list[int]:
+    """Band numbers of ``names`` in a raster, by its band descriptions (``red@planting``; a role's
+    aliases match within one window: ``B04@planting``); one line naming what is missing."""
+    def base_window(text: str) -> tuple[str, str | None]:
+        base, sep, window = text.strip().lower().partition("@")
+        return base, (window if sep else None)
+
+    found = [base_window(d or "") for d in descriptions]
+    out, missing = [], []
+    for name in names:
+        base, window = base_window(name)
+        hits = [i for i, (b, w) in enumerate(found, start=1) if w == window and same_band(b, base)]
+        if hits:
+            out.append(hits[0])
+        else:
+            missing.append(name)
+    if missing:
+        wanted, have = windows_of(names), windows_of(descriptions)
+        lacking = [w for w in wanted if w not in have]
+        if lacking:
+            raise InputError(f"{url}: {who} reads the time windows {', '.join(wanted)} "
+                             f"({', '.join(names)}), but the raster has "
+                             f"{'the windows ' + ', '.join(have) if have else 'no windowed bands'}: "
+                             f"no {', '.join(lacking)}")
+        raise InputError(f"{url}: {who} reads {', '.join(names)}, but the raster has no band "
+                         f"{', '.join(missing)} (band descriptions {list(descriptions)})")
+    return out

@@ -166,3 +166,47 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
                              f"(eo:cloud_cover from {min(c for _, c in select.skipped):g} %)")
         raise InputError("no inputs given")
     return unique
+
+
+def sources(items: list[str], search: stac.Search | None = None, select: ItemSelection | None = None) -> list:
+    """The inputs as they are, for stages that read each band asset themselves (``geoseg
+    composite``): a raster URL, or ``(item, where it lives)`` for each STAC item kept by
+    ``select`` (``--max-cloud``); in order, without duplicates."""
+    select = select or ItemSelection()
+    found: list = []
+
+    def items_of(doc: dict, where: str) -> None:
+        for item in (doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]) or []:
+            if select.keeps(item):
+                found.append((item, stac.self_href(item, where)))
+
+    for entry in items:
+        lower = entry.lower()
+        if is_glob(entry):
+            found.extend(expand_glob(entry))
+        elif lower.endswith(".txt"):
+            found.extend(sources(read_list(entry), None, select))
+        elif lower.endswith((".json", ".geojson")):
+            try:
+                doc = json.loads(storage.read_text(entry))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{entry}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            if doc.get("type") not in ("Feature", "FeatureCollection"):
+                raise InputError(f"{entry}: not a STAC Item or ItemCollection")
+            items_of(doc, entry)
+        else:
+            found.append(storage.absolute(entry))
+    if search is not None:
+        items_of({"type": "FeatureCollection", "features": search.items()}, search.url)
+    seen: set = set()
+
+    def key(s) -> str:
+        return s if isinstance(s, str) else f"{s[1]}#{s[0].get('id')}"
+
+    unique = [s for s in found if not (key(s) in seen or seen.add(key(s)))]
+    if not unique:
+        if select.skipped:
+            raise InputError(f"--max-cloud {select.max_cloud:g}: all {len(select.skipped)} items have more cloud "
+                             f"(eo:cloud_cover from {min(c for _, c in select.skipped):g} %)")
+        raise InputError("no inputs given")
+    return unique

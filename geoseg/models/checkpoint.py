@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from geoseg.data import storage
+from geoseg.data.bands import windows_of
 from geoseg.data.classes import ClassScheme
 from geoseg.errors import CheckpointError, GeosegError
 from geoseg.models.runfolder import RunFolder
@@ -51,7 +52,9 @@ class CheckpointMeta:
             "model": self.model.to_dict(),
             "classes": self.classes.to_dict(),
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
-            "bands": {"roles": self.band_roles, "numbers": self.band_numbers},
+            "bands": {"roles": self.band_roles, "numbers": self.band_numbers,
+                      # the time windows of a multi-date model (bands red@planting, ...): read by name only
+                      **({"windows": windows_of(self.band_roles)} if windows_of(self.band_roles) else {})},
             "epoch": self.epoch,
             "metrics": self.metrics,
             "extra": self.extra,

@@ -13,7 +13,8 @@ Read top to bottom:
     job.py     Ray      the driver loop on Ray tasks
 """
 
-from geoseg.mosaic.grid import MosaicGrid, parse_grid
+from geoseg.mosaic.grid import MosaicGrid, parse_grid, utm_zone, zone_name
+from geoseg.mosaic.warp import Lookup, lookup
 from geoseg.mosaic.plan import RULES, Period
 
 
@@ -24,4 +25,4 @@ def mosaic(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-__all__ = ["RULES", "MosaicGrid", "Period", "mosaic", "parse_grid"]
+__all__ = ["RULES", "Lookup", "MosaicGrid", "Period", "lookup", "mosaic", "parse_grid", "utm_zone", "zone_name"]

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from geoseg.data import limits, storage
-from geoseg.data.bands import select_bands
+from geoseg.data.bands import WINDOW_TAG, select_bands, windows_of
 from geoseg.data.classes import BOUNDARY, ClassScheme
 from geoseg.data.inputs import ItemSelection, expand_inputs
 from geoseg.data.masks import MaskSpec, mask_band
@@ -77,7 +77,10 @@ class RunPlan:
             inputs={**stack_options(cfg).fingerprint(), "scaled": any(p.image.scaled for p in plan.pairs),
                     "pixel_size": abs(first.transform[0]),
                     "scales": [first.scales[b - 1] for b in self.bands] if first.scales else None,
-                    "offsets": [first.offsets[b - 1] for b in self.bands] if first.offsets else None})
+                    "offsets": [first.offsets[b - 1] for b in self.bands] if first.offsets else None,
+                    # a multi-date model's windows and their dates, as its composites name them
+                    **({"windows": {w: first.tags.get(f"{WINDOW_TAG}{w}") for w in windows_of(self.roles)}}
+                       if windows_of(self.roles) else {})})
 
 
 def plan_run(cfg: TrainConfig, scan=None) -> RunPlan:
