@@ -47,7 +47,7 @@ class ObservationStack:
         self.plane = h * w * 4
         self.data, self.fd = None, None
         if n * bands * self.plane <= budget:
-            self.data = np.full((n, bands, h, w), np.nan, np.float32)
+            self.data = _buffer(n * bands * h * w).reshape(n, bands, h, w)  # every slot read is written (put)
         else:
             fd, path = tempfile.mkstemp(prefix="geoseg-composite-", suffix=".f32")
             os.unlink(path)  # gone with the task, whatever ends it
@@ -83,6 +83,15 @@ class ObservationStack:
             os.close(self.fd)
             self.fd = None
         self.data = None
+
+
+_BUFFER: list = []  # this process's stack memory, reused by its next tiles (its pages touched once)
+
+
+def _buffer(size: int) -> np.ndarray:
+    if not _BUFFER or _BUFFER[0].size < size:
+        _BUFFER[:] = [np.empty(size, np.float32)]
+    return _BUFFER[0][:size]
 
 
 def _read(layer, found) -> tuple[np.ndarray, float | None]:
@@ -189,7 +198,8 @@ def composite_tile(plan: CompositePlan, i: int) -> dict:
             names = [f"{b}@{window.name}" for b in plan.bands] + [f"{COUNT}@{window.name}"]
             with CogWriter(plan.cog(i, window), height=side, width=side, count=len(names), dtype="float32",
                            crs=plan.crs, transform=transform, nodata=NODATA, descriptions=names,
-                           tags=_tags(plan, window), resampling="AVERAGE") as cog:
+                           tags=_tags(plan, window), resampling="AVERAGE",
+                           scratch_compress="NONE") as cog:
                 for r0 in range(0, side, stack.rows):
                     r1 = min(side, r0 + stack.rows)
                     values, count = reduce(stack.strip(r0, r1), plan.statistic)

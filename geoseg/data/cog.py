@@ -35,6 +35,7 @@ class CogWriter:
         tags: dict[str, str] | None = None,
         resampling: str = "NEAREST",
         blocksize: int = 512,
+        scratch_compress: str = "DEFLATE",
     ):
         import rasterio
 
@@ -57,7 +58,7 @@ class CogWriter:
             tiled=True,
             blockxsize=blocksize,
             blockysize=blocksize,
-            compress="DEFLATE",
+            compress=scratch_compress,  # NONE: a scratch read once, where disk is cheaper than compressing twice
             BIGTIFF="IF_SAFER",
         )
         if descriptions:
