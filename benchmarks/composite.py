@@ -100,13 +100,14 @@ def throughput(work: str, n: int, side: int) -> None:
 
 
 _CHILD = """
-import resource, sys, time
+import sys, time
 sys.path.insert(0, {bench!r})
 from composite import options
 from geoseg.composite import composite_here
 t0 = time.perf_counter()
 composite_here(options([{items!r}], {out!r}, {side}), log=lambda *_: None)
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0]  # this process's own peak
+print(time.perf_counter() - t0, int(hwm.split()[1]) / 1024)
 """
 
 

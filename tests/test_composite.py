@@ -267,3 +267,36 @@ def test_a_two_window_model_trains_predicts_and_refuses_one_window_in_one_line(s
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "time windows spring, summer" in err[0] and "no summer" in err[0], r.stderr
     assert not (tmp_path / "refused").exists() or not any(f.endswith(".tif") for f in os.listdir(tmp_path / "refused"))
+
+
+def test_rasters_dated_by_their_tags_composite_like_the_items(series, tmp_path):
+    """Plain multi-band rasters (band descriptions, scales, an SCL band, TIFFTAG_DATETIME) give the
+    composite their items give."""
+    folder = os.path.dirname(series["items"])
+    rasters = []
+    for date in DATES:
+        item = os.path.join(folder, f"s2_{date}")
+        bands = [rasterio.open(os.path.join(item, f"{b}.tif")).read(1) for b in seasons.BANDS]
+        with rasterio.open(os.path.join(item, "blue.tif")) as src:
+            profile = src.profile
+        scl = rasterio.open(os.path.join(item, "scl.tif")).read(1).repeat(2, 0).repeat(2, 1)
+        url = str(tmp_path / f"scene_{date}.tif")
+        profile.update(count=5, driver="GTiff")
+        with rasterio.open(url, "w", **profile) as dst:
+            dst.write(np.stack([*bands, scl.astype(np.uint16)]))
+            dst.descriptions = (*seasons.BANDS, "scl")
+            dst.scales = (seasons.SCALE,) * 4 + (1.0,)
+            dst.update_tags(TIFFTAG_DATETIME=f"{date.replace('-', ':')} 10:30:00")
+        rasters.append(url)
+    composite_here(_options(rasters, tmp_path / "rasters"), **QUIET)
+    composite_here(_options([series["items"]], tmp_path / "items"), **QUIET)
+    for window in ("spring", "summer"):
+        a, b = _mosaic(tmp_path / "rasters", window)[0], _mosaic(tmp_path / "items", window)[0]
+        np.testing.assert_array_equal(a[-1], b[-1])
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    undated = str(tmp_path / "undated.tif")
+    with rasterio.open(rasters[0]) as src, rasterio.open(undated, "w", **src.profile) as dst:
+        dst.write(src.read())
+        dst.descriptions = src.descriptions
+    with pytest.raises(InputError, match="none of the 1 observations falls in a window"):
+        composite_here(_options([undated], tmp_path / "undated"), **QUIET)

@@ -336,7 +336,8 @@ def plan_composite(opts: CompositeOptions, observations: list[Observation], done
         times = sorted(o.when[:10] for o in observations if o.when)
         raise InputError(f"--window {' '.join(w.dates for w in opts.windows)}: none of the {len(observations)} "
                          f"observations falls in a window (their dates: "
-                         f"{times[0] + ' to ' + times[-1] if times else 'none known'})")
+                         f"{times[0] + ' to ' + times[-1] if times else 'none known: a raster is dated by its '}"
+                         f"{'' if times else 'TIFFTAG_DATETIME, an item by its datetime'})")
     plans = []
     for crs in sorted({o.crs for o in in_window}):
         obs = sorted((o for o in in_window if o.crs == crs), key=lambda o: (o.when or "", o.id))

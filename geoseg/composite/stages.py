@@ -33,7 +33,7 @@ from geoseg.data.bands import COUNT, WINDOW_TAG
 from geoseg.composite.plan import CompositePlan, Observation, TimeWindow
 from geoseg.composite.stats import reduce
 
-MEMORY = 256 << 20  # bytes of warped observations a task holds at once
+MEMORY = 64 << 20  # bytes of warped observations a task holds at once (beyond: a scratch file)
 READERS = 4  # observations read at once by a task (reads wait on storage)
 NODATA = 0.0  # the composite's nodata: no clear observation (count 0)
 
@@ -189,7 +189,7 @@ def composite_tile(plan: CompositePlan, i: int) -> dict:
             with ThreadPoolExecutor(READERS) as pool:
                 n = 0
                 for obs in _in_order(pool, lambda k: warp_observation(plan, plan.observations[k], transform, side,
-                                                                      offset), members, 2 * READERS):
+                                                                      offset), members, READERS + 1):
                     if obs is not None:
                         stack.put(n, obs)
                         n += 1
