@@ -300,3 +300,25 @@ def test_rasters_dated_by_their_tags_composite_like_the_items(series, tmp_path):
         dst.descriptions = src.descriptions
     with pytest.raises(InputError, match="none of the 1 observations falls in a window"):
         composite_here(_options([undated], tmp_path / "undated"), **QUIET)
+
+
+def test_items_and_composites_on_s3(s3, series, tmp_path):
+    """Items whose band assets are s3:// COGs, composited into s3://: the tiles equal the local ones."""
+    remote = seasons.write_series("s3://geoseg/series", DATES, size=256, seed=3, origin=ORIGIN)
+    assert remote["items"].startswith("s3://geoseg/")
+    composite_here(_options([remote["items"]], "s3://geoseg/comp", statistic="p75"), **QUIET)
+    composite_here(_options([series["items"]], tmp_path / "local", statistic="p75"), **QUIET)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="geoseg", Prefix="comp/")["Contents"]}
+    assert {"comp/composite.json", "comp/collection.json", "comp/stacks.txt"} <= keys
+    tiles = sorted(os.listdir(tmp_path / "local" / "tiles"))
+    assert sum(k.endswith(".vrt") for k in keys) == len(tiles) == 4
+    from geoseg.data import storage
+
+    for tile in tiles:
+        with storage.gdal_env(), rasterio.open(f"s3://geoseg/comp/tiles/{tile}/{tile}_summer.tif") as src:
+            got = src.read()
+        with rasterio.open(tmp_path / "local" / "tiles" / tile / f"{tile}_summer.tif") as src:
+            np.testing.assert_array_equal(got, src.read())
+    lines = []
+    composite_here(_options([remote["items"]], "s3://geoseg/comp", statistic="p75"), log=lines.append)
+    assert any("already complete" in line for line in lines)

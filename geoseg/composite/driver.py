@@ -55,6 +55,7 @@ def drive(opts: CompositeOptions, start, log=print) -> dict:
     grid = parse_grid(opts.grid)
     found = sources(list(opts.inputs), opts.search, ItemSelection(max_cloud=opts.max_cloud))
     storage.check_writable(opts.out)
+    describe(found[:1], opts.bands, opts.mask, grid)  # a band or mask the inputs lack: one line before Ray starts
     tasks, cpus = start()
     parts = [found[i : i + SOURCES_PER_TASK] for i in range(0, len(found), SOURCES_PER_TASK)]
     observations = [o for part in tasks.gather([tasks.submit(describe, p, opts.bands, opts.mask, grid)
