@@ -41,6 +41,9 @@ def test_workflow_entrypoints_run_the_cli(tmp_path):
     res = subprocess.run([sys.executable, "-m", "workflows.evaluate", "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert res.returncode == 0 and "prediction" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "workflows.composite", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode == 0 and "--window" in res.stdout
 
 
 def _exported_names() -> dict[str, list[str]]:
