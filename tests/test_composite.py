@@ -254,6 +254,10 @@ def test_a_two_window_model_trains_predicts_and_refuses_one_window_in_one_line(s
     meta = json.load(open(run / "best" / "geoseg.json"))
     assert meta["bands"]["roles"] == bands.split(",") and meta["bands"]["windows"] == ["spring", "summer"]
     assert meta["extra"]["inputs"]["windows"] == {"spring": "2025-03-01/2025-05-31", "summer": "2025-07-01/2025-09-30"}
+    from geoseg.models import export, modelfile
+
+    onnx = export.export(str(run), "onnx", str(tmp_path / "m.onnx"), log=lambda *_: None)
+    assert modelfile.read_description(onnx)["bands"]["windows"] == ["spring", "summer"]  # the exported file too
     r = _run(["predict", stack, "--checkpoint", str(run), "--out", str(tmp_path / "pred")])
     assert r.returncode == 0, r.stderr[-2000:]
     tif = [f for f in os.listdir(tmp_path / "pred") if f.endswith(".tif")]
@@ -322,3 +326,51 @@ def test_items_and_composites_on_s3(s3, series, tmp_path):
     lines = []
     composite_here(_options([remote["items"]], "s3://geoseg/comp", statistic="p75"), log=lines.append)
     assert any("already complete" in line for line in lines)
+
+
+def test_the_cloud_model_masks_a_cloudy_date_out_of_the_composite(tmp_path):
+    """--mask model (ukis-csmask's ONNX model): under a textured cloud on one of two dates, only the
+    clear date counts; away from it both do."""
+    from affine import Affine
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(1)
+    h = w = 512
+
+    def fbm():
+        out = np.zeros((h, w))
+        for sigma, weight in ((48, 1.0), (16, 0.5), (6, 0.3), (2, 0.15)):
+            n = gaussian_filter(rng.standard_normal((h, w)), sigma)
+            out += weight * n / n.std()
+        return out
+
+    spectra = np.array([[0.03, 0.06, 0.04, 0.30], [0.10, 0.14, 0.18, 0.26], [0.12, 0.13, 0.14, 0.20],
+                        [0.05, 0.05, 0.03, 0.02]])
+    land = rng.integers(0, 4, (h // 32, w // 32)).repeat(32, 0).repeat(32, 1)
+    clear = spectra[land].transpose(2, 0, 1) * (1 + 0.15 * rng.standard_normal((4, h, w)))
+    yy, xx = np.mgrid[:h, :w]
+    blob = np.exp(-(((yy - h * 0.4) / (h * 0.2)) ** 2 + ((xx - w * 0.45) / (w * 0.25)) ** 2))
+    cloud = np.clip(blob * (1.2 + 0.35 * fbm()), 0, 1)
+    white = np.array([0.55, 0.56, 0.58, 0.62])[:, None, None] * (1 + 0.1 * fbm())
+    cloudy = clear * (1 - cloud) + white * cloud
+    prof = dict(driver="GTiff", height=h, width=w, count=4, dtype="uint16", crs="EPSG:32632",
+                transform=Affine(10, 0, 501_760, 0, -10, 5_002_240), nodata=0)
+    paths = []
+    for date, img in (("2025-06-01", clear), ("2025-06-11", cloudy)):
+        paths.append(str(tmp_path / f"{date}.tif"))
+        with rasterio.open(paths[-1], "w", **prof) as dst:
+            dst.write((img * 10000).clip(1, 10000).astype("uint16"))
+            dst.descriptions = ("blue", "green", "red", "nir")
+            dst.update_tags(TIFFTAG_DATETIME=f"{date.replace('-', ':')} 10:00:00")
+    rec = composite_here(_options(paths, tmp_path / "out", windows=parse_windows(None), side=512,
+                                  mask=parse_mask("model")), **QUIET)
+    assert rec["mask"] == "model:l2a"
+    tile = sorted(os.listdir(tmp_path / "out" / "tiles"))[0]
+    with rasterio.open(tmp_path / "out" / "tiles" / tile / f"{tile}_all.tif") as src:
+        assert (src.bounds.left, src.bounds.top) == (501_760, 5_002_240)
+        count, red = src.read(5), src.read(3)
+    assert (count[cloud > 0.5] == 1).mean() > 0.9  # the cloudy date left out under the cloud
+    assert (count[cloud < 0.01] == 2).mean() > 0.9  # clear land: both dates
+    under = cloud > 0.5
+    one = under & (count == 1)  # the clear date's own values (no scale declared: its numbers)
+    np.testing.assert_array_equal(red[one], (clear[2] * 10000).clip(1, 10000).astype("uint16")[one])

@@ -257,3 +257,20 @@ def test_search_predicts_every_item_found(ray_local, stac_api, item_dir, tmp_pat
     assert [i["id"] for i in only_a.items()] == ["s2-a"]
     with pytest.raises(InputError, match="no items match"):
         Search.parse(stac_api, "s2like", None, "2019-01-01T00:00:00Z/2019-12-31T00:00:00Z").items()
+
+
+def test_a_search_composites_the_items_it_finds(stac_api, item_dir, tmp_path):
+    """geoseg composite over a STAC API search: the two 2025 items (band COGs on S3), not the 2024 one."""
+    from geoseg.composite import CompositeOptions, composite_here
+    from geoseg.data.stac import Search
+
+    search = Search.parse(stac_api, "s2like", None, "2025-01-01T00:00:00Z/2025-12-31T23:59:59Z")
+    rec = composite_here(CompositeOptions((), str(tmp_path / "comp"), "utm:10", bands=("blue", "nir08"), side=256,
+                                          search=search), log=lambda *_: None)
+    assert rec["observations"] == 2 and rec["windows"][0]["observations"] == 2 and rec["stores"][0]["zone"]
+    with rasterio.open(open(tmp_path / "comp" / "stacks.txt").read().split()[0]) as src:
+        assert src.descriptions == ("blue@all", "nir08@all", "count@all")
+        count, blue = src.read(3), src.read(1)
+    assert count.max() == 2 and set(np.unique(count)) <= {0, 1, 2}  # the two items: the same pixels
+    with rasterio.open(_item(item_dir)["assets"]["B02"]["href"]) as b02:
+        assert 0 < blue[count == 2].max() <= b02.read(1).max() * 0.0001 + 1e-6  # scaled to reflectance

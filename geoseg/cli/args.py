@@ -94,6 +94,20 @@ def add_stack_flags(p) -> None:
                                         "categorical bands)")
 
 
+def add_search_flags(p, what: str, bbox: str = "W,S,E,N in degrees", cloud: int = 20) -> None:
+    """A STAC API search's flags (``--stac-api`` ...) and ``--max-cloud``, in a group of their own."""
+    se = p.add_argument_group(f"searching a STAC API ({what})")
+    se.add_argument("--stac-api", help="STAC API root URL")
+    se.add_argument("--collections", help="collection ids, comma-separated")
+    se.add_argument("--bbox", help=bbox)
+    se.add_argument("--datetime", help="a date-time or an interval A/B (RFC 3339; .. for open ends)")
+    se.add_argument("--filter", help="CQL2 filter, as text or JSON")
+    se.add_argument("--query", help=f"query-extension JSON, e.g. '{{\"eo:cloud_cover\": {{\"lt\": {cloud}}}}}'")
+    se.add_argument("--max-items", type=positive("--max-items"), help="at most this many items")
+    se.add_argument("--max-cloud", type=float, metavar="PCT",
+                    help="leave out STAC items (searched or listed) whose eo:cloud_cover is above PCT percent")
+
+
 def stack_options(a):
     from geoseg.data.stac import StackOptions, parse_assets, parse_resampling
 

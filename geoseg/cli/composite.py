@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geoseg.cli.args import ADDRESS_HELP, at_least, command, search_options
+from geoseg.cli.args import ADDRESS_HELP, add_search_flags, at_least, command, search_options
 from geoseg.composite import DEFAULT_SIDE, STATISTICS
 
 
@@ -30,16 +30,8 @@ def add(sub) -> None:
                          "model (ukis-csmask's cloud and shadow model), none (default; nodata is never clear)")
     co.add_argument("--tile-size", type=at_least("--tile-size", 64), default=DEFAULT_SIDE,
                     help=f"side of an output tile in pixels (default {DEFAULT_SIDE}: 20.48 km at 10 m); a task each")
-    co.add_argument("--max-cloud", type=float, metavar="PCT",
-                    help="leave out items whose eo:cloud_cover is above PCT percent")
-    se = co.add_argument_group("searching a STAC API (every item found is an observation)")
-    se.add_argument("--stac-api", help="STAC API root URL")
-    se.add_argument("--collections", help="collection ids, comma-separated")
-    se.add_argument("--bbox", help="W,S,E,N in degrees: the search's box, and the composite's (tiles that reach it)")
-    se.add_argument("--datetime", help="a date-time or an interval A/B (RFC 3339; .. for open ends)")
-    se.add_argument("--filter", help="CQL2 filter, as text or JSON")
-    se.add_argument("--query", help="query-extension JSON, e.g. '{\"eo:cloud_cover\": {\"lt\": 60}}'")
-    se.add_argument("--max-items", type=at_least("--max-items", 1), help="at most this many items")
+    add_search_flags(co, "every item found is an observation", cloud=60,
+                     bbox="W,S,E,N in degrees: the search's box, and the composite's (tiles that reach it)")
     co.add_argument("--overwrite", action="store_true", help="replace a composite of other items or settings")
     co.add_argument("--address", help=ADDRESS_HELP)
     co.set_defaults(run=run)

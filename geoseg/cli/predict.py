@@ -5,7 +5,7 @@ from __future__ import annotations
 from geoseg.data import storage
 from geoseg.data.bands import parse_bands
 from geoseg.data.masks import parse_mask
-from geoseg.cli.args import BANDS_HELP, add_stack_flags, command, nonneg, positive, search_options, stack_options, workers
+from geoseg.cli.args import BANDS_HELP, add_search_flags, add_stack_flags, command, nonneg, positive, search_options, stack_options, workers
 from geoseg.errors import InputError
 from geoseg.predict import PredictOptions, predict
 
@@ -38,16 +38,7 @@ def add(sub) -> None:
     pr.add_argument("--compile", action="store_true", help="torch.compile the model")
     pr.add_argument("--asset", help="STAC asset key to read (an item's one multi-band asset)")
     add_stack_flags(pr)
-    se = pr.add_argument_group("searching a STAC API (each item found is predicted)")
-    se.add_argument("--stac-api", help="STAC API root URL")
-    se.add_argument("--collections", help="collection ids, comma-separated")
-    se.add_argument("--bbox", help="W,S,E,N in degrees")
-    se.add_argument("--datetime", help="a date-time or an interval A/B (RFC 3339; .. for open ends)")
-    se.add_argument("--filter", help="CQL2 filter, as text or JSON")
-    se.add_argument("--query", help="query-extension JSON, e.g. '{\"eo:cloud_cover\": {\"lt\": 20}}'")
-    se.add_argument("--max-items", type=positive("--max-items"), help="at most this many items")
-    se.add_argument("--max-cloud", type=float, metavar="PCT",
-                    help="leave out STAC items (searched or listed) whose eo:cloud_cover is above PCT percent")
+    add_search_flags(pr, "each item found is predicted")
     pr.add_argument("--mask", default="none", metavar="SOURCE",
                     help="validity mask of each scene; masked pixels are not classified (class 254, 'masked'): "
                          "scl (Sentinel-2 L2A: no data, saturated, cloud shadow, medium/high cloud, cirrus; or "

@@ -44,6 +44,17 @@ def read_list(url: str) -> list[str]:
     return listed
 
 
+def read_stac(url: str) -> dict:
+    """A STAC Item or ItemCollection file; one line if it is neither."""
+    try:
+        doc = json.loads(storage.read_text(url))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{url}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("type") not in ("Feature", "FeatureCollection"):
+        raise InputError(f"{url}: not a STAC Item or ItemCollection")
+    return doc
+
+
 @dataclass
 class ItemSelection:
     """Which items of STAC inputs are kept, and what each one adds to its stack.
@@ -149,13 +160,7 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
         elif lower.endswith(".txt"):
             urls.extend(expand_inputs(read_list(item), asset, stack, default_assets, folder, defer, select))
         elif lower.endswith(".json") or lower.endswith(".geojson"):
-            try:
-                doc = json.loads(storage.read_text(item))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{item}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-            if doc.get("type") not in ("Feature", "FeatureCollection"):
-                raise InputError(f"{item}: not a STAC Item or ItemCollection")
-            urls.extend(_stac_assets(doc, item, asset, stack, default_assets, folder, defer, select))
+            urls.extend(_stac_assets(read_stac(item), item, asset, stack, default_assets, folder, defer, select))
         else:
             urls.append(storage.absolute(item))  # a local path reads the same on every worker, from any folder
     seen: set = set()
@@ -187,13 +192,7 @@ def sources(items: list[str], search: stac.Search | None = None, select: ItemSel
         elif lower.endswith(".txt"):
             found.extend(sources(read_list(entry), None, select))
         elif lower.endswith((".json", ".geojson")):
-            try:
-                doc = json.loads(storage.read_text(entry))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{entry}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-            if doc.get("type") not in ("Feature", "FeatureCollection"):
-                raise InputError(f"{entry}: not a STAC Item or ItemCollection")
-            items_of(doc, entry)
+            items_of(read_stac(entry), entry)
         else:
             found.append(storage.absolute(entry))
     if search is not None:
