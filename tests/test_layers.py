@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "geoseg"
 LAYERS = {"geoseg.errors": 0, "geoseg.console": 0, "geoseg.version": 0, "geoseg.data": 1, "geoseg.models": 2,
-          "geoseg.execution": 3, "geoseg.predict": 4, "geoseg.train": 4, "geoseg.evaluate": 4, "geoseg.mosaic": 4, "geoseg.composite": 4,
+          "geoseg.execution": 3, "geoseg.predict": 4, "geoseg.train": 4, "geoseg.evaluate": 4, "geoseg.mosaic": 4, "geoseg.composite": 4, "geoseg.rank": 4,
           "geoseg.vectorize": 4, "geoseg.view": 4, "geoseg.cli": 5, "geoseg.__main__": 5, "geoseg": 5}
-FEATURES = ("predict", "train", "evaluate", "composite", "mosaic", "vectorize", "view")
+FEATURES = ("predict", "train", "evaluate", "composite", "mosaic", "vectorize", "rank", "view")
 MAX_LINES = 500
 
 

@@ -1,6 +1,6 @@
 """The ``geoseg`` command line: dispatch and errors only.
 
-Each command is a module of this package (``sample``, ``predict``, ``composite``, ``mosaic``, ``vectorize``,
+Each command is a module of this package (``sample``, ``predict``, ``composite``, ``mosaic``, ``vectorize``, ``rank``,
 ``train``, ``export``, ``quantize``, ``evaluate``, ``view``, ``quicklook``, ``demo``, ``submit``):
 its ``add(sub)`` declares its flags (beside the package it drives; defaults and an example in its
 ``--help``), its ``run(args)`` calls that package. Here: the parser of them all, and :func:`main`,
@@ -27,8 +27,8 @@ from geoseg.console import filtered_stderr
 from geoseg import errors
 from geoseg.errors import GeosegError, StorageError, one_line
 
-COMMANDS = ("sample", "predict", "composite", "mosaic", "vectorize", "train", "export", "quantize", "evaluate",
-            "view", "quicklook", "demo", "submit")
+COMMANDS = ("sample", "predict", "composite", "mosaic", "vectorize", "rank", "train", "export", "quantize",
+            "evaluate", "view", "quicklook", "demo", "submit")
 
 
 def build_parser() -> argparse.ArgumentParser:

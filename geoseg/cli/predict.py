@@ -33,6 +33,10 @@ def add(sub) -> None:
                          "core; on geoseg's own local Ray without a GPU, none: the driver runs the model)")
     pr.add_argument("--gpus-per-worker", type=float, default=0.0)
     pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    pr.add_argument("--uncertainty", action="store_true",
+                    help="also keep how sure the model is, per 32 px cell: mean entropy, mean margin between the top "
+                         "two classes, the class histogram (with --tta, the passes' disagreement), in "
+                         "PREFIX/<stem>.uncertainty.parquet, from the same pass (for geoseg rank)")
     pr.add_argument("--tta", action="store_true", help="average predictions over flips")
     pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     pr.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -80,6 +84,7 @@ def predict_options(a):
         workers=a.workers,
         gpus_per_worker=a.gpus_per_worker,
         probabilities=a.probabilities,
+        uncertainty=a.uncertainty,
         tta=a.tta,
         precision=a.precision,
         compile=a.compile,

@@ -14,7 +14,7 @@ TRAIN_FLAGS = (
     "num_classes", "classes", "chip_size", "block_size", "val_fraction", "balanced", "chips_per_epoch", "epochs",
     "max_minutes", "batch_size", "lr", "loss", "workers", "gpus", "cpus_per_worker", "num_to_keep",
     "max_failures", "seed", "address", "allow_no_crs", "resolution", "chip_cache", "prefetch_batches",
-    "label_vectors", "class_field", "instances", "mask",
+    "label_vectors", "class_field", "instances", "mask", "init",
 )
 
 
@@ -56,8 +56,13 @@ def add(sub) -> None:
     t.add_argument("--address", help="Ray cluster address")
     t.add_argument("--allow-no-crs", action="store_true", default=None, help="accept rasters without a CRS")
     t.add_argument("--label-vectors", metavar="FILE",
-                   help="labels as polygons (GeoParquet, GeoJSON, FlatGeobuf, ...), rasterized onto each image's grid "
-                        "(RUN_DIR/labels); with --class-field, or --instances")
+                   help="labels as polygons (GeoParquet, GeoJSON, FlatGeobuf, GeoPackage, ...; a glob or comma-separated "
+                        "list for several, e.g. geoseg rank's chips/*.gpkg), rasterized onto each image's grid "
+                        "(RUN_DIR/labels); pixels no polygon covers are left out of the loss; with --class-field, "
+                        "or --instances")
+    t.add_argument("--init", metavar="RUN_DIR",
+                   help="start from an earlier run's weights (its best checkpoint): fine-tuning; the model, bands, "
+                        "classes and normalisation are the earlier run's")
     t.add_argument("--class-field", help="the --label-vectors field holding class numbers or names")
     t.add_argument("--instances", action="store_true", default=None,
                    help="field delineation: --label instance-id rasters (or --label-vectors, one polygon per "

@@ -15,6 +15,20 @@ def _is_parquet(url: str) -> bool:
     return str(url).lower().endswith((".parquet", ".geoparquet"))
 
 
+LABELS_LAYER = "labels"  # of a file with several layers (geoseg rank's GeoPackages): the one read
+
+
+def layer_of(url: str) -> str | None:
+    """The layer of a file with several that holds the labels (``labels``), else None (the first)."""
+    import pyogrio
+
+    try:
+        names = [str(n) for n, _ in pyogrio.list_layers(url)]
+    except Exception:  # noqa: BLE001 - read_info says what is wrong, in one line
+        return None
+    return LABELS_LAYER if len(names) > 1 and LABELS_LAYER in names else None
+
+
 def info(url: str) -> tuple[str | None, list[str]]:
     """``(CRS as WKT or None, field names)``; one line naming the file where it cannot be read."""
     if not storage.exists(url):
@@ -38,7 +52,7 @@ def info(url: str) -> tuple[str | None, list[str]]:
             return crs, [n for n in schema.names if n not in (geo.get("primary_column", "geometry"), "bbox")]
         import pyogrio
 
-        meta = pyogrio.read_info(url)
+        meta = pyogrio.read_info(url, layer=layer_of(url))
         return meta.get("crs"), list(meta["fields"])
     except InputError:
         raise
@@ -68,7 +82,8 @@ class Features:
         if not _is_parquet(self.url):
             import pyogrio
 
-            return pyogrio.read_dataframe(self.url, bbox=bbox, columns=columns or [], fid_as_index=True)
+            return pyogrio.read_dataframe(self.url, layer=layer_of(self.url), bbox=bbox, columns=columns or [],
+                                          fid_as_index=True)
         wanted = None if columns is None else [*columns, "geometry", *(["id"] if "id" in self.fields else [])]
         fs, path = storage.filesystem(self.url)
         kwargs = {"bbox": tuple(bbox)} if bbox is not None and self._covering else {}
@@ -90,7 +105,7 @@ class Features:
                 return int(pq.read_metadata(f).num_rows)
         import pyogrio
 
-        return int(pyogrio.read_info(self.url, force_feature_count=True)["features"])
+        return int(pyogrio.read_info(self.url, layer=layer_of(self.url), force_feature_count=True)["features"])
 
     def in_window(self, affine, win, columns: list[str] | None = None):
         """The features over pixel window ``win`` of the grid of ``affine``, in the grid's CRS."""
@@ -141,7 +156,7 @@ def values(url: str, field: str) -> np.ndarray:
     else:
         import pyogrio
 
-        column = pyogrio.read_dataframe(url, columns=[field], read_geometry=False)[field].to_numpy()
+        column = pyogrio.read_dataframe(url, layer=layer_of(url), columns=[field], read_geometry=False)[field].to_numpy()
     import pandas as pd
 
     return pd.unique(pd.Series(column).dropna())

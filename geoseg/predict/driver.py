@@ -69,8 +69,7 @@ class DriverModel:
     """
 
     def __init__(self, ctx: JobContext):
-        self.kwargs = {"core": ctx.core, "probabilities": ctx.probabilities, "softmax": ctx.hann,
-                       "mask": ctx.mask, "cloud_index": ctx.cloud_index}
+        self.kwargs = stages.Infer.options(ctx)
         # the whole model on this process's CPUs: one single-threaded call per core
         self.spec = ctx.spec if not ctx.ref.deep else replace(
             ctx.spec, options={**ctx.spec.options, "device": "cpu", "threads": 1})

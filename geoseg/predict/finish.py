@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from geoseg.data import catalog, output, stitch, storage
+from geoseg.data import catalog, output, stitch, storage, uncertainty
 from geoseg.data.classes import MASKED, NODATA, ClassScheme
 from geoseg.data.masks import masked_share
 from geoseg.errors import ReadError
@@ -95,10 +95,11 @@ def finish_scene(plan: ScenePlan, classes: ClassScheme, quicklook: bool = False)
     counted = output.zarr_to_cog(plan.out, plan.info, classes)
     cog_s = time.perf_counter() - t0
     pictures = _quicklooks(plan.url, plan.out, classes) if quicklook else {}
+    table = uncertainty.assemble(plan.out, plan.grid, len(classes))  # --uncertainty: the scene's cells
     storage.remove(plan.out.progress, recursive=True)
     return {"counts": counts, "bad_tiles": bad, "cog_seconds": round(cog_s, 3),
             "classes": output.class_areas(classes, counted), "masked": masked_share(counted),
-            "quicklooks": pictures}
+            "quicklooks": pictures, **({"uncertainty": table} if table else {})}
 
 
 def complete_scene(plan: ScenePlan, ctx: JobContext, timings: dict, placement: dict, started) -> dict:
@@ -140,6 +141,8 @@ def complete_scene(plan: ScenePlan, ctx: JobContext, timings: dict, placement: d
     )
     if ctx.mask.active:  # the pixels the mask kept from the model, and their share of the valid ones
         rec["masked"] = {**finished["masked"], "source": str(ctx.mask)}
+    if finished.get("uncertainty"):  # --uncertainty: each cell's scores, for geoseg rank
+        rec["outputs"]["uncertainty"] = finished["uncertainty"]
     rec["placement"] = placement  # which nodes ran each stage (node ids), so far in the job
     model = {**rec["model"], "bands": [plan.info.descriptions[b - 1] or f"band{b}" for b in plan.bands],
              "arch": ctx.meta.model.arch if ctx.meta else None}

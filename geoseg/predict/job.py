@@ -162,9 +162,7 @@ def build_pipeline(job: JobPlan, layout: ActorLayout, cpus: float, model: Driver
                          job=ctx.job)
     ds = ds.map_batches(
         _InferOnNode,
-        fn_constructor_kwargs={"spec": spec, "core": ctx.core, "probabilities": ctx.probabilities,
-                               "softmax": ctx.hann, "mask": ctx.mask, "cloud_index": ctx.cloud_index,
-                               "job": ctx.job},
+        fn_constructor_kwargs={"spec": spec, **stages.Infer.options(ctx), "job": ctx.job},
         batch_size=ctx.batch_size,
         compute=actor_strategy(layout),
         num_cpus=layout.num_cpus,

@@ -27,6 +27,7 @@ class PredictOptions:
     workers: int | tuple[int, int] | None = None  # model actors: a number, or (min, max) for an autoscaling pool
     gpus_per_worker: float = 0.0
     probabilities: bool = False
+    uncertainty: bool = False  # --uncertainty: each cell's entropy, margin (and TTA disagreement), for geoseg rank
     tta: bool = False
     precision: str = "auto"
     compile: bool = False
@@ -82,6 +83,7 @@ class PredictOptions:
             "bands": bands,
             "probabilities": self.probabilities,
             "tta": self.tta,
+            **({"uncertainty": True} if self.uncertainty else {}),
             "stitch": self.stitch,
             **({"stack": self.stack.fingerprint()} if self.stack and self.stack.fingerprint() else {}),
             **({"mask": str(self.mask)} if self.mask.active else {}),

@@ -67,6 +67,8 @@ class JobContext:
     mask: MaskSpec = MaskSpec()  # --mask: where each scene's validity mask comes from
     mask_reads: tuple[str, ...] = ()  # bands every scene reads beside the model's, for the mask (stacked after)
     cloud_index: tuple[int, ...] = ()  # the cloud model's blue, green, red, nir among the bands read
+    uncertainty: bool = False  # --uncertainty: each cell's scores kept (data.uncertainty), for geoseg rank
+    tta: bool = False  # --tta (with --uncertainty: the passes' disagreement too)
 
     @property
     def ref(self) -> ModelRef:
@@ -131,7 +133,8 @@ def context_of(opts: PredictOptions, ref: ModelRef, prefix: str) -> JobContext:
         probabilities=opts.probabilities, precision=opts.precision, params=opts.fingerprint([]),
         job_fingerprint=opts.job_fingerprint(), bands=opts.bands, allow_no_crs=opts.allow_no_crs,
         overwrite=opts.overwrite, skip_bad_tiles=opts.skip_bad_tiles, fail_fast=opts.fail_fast,
-        quicklook=opts.quicklook, mask=opts.mask, mask_reads=reads, cloud_index=cloud_index)
+        quicklook=opts.quicklook, mask=opts.mask, mask_reads=reads, cloud_index=cloud_index,
+        uncertainty=opts.uncertainty, tta=opts.tta and ref.deep)
 
 
 @dataclass(frozen=True)

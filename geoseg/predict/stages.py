@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from geoseg.data import output, stitch
+from geoseg.data import output, stitch, uncertainty
 from geoseg.data.classes import MASKED, NODATA
 from geoseg.data.masks import MaskSpec
 from geoseg.data.raster import tile_reader
@@ -72,6 +72,16 @@ def _counts(scenes, model_s, pixels, batch: dict) -> dict:
         "pixels": np.asarray(pixels, dtype=np.int64),
         **{k: batch[k] for k in CARRY},
     }
+
+
+def _keep_cells(plans: dict[int, ScenePlan], scenes: np.ndarray, tiles: np.ndarray, batch: dict) -> None:
+    """``--uncertainty``: each scene's tiles' cell scores, kept until the scene is finished."""
+    if "cells" not in batch:
+        return
+    for s in np.unique(scenes):
+        sel = (scenes == s) & (tiles >= 0)
+        if sel.any():
+            uncertainty.write_part(plans[int(s)].out, tiles[sel], np.asarray(batch["cells"])[sel])
 
 
 def _log_by_scene(plans: dict[int, ScenePlan], scenes: np.ndarray, tiles: np.ndarray, kind: str = "done") -> None:
@@ -303,12 +313,20 @@ class Infer:
     tile with no clear pixel does not reach the segmentation model."""
 
     def __init__(self, spec: ModelSpec, core: int, probabilities: bool = False, softmax: bool = False,
-                 predictor=None, mask: MaskSpec = NO_MASK, cloud_index: tuple[int, ...] = ()):
+                 predictor=None, mask: MaskSpec = NO_MASK, cloud_index: tuple[int, ...] = (),
+                 uncertainty: bool = False, tta: bool = False):
         self.predictor = predictor if predictor is not None else spec.build()
         self.core, self.probabilities, self.softmax = core, probabilities, softmax
+        self.uncertainty, self.tta = uncertainty, tta
         self.k = self.predictor.num_classes or 1
         self.mask, self.cloud_index = mask, tuple(cloud_index)
         self._scenes: set[int] = set()  # scenes whose own parameters the model has
+
+    @staticmethod
+    def options(ctx: JobContext) -> dict:
+        """The stage's options in a job of ``ctx`` (its model is the spec, built where it runs)."""
+        return {"core": ctx.core, "probabilities": ctx.probabilities, "softmax": ctx.hann, "mask": ctx.mask,
+                "cloud_index": ctx.cloud_index, "uncertainty": ctx.uncertainty, "tta": ctx.tta}
 
     def __call__(self, batch: dict) -> dict:
         scenes, tiles = np.asarray(batch["scene"]), np.asarray(batch["tile"])
@@ -329,7 +347,9 @@ class Infer:
         clear = (batch["valid"] & ~masked).any(axis=(1, 2)) if len(tiles) else np.zeros(0, bool)
         sub = batch if clear.all() else {k: v[clear] for k, v in batch.items()}
         if self.softmax:
-            soft = self._softmax(sub)
+            soft, disagree = self._softmax(sub)
+            if self.uncertainty:
+                out["cells"] = self._cells(sub, soft, soft.argmax(1), disagree, clear, len(tiles), masked)
             if not clear.all():
                 full = np.full((len(tiles), *soft.shape[1:]), np.nan, np.float32)
                 full[clear] = soft
@@ -337,6 +357,8 @@ class Infer:
             out["softmax"] = stitch.mask_softmax(soft, batch["valid"], batch["crop"], masked)
         else:
             res = self._classes(sub)
+            if self.uncertainty:
+                out["cells"] = self._cells(sub, *res.pop("cells"), clear, len(tiles), masked)
             if not clear.all():
                 res = {k: _scatter(v, clear, len(tiles)) for k, v in res.items()}
             res["classes"][~clear] = NODATA
@@ -378,11 +400,25 @@ class Infer:
                     self.predictor.set_scene(s, plan.params)
             self._scenes |= new
 
-    def _softmax(self, batch: dict) -> np.ndarray:
+    def _softmax(self, batch: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """Softmax ``(N, K, T, T)``, and with ``--uncertainty --tta`` the passes' disagreement."""
         images = batch["image"]
         if len(images) == 0:
-            return np.empty((0, self.k, images.shape[-1], images.shape[-1]), np.float32)
-        return np.asarray(self.predictor.predict_proba(images, batch["scene"]))
+            return np.empty((0, self.k, images.shape[-1], images.shape[-1]), np.float32), None
+        if self.uncertainty and self.tta:
+            return uncertainty.tta_passes(self.predictor, images, batch["scene"])
+        return np.asarray(self.predictor.predict_proba(images, batch["scene"])), None
+
+    def _cells(self, batch: dict, proba: np.ndarray, classes: np.ndarray, disagree, clear, n: int, masked):
+        """Each core's cell scores (:func:`geoseg.data.uncertainty.cell_scores`), of its clear pixels."""
+        crops = batch["crop"]
+        valid = np.asarray(batch["valid"], bool) & ~np.asarray(masked, bool)[clear]
+        cells = uncertainty.cell_scores(
+            stitch.crop_cores(proba, crops, self.core), stitch.crop_cores(classes, crops, self.core),
+            valid, self.k, None if disagree is None else stitch.crop_cores(disagree, crops, self.core))
+        full = np.zeros((n, *cells.shape[1:]), np.float32)
+        full[clear] = cells
+        return full
 
     def _classes(self, batch: dict) -> dict:
         images, scenes, crops = batch["image"], batch["scene"], batch["crop"]
@@ -390,12 +426,18 @@ class Infer:
             out = {"classes": np.empty((0, self.core, self.core), np.uint8)}
             if self.probabilities:
                 out["proba"] = np.empty((0, self.k, self.core, self.core), np.uint8)
+            if self.uncertainty:
+                out["cells"] = (np.empty((0, self.k, self.core, self.core), np.float32),
+                                np.empty((0, self.core, self.core), np.uint8), None)
             return out
         out = {}
-        if self.probabilities:
-            proba = self.predictor.predict_proba(images, scenes)
+        if self.probabilities or self.uncertainty:
+            proba, disagree = self._softmax(batch)
             classes = proba.argmax(1).astype(np.uint8)
-            out["proba"] = stitch.to_uint8_proba(proba, crops, self.core)
+            if self.probabilities:
+                out["proba"] = stitch.to_uint8_proba(proba, crops, self.core)
+            if self.uncertainty:
+                out["cells"] = (proba, classes, disagree)
         else:
             classes = self.predictor.predict(images, scenes)
         out["classes"] = stitch.finish(classes, batch["valid"], crops, self.core)
@@ -429,6 +471,7 @@ def _write_tiles(batch: dict) -> dict:
         core = plan.grid[plan.grid.index(int(t))].core
         output.write_tile(plan.out, core, batch["classes"][i], None if proba is None else proba[i])
         pixels[i] = core.size
+    _keep_cells(plans, scenes, tiles, batch)
     _log_by_scene(plans, scenes, tiles)
     return _counts(scenes, batch["model_s"], pixels, batch)
 
@@ -444,5 +487,6 @@ def _write_softmax(batch: dict) -> dict:
     for i, (s, t) in enumerate(zip(scenes, tiles)):
         if t >= 0:
             output.write_softmax(plans[int(s)].out, int(t), batch["softmax"][i])
+    _keep_cells(plans, scenes, tiles, batch)
     _log_by_scene(plans, scenes, tiles, kind="softmax")
     return _counts(scenes, batch["model_s"], np.zeros(len(tiles)), batch)

@@ -65,6 +65,7 @@ class TrainConfig:
     chip_cache: str | None = None  # where blocks are decoded once (default RUN_DIR/chips; "off": read each chip)
     prefetch_batches: int | None = None  # batches read ahead of each step (default 4 on a GPU, 2 on CPU)
     mask: str | None = None  # --mask: a mask band of each image (scl, qa_pixel, ASSET:VALUES...); masked: no loss
+    init: str | None = None  # --init RUN_DIR: start from an earlier run's weights (fine-tuning)
 
     @property
     def mask_spec(self):
@@ -81,9 +82,10 @@ class TrainConfig:
             if isinstance(getattr(self, name), (list, tuple)):
                 object.__setattr__(self, name, [storage.absolute(u) if isinstance(u, str) else u
                                                 for u in getattr(self, name)])
-        for name in ("out", "label_vectors"):
+        for name in ("out", "label_vectors", "init"):  # (label vectors: a comma-separated list too)
             if isinstance(getattr(self, name), str) and getattr(self, name):
-                object.__setattr__(self, name, storage.absolute(getattr(self, name)))
+                object.__setattr__(self, name, ",".join(storage.absolute(p.strip())
+                                                        for p in getattr(self, name).split(",") if p.strip()))
 
         for f in dataclasses.fields(self):  # numbers must be numbers (a YAML file can hold anything)
             v = getattr(self, f.name)

@@ -33,7 +33,7 @@ from geoseg.execution.runtime import check_address, cluster_cpus, cluster_gpus, 
 from geoseg.train.config import TrainConfig
 from geoseg.train.data import TrainingPlan, declared_classes, read_val_chips, sample_train_chips
 from geoseg.train.fit import SELECTION, Fitter
-from geoseg.train.plan import LoopConfig, plan_run, resume_point
+from geoseg.train.plan import LoopConfig, check_init, plan_run, resume_point, with_init
 
 
 def train_loop(config: dict) -> None:
@@ -59,6 +59,8 @@ def train_loop(config: dict) -> None:
             loaded, meta, state = checkpoint.load(d, with_state=True)
         model.load_state_dict(loaded.state_dict())
         meta_epoch = meta.epoch
+    elif loop.init:  # --init: an earlier run's weights, fine-tuned from epoch 0
+        model.load_state_dict(checkpoint.load(loop.init)[0].state_dict())
     if device.type == "cuda":  # bf16 convolutions are fastest channels-last
         model = model.to(memory_format=torch.channels_last)
     fitter = Fitter(ray.train.torch.prepare_model(model), loop, device, world, state, meta_epoch)
@@ -274,7 +276,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         hists[:] = scan_labels_on_ray(pairs, cfg.num_classes, cfg.address, cache_url(cfg.out, cfg.chip_cache))
         return hists
 
+    cfg, init_meta, init_url = with_init(cfg)
     planned = plan_run(cfg, scan)
+    if init_meta is not None:
+        planned = check_init(planned, init_meta, init_url)
+        log(f"--init: fine-tuning {init_url} ({cfg.arch}/{cfg.encoder}, epoch {init_meta.epoch}, "
+            f"val_miou {init_meta.metrics.get('val_miou', float('nan')):.3f})")
     plan, mcfg, run = planned.training, planned.model, planned.run
     log(
         f"training {cfg.arch}/{cfg.encoder} on {len(plan.pairs)} scene(s): {len(plan.train_blocks)} train blocks, "
@@ -333,6 +340,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "address"},
         "pictures": pictures,
         "resumed": resumed,  # the checkpoint this run resumed from (None: it started afresh)
+        # --init: the earlier run's checkpoint the weights started from (fine-tuning), else None
+        "init": {"from": init_url, "epoch": init_meta.epoch, "val_miou": init_meta.metrics.get("val_miou")}
+        if init_meta is not None else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     storage.write_text(run.record, json.dumps(summary, indent=2, default=str))

@@ -44,6 +44,7 @@ class LoopConfig:
     threads: int | None = None  # torch threads of a CPU worker
     instances: dict | None = None  # the field-delineation target: {"boundary": BOUNDARY}
     inputs: dict = dataclasses.field(default_factory=dict)  # how the bands were read (STAC stacking, scales)
+    init: str | None = None  # --init: the checkpoint whose weights the model starts from
     val_chips: int = 0  # validation chips of the split (a budget inside the first epoch leaves time for them)
 
     def checkpoint_meta(self) -> CheckpointMeta:
@@ -64,6 +65,7 @@ class RunPlan:
     model: ModelConfig
     bands: list
     roles: list | None
+    init: str | None = None  # --init: the checkpoint the weights start from
 
     def loop_config(self, cfg: TrainConfig, threads: int | None) -> LoopConfig:
         """The workers' loop config for ``cfg`` (resolved for the cluster)."""
@@ -71,6 +73,7 @@ class RunPlan:
         return LoopConfig(
             cfg=cfg, model=self.model, classes=plan.classes, mean=plan.mean, std=plan.std,
             band_roles=self.roles, band_numbers=self.bands, threads=threads, val_chips=len(plan.val_chips),
+            init=self.init,
             # the field-delineation target: predict's class maps become instances (geoseg vectorize --instances)
             instances={"boundary": BOUNDARY} if cfg.instances else None,
             # how the bands were read, for predict to read them the same way
@@ -81,6 +84,38 @@ class RunPlan:
                     # a multi-date model's windows and their dates, as its composites name them
                     **({"windows": {w: first.tags.get(f"{WINDOW_TAG}{w}") for w in windows_of(self.roles)}}
                        if windows_of(self.roles) else {})})
+
+
+def with_init(cfg: TrainConfig) -> tuple[TrainConfig, CheckpointMeta | None, str | None]:
+    """``--init RUN_DIR``: the earlier run's checkpoint, its description, and ``cfg`` with its model,
+    classes (where the labels do not declare them) and bands; one line where they cannot be."""
+    if not cfg.init:
+        return cfg, None, None
+    from geoseg.models import checkpoint
+
+    url = checkpoint.locate(cfg.init)
+    meta = checkpoint.describe(url)
+    arch, encoder = meta.model.arch, meta.model.encoder
+    if cfg.arch not in ("unet", arch) or cfg.encoder not in ("resnet18", encoder):
+        raise InputError(f"--init {cfg.init}: its model is {arch}/{encoder}, not --arch {cfg.arch} --encoder "
+                         f"{cfg.encoder}; leave them out to fine-tune it")
+    changes: dict = {"arch": arch, "encoder": encoder}
+    if not cfg.classes and not cfg.num_classes:
+        changes["classes"] = list(meta.classes.names)
+    if cfg.bands is None and (meta.band_roles or meta.band_numbers):
+        changes["bands"] = list(meta.band_roles) if meta.band_roles else list(meta.band_numbers)
+    return dataclasses.replace(cfg, **changes), meta, url
+
+
+def check_init(planned: "RunPlan", meta: CheckpointMeta, url: str) -> "RunPlan":
+    """The run fine-tunes ``meta``'s model: the same model, and its normalisation (the weights'
+    inputs); one line where the run's model differs."""
+    if planned.model != meta.model:
+        raise InputError(f"--init {url}: its model ({meta.model.in_channels} bands, {meta.model.num_classes} classes) "
+                         f"differs from this run's ({planned.model.in_channels} bands, {planned.model.num_classes} "
+                         "classes)")
+    training = dataclasses.replace(planned.training, mean=list(meta.mean), std=list(meta.std))
+    return dataclasses.replace(planned, training=training, init=url)
 
 
 def plan_run(cfg: TrainConfig, scan=None) -> RunPlan:

@@ -106,15 +106,25 @@ def _with_apron(read, win: Window, info: RasterInfo, width: int, fill) -> np.nda
     return out
 
 
-def vector_classes(url: str, field: str) -> tuple[dict, ClassScheme | None]:
-    """``({field value: class number}, class names)`` of a label vector file's field: numbers are
+def vector_classes(urls: str | list[str], field: str) -> tuple[dict, ClassScheme | None]:
+    """``({field value: class number}, class names)`` of label vector files' field: numbers are
     class numbers (no names), names are numbered in sorted order."""
     from geoseg.data import vectorfile
 
-    _, fields = vectorfile.info(url)
-    if field not in fields:
-        raise InputError(f"--class-field {field!r}: {url} has no such field (fields: {', '.join(fields)})")
-    values = vectorfile.values(url, field)
+    found = []
+    for url in [urls] if isinstance(urls, str) else urls:
+        _, fields = vectorfile.info(url)
+        if field not in fields:
+            raise InputError(f"--class-field {field!r}: {url} has no such field (fields: {', '.join(fields)})")
+        found.append(np.asarray(vectorfile.values(url, field)))
+    url = urls if isinstance(urls, str) else ", ".join(urls[:3])
+    drawn = [v for v in found if len(v)]
+    if not drawn:  # nothing drawn yet (geoseg rank's empty layers): no labels, said where they are counted
+        return {}, None
+    if all(np.issubdtype(v.dtype, np.number) for v in drawn):
+        values = np.unique(np.concatenate(drawn))
+    else:
+        values = np.asarray(sorted({str(x) for v in drawn for x in v}), dtype=object)
     if np.issubdtype(np.asarray(values).dtype, np.number):
         bad = [v for v in values if v != int(v) or not 0 <= v < NODATA]
         if bad:
@@ -124,36 +134,53 @@ def vector_classes(url: str, field: str) -> tuple[dict, ClassScheme | None]:
     return {n: i for i, n in enumerate(names)}, ClassScheme.numbered(names)
 
 
+def vector_files(spec: str) -> list[str]:
+    """``--label-vectors``: one file, a comma-separated list, or globs (``rank/chips/*.gpkg``)."""
+    from geoseg.data.inputs import expand_glob, is_glob
+
+    out: list[str] = []
+    for part in (p.strip() for p in str(spec).split(",") if p.strip()):
+        out += expand_glob(part) if is_glob(part) else [part]
+    return out
+
+
 def from_vectors(url: str, image: RasterInfo, out: str, field: str | None = None, instances: bool = False,
                  width: int = BOUNDARY) -> str:
-    """A label raster on the image's grid from a vector file: ``field`` gives each polygon's class;
-    with ``instances`` each polygon is one instance of the 3-class field-delineation target."""
+    """A label raster on the image's grid from vector files (``url``: :func:`vector_files`): ``field``
+    gives each polygon's class; with ``instances`` each polygon is one instance of the 3-class
+    field-delineation target. Pixels no polygon covers are the ignore value: partial labels (the
+    chips of ``geoseg rank``) train only where they are drawn."""
     from geoseg.data.vectorfile import Features
 
     if not instances and not field:
         raise InputError("--label-vectors needs --class-field FIELD (or --instances: each polygon one instance)")
-    mapping, scheme = vector_classes(url, field) if field else ({}, None)
-    signature = _signature([url, image.url], {"kind": "vectors", "field": field, "instances": instances,
-                                              "boundary": width})
+    urls = vector_files(url)
+    mapping, scheme = vector_classes(urls, field) if field else ({}, None)
+    signature = _signature([*urls, image.url], {"kind": "vectors", "field": field, "instances": instances,
+                                                "boundary": width})
     if _kept(out, signature):
         return out
-    features = Features(url, image.crs)
-    if features.crs is None or features.grid_crs is None:
-        raise InputError(f"--label-vectors {url}: {'it' if features.crs is None else image.url} has no CRS; "
-                         "labels cannot be placed on the image")
+    files = [Features(u, image.crs) for u in urls]
+    for features in files:
+        if features.crs is None or features.grid_crs is None:
+            raise InputError(f"--label-vectors {features.url}: {'it' if features.crs is None else image.url} has no "
+                             "CRS; labels cannot be placed on the image")
     img = tile_reader(image.url)
     with _writer(out, image, INSTANCE_CLASSES if instances else scheme, signature) as dst:
         for win in iter_windows(image.height, image.width, WINDOW):
             grown = Window(win.row_off - width, win.col_off - width, win.height + 2 * width, win.width + 2 * width)
-            frame = features.in_window(image.affine, grown, columns=[field] if field else [])
+            frames = [f.in_window(image.affine, grown, columns=[field] if field else []) for f in files]
             if instances:
-                shapes = [(g, int(i) + 1) for g, i in zip(frame.geometry, frame.index) if g is not None]
-                ids = features.burn(shapes, image.affine, grown, 0, "int32")
+                shapes, first = [], 1  # instance ids unique across files
+                for frame in frames:
+                    shapes += [(g, first + k) for k, g in enumerate(frame.geometry) if g is not None]
+                    first += len(frame)
+                ids = Features.burn(shapes, image.affine, grown, 0, "int32")
                 labels = instance_target(ids.astype(np.int64), img.read_window(win)[1], width)
             else:
-                shapes = [(g, mapping[v]) for g, v in zip(frame.geometry, frame[field])
+                shapes = [(g, mapping[v]) for frame in frames for g, v in zip(frame.geometry, frame[field])
                           if g is not None and v in mapping]
-                burnt = features.burn(shapes, image.affine, grown, NODATA, "uint8")
+                burnt = Features.burn(shapes, image.affine, grown, NODATA, "uint8")
                 labels = burnt[width : width + win.height, width : width + win.width]
             dst.write(win, labels)
     return out
