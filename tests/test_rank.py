@@ -236,3 +236,12 @@ def test_tta_disagreement_is_kept_and_ranked(job, sample_dir, tmp_path):
     out = rank_here(RankOptions(str(tmp_path / "tta"), top=2, chip=64, strategy="disagreement"), **QUIET)
     chips = gpd.read_parquet(out["chips"])
     assert (chips["score"] == chips["disagreement"]).all() and chips["score"].iloc[0] >= seen["disagreement"].median()
+
+
+def test_an_earlier_rounds_chips_are_not_chosen_again(job, tmp_path):
+    first = rank_here(RankOptions(str(job["out"]), str(tmp_path / "a"), top=3, chip=64, min_distance=0), **QUIET)
+    second = rank_here(RankOptions(str(job["out"]), str(tmp_path / "b"), top=3, chip=64, min_distance=0,
+                                   exclude=(first["chips"],)), **QUIET)
+    a, b = gpd.read_parquet(first["chips"]), gpd.read_parquet(second["chips"])
+    assert not any(x.intersection(y).area > 0 for x in a.geometry for y in b.geometry)
+    assert second["candidates"] < first["candidates"]

@@ -20,6 +20,9 @@ def add(sub) -> None:
     ra.add_argument("--no-balance", dest="balance", action="store_false",
                     help="do not share the chips out across the predicted classes")
     ra.add_argument("--seed", type=int, default=0, help="the random strategy's seed")
+    ra.add_argument("--exclude", action="append", default=[], metavar="CHIPS_PARQUET",
+                    help="an earlier round's chips.parquet (repeatable): its chips, and chips overlapping them, are "
+                         "not chosen again")
     ra.add_argument("--out", help="where the chips go (default PREFIX/rank): chips.parquet, chips/<rank>_<scene>.png "
                                   "and .gpkg, rank.json")
     ra.add_argument("--overwrite", action="store_true", help="replace an earlier ranking in --out")
@@ -32,7 +35,8 @@ def run(a) -> None:
 
     from geoseg.rank import RankOptions, rank, rank_here
 
-    opts = RankOptions(a.prefix, a.out, a.top, a.strategy, a.chip, a.min_distance, a.balance, a.seed, a.overwrite)
+    opts = RankOptions(a.prefix, a.out, a.top, a.strategy, a.chip, a.min_distance, a.balance, a.seed, a.overwrite,
+                       tuple(a.exclude))
     if a.address or os.environ.get("RAY_ADDRESS"):
         rank(opts, address=a.address)
     else:

@@ -19,7 +19,7 @@ from geoseg.data import storage
 from geoseg.data.classes import ClassScheme
 from geoseg.errors import InputError
 from geoseg.rank import select, stages
-from geoseg.rank.plan import STRATEGIES, RankOptions, scenes_of
+from geoseg.rank.plan import STRATEGIES, RankOptions, excluded, scenes_of
 from geoseg.version import __version__
 
 # the CPUs each kind of task asks for (on Ray)
@@ -49,6 +49,8 @@ def drive(opts: RankOptions, start, log=print) -> dict:
     storage.check_writable(folder)
     tasks = start()
     found = tasks.gather([tasks.submit(stages.scene_candidates, s, opts.strategy, opts.chip) for s in scenes])
+    earlier = excluded(opts.exclude)
+    found = [select.without(f, earlier.get(s.stem, []), opts.chip) for f, s in zip(found, scenes)]
     keys = ("row_off", "col_off", "valid", "entropy", "margin", "disagreement", "cls", "lon", "lat")
     cands = {k: np.concatenate([np.asarray(f[k], float) for f in found]) for k in keys}
     cands["scene"] = np.concatenate([np.full(len(f["lon"]), i) for i, f in enumerate(found)])
@@ -76,7 +78,7 @@ def drive(opts: RankOptions, start, log=print) -> dict:
     record = {"status": "complete", "prefix": storage.absolute(opts.prefix), "strategy": opts.strategy,
               "meaning": STRATEGIES[opts.strategy], "top": opts.top, "chosen": len(chips), "chip": opts.chip,
               "min_distance_m": spacing, "balance": opts.balance, "seed": opts.seed, "scenes": len(scenes),
-              "candidates": int(len(score)), "classes": classes, "chips": table,
+              "candidates": int(len(score)), "classes": classes, "chips": table, "excluded": list(opts.exclude),
               "seconds": round(time.perf_counter() - t0, 3),
               "finished": dt.datetime.now(dt.timezone.utc).isoformat(), "versions": {"geoseg": __version__}}
     storage.write_text(record_url, json.dumps(record, indent=1))

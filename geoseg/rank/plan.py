@@ -32,6 +32,7 @@ class RankOptions:
     balance: bool = True
     seed: int = 0
     overwrite: bool = False
+    exclude: tuple[str, ...] = ()  # chips.parquet of earlier rounds: their chips (and what overlaps them) left out
 
     def __post_init__(self):
         if self.top < 1:
@@ -77,6 +78,23 @@ def scenes_of(prefix: str) -> list[RankScene]:
         out.append(RankScene(stem, zarr_url, rec["outputs"]["cog"], rec["input"], info.get("crs"),
                              tuple(info["transform"]), (info["height"], info["width"]), rec["model"]["classes"],
                              rec["outputs"].get("uncertainty")))
+    return out
+
+
+def excluded(urls: tuple[str, ...]) -> dict[str, list[tuple[int, int, int]]]:
+    """``{scene stem: [(row_off, col_off, size)]}`` of the chips of earlier rankings (``--exclude``)."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for url in urls:
+        path, fs = storage.arrow_filesystem(url)
+        try:
+            with storage.faults(url, "reading"):
+                tab = pq.read_table(path, filesystem=fs, columns=["scene", "row_off", "col_off", "size"]).to_pylist()
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"--exclude {url}: not a geoseg rank chips.parquet ({exc})") from None
+        for r in tab:
+            out.setdefault(r["scene"], []).append((r["row_off"], r["col_off"], r["size"]))
     return out
 
 

@@ -78,6 +78,17 @@ def candidates(tab, k: int, chip: int, transform, crs) -> dict:
             "hist": hist_k, "lon": np.asarray(x, float), "lat": np.asarray(y, float)}
 
 
+def without(cands: dict, chips: list[tuple[int, int, int]], chip: int) -> dict:
+    """``cands`` less those overlapping ``chips`` (``(row_off, col_off, size)`` of earlier rounds)."""
+    if not chips or not len(cands["lon"]):
+        return cands
+    r, c = np.asarray(cands["row_off"]), np.asarray(cands["col_off"])
+    keep = np.ones(len(r), bool)
+    for r0, c0, size in chips:
+        keep &= ~((r < r0 + size) & (r0 < r + chip) & (c < c0 + size) & (c0 < c + chip))
+    return {k: np.asarray(v)[keep] for k, v in cands.items()}
+
+
 def scores(cands: dict, strategy: str, seed: int) -> np.ndarray:
     """Each candidate's score under ``strategy`` (higher: label it first)."""
     if strategy == "entropy":
