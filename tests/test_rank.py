@@ -245,3 +245,20 @@ def test_an_earlier_rounds_chips_are_not_chosen_again(job, tmp_path):
     a, b = gpd.read_parquet(first["chips"]), gpd.read_parquet(second["chips"])
     assert not any(x.intersection(y).area > 0 for x in a.geometry for y in b.geometry)
     assert second["candidates"] < first["candidates"]
+
+
+def test_uncertainty_on_ray_with_hann_stitching(job, sample_dir, tmp_path, ray_local):
+    """Two scenes (a Ray job), --stitch hann: each scene's table, the same cells as in one pass."""
+    import shutil
+
+    shutil.copy(sample_dir / "scene.tif", tmp_path / "twin.tif")
+    recs = predict([str(sample_dir / "scene.tif"), str(tmp_path / "twin.tif")], str(tmp_path / "o"),
+                   PredictOptions(checkpoint=str(job["run"]), tile_size=256, halo=16, uncertainty=True,
+                                  stitch="hann"), **QUIET)
+    assert all(r["placement"].get("ray") is not False for r in recs)  # on Ray (a local job says "ray": false)
+    a, b = (read_table(r["outputs"]["uncertainty"]).to_pandas() for r in recs)
+    one = read_table(job["rec"]["outputs"]["uncertainty"]).to_pandas()
+    assert len(a) == len(b) == len(one)
+    np.testing.assert_allclose(a["entropy"], b["entropy"], atol=1e-5)  # the twin scene: the same scores
+    np.testing.assert_allclose(a["entropy"], one["entropy"], atol=1e-4)  # hann's pass 1 scores each tile's core
+    assert (a["valid"] == one["valid"]).all()
