@@ -31,26 +31,6 @@ import numpy as np
 QUIET = {"log": lambda *_: None}
 
 
-def label_chips(chips_url: str, labels_url: str) -> None:
-    """Burn the reference labels of each chip into its GeoPackage's ``labels`` layer."""
-    import geopandas as gpd
-    import rasterio
-    from rasterio.features import shapes
-    from shapely.geometry import shape
-
-    from geoseg.data.classes import NODATA
-
-    chips = gpd.read_parquet(chips_url)
-    with rasterio.open(labels_url) as src:
-        labels, t = src.read(1), src.transform
-    for row in chips.itertuples():
-        win = labels[row.row_off : row.row_off + row.size, row.col_off : row.col_off + row.size]
-        wt = t * t.translation(row.col_off, row.row_off)
-        polys = [(shape(g), int(v)) for g, v in shapes(win, mask=win != NODATA, transform=wt)]
-        gpd.GeoDataFrame({"class": [v for _, v in polys]}, geometry=[g for g, _ in polys],
-                         crs=chips.crs).to_file(row.gpkg, layer="labels", driver="GPKG")
-
-
 def held_out_miou(run: str, scene: str, labels: str, work: str) -> float:
     import rasterio
 
@@ -68,6 +48,7 @@ def loop(strategy: str, seed: int, a, pool: dict, held: dict, work: str) -> list
     from geoseg.data.classes import LANDCOVER
     from geoseg.predict import PredictOptions, predict
     from geoseg.rank import RankOptions, rank_here
+    from geoseg.rank.stages import labels_from_raster
     from geoseg.train import TrainConfig, train
 
     base = os.path.join(work, f"{strategy}-{seed}")
@@ -88,7 +69,7 @@ def loop(strategy: str, seed: int, a, pool: dict, held: dict, work: str) -> list
             rec = rank_here(RankOptions(pred, os.path.join(rdir, "rank"), top=a.per_round, chip=a.chip,
                                         strategy=strategy, seed=seed * 100 + k, exclude=tuple(excluded)), **QUIET)
             chips, chips_dir = rec["chips"], os.path.join(rdir, "rank", "chips")
-        label_chips(chips, pool["labels"])
+        labels_from_raster(chips, pool["labels"])  # the person, simulated by the reference labels
         excluded.append(chips)
         chips_dirs.append(os.path.join(chips_dir, "*.gpkg"))
         labelled += len(__import__("geopandas").read_parquet(chips))

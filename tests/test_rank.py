@@ -145,27 +145,14 @@ def test_rank_outputs_open_with_their_crs(job, sample_dir, tmp_path):
     assert record["strategy"] == "margin" and record["chosen"] == 3
 
 
-def _label_chips(chips, labels_url):
-    """A person's labelling, simulated: each chip's GeoPackage gets the reference labels' polygons."""
-    from rasterio.features import shapes
-    from shapely.geometry import shape
-
-    with rasterio.open(labels_url) as src:
-        labels, t = src.read(1), src.transform
-    for row in chips.itertuples():
-        win = labels[row.row_off : row.row_off + row.size, row.col_off : row.col_off + row.size]
-        wt = t * t.translation(row.col_off, row.row_off)
-        polys = [(shape(g), int(v)) for g, v in shapes(win, mask=win != NODATA, transform=wt)]
-        frame = gpd.GeoDataFrame({"class": [v for _, v in polys]}, geometry=[g for g, _ in polys], crs=chips.crs)
-        frame.to_file(row.gpkg, layer="labels", driver="GPKG")
-
-
 def test_labelled_chips_train_from_the_earlier_weights(job, sample_dir, tmp_path, ray_local):
     from geoseg.train import TrainConfig, train
 
     rank_here(RankOptions(str(job["out"]), str(tmp_path / "r"), top=3, chip=64), **QUIET)
     chips = gpd.read_parquet(tmp_path / "r" / "chips.parquet")
-    _label_chips(chips, str(sample_dir / "labels.tif"))
+    from geoseg.rank.stages import labels_from_raster
+
+    assert labels_from_raster(str(tmp_path / "r" / "chips.parquet"), str(sample_dir / "labels.tif")) > 0
     out = tmp_path / "ft"
     summary = train(TrainConfig(images=[str(sample_dir / "scene.tif")], labels=[], out=str(out),
                                 label_vectors=str(tmp_path / "r" / "chips" / "*.gpkg"), class_field="class",

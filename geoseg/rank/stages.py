@@ -95,3 +95,28 @@ def write_table(folder: str, scenes: list[RankScene], chips: list[dict]) -> str:
         frame.to_parquet(local)
         storage.put_file(local, url)
     return url
+
+
+def labels_from_raster(chips_url: str, labels_url: str) -> int:
+    """Fill every chosen chip's ``labels`` layer from a label raster on the scenes' grid (a reference
+    map: what a person would draw, for simulated loops and for chips a reference covers already);
+    returns the polygons written."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    from geoseg.data.classes import NODATA
+
+    chips = gpd.read_parquet(chips_url)
+    written = 0
+    with storage.gdal_env(), rasterio.open(labels_url) as src:
+        t = src.transform
+        for row in chips.itertuples():
+            win = src.read(1, window=rasterio.windows.Window(row.col_off, row.row_off, row.size, row.size))
+            wt = t * t.translation(row.col_off, row.row_off)
+            polys = [(shape(g), int(v)) for g, v in shapes(win, mask=win != NODATA, transform=wt)]
+            gpd.GeoDataFrame({"class": [v for _, v in polys]}, geometry=[g for g, _ in polys],
+                             crs=chips.crs).to_file(row.gpkg, layer="labels", driver="GPKG")
+            written += len(polys)
+    return written
