@@ -93,55 +93,54 @@ class ItemSelection:
         return tuple(out)
 
 
-def _stac_assets(doc: dict, source: str, asset: str | None, stack: stac.StackOptions | None,
-                 default_assets: tuple[str, ...] | None, folder: str | None, defer: bool = False,
-                 select: ItemSelection | None = None) -> list:
-    """One raster URL per item: the ``--asset`` given, the item's one GeoTIFF asset, or a
-    VRT stacking its band assets (``--assets``, else the model's own bands; with ``defer``
-    a :class:`~geoseg.data.stac.Stack` to build later, in a planning task)."""
-    features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
-    select = select or ItemSelection()
-    urls = []
-    for item in features or []:
-        if not select.keeps(item):
-            continue
-        where = stac.self_href(item, source)  # an API's items: their own URL
-        assets = item.get("assets") or {}
-        names = (stack.assets if stack else None) or None
-        if asset is None and names is None and select.extra and default_assets:
+def _item_raster(item: dict, where: str, asset: str | None, stack: stac.StackOptions | None,
+                 default_assets: tuple[str, ...] | None, folder: str | None, defer: bool,
+                 select: ItemSelection):
+    """An item's raster URL: the ``--asset`` given, the item's one GeoTIFF asset, or a VRT stacking
+    its band assets (``--assets``, else the model's own bands; with ``defer`` a
+    :class:`~geoseg.data.stac.Stack` to build later, in a planning task)."""
+    assets = item.get("assets") or {}
+    names = (stack.assets if stack else None) or None
+    if asset is None and names is None and select.extra and default_assets:
+        names = tuple(default_assets)
+    if asset is None and names is None:
+        candidates = [k for k, a in assets.items() if "image/tiff" in str(a.get("type", ""))]
+        if len(candidates) == 1 or not default_assets:
+            if len(candidates) != 1:
+                raise InputError(f"{where}: item {item.get('id')!r} has assets {sorted(assets)}; choose one "
+                                 "with --asset, or bands to stack with --assets")
+            asset = candidates[0]
+        else:
             names = tuple(default_assets)
-        if asset is None and names is None:
-            candidates = [k for k, a in assets.items() if "image/tiff" in str(a.get("type", ""))]
-            if len(candidates) == 1 or not default_assets:
-                if len(candidates) != 1:
-                    raise InputError(f"{where}: item {item.get('id')!r} has assets {sorted(assets)}; choose one "
-                                     "with --asset, or bands to stack with --assets")
-                asset = candidates[0]
-            else:
-                names = tuple(default_assets)
-        if names is not None:
-            names = select.stack_names(tuple(names), item, where)
-            if folder is None:
-                raise InputError(f"{where}: stacking band assets needs an output folder")
-            request = stac.Stack.of(item, where, list(names), folder, stack.resolution if stack else None,
-                                    stack.resampling if stack else None)
-            urls.append(request if defer else request.build())
-            continue
-        if select.extra:
-            raise InputError(f"{where}: --mask reads {', '.join(select.extra)} beside the bands, which needs the item's "
-                             f"bands stacked (--assets), not one --asset {asset!r}")
-        if asset not in assets:
-            raise InputError(f"{where}: item {item.get('id')!r} has no asset {asset!r} (has {sorted(assets)})")
-        urls.append(stac.resolve_href(assets[asset]["href"], where))
-    return urls
+    if names is not None:
+        names = select.stack_names(tuple(names), item, where)
+        if folder is None:
+            raise InputError(f"{where}: stacking band assets needs an output folder")
+        request = stac.Stack.of(item, where, list(names), folder, stack.resolution if stack else None,
+                                stack.resampling if stack else None)
+        return request if defer else request.build()
+    if select.extra:
+        raise InputError(f"{where}: --mask reads {', '.join(select.extra)} beside the bands, which needs the item's "
+                         f"bands stacked (--assets), not one --asset {asset!r}")
+    if asset not in assets:
+        raise InputError(f"{where}: item {item.get('id')!r} has no asset {asset!r} (has {sorted(assets)})")
+    return stac.resolve_href(assets[asset]["href"], where)
+
+
+def _rasters(found: list, asset, stack, default_assets, folder, defer, select: ItemSelection) -> list:
+    """:func:`sources` as raster URLs (each item's, :func:`_item_raster`), without duplicates."""
+    urls = [s if isinstance(s, str) else _item_raster(*s, asset, stack, default_assets, folder, defer, select)
+            for s in found]
+    seen: set = set()
+    return [u for u in urls if not (_key(u) in seen or seen.add(_key(u)))]
 
 
 def searched_inputs(search: stac.Search, asset: str | None = None, stack: stac.StackOptions | None = None,
                     default_assets: tuple[str, ...] | None = None, folder: str | None = None,
                     defer: bool = False, select: ItemSelection | None = None) -> list:
     """Raster URLs of the items a STAC API search finds (one per item, as for item files)."""
-    doc = {"type": "FeatureCollection", "features": search.items()}
-    return _stac_assets(doc, search.url, asset, stack, default_assets, folder, defer, select)
+    select = select or ItemSelection()
+    return _rasters(sources([], search, select), asset, stack, default_assets, folder, defer, select)
 
 
 def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackOptions | None = None,
@@ -152,31 +151,15 @@ def expand_inputs(items: list[str], asset: str | None = None, stack: stac.StackO
     STAC items with one asset per band become VRTs written under ``folder``
     (see :mod:`geoseg.data.stac`): ``stack.assets``, else ``default_assets`` (the model's bands);
     with ``defer``, :class:`~geoseg.data.stac.Stack` requests that a planning task builds."""
-    urls: list = []
-    for item in items:
-        lower = item.lower()
-        if is_glob(item):
-            urls.extend(expand_glob(item))
-        elif lower.endswith(".txt"):
-            urls.extend(expand_inputs(read_list(item), asset, stack, default_assets, folder, defer, select))
-        elif lower.endswith(".json") or lower.endswith(".geojson"):
-            urls.extend(_stac_assets(read_stac(item), item, asset, stack, default_assets, folder, defer, select))
-        else:
-            urls.append(storage.absolute(item))  # a local path reads the same on every worker, from any folder
-    seen: set = set()
-    unique = [u for u in urls if not (_key(u) in seen or seen.add(_key(u)))]
-    if not unique:
-        if select is not None and select.skipped:
-            raise InputError(f"--max-cloud {select.max_cloud:g}: all {len(select.skipped)} items have more cloud "
-                             f"(eo:cloud_cover from {min(c for _, c in select.skipped):g} %)")
-        raise InputError("no inputs given")
-    return unique
+    select = select or ItemSelection()
+    return _rasters(sources(items, None, select), asset, stack, default_assets, folder, defer, select)
 
 
 def sources(items: list[str], search: stac.Search | None = None, select: ItemSelection | None = None) -> list:
-    """The inputs as they are, for stages that read each band asset themselves (``geoseg
-    composite``): a raster URL, or ``(item, where it lives)`` for each STAC item kept by
-    ``select`` (``--max-cloud``); in order, without duplicates."""
+    """The inputs as they are: a raster URL (paths, globs, ``.txt`` lists), or ``(item, where it
+    lives)`` for each STAC item (item and ItemCollection files, a search) kept by ``select``
+    (``--max-cloud``); in order, without duplicates. :func:`expand_inputs` makes them rasters;
+    ``geoseg composite`` reads each band asset itself."""
     select = select or ItemSelection()
     found: list = []
 
