@@ -1,5 +1,5 @@
 """Exported and quantized model files: predict runs them without the run folder and gives the eager
-model's class maps (ONNX and TorchScript, U-Net and FCN, crop and hann); quantize scores INT8
+model's class maps (ONNX, TorchScript and torch.export, U-Net and FCN, crop and hann); quantize scores INT8
 against fp32 on the run's validation blocks and refuses a model whose mIoU drops; bad model files
 are refused in one line."""
 
@@ -147,6 +147,7 @@ def test_bad_model_files_are_refused_in_one_line(unet_ckpt, small, tmp_path):
     data = open(good, "rb").read()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
     (tmp_path / "noise.pt").write_bytes(os.urandom(4096))
+    (tmp_path / "noise.pt2").write_bytes(os.urandom(4096))
     proto = onnx.load(good)
     foreign = onnx.load(good)
     foreign.graph.node[0].domain = "evil.ops"
@@ -162,6 +163,7 @@ def test_bad_model_files_are_refused_in_one_line(unet_ckpt, small, tmp_path):
     del proto.metadata_props[:]
     onnx.save(proto, tmp_path / "bare.onnx")
     cases = {"cut.onnx": "not an ONNX model, or truncated", "noise.pt": "not a TorchScript model",
+             "noise.pt2": "not a torch.export archive",
              "custom.onnx": "operators of domain 'evil.ops'", "external.onnx": "reads tensors from other files",
              "bare.onnx": "without a geoseg description"}
     for name, words in cases.items():

@@ -1,13 +1,15 @@
 """Model files to write: a trained checkpoint exported as one self-describing file (Ray-free).
 
-``geoseg export RUN_DIR --format onnx|torchscript [--out FILE]`` writes the model and its
+``geoseg export RUN_DIR --format onnx|torchscript|pt2 [--out FILE]`` writes the model and its
 description in one file, which ``geoseg predict --checkpoint FILE`` runs without the run
 folder:
 
 * ``.onnx``: the graph (dynamic batch, height and width) for ONNX Runtime (CPU, and CUDA
   where a GPU is present); the description is the model's ``geoseg`` metadata property;
 * ``.pt`` (TorchScript): a traced module for torch, the description in the archive's
-  ``extra/geoseg.json``.
+  ``extra/geoseg.json``;
+* ``.pt2`` (``torch.export``): an exported program (dynamic batch, and height and width of at
+  least 32 px in multiples of the model's size multiple), the description in the archive's ``extra/geoseg.json``.
 
 The description is the checkpoint's (:class:`geoseg.models.checkpoint.CheckpointMeta`: bands by
 name and number, band scales, normalisation, classes with names and colours) plus the tile
@@ -30,7 +32,7 @@ from geoseg.models.modelfile import KEY
 from geoseg.models.runfolder import RunFolder
 from geoseg.errors import InputError
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 OPSET = 18
 TILE_ADVICE = {"tile_size": 512, "halo": 32}
 
@@ -74,10 +76,32 @@ def write(model, meta: CheckpointMeta, fmt: str, path: str, desc: dict) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = KEY, json.dumps(desc)
         onnx.save(proto, path)
+    elif fmt == "pt2":
+        torch.export.save(program(model, c, meta.model.size_multiple), path,
+                          extra_files={f"{KEY}.json": json.dumps(desc)})
     else:
         with torch.no_grad():
             traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, path, _extra_files={f"{KEY}.json": json.dumps(desc)})
+
+
+def program(model, channels: int, multiple: int):
+    """``torch.export`` of ``model`` for any batch and any height and width of at least 32 px that are
+    multiples of ``multiple`` (the example has a batch of 2: torch specialises a batch of 1; a side
+    under 32 px would be another graph for an FCN's strided layers)."""
+    import torch
+
+    Dim = torch.export.Dim
+    example = torch.zeros(2, channels, max(4 * multiple, 128), max(4 * multiple, 128))
+    least = max(1, 32 // multiple)
+    rows, cols = (Dim(n, min=least, max=65536 // multiple) for n in ("rows", "cols"))
+    shapes = ({0: Dim("batch", min=1, max=4096), 2: multiple * rows, 3: multiple * cols},)
+    with torch.no_grad():
+        try:
+            return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+        except Exception as exc:  # noqa: BLE001 - torch's export errors have no common base: one line
+            raise InputError(f"this model cannot be exported with torch.export "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); use --format onnx") from None
 
 
 def onnx_export(model, example, path: str) -> None:

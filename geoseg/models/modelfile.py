@@ -1,4 +1,4 @@
-"""Model files to read: a self-describing ``.onnx`` or ``.pt`` (TorchScript) that
+"""Model files to read: a self-describing ``.onnx``, ``.pt`` (TorchScript) or ``.pt2`` (``torch.export``) that
 ``geoseg export`` or ``geoseg quantize`` wrote (:mod:`geoseg.models.export`), checked before use.
 
 A file is refused in one line when it is truncated, not a model, carries no geoseg description,
@@ -17,17 +17,19 @@ from geoseg.data import storage
 from geoseg.errors import CheckpointError
 from geoseg.models.checkpoint import CheckpointMeta
 
-KEY = "geoseg"  # the ONNX metadata property / TorchScript extra file holding the description
+KEY = "geoseg"  # the ONNX metadata property / TorchScript and torch.export extra file holding the description
 ALLOWED_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training"}
 
 
 def is_model_file(path: str) -> bool:
     """True for a path naming an exported model file (by its suffix) rather than a checkpoint folder."""
-    return str(path).lower().endswith((".onnx", ".pt", ".torchscript"))
+    return str(path).lower().endswith((".onnx", ".pt", ".torchscript", ".pt2"))
 
 
 def kind_of(path: str) -> str:
-    return "onnx" if str(path).lower().endswith(".onnx") else "torchscript"
+    """``onnx``, ``pt2`` (a ``torch.export`` archive) or ``torchscript``, by the file's suffix."""
+    lower = str(path).lower()
+    return "onnx" if lower.endswith(".onnx") else "pt2" if lower.endswith(".pt2") else "torchscript"
 
 
 def fetch(path: str) -> str:
@@ -49,7 +51,7 @@ def read_description(path: str) -> dict:
         proto = _onnx_checked(local, path)
         desc = next((p.value for p in proto.metadata_props if p.key == KEY), None)
     else:
-        desc = _torchscript_extra(local, path)
+        desc = _archive_extra(local, path, kind_of(path))
     if desc is None:
         raise CheckpointError(f"{path}: a model file without a geoseg description; export it with geoseg export")
     try:
@@ -87,18 +89,23 @@ def _onnx_checked(local: str, name: str):
     return proto
 
 
-def _torchscript_extra(local: str, name: str) -> str | None:
-    """The description from a TorchScript archive (a zip), read without loading the model."""
+ARCHIVES = {"torchscript": ("TorchScript model", "/data.pkl"), "pt2": ("torch.export archive", "/archive_format")}
+
+
+def _archive_extra(local: str, name: str, kind: str) -> str | None:
+    """The description from a TorchScript or ``torch.export`` archive (both zips, the description in
+    ``extra/geoseg.json``), read without loading the model."""
     import zipfile
 
+    what, marker = ARCHIVES[kind]
     try:
         with zipfile.ZipFile(local) as z:
             names = [n for n in z.namelist() if n.endswith(f"/extra/{KEY}.json")]
-            if not any(n.endswith("/data.pkl") for n in z.namelist()):
-                raise CheckpointError(f"{name}: not a TorchScript model (no data.pkl in the archive)")
+            if not any(n.endswith(marker) for n in z.namelist()):
+                raise CheckpointError(f"{name}: not a {what} (no {marker[1:]} in the archive)")
             return z.read(names[0]).decode() if names else None
     except zipfile.BadZipFile:
-        raise CheckpointError(f"{name}: not a TorchScript model, or truncated") from None
+        raise CheckpointError(f"{name}: not a {what}, or truncated") from None
 
 
 def load_torchscript(path: str, device: str = "cpu"):
@@ -112,3 +119,31 @@ def load_torchscript(path: str, device: str = "cpu"):
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a loadable TorchScript model ({str(exc).splitlines()[0][:120]})") \
             from None
+
+
+def load_exported(path: str, device: str = "cpu"):
+    """A ``torch.export`` archive's module, on ``device`` (torch's loader: a graph and its tensors)."""
+    import torch
+
+    class Exported(torch.nn.Module):
+        """The archive's graph as a module that ``eval()`` and ``to()`` accept (it was exported in
+        eval mode; the graph's own ``eval()`` raises)."""
+
+        def __init__(self, graph):
+            super().__init__()
+            self.graph = graph
+
+        def train(self, mode: bool = True):  # the graph is frozen in eval mode
+            self.training = mode
+            return self
+
+        def forward(self, x):
+            return self.graph(x)
+
+    local = fetch(path)
+    try:
+        program = torch.export.load(local)
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a loadable torch.export archive ({str(exc).splitlines()[0][:120]})") \
+            from None
+    return Exported(program.module()).to(device)

@@ -370,7 +370,7 @@ def choose_runtime(meta, device: str = "cpu", precision: str = "auto") -> dict:
 
     An ONNX file runs in ONNX Runtime at the precision it was made in (fp32, or int8: on any
     x86-64 or Arm CPU; fastest with VNNI, which the note names where it is missing); a
-    TorchScript file or a checkpoint in torch. A model made for bf16 (``geoseg quantize
+    TorchScript or torch.export file or a checkpoint in torch. A model made for bf16 (``geoseg quantize
     --precision bf16``) runs in bf16 where the CPU has bf16 instructions (AVX512-BF16, AMX),
     else in fp32, and the note says so."""
     export = (meta.extra or {}).get("export") or {}
@@ -407,8 +407,9 @@ def load_predictor(model: "str | ModelRef", **options):
     else:
         opts = {**options, "precision": how["precision"]}
         if ref.is_file:
-            opts["compile"] = False  # a traced module is what it is
-            pred = TorchPredictor(modelfile.load_torchscript(path, device), meta.mean, meta.std, **opts)
+            opts["compile"] = False  # a traced or exported module is what it is
+            load = modelfile.load_exported if ref.kind == "pt2" else modelfile.load_torchscript
+            pred = TorchPredictor(load(path, device), meta.mean, meta.std, **opts)
             pred.num_classes, pred.meta = meta.model.num_classes, meta
         else:
             pred = TorchPredictor.from_checkpoint(path, meta=meta, **opts)

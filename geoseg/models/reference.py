@@ -17,7 +17,7 @@ from geoseg.models import checkpoint, modelfile
 from geoseg.models.checkpoint import CheckpointMeta
 from geoseg.models.index import INDEX_MODELS
 
-KINDS = ("index", "checkpoint", "onnx", "torchscript")
+KINDS = ("index", "checkpoint", "onnx", "torchscript", "pt2")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ModelRef:
 
     @property
     def is_file(self) -> bool:
-        return self.kind in ("onnx", "torchscript")
+        return self.kind in ("onnx", "torchscript", "pt2")
 
     @property
     def classes(self) -> ClassScheme:
