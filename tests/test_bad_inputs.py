@@ -97,7 +97,7 @@ CASES = [
     (["predict", "{scene}", "--out", "{tmp}/o", "--model", "index", "--address", "127.0.0.1:{port}"], 1,
      ["Ray cluster at 127.0.0.1:", "not reachable"]),
     (["predict", "--out", "{tmp}/o", "--model", "index"], 1, ["give rasters or STAC items", "--stac-api"]),
-    (["predict", "--out", "{tmp}/o", "--model", "index", "--collections", "s2"], 1, ["--collections needs --stac-api"]),
+    (["predict", "--out", "{tmp}/o", "--model", "index", "--collections", "s2"], 1, ["give rasters or STAC items"]),
     (["predict", "--out", "{tmp}/o", "--model", "index", "--stac-api", "http://127.0.0.1:{port}", "--bbox", "1,2"], 1,
      ["--bbox must be W,S,E,N"]),
     (["predict", "--out", "{tmp}/o", "--model", "index", "--stac-api", "http://127.0.0.1:{port}"], 1,

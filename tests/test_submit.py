@@ -30,7 +30,8 @@ def _free_ports(n):
 
 @pytest.fixture()
 def ray_head():
-    """A separate Ray head (dashboard + Jobs API) on free loopback ports; only its own processes are stopped."""
+    """A separate Ray head (dashboard + Jobs API) on free loopback ports, still starting when the test
+    begins (``ray start`` runs in the background); only its own processes are stopped."""
     ray_bin = pathlib.Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dash, client, mport, agent, agent_grpc, runtime_env_agent = _free_ports(7)
@@ -44,11 +45,13 @@ def ray_head():
     # jobs run `python -m geoseg ...` with the head's PATH: this environment's python
     env["PATH"] = f"{pathlib.Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["RAY_metrics_report_interval_ms"] = "1000"  # custom metrics reach the exporter within a second
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
+    starting = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         yield f"http://127.0.0.1:{dash}", mport
+        assert starting.wait(timeout=180) == 0, starting.stdout.read()[-2000:]
     finally:
+        if starting.poll() is None:
+            starting.kill()
         out = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
         for pid in out:
             try:
@@ -66,15 +69,18 @@ def ray_head():
 
 @pytest.mark.slow
 def test_submit_predict_job(ray_head, sample_dir, tmp_path):
+    """Submitted while the head is still starting: one line says geoseg waits for it, then the job runs."""
     ray_head, metrics_port = ray_head
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     res = subprocess.run(
-        [sys.executable, "-m", "geoseg", "submit", "--address", ray_head, "--",
+        [sys.executable, "-m", "geoseg", "submit", "--address", ray_head, "--wait", "180", "--",
          "predict", str(sample_dir / "scene.tif"), "--out", str(out), "--model", "index", "--tile-size", "320"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
     )
     assert res.returncode == 0, res.stdout[-1500:]
+    waiting = [ln for ln in res.stdout.splitlines() if ln.startswith("waiting up to 180 s (--wait) for the Ray head")]
+    assert len(waiting) == 1, res.stdout[:1500]  # the head was not up yet: waited for, said once
     assert "submitted geoseg-predict-" in res.stdout and f"{ray_head}/#/jobs/" in res.stdout
     assert "SUCCEEDED" in res.stdout
     with rasterio.open(out / "scene.tif") as cog:

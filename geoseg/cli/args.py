@@ -95,9 +95,13 @@ def add_stack_flags(p) -> None:
 
 
 def add_search_flags(p, what: str, bbox: str = "W,S,E,N in degrees", cloud: int = 20) -> None:
-    """A STAC API search's flags (``--stac-api`` ...) and ``--max-cloud``, in a group of their own."""
-    se = p.add_argument_group(f"searching a STAC API ({what})")
-    se.add_argument("--stac-api", help="STAC API root URL")
+    """A STAC API search's flags (``--stac-api`` ...) and ``--max-cloud``, in a group of their own; without
+    ``--stac-api``, ``--collections``, ``--bbox``, ``--datetime``, ``--max-items`` filter STAC-GeoParquet
+    indexes and item files."""
+    se = p.add_argument_group(f"choosing STAC items: a STAC API search, or a STAC-GeoParquet index or item files "
+                              f"filtered ({what})")
+    se.add_argument("--stac-api", help="STAC API root URL (without it, the filters below choose the items of "
+                                       "the STAC-GeoParquet indexes and item files given)")
     se.add_argument("--collections", help="collection ids, comma-separated")
     se.add_argument("--bbox", help=bbox)
     se.add_argument("--datetime", help="a date-time or an interval A/B (RFC 3339; .. for open ends)")
@@ -122,8 +126,10 @@ def search_options(a):
     from geoseg.data.stac import Search
 
     if not a.stac_api:
-        used = [f for f in ("collections", "bbox", "datetime", "filter", "query", "max_items") if getattr(a, f)]
-        if used:
-            raise InputError(f"--{used[0].replace('_', '-')} needs --stac-api URL")
-        return None
+        api_only = [f for f in ("filter", "query") if getattr(a, f)]
+        if api_only:
+            raise InputError(f"--{api_only[0]} needs --stac-api URL (an index or item files take --collections, "
+                             "--bbox, --datetime, --max-cloud)")
+        if not any(getattr(a, f) for f in ("collections", "bbox", "datetime", "max_items")):
+            return None
     return Search.parse(a.stac_api, a.collections, a.bbox, a.datetime, a.filter, a.query, a.max_items)

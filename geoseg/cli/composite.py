@@ -40,12 +40,11 @@ def add(sub) -> None:
 def options(a):
     from geoseg.composite import CompositeOptions, parse_statistic, parse_windows
     from geoseg.data.masks import parse_mask
-    from geoseg.data.stac import Search
     from geoseg.errors import InputError
 
     search = search_options(a)
-    box = search.bbox if search else (Search.parse("-", bbox=a.bbox).bbox if a.bbox else None)
-    if not a.inputs and search is None:
+    box = search.bbox if search else None
+    if not a.inputs and not (search and search.url):
         raise InputError("give STAC items or rasters to composite, or --stac-api URL to search")
     bands = tuple(b.strip() for b in a.bands.split(",") if b.strip())
     return CompositeOptions(tuple(a.inputs), a.out, a.grid, parse_windows(a.window), parse_statistic(a.statistic),

@@ -110,8 +110,9 @@ def masked_tiles(tiles: dict) -> str:
 
 def run(a) -> None:
     opts = predict_options(a)
-    if not a.inputs and not opts.search:
-        raise InputError("give rasters or STAC items to predict, or search a STAC API with --stac-api URL")
+    if not a.inputs and not (opts.search and opts.search.url):
+        raise InputError("give rasters or STAC items (item files, a STAC-GeoParquet index) to predict, or search "
+                         "a STAC API with --stac-api URL")
     records = predict(a.inputs, a.out, opts)
     if len(records) > 20:  # a line per scene is the job summary's
         tiles = sum(r["tiles"]["predicted"] for r in records)

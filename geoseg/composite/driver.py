@@ -53,7 +53,7 @@ def drive(opts: CompositeOptions, start, log=print) -> dict:
     the inputs are checked); returns the record. Tiles finished by an earlier run are kept."""
     t0 = time.perf_counter()
     grid = parse_grid(opts.grid)
-    found = sources(list(opts.inputs), opts.search, ItemSelection(max_cloud=opts.max_cloud))
+    found = sources(list(opts.inputs), opts.search, ItemSelection(max_cloud=opts.max_cloud, where=opts.search))
     storage.check_writable(opts.out)
     describe(found[:1], opts.bands, opts.mask, grid)  # a band or mask the inputs lack: one line before Ray starts
     tasks, cpus = start()

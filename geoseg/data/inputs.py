@@ -1,7 +1,9 @@
 """Turn what the user typed into a list of raster URLs.
 
 Accepted: paths and URLs, globs (local or remote), a ``.txt`` file with one
-path/URL per line, and STAC Item / ItemCollection JSON (asset key selectable).
+path/URL per line, STAC Item / ItemCollection JSON (asset key selectable), and
+STAC-GeoParquet indexes (``items.parquet``, :mod:`geoseg.data.stacindex`), whose
+items ``--bbox`` / ``--datetime`` / ``--collections`` / ``--max-cloud`` choose.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import glob
 import json
 from dataclasses import dataclass, field
 
-from geoseg.data import stac, storage
+from geoseg.data import stac, stacindex, storage
 from geoseg.errors import InputError
 
 
@@ -61,15 +63,23 @@ class ItemSelection:
 
     ``extra``: bands read beside the model's (a ``--mask`` asset such as ``scl``, or the cloud
     model's bands), stacked after them; ``max_cloud``: items whose ``eo:cloud_cover`` is higher
-    are left out (``--max-cloud``), counted in ``skipped``."""
+    are left out (``--max-cloud``), counted in ``skipped``; ``where``: the ``--bbox`` / ``--datetime`` /
+    ``--collections`` filters (:class:`~geoseg.data.stac.Search`), which item files and indexes
+    pass through too (a search's own items are the API's answer to them)."""
 
     extra: tuple[str, ...] = ()
     max_cloud: float | None = None
+    where: stac.Search | None = None
     skipped: list = field(default_factory=list)  # (item id, its cloud cover) of the items left out
     seen: int = 0  # items looked at
+    elsewhere: int = 0  # items outside --bbox / --datetime / --collections
+    item_sources: int = 0  # item files, indexes and searches among the inputs
 
     def keeps(self, item: dict) -> bool:
         self.seen += 1
+        if self.where is not None and not self.where.matches(item):
+            self.elsewhere += 1
+            return False
         cover = (item.get("properties") or {}).get("eo:cloud_cover")
         if self.max_cloud is None or not isinstance(cover, (int, float)) or cover <= self.max_cloud:
             return True
@@ -164,6 +174,7 @@ def sources(items: list[str], search: stac.Search | None = None, select: ItemSel
     found: list = []
 
     def items_of(doc: dict, where: str) -> None:
+        select.item_sources += 1
         for item in (doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]) or []:
             if select.keeps(item):
                 found.append((item, stac.self_href(item, where)))
@@ -176,9 +187,12 @@ def sources(items: list[str], search: stac.Search | None = None, select: ItemSel
             found.extend(sources(read_list(entry), None, select))
         elif lower.endswith((".json", ".geojson")):
             items_of(read_stac(entry), entry)
+        elif stacindex.is_index(entry):
+            items_of({"type": "FeatureCollection",
+                      "features": stacindex.read_index(entry, select.where, select.max_cloud)}, entry)
         else:
             found.append(storage.absolute(entry))
-    if search is not None:
+    if search is not None and search.url:
         items_of({"type": "FeatureCollection", "features": search.items()}, search.url)
     seen: set = set()
 
@@ -186,7 +200,13 @@ def sources(items: list[str], search: stac.Search | None = None, select: ItemSel
         return s if isinstance(s, str) else f"{s[1]}#{s[0].get('id')}"
 
     unique = [s for s in found if not (key(s) in seen or seen.add(key(s)))]
+    where = select.where
+    if where is not None and where.max_items and not where.url:  # a search's own limit is the API's
+        items = [s for s in unique if not isinstance(s, str)][: where.max_items]
+        unique = [s for s in unique if isinstance(s, str)] + items
     if not unique:
+        if where is not None and not select.skipped:
+            raise InputError(f"{where.flags()}: no STAC item of the inputs matches")
         if select.skipped:
             raise InputError(f"--max-cloud {select.max_cloud:g}: all {len(select.skipped)} items have more cloud "
                              f"(eo:cloud_cover from {min(c for _, c in select.skipped):g} %)")

@@ -347,14 +347,35 @@ def item_of(tags: dict[str, str]) -> dict | None:
     return out
 
 
-# --- searching a STAC API ------------------------------------------------------
+# --- which items: a STAC API search, and the same filters on an index or item files ---------
+
+
+def _instant(text: str, end: bool):
+    """An RFC 3339 date-time (a date alone: its first or, for an interval's end, its last instant),
+    timezone-aware (UTC where none is given); None for an open end (``..`` or empty)."""
+    import datetime as dt
+
+    text = text.strip()
+    if text in ("", ".."):
+        return None
+    try:
+        if len(text) == 10:
+            day = dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+            return day + dt.timedelta(days=1, microseconds=-1) if end else day
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InputError(f"--datetime: {text!r} is not an RFC 3339 date or date-time (e.g. 2024-06-01 or "
+                         "2024-06-01T10:00:00Z)") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 @dataclass(frozen=True)
 class Search:
-    """``--stac-api URL --collections C --bbox W,S,E,N --datetime A/B [--filter CQL2] [--query JSON] [--max-items N]``."""
+    """Which STAC items: ``--stac-api URL`` searched with ``--collections C --bbox W,S,E,N --datetime A/B
+    [--filter CQL2] [--query JSON] [--max-items N]``; without a URL, the same filters over STAC-GeoParquet
+    indexes (pushed down to the reader, :mod:`geoseg.data.stacindex`) and item files (:meth:`matches`)."""
 
-    url: str
+    url: str | None
     collections: tuple[str, ...] | None = None
     bbox: tuple[float, float, float, float] | None = None
     datetime: str | None = None
@@ -363,8 +384,9 @@ class Search:
     max_items: int | None = None
 
     @classmethod
-    def parse(cls, url: str, collections: str | None = None, bbox: str | None = None, datetime: str | None = None,
-              filter: str | None = None, query: str | None = None, max_items: int | None = None) -> "Search":
+    def parse(cls, url: str | None, collections: str | None = None, bbox: str | None = None,
+              datetime: str | None = None, filter: str | None = None, query: str | None = None,
+              max_items: int | None = None) -> "Search":
         box = None
         if bbox:
             try:
@@ -376,7 +398,52 @@ class Search:
         if max_items is not None and max_items < 1:
             raise InputError(f"--max-items must be positive, got {max_items}")
         cols = tuple(c.strip() for c in collections.split(",") if c.strip()) if collections else None
-        return cls(url, cols, box, datetime, filter, query, max_items)
+        found = cls(url, cols, box, datetime, filter, query, max_items)
+        if datetime:
+            start, end = found.interval()
+            if start is not None and end is not None and start > end:
+                raise InputError(f"--datetime {datetime}: the interval ends before it starts")
+        return found
+
+    def interval(self):
+        """``(start, end)`` of ``--datetime`` as aware datetimes (None: open); a date alone is its whole day."""
+        if not self.datetime:
+            return None, None
+        if "/" in self.datetime:
+            a, b = self.datetime.split("/", 1)
+            return _instant(a, False), _instant(b, True)
+        single = self.datetime.strip()
+        return _instant(single, False), _instant(single, len(single) == 10)
+
+    def matches(self, item: dict) -> bool:
+        """Whether an item passes ``--collections``, ``--bbox`` (its bbox meets the box) and ``--datetime``
+        (its datetime, or its start/end interval, meets the interval)."""
+        if self.collections and item.get("collection") not in self.collections:
+            return False
+        if self.bbox and item.get("bbox"):
+            b = item["bbox"]
+            x0, y0, x1, y1 = (b[0], b[1], b[3], b[4]) if len(b) == 6 else b[:4]
+            w, s, e, n = self.bbox
+            if x1 < w or x0 > e or y1 < s or y0 > n:
+                return False
+        if self.datetime:
+            start, end = self.interval()
+            props = item.get("properties") or {}
+            first = props.get("datetime") or props.get("start_datetime")
+            last = props.get("datetime") or props.get("end_datetime")
+            if not first or not last:
+                return False
+            lo, hi = _instant(str(first), False), _instant(str(last), True)
+            if (end is not None and lo > end) or (start is not None and hi < start):
+                return False
+        return True
+
+    def flags(self) -> str:
+        """The filters as the user typed them, for messages."""
+        said = [("--collections", ",".join(self.collections or ())),
+                ("--bbox", ",".join(f"{v:g}" for v in self.bbox) if self.bbox else ""),
+                ("--datetime", self.datetime or ""), ("--max-items", str(self.max_items or ""))]
+        return " ".join(f"{k} {v}" for k, v in said if v)
 
     def items(self) -> list[dict]:
         """The items found, as dicts (each with its ``self`` link), at most ``max_items``."""

@@ -235,12 +235,15 @@ def plan_job(inputs: list[str], prefix: str, opts: PredictOptions, log=print) ->
     storage.check_writable(prefix)
     # STAC items with one asset per band: the bands asked for, else the model's own; then the mask's
     ctx = context_of(opts, ref, prefix)
-    select = ItemSelection(ctx.mask_reads, opts.max_cloud)
+    select = ItemSelection(ctx.mask_reads, opts.max_cloud, opts.search)
     model_bands = model_roles(ref)
     folder = storage.join(prefix, ".geoseg", "_inputs")
     found = expand_inputs(inputs, opts.asset, opts.stack, model_bands, folder, True, select) if inputs else []
-    if opts.search:
+    if opts.search and opts.search.url:
         found += searched_inputs(opts.search, opts.asset, opts.stack, model_bands, folder, True, select)
+    elif opts.search and not select.item_sources:
+        raise InputError(f"{opts.search.flags()}: these choose STAC items (a STAC-GeoParquet index, item files, "
+                         "a --stac-api search); the inputs are rasters")
     if select.skipped:
         log(f"--max-cloud {opts.max_cloud:g}: left out {len(select.skipped)} of {select.seen} items with more "
             f"cloud (eo:cloud_cover {min(c for _, c in select.skipped):g} to {max(c for _, c in select.skipped):g} %)")

@@ -1,0 +1,173 @@
+"""cluster/slurm/geoseg.sbatch on a real SLURM: Debian's slurmctld and slurmd (and munged for their
+authentication), one node on loopback, started by a fixture. A predict job submitted with sbatch
+runs through the script's Ray head and writes its map; a cancelled job stops its Ray and leaves no
+output that looks complete."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import rasterio
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "cluster" / "slurm" / "geoseg.sbatch"
+DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _until(check, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """munged, slurmctld and slurmd of one node (this machine, on 127.0.0.1), in a folder of their own
+    with free ports; the environment that points sbatch, squeue and scancel at them."""
+    missing = [d for d in DAEMONS if not os.path.exists(d)]
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"SLURM needs Debian's slurm-wlm and munge, installed by scripts/setup.sh as root "
+                    f"(missing: {', '.join(missing) or 'root'})")
+    d = pathlib.Path(tempfile.mkdtemp(prefix="sl", dir="/tmp"))
+    for sub in ("state", "spool", "log"):
+        (d / sub).mkdir()
+    (d / "munge.key").write_bytes(os.urandom(1024))
+    os.chmod(d / "munge.key", 0o600)
+    sock = d / "munge.sock"
+    subprocess.run(["/usr/sbin/munged", "--force", f"--socket={sock}", f"--key-file={d / 'munge.key'}",
+                    f"--log-file={d / 'log' / 'munged.log'}", f"--pid-file={d / 'munged.pid'}",
+                    f"--seed-file={d / 'munged.seed'}"], check=True, timeout=30)
+    host = socket.gethostname().split(".")[0]
+    ctld, slurmd_port = _free_ports(2)
+    user = getpass.getuser()
+    (d / "slurm.conf").write_text(f"""ClusterName=geosegtest
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser={user}
+SlurmdUser={user}
+AuthType=auth/munge
+AuthInfo=socket={sock}
+CredType=cred/munge
+SlurmctldPort={ctld}
+SlurmdPort={slurmd_port}
+StateSaveLocation={d / 'state'}
+SlurmdSpoolDir={d / 'spool'}
+SlurmctldPidFile={d / 'slurmctld.pid'}
+SlurmdPidFile={d / 'slurmd.pid'}
+SlurmctldLogFile={d / 'log' / 'slurmctld.log'}
+SlurmdLogFile={d / 'log' / 'slurmd.log'}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+ReturnToService=2
+KillWait=10
+NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=2000 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+""")
+    env = {**os.environ, "SLURM_CONF": str(d / "slurm.conf")}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run(["/usr/sbin/slurmctld", "-i"], check=True, timeout=30, env=env)
+    subprocess.run(["/usr/sbin/slurmd"], check=True, timeout=30, env=env)
+    try:
+        _until(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
+                                                env=env).stdout, 60, "the node to be idle")
+        yield env, d
+    finally:
+        for pidfile in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
+            try:
+                os.kill(int((d / pidfile).read_text().split()[0]), 15)
+            except (OSError, ValueError):
+                pass
+        time.sleep(1)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _job_env(env: dict, tmp: pathlib.Path, ray_tmp: str) -> dict:
+    gcs, dash, client, mport, agent, agent_grpc, rt_agent, node_mgr, obj_mgr = _free_ports(9)
+    return {**env, "GEOSEG": str(pathlib.Path(sys.executable).with_name("geoseg")), "GEOSEG_HEAD_IP": "127.0.0.1",
+            "GEOSEG_RAY_PORT": str(gcs), "GEOSEG_DASHBOARD_PORT": str(dash), "GEOSEG_RAY_TMP": ray_tmp,
+            "GEOSEG_NODES_WAIT": "120",
+            "GEOSEG_RAY_ARGS": f"--ray-client-server-port={client} --metrics-export-port={mport} "
+                               f"--dashboard-agent-listen-port={agent} --dashboard-agent-grpc-port={agent_grpc} "
+                               f"--runtime-env-agent-port={rt_agent} --node-manager-port={node_mgr} "
+                               f"--object-manager-port={obj_mgr} --object-store-memory=200000000"}
+
+
+def _ray_processes(ray_tmp: str) -> list[str]:
+    return subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+
+
+@pytest.mark.slow
+def test_sbatch_runs_a_predict_job_through_its_ray_head(slurm, sample_dir, tmp_path):
+    env, _ = slurm
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    os.rmdir(ray_tmp)  # the script's Ray makes it, and removes it at the end
+    job = _job_env(env, tmp_path, ray_tmp)
+    out = tmp_path / "maps"
+    res = subprocess.run(["sbatch", "--parsable", "--wait", f"--output={tmp_path}/job-%j.out", str(SCRIPT),
+                          "predict", str(sample_dir / "scene.tif"), "--out", str(out), "--model", "index",
+                          "--tile-size", "320"], capture_output=True, text=True, timeout=400, env=job, cwd=tmp_path)
+    job_id = res.stdout.strip().split(";")[0]
+    log = (tmp_path / f"job-{job_id}.out").read_text() if job_id else ""
+    assert res.returncode == 0, (res.stderr, log[-3000:])
+    assert "1 Ray node(s) up" in log and f"geoseg predict {sample_dir / 'scene.tif'}" in log
+    assert "geoseg exited with 0" in log and "Ray stopped on 1 node(s)" in log
+    with rasterio.open(out / "scene.tif") as cog:  # the map, whole
+        assert cog.shape == (640, 640) and cog.read(1).max() > 0
+    assert (out / "scene.json").exists()
+    assert not _ray_processes(ray_tmp) and not os.path.exists(ray_tmp)  # Ray gone with the job
+
+
+@pytest.mark.slow
+def test_scancel_stops_the_job_and_its_ray(slurm, tmp_path):
+    """A job cancelled while it predicts: its Ray processes are gone, and the scene has no record
+    (an output never looks complete when it is not)."""
+    from geoseg.data.sample import write_sample
+
+    env, _ = slurm
+    scene = write_sample(str(tmp_path / "big"), size=2560, seed=2)["scene"]
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    os.rmdir(ray_tmp)
+    job = _job_env(env, tmp_path, ray_tmp)
+    res = subprocess.run(["sbatch", "--parsable", f"--output={tmp_path}/job-%j.out", str(SCRIPT), "predict", scene,
+                          "--out", str(tmp_path / "maps"), "--model", "index", "--tile-size", "128", "--halo", "32"],
+                         capture_output=True, text=True, timeout=60, env=job, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip().split(";")[0]
+    log = tmp_path / f"job-{job_id}.out"
+    _until(lambda: log.exists() and "geoseg predict" in log.read_text(), 180, "the job to start geoseg")
+    assert _ray_processes(ray_tmp)
+    time.sleep(3)
+    subprocess.run(["scancel", job_id], check=True, timeout=30, env=env)
+    _until(lambda: not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True,
+                                      env=env).stdout.strip(), 120, "the job to leave the queue")
+    _until(lambda: not _ray_processes(ray_tmp), 60, "the job's Ray processes to stop")
+    text = log.read_text()
+    assert "Ray stopped on 1 node(s)" in text, text[-3000:]
+    assert not (tmp_path / "maps" / "scene.json").exists()  # not complete: no record
