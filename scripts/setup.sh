@@ -30,3 +30,11 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
   (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
     apt-get install -y -q chromium >/dev/null 2>&1; }) || echo "setup: chromium could not be installed" >&2
 fi
+# SLURM (Debian's slurm-wlm and munge) for tests/test_slurm.py, which starts its own slurmctld and slurmd
+# on loopback and submits cluster/slurm/geoseg.sbatch to them.
+if [[ ! -x /usr/sbin/slurmctld || ! -x /usr/sbin/munged ]] && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+  echo "setup: installing slurm-wlm and munge (a real SLURM for tests/test_slurm.py)"
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null 2>&1; }) \
+    || echo "setup: slurm-wlm could not be installed" >&2
+fi

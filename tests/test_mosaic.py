@@ -204,22 +204,31 @@ def test_a_failing_scene_is_listed_and_the_job_goes_on(ray_local, zone_scenes, t
 
 
 def test_mosaic_without_ray_is_the_same_driver_loop_and_the_same_store(ray_local, zone_scenes, tmp_path):
-    """mosaic_here runs the Ray job's driver loop with its tasks inline: the same store, chunk for chunk."""
+    """mosaic_here runs the Ray job's driver loop with its tasks inline: the same store, chunk for chunk;
+    ``--out maps/here.zarr`` is that store (its record beside it), not a folder holding one."""
+    from geoseg.errors import InputError
     from geoseg.mosaic import mosaic
     from geoseg.mosaic.local import mosaic_here
+    from geoseg.mosaic.plan import destination
 
     scenes = [str(zone_scenes / n) for n in ("b33.tif", "a32.tif")]
     prefix = tmp_path / "o"
     predict(scenes, str(prefix), PredictOptions(model="index", tile_size=128, halo=16), log=lambda *_: None)
     (on_ray,) = mosaic(str(prefix), "EPSG:3035:20", name="ray", chunk=128, log=lambda *_: None)
-    (here,) = mosaic_here(str(prefix), "EPSG:3035:20", name="here", chunk=128, log=lambda *_: None)
+    maps = tmp_path / "maps"
+    (here,) = mosaic_here(str(prefix), "EPSG:3035:20", out=str(maps / "here.zarr"), chunk=128, log=lambda *_: None)
     assert here["shape"] == on_ray["shape"] and here["transform"] == on_ray["transform"]
     assert len(here["levels"]) == len(on_ray["levels"]) >= 2
     for group in [None] + [f"overviews/{i}" for i in range(1, len(here["levels"]))]:
         a = xr.open_zarr(prefix / "ray.zarr", group=group)["classes"].values
-        b = xr.open_zarr(prefix / "here.zarr", group=group)["classes"].values
+        b = xr.open_zarr(maps / "here.zarr", group=group)["classes"].values
         np.testing.assert_array_equal(a, b)
-    assert (prefix / "here.json").exists() and (prefix / "here.collection.json").exists()
+    assert (maps / "here.zarr" / "zarr.json").exists() and not (maps / "here.zarr" / "mosaic.zarr").exists()
+    assert (maps / "here.json").exists() and (maps / "here.collection.json").exists()
+    assert destination("s3://b/p", "s3://b/maps/m.zarr/") == ("s3://b/maps", "m")
+    assert destination("s3://b/p", None, "x") == ("s3://b/p", "x")
+    with pytest.raises(InputError, match="names the store m.zarr, --name other another"):
+        destination("s3://b/p", "s3://b/maps/m.zarr", "other")
 
 
 def _core_validator(kind: str):

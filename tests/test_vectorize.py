@@ -210,3 +210,49 @@ def test_one_small_map_vectorizes_without_starting_ray(tmp_path):
     back = rasterio.features.rasterize(zip(frame.geometry, frame["class"]), out_shape=m.shape, fill=255,
                                        transform=rasterio.Affine(10, 0, 500000, 0, -10, 4000000), dtype="uint8")
     np.testing.assert_array_equal(back, m)
+
+
+def test_out_names_the_file_and_fiboa_columns_with_an_area_range(tmp_path):
+    """``geoseg vectorize MAP --out fields.parquet --schema fiboa --min-area A --max-area B``: that one
+    file (no ``fields.parquet.vectors.parquet``, no FlatGeobuf), fiboa's core columns, every polygon
+    within the areas, perimeters those of the geometries (and on the ellipsoid for degrees)."""
+    import subprocess
+    import sys
+
+    import geopandas as gpd
+    import pyarrow.parquet as pq
+
+    from geoseg.vectorize.finish import _perimeters
+
+    m = _map()
+    with rasterio.open(tmp_path / "m.tif", "w", driver="GTiff", height=m.shape[0], width=m.shape[1], count=1,
+                       dtype="uint8", nodata=255, crs="EPSG:32633",
+                       transform=rasterio.Affine(10, 0, 500000, 0, -10, 4000000)) as dst:
+        dst.write(m, 1)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    run = lambda *flags: subprocess.run([sys.executable, "-m", "geoseg", "vectorize", str(tmp_path / "m.tif"),  # noqa: E731
+                                         *flags], capture_output=True, text=True, env=env, timeout=120)
+    res = run("--out", str(tmp_path / "fields.parquet"), "--schema", "fiboa", "--min-area", "1",
+              "--max-area", "70", "--chunk", "64")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fields.parquet", "m.tif"]
+    frame = gpd.read_parquet(tmp_path / "fields.parquet")
+    assert list(frame.columns[:4]) == ["id", "area", "perimeter", "determination_method"]
+    assert frame["id"].map(type).eq(str).all() and frame["id"].is_unique
+    assert (frame["determination_method"] == "auto-imagery").all()
+    assert len(frame) > 0 and frame["area"].between(1, 70).all()
+    everything = polygons_here(SRC, lambda w: m[w.slices], 4096)
+    areas = np.asarray(everything.pixels) * 100 / 1e4  # 10 m pixels
+    assert len(frame) == int(((areas >= 1) & (areas <= 70)).sum()) < len(areas)  # the range, no more
+    np.testing.assert_allclose(frame["perimeter"], frame.geometry.length, rtol=1e-12)
+    assert json.loads(pq.read_schema(tmp_path / "fields.parquet").metadata[b"fiboa"])["fiboa_version"]
+    # a FlatGeobuf named by --out is that file; a clash of --out and --format is one line
+    assert run("--out", str(tmp_path / "f.fgb"), "--chunk", "64").returncode == 0
+    assert (tmp_path / "f.fgb").exists() and not (tmp_path / "f.parquet").exists()
+    bad = run("--out", str(tmp_path / "x.fgb"), "--format", "parquet")
+    assert bad.returncode == 1 and "x.fgb is a FlatGeobuf file, but --format is parquet" in bad.stderr
+    bad = run("--min-area", "2", "--max-area", "1")
+    assert bad.returncode == 1 and "--max-area must be > --min-area" in bad.stderr
+    # degrees: perimeters on the ellipsoid (0.01 degree at the equator: 1113.2 m east-west, 1105.7 m north-south)
+    square = shapely.box(0, 0, 0.01, 0.01)
+    assert abs(_perimeters([square], "EPSG:4326")[0] - 2 * (1113.2 + 1105.7)) < 1

@@ -13,7 +13,8 @@ def add(sub) -> None:
     mo.add_argument("--grid", required=True,
                     help="CRS:RESOLUTION, e.g. EPSG:6933:10 (equal-area, metres), EPSG:4326:0.0001 (degrees); "
                          "or utm:RESOLUTION for one store per UTM zone")
-    mo.add_argument("--out", help="where the store(s) go (default: the prefix)")
+    mo.add_argument("--out", help="a folder for the store(s) NAME.zarr (default: the prefix), or the store itself: "
+                                  "--out maps/m.zarr writes the store maps/m.zarr (its record maps/m.json)")
     mo.add_argument("--name", default="mosaic", help="store name: NAME.zarr, NAME.json, NAME.collection.json")
     mo.add_argument("--chunk", type=at_least("--chunk", 64), default=1024, help="chunk side in pixels (default 1024)")
     mo.add_argument("--merge", choices=list(RULES), default="auto",

@@ -25,7 +25,7 @@ from geoseg.data.classes import ClassScheme
 from geoseg.data.tiling import tile_ranges
 from geoseg.mosaic import stages
 from geoseg.mosaic.grid import parse_grid
-from geoseg.mosaic.plan import Period, order_scenes, plan_mosaic, prepare, read_scenes, scene_records
+from geoseg.mosaic.plan import Period, destination, order_scenes, plan_mosaic, prepare, read_scenes, scene_records
 from geoseg.execution.tasks import as_done
 
 RECORDS_PER_TASK = 64
@@ -41,14 +41,14 @@ def drive(prefix: str, grid: str, start, out: str | None = None, name: str = "mo
           rule: str = "auto", overwrite: bool = False, log=print, frequencies: bool = False,
           period: Period = Period()) -> list[dict]:
     """Mosaic every finished scene under ``prefix`` onto ``grid`` (``--grid``), into ``out``
-    (default: the prefix) as ``<name>.zarr`` (or one ``<name>-utmNNX.zarr`` per UTM zone), on the
+    (default: the prefix) as ``<name>.zarr``, or into the store ``out`` names (``m.zarr``) (or one ``<name>-utmNNX.zarr`` per UTM zone), on the
     runner ``start()`` gives (``(tasks, cpus)``, asked for once the inputs are checked); returns
     the stores' records. A store complete already is left as it is; a half-written one resumes at
     the chunk it stopped at."""
     t0 = time.perf_counter()
     mgrid = parse_grid(grid)
     prefix = storage.absolute(prefix)  # records and workers: the same place from any folder
-    out = storage.absolute(out or prefix)
+    out, name = destination(prefix, out, name)
     urls, basis = scene_records(prefix)
     storage.check_writable(out)
     tasks, cpus = start()

@@ -224,6 +224,22 @@ def _instant(text: str, flag: str, end: bool = False):
     return t
 
 
+def destination(prefix: str, out: str | None, name: str = "mosaic") -> tuple[str, str]:
+    """``(folder, name)`` of the stores: ``--out`` is a folder for ``NAME.zarr`` (default: the prefix),
+    or the store itself when it ends ``.zarr`` (``--out m.zarr``: the store ``m.zarr``, its record
+    ``m.json`` beside it; with ``--grid utm:R`` one ``m-utmNNX.zarr`` per zone)."""
+    if not out or not out.rstrip("/").lower().endswith(".zarr"):
+        return storage.absolute(out or prefix), name
+    path = storage.absolute(out.rstrip("/"))
+    folder, store = path.rsplit("/", 1)
+    stem = store[: -len(".zarr")]
+    if not stem:
+        raise InputError(f"--out {out}: name the store, e.g. --out maps/mosaic.zarr")
+    if name not in ("mosaic", stem):
+        raise InputError(f"--out {out} names the store {stem}.zarr, --name {name} another; give one of them")
+    return folder or "/", stem
+
+
 def plan_mosaic(scenes: list[MosaicScene], grid: MosaicGrid, prefix: str, name: str, chunk: int, rule: str,
                 basis: str, overwrite: bool = False, k: int = 1, frequencies: bool = False,
                 period: Period = Period()) -> list[MosaicPlan]:

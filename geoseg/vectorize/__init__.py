@@ -11,7 +11,7 @@
     job.py     Ray      the driver loop on Ray tasks
 """
 
-from geoseg.vectorize.plan import VectorizeOptions
+from geoseg.vectorize.plan import VectorizeOptions, named_format
 
 
 def vectorize(*args, **kwargs):
@@ -21,4 +21,4 @@ def vectorize(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-__all__ = ["VectorizeOptions", "vectorize"]
+__all__ = ["VectorizeOptions", "named_format", "vectorize"]

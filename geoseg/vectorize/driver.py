@@ -60,7 +60,8 @@ def submit_map(src: Source, opts: VectorizeOptions, base: str, tasks) -> tuple:
                                 *[refs[c] for c in tree.children(level, *g)])
                 for g in tree.groups(level)}
     files = outputs(base, opts.formats)
-    return t0, tasks.submit(assemble_task, src.url, src.crs, parts, files, opts.min_area_ha, *refs.values())
+    return t0, tasks.submit(assemble_task, src.url, src.crs, parts, files, (opts.min_area_ha, opts.max_area_ha),
+                            opts.schema, *refs.values())
 
 
 def finish_map(src: Source, opts: VectorizeOptions, base: str, started: tuple, tasks, log=print) -> dict:
@@ -72,7 +73,8 @@ def finish_map(src: Source, opts: VectorizeOptions, base: str, started: tuple, t
         raise tasks.cause(exc)
     rec = {"files": files, "polygons": counts["polygons"], "by_class": counts["by_class"],
            "classes": [src.names[k] if k < len(src.names) else f"class_{k}" for k in src.classes],
-           "simplify": opts.simplify, "min_area_ha": opts.min_area_ha, "crs": src.crs,
+           "simplify": opts.simplify, "min_area_ha": opts.min_area_ha, "max_area_ha": opts.max_area_ha,
+           "schema": opts.schema, "crs": src.crs,
            "seconds": round(time.perf_counter() - t0, 2)}
     log(f"{src.scene}: {counts['polygons']} polygons -> " + ", ".join(files.values()))
     return rec

@@ -3,7 +3,10 @@ and the scene's record and STAC item listing them.
 
     assemble_task  a map's last task: its parts assembled (below), then removed
     assemble   the parts streamed into one GeoParquet (bbox covering column) and one FlatGeobuf,
-               written whole (staged, then moved or put): a file that is there is complete
+               written whole (staged, then moved or put): a file that is there is complete;
+               polygons outside --min-area/--max-area dropped; geoseg's columns or fiboa's
+    fiboa      a table of geoseg's columns in the fiboa core schema (id, area, perimeter,
+               determination_method), geoseg's own columns kept beside them
     record     the scene's run record and STAC item list the vector files
 """
 
@@ -16,22 +19,26 @@ import numpy as np
 from geoseg.data import storage
 
 
-def assemble_task(url: str, crs: str | None, parts: str, files: dict[str, str], min_area_ha: float,
+FIBOA_VERSION = "0.2.0"
+
+
+def assemble_task(url: str, crs: str | None, parts: str, files: dict[str, str], areas: tuple, schema: str,
                   *left) -> tuple[dict, dict]:
     """The last task of a class map, once its top windows are done (``left``: their open polygons,
     none): its parts assembled into its files (:func:`assemble`), the parts removed."""
     if any(len(p) for p in left):  # the top window has no inner edge: nothing stays open
         raise RuntimeError(f"{url}: {sum(len(p) for p in left)} polygons left open at the top window")
     try:
-        return assemble(parts, files, min_area_ha, crs)
+        return assemble(parts, files, areas, crs, schema)
     finally:
         storage.remove(parts, recursive=True)
 
 
-def assemble(parts: str, files: dict[str, str], min_area_ha: float, crs: str | None) -> tuple[dict, dict]:
-    """The parts streamed, one at a time, into each output file (numbered ``id``, polygons smaller
-    than ``min_area_ha`` dropped): GeoParquet with its bbox covering column, FlatGeobuf with its
-    spatial index."""
+def assemble(parts: str, files: dict[str, str], areas: tuple, crs: str | None,
+             schema: str = "geoseg") -> tuple[dict, dict]:
+    """The parts streamed, one at a time, into each output file (numbered ``id``, polygons outside
+    ``areas``, ``(min_ha, max_ha or None)``, dropped; ``schema`` geoseg's columns or fiboa's, :func:`fiboa`):
+    GeoParquet with its bbox covering column, FlatGeobuf with its spatial index."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -44,9 +51,11 @@ def assemble(parts: str, files: dict[str, str], min_area_ha: float, crs: str | N
             fs, path = storage.filesystem(storage.join(parts, name))
             with fs.open(path, "rb") as f:
                 table = pq.read_table(f)
-            if min_area_ha > 0:
+            least, most = areas
+            if least > 0 or most is not None:
                 area = table.column("area_ha").to_numpy(zero_copy_only=False)
-                table = table.filter(pa.array(~(area < min_area_ha)))
+                keep = ~(area < least) if least > 0 else np.ones(len(area), bool)
+                table = table.filter(pa.array(keep & ~(area > most) if most is not None else keep))
             if not table.num_rows:
                 continue
             table = table.add_column(0, "id", pa.array(np.arange(next_id, next_id + table.num_rows, dtype=np.int64)))
@@ -56,13 +65,47 @@ def assemble(parts: str, files: dict[str, str], min_area_ha: float, crs: str | N
                 values, n = np.unique(table.column("class_name").to_numpy(zero_copy_only=False), return_counts=True)
                 for v, k in zip(values, n):
                     counts["by_class"][str(v)] = counts["by_class"].get(str(v), 0) + int(k)
-            yield table
+            yield fiboa(table, crs) if schema == "fiboa" else table
 
     written = {}
     for i, (fmt, url) in enumerate(files.items()):
-        (_write_parquet if fmt == "parquet" else _write_fgb)(batches(count=i == 0), url, crs)
+        (_write_parquet if fmt == "parquet" else _write_fgb)(batches(count=i == 0), url, crs, schema)
         written[fmt] = url
     return written, counts
+
+
+def fiboa(table, crs: str | None):
+    """geoseg's columns in fiboa's core schema: ``id`` (text), ``area`` (ha), ``perimeter`` (m; on the
+    ellipsoid for a geographic CRS), ``determination_method`` (``auto-imagery``), then geoseg's own
+    (``class``, ``class_name``, ``mean_probability``, ``pixels``, ``scene``)."""
+    import pyarrow as pa
+    import shapely
+
+    geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    perimeter = _perimeters(geoms, crs)
+    n = table.num_rows
+    out = table.drop_columns(["id", "area_ha"])
+    out = out.add_column(0, "determination_method", pa.array(["auto-imagery"] * n, pa.string()))
+    out = out.add_column(0, "perimeter", pa.array(perimeter, pa.float64()))
+    out = out.add_column(0, "area", table.column("area_ha").cast(pa.float64()))
+    return out.add_column(0, "id", table.column("id").cast(pa.string()))
+
+
+def _perimeters(geoms, crs: str | None) -> np.ndarray:
+    """Each polygon's perimeter in metres: planar in a projected CRS (in its units, metres for UTM and
+    equal-area grids), on the WGS84 ellipsoid in a geographic one."""
+    import shapely
+
+    if crs:
+        from pyproj import CRS, Geod
+
+        c = CRS.from_user_input(crs)
+        if c.is_geographic:
+            geod = Geod(ellps="WGS84")
+            return np.array([geod.geometry_length(g) for g in geoms], dtype=np.float64)
+        factor = c.axis_info[0].unit_conversion_factor if c.axis_info else 1.0
+        return shapely.length(geoms) * factor
+    return shapely.length(geoms)
 
 
 def _geo_metadata(crs: str | None) -> bytes:
@@ -93,29 +136,36 @@ def _with_bbox(table):
     return table.append_column("bbox", bbox)
 
 
-def _write_parquet(tables, url: str, crs: str | None) -> None:
+def _write_parquet(tables, url: str, crs: str | None, schema: str = "geoseg") -> None:
     import pyarrow.parquet as pq
+
+    meta = {b"geo": _geo_metadata(crs)}
+    if schema == "fiboa":  # fiboa's collection metadata: the version its columns follow
+        meta[b"fiboa"] = json.dumps({"fiboa_version": FIBOA_VERSION, "fiboa_extensions": []}).encode()
 
     with storage.staging_path(url, ".parquet") as local:
         writer = None
         for table in tables:
             table = _with_bbox(table)
-            table = table.replace_schema_metadata({b"geo": _geo_metadata(crs)})
+            table = table.replace_schema_metadata(meta)
             if writer is None:
                 writer = pq.ParquetWriter(local, table.schema)
             writer.write_table(table.cast(writer.schema))
         if writer is None:  # no polygon at all: an empty file with the columns
             import geopandas as gpd
 
-            gpd.GeoDataFrame({"id": [], "class": [], "class_name": [], "area_ha": [], "pixels": [],
-                              "mean_probability": [], "scene": []}, geometry=[], crs=crs).to_parquet(
-                local, write_covering_bbox=True)
+            columns = {"id": [], "class": [], "class_name": [], "area_ha": [], "pixels": [], "mean_probability": [],
+                       "scene": []}
+            if schema == "fiboa":
+                columns = {"id": [], "area": [], "perimeter": [], "determination_method": [],
+                           **{k: v for k, v in columns.items() if k not in ("id", "area_ha")}}
+            gpd.GeoDataFrame(columns, geometry=[], crs=crs).to_parquet(local, write_covering_bbox=True)
         else:
             writer.close()
         storage.publish(local, url)
 
 
-def _write_fgb(tables, url: str, crs: str | None) -> None:
+def _write_fgb(tables, url: str, crs: str | None, schema: str = "geoseg") -> None:
     import geopandas as gpd
     import pyogrio
     import shapely

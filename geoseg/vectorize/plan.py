@@ -23,6 +23,7 @@ from geoseg.vectorize.instances import GROW
 from geoseg.vectorize.stages import CHUNK, Source
 
 FORMATS = ("parquet", "fgb")
+SCHEMAS = ("geoseg", "fiboa")
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,18 @@ class VectorizeOptions:
     chunk: int = CHUNK
     formats: tuple[str, ...] = FORMATS
     address: str | None = None
+    max_area_ha: float | None = None  # larger polygons are dropped (None: none)
+    schema: str = "geoseg"  # the files' columns: geoseg's, or fiboa's (id, area, perimeter, determination_method)
 
     def __post_init__(self) -> None:
         if self.simplify < 0:
             raise InputError(f"--simplify must be >= 0, got {self.simplify}")
         if self.min_area_ha < 0:
             raise InputError(f"--min-area must be >= 0, got {self.min_area_ha}")
+        if self.max_area_ha is not None and not self.max_area_ha > self.min_area_ha:
+            raise InputError(f"--max-area must be > --min-area ({self.min_area_ha:g} ha), got {self.max_area_ha:g}")
+        if self.schema not in SCHEMAS:
+            raise InputError(f"--schema must be one of {', '.join(SCHEMAS)}, got {self.schema!r}")
         if self.chunk < 16:
             raise InputError(f"--chunk must be >= 16, got {self.chunk}")
         bad = [f for f in self.formats if f not in FORMATS]
@@ -106,12 +113,31 @@ def plan_sources(target: str, opts: VectorizeOptions, out: str | None = None,
         if not maps:
             raise InputError(f"{target}: no finished scene to vectorize (no run record of a complete scene)")
         return [(source_of(url, opts, stem), storage.join(target, stem), rec) for stem, url, rec in maps]
+    named = named_format(out)
+    if named is not None and named not in opts.formats:
+        raise InputError(f"--out {out} is a {'GeoParquet' if named == 'parquet' else 'FlatGeobuf'} file, but "
+                         f"--format is {' '.join(opts.formats)}")
     src = source_of(target, opts)
     stripped = target.rstrip("/")
     base = out or (stripped[: -len(".zarr")] if is_zarr(target) else os.path.splitext(stripped)[0])
     return [(src, base, None)]
 
 
+SUFFIXES = {".parquet": "parquet", ".geoparquet": "parquet", ".fgb": "fgb"}
+
+
+def named_format(out: str | None) -> str | None:
+    """The format of a vector file ``--out`` names (``map.parquet``: parquet), or None for a base name."""
+    lower = str(out or "").lower()
+    return next((f for suffix, f in SUFFIXES.items() if lower.endswith(suffix)), None)
+
+
 def outputs(base: str, formats: tuple[str, ...]) -> dict[str, str]:
-    """``{format: URL}`` of the vector files of a class map whose outputs are named ``base``."""
-    return {f: f"{base}.vectors.{f}" for f in formats}
+    """``{format: URL}`` of the vector files of a class map whose outputs are named ``base``: beside
+    the map, ``<base>.vectors.parquet`` / ``.fgb``; where ``base`` is a file (``--out map.parquet``),
+    that file, and the other format beside it (``map.fgb``)."""
+    named = named_format(base)
+    if named is None:
+        return {f: f"{base}.vectors.{f}" for f in formats}
+    stem = base[: base.rfind(".")]
+    return {f: base if f == named else f"{stem}.{f}" for f in formats}
