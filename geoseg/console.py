@@ -23,6 +23,11 @@ NOISE = (
     re.compile(r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store"),
     re.compile(r"Set ray log level from environment variable"),
 )
+# Lines the raylet sends every driver that tell a geoseg user nothing they can act on (its other
+# lines, workers killed for memory or requests no node can meet, are shown).
+RAYLET_NOISE = (
+    re.compile(r"PYTHON worker processes have been started"),  # many short tasks or actors: by design here
+)
 
 
 def _fmt_eta(seconds: float) -> str:

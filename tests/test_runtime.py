@@ -190,3 +190,27 @@ def test_sigterm_mid_train_is_one_line_then_rerun_finishes_from_checkpoint(sampl
     # four panels of one validation block (--block-size 128) side by side, then the legend
     assert quick.shape[0] == 128 + 32 and quick.shape[1] > 4 * 128
     assert len(np.unique(quick.reshape(-1, 3), axis=0)) > 20  # a picture, not a blank
+
+
+def test_rays_worker_count_warning_is_not_shown_without_verbose(ray_local, capfd):
+    """The raylet's lines reach the driver through Ray's own dispatcher: its warning about many worker
+    processes (what train and the demo showed) is dropped, a worker killed for memory is still said."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from geoseg.execution import runtime
+
+    runtime._filter_worker_lines(verbose=False)
+    base = {"ip": "127.0.0.1", "pid": "raylet", "task_name": None, "actor_name": None, "is_err": True,
+            "job": "01000000"}
+    dispatcher.emit({**base, "lines": ["WARNING: 8 PYTHON worker processes have been started on node: abc with "
+                                       "address: 127.0.0.1. This could be a result of using a large number of actors"]})
+    dispatcher.emit({**base, "lines": ["A worker died or was killed while executing a task by an unexpected system "
+                                       "error (out of memory)"]})
+    err = capfd.readouterr()
+    shown = err.out + err.err
+    assert "out of memory" in shown and "PYTHON worker processes" not in shown
+    runtime._filter_worker_lines(verbose=True)  # --verbose: everything
+    dispatcher.emit({**base, "lines": ["WARNING: 9 PYTHON worker processes have been started on node: abc"]})
+    err = capfd.readouterr()
+    assert "9 PYTHON worker processes" in err.out + err.err
+    runtime._filter_worker_lines(verbose=False)

@@ -24,7 +24,7 @@ import threading
 
 from geoseg.data import storage
 from geoseg.execution.tasks import cause_of
-from geoseg.console import WORKER_MARK
+from geoseg.console import RAYLET_NOISE, WORKER_MARK
 from geoseg.errors import InputError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -227,7 +227,8 @@ def _filter_worker_lines(verbose: bool) -> None:
             ray_worker.print_to_stdstream({**data, "lines": ours}, ignore_prefix=True)
         if verbose or data.get("pid") in ("autoscaler", "raylet"):
             # Ray's own words that matter to a user: unschedulable requests, workers killed for memory
-            rest = [ln for ln in data.get("lines", []) if not ln.startswith(WORKER_MARK)]
+            rest = [ln for ln in data.get("lines", []) if not ln.startswith(WORKER_MARK)
+                    and (verbose or not any(p.search(ln) for p in RAYLET_NOISE))]
             if rest:
                 ray_worker.print_to_stdstream({**data, "lines": rest}, ignore_prefix=False)
 
