@@ -139,3 +139,39 @@ def test_a_fresh_server_serves_concurrent_first_requests(sample_dir, tmp_path):
         proc.terminate()
         console = proc.communicate(timeout=30)[0]
     assert "Warning" not in console and "rio_tiler" not in console, console
+
+
+def test_readers_are_reused_per_file_and_the_least_recent_closed(served, sample_dir):
+    """A file's reader serves its next request (not reopened); past the capacity the least recently
+    used file's reader is closed; capacity 0 opens one per request (what geoseg view did before)."""
+    from geoseg.view.server import Readers
+
+    _, out = served
+    urls = [str(out / "scene.tif"), str(sample_dir / "scene.tif"), str(sample_dir / "labels.tif")]
+    pool = Readers(capacity=2)
+    with pool.lend(urls[0]) as first:
+        pass
+    with pool.lend(urls[0]) as again:
+        assert again is first and pool.opened == 1  # the same open dataset, lent again
+    with pool.lend(urls[0]) as a, pool.lend(urls[0]) as b:  # two requests at once: two readers
+        assert a is not b
+    assert pool.held() == {urls[0]: 2} and pool.opened == 2
+    with pool.lend(urls[1]):
+        pass
+    with pool.lend(urls[2]):
+        pass
+    assert pool.held() == {urls[1]: 1, urls[2]: 1}  # capacity 2: the least recent file's readers closed
+    assert first.dataset.closed
+    with pool.lend(urls[1]):  # urls[1] is now the most recent, urls[2] the least
+        pass
+    with pool.lend(urls[0]):
+        pass
+    assert list(pool.held()) == [urls[1], urls[0]]
+    pool.close()
+    assert pool.held() == {}
+    none = Readers(capacity=0)
+    for _ in range(3):
+        with none.lend(urls[0]) as r:
+            pass
+        assert r.dataset.closed
+    assert none.opened == 3

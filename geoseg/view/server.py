@@ -21,6 +21,7 @@ import mimetypes
 import os
 import threading
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,21 +102,29 @@ def load() -> None:
 
 
 class Readers:
-    """Open rio-tiler readers by URL, each lent to one request at a time (a dataset is not safe
-    across threads) and kept open for the next: a pool that grows to the number of requests a
-    URL serves at once."""
+    """Open rio-tiler readers (datasets) by URL, each lent to one request at a time (a dataset is not
+    safe across threads) and kept open for the next request of its file: a pool per URL that grows
+    to the number of requests the file serves at once, and at most ``capacity`` readers in all,
+    the least recently used files' closed first (``capacity`` 0: every request opens its own)."""
 
-    def __init__(self):
-        self._free: dict[str, list] = {}
+    CAPACITY = 64
+
+    def __init__(self, capacity: int = CAPACITY):
+        self.capacity = capacity
+        self._free: OrderedDict[str, list] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
+        self.opened = 0  # readers opened so far (what the pool saves)
 
     @contextmanager
     def lend(self, url: str):
         with self._lock:
-            free = self._free.setdefault(url, [])
+            free = self._free.get(url)
             reader = free.pop() if free else None
+            if url in self._free:
+                self._free.move_to_end(url)
         if reader is None:
             reader = _reader(url)
+            self.opened += 1
         from rio_tiler.errors import TileOutsideBounds
 
         keep = False
@@ -126,18 +135,36 @@ class Readers:
             keep = True  # a tile outside the map leaves the reader as it was; any other error drops it
             raise
         finally:
-            if keep:
-                with self._lock:
-                    free.append(reader)
-            else:
-                getattr(reader, "close", lambda: None)()
+            self._give_back(url, reader, keep)
+
+    def _give_back(self, url: str, reader, keep: bool) -> None:
+        closing = [] if keep and self.capacity else [reader]
+        with self._lock:
+            if keep and self.capacity:
+                self._free.setdefault(url, []).append(reader)
+                self._free.move_to_end(url)
+                held = sum(len(v) for v in self._free.values())
+                while held > self.capacity:
+                    oldest, readers = next(iter(self._free.items()))
+                    if not readers:
+                        del self._free[oldest]
+                        continue
+                    closing.append(readers.pop(0))
+                    held -= 1
+        for r in closing:  # outside the lock: closing a dataset may take a while
+            getattr(r, "close", lambda: None)()
+
+    def held(self) -> dict[str, int]:
+        """Open readers per URL, least recently used first."""
+        with self._lock:
+            return {u: len(v) for u, v in self._free.items() if v}
 
     def close(self) -> None:
         with self._lock:
-            for free in self._free.values():
-                for reader in free:
-                    getattr(reader, "close", lambda: None)()
+            readers = [r for free in self._free.values() for r in free]
             self._free.clear()
+        for reader in readers:
+            getattr(reader, "close", lambda: None)()
 
 
 def _reader(url: str):
