@@ -102,6 +102,17 @@ def test_the_filters_skip_row_groups_before_reading_them(index):
     assert [g["id"] for g in limited] == [g["id"] for g in stacindex.read_index(url, search)][:5]
 
 
+def test_an_index_in_parts_is_read_through_a_glob(index, tmp_path):
+    """An index published in parts (items/part-*.parquet): a glob of them gives the items of all."""
+    url, items = index
+    for k in range(3):
+        stacindex.write_index(items[k::3], str(tmp_path / "items" / f"part-{k}.parquet"), row_group_size=200)
+    search = Search.parse(None, bbox="0,45,10,50", datetime="2024-02-01/2024-05-31")
+    kept = sources([str(tmp_path / "items" / "part-*.parquet")], None, ItemSelection(where=search))
+    want = {it["id"] for it in items if search.matches(it)}
+    assert {item["id"] for item, _ in kept} == want and len(kept) == len(want) > 0
+
+
 @pytest.fixture(scope="module")
 def season(tmp_path_factory):
     from geoseg.data.seasons import write_series

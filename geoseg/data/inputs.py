@@ -179,17 +179,21 @@ def sources(items: list[str], search: stac.Search | None = None, select: ItemSel
             if select.keeps(item):
                 found.append((item, stac.self_href(item, where)))
 
+    def index(url: str) -> None:
+        items_of({"type": "FeatureCollection", "features": stacindex.read_index(url, select.where, select.max_cloud)},
+                 url)
+
     for entry in items:
         lower = entry.lower()
-        if is_glob(entry):
-            found.extend(expand_glob(entry))
+        if is_glob(entry):  # an index's parts (items/*.parquet) are read as indexes, anything else as rasters
+            for match in expand_glob(entry):
+                index(match) if stacindex.is_index(match) else found.append(match)
         elif lower.endswith(".txt"):
             found.extend(sources(read_list(entry), None, select))
         elif lower.endswith((".json", ".geojson")):
             items_of(read_stac(entry), entry)
         elif stacindex.is_index(entry):
-            items_of({"type": "FeatureCollection",
-                      "features": stacindex.read_index(entry, select.where, select.max_cloud)}, entry)
+            index(entry)
         else:
             found.append(storage.absolute(entry))
     if search is not None and search.url:
