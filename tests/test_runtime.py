@@ -193,24 +193,34 @@ def test_sigterm_mid_train_is_one_line_then_rerun_finishes_from_checkpoint(sampl
 
 
 def test_rays_worker_count_warning_is_not_shown_without_verbose(ray_local, capfd):
-    """The raylet's lines reach the driver through Ray's own dispatcher: its warning about many worker
-    processes (what train and the demo showed) is dropped, a worker killed for memory is still said."""
+    """The raylet's words reach the driver two ways, both Ray's own: its log lines through Ray's
+    dispatcher, and the errors it publishes through ``listen_error_messages``, which calls
+    ``print_to_stdstream`` (the warning about many worker processes that train and the demo showed).
+    That warning is dropped either way; a worker killed for memory is still said."""
+    from ray._private import worker as ray_worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     from geoseg.execution import runtime
 
-    runtime._filter_worker_lines(verbose=False)
-    base = {"ip": "127.0.0.1", "pid": "raylet", "task_name": None, "actor_name": None, "is_err": True,
-            "job": "01000000"}
-    dispatcher.emit({**base, "lines": ["WARNING: 8 PYTHON worker processes have been started on node: abc with "
-                                       "address: 127.0.0.1. This could be a result of using a large number of actors"]})
-    dispatcher.emit({**base, "lines": ["A worker died or was killed while executing a task by an unexpected system "
-                                       "error (out of memory)"]})
-    err = capfd.readouterr()
-    shown = err.out + err.err
-    assert "out of memory" in shown and "PYTHON worker processes" not in shown
-    runtime._filter_worker_lines(verbose=True)  # --verbose: everything
-    dispatcher.emit({**base, "lines": ["WARNING: 9 PYTHON worker processes have been started on node: abc"]})
-    err = capfd.readouterr()
-    assert "9 PYTHON worker processes" in err.out + err.err
-    runtime._filter_worker_lines(verbose=False)
+    many = ("WARNING: 8 PYTHON worker processes have been started on node: abc with address: 127.0.0.1, which is "
+            "4x the maximum expected startup concurrency (2).")
+    oom = "A worker died or was killed while executing a task by an unexpected system error (out of memory)"
+    base = {"ip": "127.0.0.1", "pid": "raylet", "task_name": None, "actor_name": None, "job": "01000000"}
+    try:
+        runtime._filter_worker_lines(verbose=False)
+        dispatcher.emit({**base, "is_err": True, "lines": [many]})
+        dispatcher.emit({**base, "is_err": True, "lines": [oom]})
+        ray_worker.print_to_stdstream({"lines": [many], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        ray_worker.print_to_stdstream({"lines": [oom + " again"], "pid": "raylet", "is_err": False},
+                                      ignore_prefix=False)
+        err = capfd.readouterr()
+        shown = err.out + err.err
+        assert "out of memory" in shown and "out of memory) again" in shown
+        assert "PYTHON worker processes" not in shown
+        runtime._filter_worker_lines(verbose=True)  # --verbose: everything
+        ray_worker.print_to_stdstream({"lines": [many.replace("8 PYTHON", "9 PYTHON")], "pid": "raylet",
+                                       "is_err": False}, ignore_prefix=False)
+        err = capfd.readouterr()
+        assert "9 PYTHON worker processes" in err.out + err.err
+    finally:
+        runtime._filter_worker_lines(verbose=False)

@@ -212,25 +212,41 @@ def quiet_ray(verbose: bool) -> None:
 
 
 def _filter_worker_lines(verbose: bool) -> None:
-    """Worker output on the driver's console: geoseg's marked lines, unprefixed; the rest only with --verbose."""
+    """Worker output on the driver's console: geoseg's marked lines, unprefixed; the rest only with
+    --verbose. The raylet's words reach the driver two ways, its log lines (Ray's dispatcher) and the
+    errors it publishes (``listen_error_messages`` -> ``print_to_stdstream``, such as the warning about
+    many worker processes): both pass :data:`~geoseg.console.RAYLET_NOISE` first."""
     try:
         from ray._private import worker as ray_worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:  # another Ray: its default printing stays
         return
+    printer = getattr(ray_worker.print_to_stdstream, "__wrapped__", ray_worker.print_to_stdstream)
+
+    def quiet(lines: list) -> list:
+        return lines if verbose else [ln for ln in lines if not any(p.search(str(ln)) for p in RAYLET_NOISE)]
+
+    def to_console(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") in ("autoscaler", "raylet"):
+            data = {**data, "lines": quiet(list(data.get("lines", [])))}
+            if not data["lines"]:
+                return
+        printer(data, ignore_prefix)
+
+    to_console.__wrapped__ = printer
+    ray_worker.print_to_stdstream = to_console  # what listen_error_messages calls
 
     def show(data: dict) -> None:
         # worker_print writes to stdout; Ray Train also copies a worker's stdout to its stderr: shown once
         ours = [ln[len(WORKER_MARK):] for ln in data.get("lines", [])
                 if ln.startswith(WORKER_MARK) and not data.get("is_err")]
         if ours:
-            ray_worker.print_to_stdstream({**data, "lines": ours}, ignore_prefix=True)
+            printer({**data, "lines": ours}, ignore_prefix=True)
         if verbose or data.get("pid") in ("autoscaler", "raylet"):
             # Ray's own words that matter to a user: unschedulable requests, workers killed for memory
-            rest = [ln for ln in data.get("lines", []) if not ln.startswith(WORKER_MARK)
-                    and (verbose or not any(p.search(ln) for p in RAYLET_NOISE))]
+            rest = [ln for ln in data.get("lines", []) if not ln.startswith(WORKER_MARK)]
             if rest:
-                ray_worker.print_to_stdstream({**data, "lines": rest}, ignore_prefix=False)
+                to_console({**data, "lines": rest}, ignore_prefix=False)
 
     try:
         dispatcher.remove_handler("ray_print_logs")
