@@ -17,3 +17,16 @@ def geoseg_env(ray_tmp: str, **extra) -> dict:
 def start_geoseg(args, env, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "geoseg", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on loopback (held open together while chosen, so all differ)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from commands import free_ports
+
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -15,17 +17,9 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ["GEOSEG_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="geoseg-test-cache-")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # A real S3 HTTP endpoint (moto server) on loopback. The environment is set before
 # any Ray starts, so Ray workers inherit it like a user's AWS_ENDPOINT_URL.
-S3_PORT = _free_port()
+S3_PORT = free_ports(1)[0]
 os.environ.update(
     {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",

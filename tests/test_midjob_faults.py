@@ -9,7 +9,6 @@ import errno
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import time
 import numpy as np
 import pytest
 import rasterio
-from commands import geoseg_env, start_geoseg
+from commands import free_ports, geoseg_env, start_geoseg
 
 from geoseg.data import storage
 
@@ -87,12 +86,6 @@ def test_storage_faults_are_named_in_words():
 # --- object storage ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for_keys(client, bucket: str, prefix: str, proc, n: int, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -111,7 +104,7 @@ def test_endpoint_lost_mid_predict_is_one_line_and_the_rerun_resumes(sample_dir,
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_ports(1)[0]
     endpoint = f"http://127.0.0.1:{port}"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

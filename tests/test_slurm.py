@@ -18,19 +18,11 @@ import time
 import pytest
 import rasterio
 
+from commands import free_ports
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "slurm" / "geoseg.sbatch"
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _until(check, timeout: float, what: str):
@@ -61,7 +53,7 @@ def slurm():
                     f"--log-file={d / 'log' / 'munged.log'}", f"--pid-file={d / 'munged.pid'}",
                     f"--seed-file={d / 'munged.seed'}"], check=True, timeout=30)
     host = socket.gethostname().split(".")[0]
-    ctld, port1, port2 = _free_ports(3)
+    ctld, port1, port2 = free_ports(3)
     user = getpass.getuser()
     (d / "slurm.conf").write_text(f"""ClusterName=geosegtest
 SlurmctldHost={host}(127.0.0.1)
@@ -113,7 +105,7 @@ PartitionName=debug Nodes=gs1,gs2 Default=YES MaxTime=INFINITE State=UP
 def _job_env(env: dict, tmp: pathlib.Path, ray_tmp: str) -> dict:
     """The script's settings: free loopback ports for the head's services (a worker node's are Ray's
     own choice; both nodes share this machine), a Ray folder of the test's."""
-    gcs, dash, client, mport, agent, agent_grpc, rt_agent = _free_ports(7)
+    gcs, dash, client, mport, agent, agent_grpc, rt_agent = free_ports(7)
     return {**env, "GEOSEG": str(pathlib.Path(sys.executable).with_name("geoseg")), "GEOSEG_HEAD_IP": "127.0.0.1",
             "GEOSEG_RAY_PORT": str(gcs), "GEOSEG_DASHBOARD_PORT": str(dash), "GEOSEG_RAY_TMP": ray_tmp,
             "GEOSEG_NODES_WAIT": "120", "GEOSEG_RAY_ARGS": "--object-store-memory=200000000",

@@ -172,6 +172,8 @@ def test_bad_indexes_and_filters_are_one_line(index, season, tmp_path):
         stacindex.read_index(str(tmp_path / "missing.parquet"))
     with pytest.raises(InputError, match="no STAC item of the inputs matches"):
         sources([url], None, ItemSelection(where=Search.parse(None, datetime="2019-01-01/2019-12-31")))
+    with pytest.raises(InputError, match="item 'x': its datetime: 'yesterday' is not an RFC 3339"):
+        Search.parse(None, datetime="2024-01-01/..").matches({"id": "x", "properties": {"datetime": "yesterday"}})
     with pytest.raises(InputError, match="ends before it starts"):
         Search.parse(None, datetime="2024-05-01/2024-04-01")
     for flags, words in ((["--datetime", "yesterday"], "--datetime: 'yesterday' is not an RFC 3339"),

@@ -4,7 +4,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,19 +12,9 @@ import time
 import pytest
 import rasterio
 
+from commands import free_ports
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture()
@@ -34,7 +23,7 @@ def ray_head():
     begins (``ray start`` runs in the background); only its own processes are stopped."""
     ray_bin = pathlib.Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs, dash, client, mport, agent, agent_grpc, runtime_env_agent = _free_ports(7)
+    gcs, dash, client, mport, agent, agent_grpc, runtime_env_agent = free_ports(7)
     cmd = [
         str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",

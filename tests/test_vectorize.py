@@ -256,3 +256,11 @@ def test_out_names_the_file_and_fiboa_columns_with_an_area_range(tmp_path):
     # degrees: perimeters on the ellipsoid (0.01 degree at the equator: 1113.2 m east-west, 1105.7 m north-south)
     square = shapely.box(0, 0, 0.01, 0.01)
     assert abs(_perimeters([square], "EPSG:4326")[0] - 2 * (1113.2 + 1105.7)) < 1
+    # a hole's ring counts, as in a projected CRS: each ring on the ellipsoid, summed
+    from pyproj import Geod
+
+    holed = shapely.Polygon([(10, 50), (10.5, 50), (10.5, 50.3), (10, 50.3)],
+                            [[(10.1, 50.1), (10.2, 50.1), (10.2, 50.2), (10.1, 50.2)]])
+    rings = [shapely.LineString(holed.exterior.coords), shapely.LineString(holed.interiors[0].coords)]
+    want = sum(Geod(ellps="WGS84").geometry_length(r) for r in rings)
+    np.testing.assert_allclose(_perimeters([square, holed], "EPSG:4326")[1], want, rtol=1e-9)

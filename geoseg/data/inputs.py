@@ -72,13 +72,11 @@ class ItemSelection:
     where: stac.Search | None = None
     skipped: list = field(default_factory=list)  # (item id, its cloud cover) of the items left out
     seen: int = 0  # items looked at
-    elsewhere: int = 0  # items outside --bbox / --datetime / --collections
     item_sources: int = 0  # item files, indexes and searches among the inputs
 
     def keeps(self, item: dict) -> bool:
         self.seen += 1
         if self.where is not None and not self.where.matches(item):
-            self.elsewhere += 1
             return False
         cover = (item.get("properties") or {}).get("eo:cloud_cover")
         if self.max_cloud is None or not isinstance(cover, (int, float)) or cover <= self.max_cloud:
@@ -187,7 +185,10 @@ def sources(items: list[str], search: stac.Search | None = None, select: ItemSel
         lower = entry.lower()
         if is_glob(entry):  # an index's parts (items/*.parquet) are read as indexes, anything else as rasters
             for match in expand_glob(entry):
-                index(match) if stacindex.is_index(match) else found.append(match)
+                if stacindex.is_index(match):
+                    index(match)
+                else:
+                    found.append(match)
         elif lower.endswith(".txt"):
             found.extend(sources(read_list(entry), None, select))
         elif lower.endswith((".json", ".geojson")):

@@ -21,6 +21,7 @@ import html
 import math
 import posixpath
 from dataclasses import dataclass
+from functools import lru_cache
 
 from geoseg.data import storage
 from geoseg.errors import InputError
@@ -350,9 +351,10 @@ def item_of(tags: dict[str, str]) -> dict | None:
 # --- which items: a STAC API search, and the same filters on an index or item files ---------
 
 
-def _instant(text: str, end: bool):
+def _instant(text: str, end: bool, what: str = "--datetime"):
     """An RFC 3339 date-time (a date alone: its first or, for an interval's end, its last instant),
-    timezone-aware (UTC where none is given); None for an open end (``..`` or empty)."""
+    timezone-aware (UTC where none is given); None for an open end (``..`` or empty). ``what`` names
+    the text in the one line an unreadable one gives."""
     import datetime as dt
 
     text = text.strip()
@@ -364,9 +366,19 @@ def _instant(text: str, end: bool):
             return day + dt.timedelta(days=1, microseconds=-1) if end else day
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise InputError(f"--datetime: {text!r} is not an RFC 3339 date or date-time (e.g. 2024-06-01 or "
+        raise InputError(f"{what}: {text!r} is not an RFC 3339 date or date-time (e.g. 2024-06-01 or "
                          "2024-06-01T10:00:00Z)") from None
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+@lru_cache(maxsize=64)
+def _interval(text: str):
+    """``(start, end)`` of a ``--datetime`` text (parsed once, not once per item it is matched with)."""
+    if "/" in text:
+        a, b = text.split("/", 1)
+        return _instant(a, False), _instant(b, True)
+    single = text.strip()
+    return _instant(single, False), _instant(single, len(single) == 10)
 
 
 @dataclass(frozen=True)
@@ -407,13 +419,7 @@ class Search:
 
     def interval(self):
         """``(start, end)`` of ``--datetime`` as aware datetimes (None: open); a date alone is its whole day."""
-        if not self.datetime:
-            return None, None
-        if "/" in self.datetime:
-            a, b = self.datetime.split("/", 1)
-            return _instant(a, False), _instant(b, True)
-        single = self.datetime.strip()
-        return _instant(single, False), _instant(single, len(single) == 10)
+        return _interval(self.datetime) if self.datetime else (None, None)
 
     def matches(self, item: dict) -> bool:
         """Whether an item passes ``--collections``, ``--bbox`` (its bbox meets the box) and ``--datetime``
@@ -433,7 +439,8 @@ class Search:
             last = props.get("datetime") or props.get("end_datetime")
             if not first or not last:
                 return False
-            lo, hi = _instant(str(first), False), _instant(str(last), True)
+            what = f"item {item.get('id')!r}: its datetime"
+            lo, hi = _instant(str(first), False, what), _instant(str(last), True, what)
             if (end is not None and lo > end) or (start is not None and hi < start):
                 return False
         return True

@@ -1,5 +1,6 @@
 """STAC-GeoParquet indexes as inputs: the items of ``items.parquet`` (local or ``s3://``, a file or a
-folder of Parquet files; a glob of an index's parts reads each part) that ``--bbox``, ``--datetime``, ``--collections`` and ``--max-cloud`` keep.
+folder of Parquet files; a glob of an index's parts reads each part) that ``--bbox``, ``--datetime``,
+``--collections`` and ``--max-cloud`` keep.
 
 The filters are pushed down to the Parquet reader (pyarrow datasets): row groups whose statistics
 cannot match are skipped unread, and only the columns geoseg reads are read (:data:`COLUMNS` and the

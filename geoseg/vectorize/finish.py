@@ -100,9 +100,13 @@ def _perimeters(geoms, crs: str | None) -> np.ndarray:
         from pyproj import CRS, Geod
 
         c = CRS.from_user_input(crs)
-        if c.is_geographic:
-            geod = Geod(ellps="WGS84")
-            return np.array([geod.geometry_length(g) for g in geoms], dtype=np.float64)
+        if c.is_geographic:  # every ring's segments on the ellipsoid at once, summed per polygon
+            rings, owner = shapely.get_rings(geoms, return_index=True)
+            xy, ring = shapely.get_coordinates(rings, return_index=True)
+            same = ring[1:] == ring[:-1]  # a segment joins two points of one ring
+            _, _, dist = Geod(ellps="WGS84").inv(xy[:-1, 0][same], xy[:-1, 1][same], xy[1:, 0][same], xy[1:, 1][same])
+            per_ring = np.bincount(ring[:-1][same], weights=dist, minlength=len(rings))
+            return np.bincount(owner, weights=per_ring, minlength=len(geoms)).astype(np.float64)
         factor = c.axis_info[0].unit_conversion_factor if c.axis_info else 1.0
         return shapely.length(geoms) * factor
     return shapely.length(geoms)

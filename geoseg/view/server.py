@@ -122,9 +122,10 @@ class Readers:
             reader = free.pop() if free else None
             if url in self._free:
                 self._free.move_to_end(url)
+            if reader is None:
+                self.opened += 1
         if reader is None:
             reader = _reader(url)
-            self.opened += 1
         from rio_tiler.errors import TileOutsideBounds
 
         keep = False
